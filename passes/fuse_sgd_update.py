@@ -1,0 +1,89 @@
+"""FuseSGDUpdate: one `train_step` that runs forward, backward and an in-place SGD update."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from .sgd_kernels import sgd_update_kernel
+
+
+@tvm.transform.module_pass(opt_level=0, name="FuseSGDUpdate")
+class FuseSGDUpdate:
+    """Turn `main_loss_adjoint` into `train_step`, applying SGD to every gradient in place.
+
+    Each gradient feeds a `call_tir_inplace` kernel that writes the new value into the
+    parameter itself (and its momentum buffer, when momentum > 0), so no second copy of a
+    weight ever exists. `ratios` (name -> fraction of channels) restricts an update to the
+    first channels of the parameter's `channel_axis` (a sub-tensor update). Parameters
+    that do not train pass through untouched.
+
+    Before::
+
+        def main_loss_adjoint(x, label, w) -> R.Tuple(loss, R.Tuple(grad_w)): ...
+
+    After (added; momentum buffers `v_*` only with momentum)::
+
+        def train_step(x, label, w, v_w) -> R.Tuple(loss, w_new, v_w_new):
+            with R.dataflow():
+                ...                                  # forward and backward, as in the adjoint
+                upd = R.call_tir_inplace(cls.sgd_w, (w, grad_w, v_w), inplace_indices=[0, 2], ...)
+                R.output(...)
+            return (loss, upd[0], upd[1])
+
+    The returned parameters alias the inputs: callers see the update in the tensors they
+    passed (Relax VM) or in the weight arrays (generated C).
+    """
+
+    def __init__(self, trainable: list[str], lr: float, momentum: float = 0.0,
+                 ratios: dict[str, float] | None = None, channel_axis: dict[str, int] | None = None,
+                 func_name: str = "main_loss_adjoint", new_name: str = "train_step"):
+        self.trainable = list(trainable)
+        self.lr, self.momentum = float(lr), float(momentum)
+        self.ratios = ratios or {}
+        self.channel_axis = channel_axis or {}
+        self.func_name, self.new_name = func_name, new_name
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        adjoint = mod[self.func_name]
+        block = adjoint.body.blocks[0]
+        by_name = {p.name: p for p in adjoint.params}
+        velocities = [relax.Var(f"momentum.{n}", by_name[n].ty) for n in self.trainable] if self.momentum else []
+        bb = relax.BlockBuilder(mod)
+        with bb.function(self.new_name, [*adjoint.params, *velocities]):
+            with bb.dataflow():
+                for binding in block.bindings:
+                    bb.emit_normalized(binding)
+                out = adjoint.body.body
+                loss = bb.emit(relax.TupleGetItem(out, 0))
+                grads = bb.emit(relax.TupleGetItem(out, 1))
+                new_params, new_velocities = [], []
+                for i, name in enumerate(self.trainable):
+                    p = by_name[name]
+                    g = bb.emit(relax.TupleGetItem(grads, i))
+                    new_p, new_v = self._update(bb, name, p, g, velocities[i] if velocities else None)
+                    new_params.append(new_p)
+                    if new_v is not None:
+                        new_velocities.append(new_v)
+                result = bb.emit_output(relax.Tuple([loss, *new_params, *new_velocities]))
+            bb.emit_func_output(result)
+        return bb.get()
+
+    def _update(self, bb, name, p, g, v):
+        shape = tuple(int(d) for d in p.ty.shape)
+        axis = self.channel_axis.get(name, 1)
+        ratio = self.ratios.get(name, 1.0)
+        k = None
+        if len(shape) > 1 and ratio < 1.0:
+            k = max(1, int(round(shape[axis] * ratio)))
+        kernel = sgd_update_kernel(shape, self.lr, self.momentum, axis, k)
+        gv = bb.add_func(kernel, "sgd_" + _c_name(name))
+        if v is None:
+            new_p = bb.emit(relax.op.call_tir_inplace(gv, [p, g], [0], p.ty))
+            return new_p, None
+        both = bb.emit(relax.op.call_tir_inplace(gv, [p, g, v], [0, 2], [p.ty, v.ty]))
+        return bb.emit(relax.TupleGetItem(both, 0)), bb.emit(relax.TupleGetItem(both, 1))
+
+
+def _c_name(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)

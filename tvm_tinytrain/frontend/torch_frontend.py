@@ -1,0 +1,132 @@
+"""PyTorch frontend: `torch.nn.Module` + example input -> `ImportedModel`.
+
+Batch norm is folded into the conv before it (torch.fx's conv-bn fusion), the model is
+exported with `torch.export`, every aten op is checked against what we can train (before
+TVM sees it, so the error names the module), and TVM's exported-program importer builds the
+Relax graph with parameters kept as inputs, renamed to their `state_dict` names.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import torch
+import tvm
+from tvm import relax
+from tvm.relax.frontend.torch import from_exported_program
+
+from ..errors import TinyTrainError, UnsupportedOpError
+from ..relax_utils import substitute_vars
+from .imported import ImportedModel
+
+# aten op -> what a user calls it; everything else is refused.
+SUPPORTED_ATEN_OPS = {
+    "conv2d": "Conv2d", "convolution": "Conv2d",
+    "relu": "ReLU", "relu_": "ReLU",
+    "relu6": "ReLU6", "hardtanh": "Hardtanh", "hardtanh_": "Hardtanh",
+    "clamp": "clamp", "clamp_": "clamp",
+    "add": "residual add", "add_": "residual add",
+    "avg_pool2d": "AvgPool2d", "max_pool2d": "MaxPool2d",
+    "adaptive_avg_pool2d": "AdaptiveAvgPool2d", "mean": "mean over H, W (global pool)",
+    "flatten": "flatten", "reshape": "reshape", "view": "view", "_unsafe_view": "view",
+    "linear": "Linear", "dropout": "Dropout", "dropout_": "Dropout",
+    "batch_norm": "BatchNorm2d (after a conv)",
+    "_native_batch_norm_legit_no_training": "BatchNorm2d (after a conv)",
+}
+# Users read the supported list in error messages: one entry per user-facing op.
+SUPPORTED_SUMMARY = ", ".join(sorted(set(SUPPORTED_ATEN_OPS.values())))
+_BATCH_NORM = {"batch_norm", "_native_batch_norm_legit_no_training"}
+
+
+def import_torch(model: torch.nn.Module, example_input: torch.Tensor, *, source: str | None = None) -> ImportedModel:
+    """Import a float CNN for training. The model itself is left untouched."""
+    if example_input.dim() != 4 or example_input.shape[0] != 1:
+        raise TinyTrainError(
+            f"example input must be NCHW with batch 1, got shape {tuple(example_input.shape)}")
+    model = _fold_batch_norm(copy.deepcopy(model).eval())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exported = torch.export.export(model, (example_input,))
+    except Exception as err:  # torch's own message says what it could not trace
+        raise TinyTrainError(f"torch.export could not export the model: {err}") from None
+    _check_supported(exported)
+    mod = from_exported_program(exported, keep_params_as_input=True, unwrap_unit_return_tuple=True)
+    mod, params = _rename_params(mod, exported)
+    out = mod["main"].ret_ty
+    if not isinstance(out, relax.TensorType) or len(out.shape) != 2:
+        raise TinyTrainError(f"the model must return one (1, num_classes) tensor of logits, got {out}")
+    return ImportedModel(mod=mod, params=params, input_shape=tuple(example_input.shape),
+                         source=source or type(model).__name__)
+
+
+def _fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold every conv -> batch-norm pair; a model fx cannot trace is kept as it is."""
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if not has_bn:
+        return model
+    from torch.fx.experimental.optimization import fuse
+    try:
+        return fuse(model)
+    except Exception:
+        return model  # _check_supported then refuses any batch norm it cannot fold
+
+
+def _module_path(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "<top level>"
+    path, cls = list(stack.values())[-1]
+    cls_name = getattr(cls, "__name__", str(cls)).rsplit(".", 1)[-1]
+    return f"{path or '<top level>'} ({cls_name})"
+
+
+def _check_supported(exported: torch.export.ExportedProgram) -> None:
+    for node in exported.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "_opname", None) or getattr(node.target, "__name__", str(node.target))
+        name = name.split(".")[0]
+        if name in _BATCH_NORM:
+            raise UnsupportedOpError(
+                f"batch norm at {_module_path(node)} does not follow a conv, so it cannot be folded "
+                f"for training; supported ops: {SUPPORTED_SUMMARY}")
+        if name not in SUPPORTED_ATEN_OPS:
+            raise UnsupportedOpError(
+                f"unsupported operator '{name}' (aten.{name}) at {_module_path(node)}; "
+                f"supported ops: {SUPPORTED_SUMMARY}")
+        if name in ("conv2d", "convolution"):
+            dilation = node.args[5] if len(node.args) > 5 else [1, 1]
+            if any(d != 1 for d in dilation):
+                raise UnsupportedOpError(
+                    f"conv2d with dilation {list(dilation)} at {_module_path(node)}: only dilation 1 is supported")
+        if name == "mean":
+            dims = sorted(d % 4 for d in node.args[1])
+            if dims != [2, 3]:
+                raise UnsupportedOpError(
+                    f"mean over dims {list(node.args[1])} at {_module_path(node)}: only the global pool "
+                    f"(mean over H and W) is supported")
+
+
+def _rename_params(mod: tvm.IRModule, exported: torch.export.ExportedProgram):
+    """Name the Relax parameters after the model's `state_dict` keys."""
+    func = mod["main"]
+    values = func.attrs["params"]
+    specs = [s for s in exported.graph_signature.input_specs if s.kind.name in ("PARAMETER", "BUFFER")]
+    # Buffers that no op uses (e.g. num_batches_tracked) are dropped by the importer.
+    by_placeholder = {s.arg.name: s.target for s in specs}
+    relax_params = list(func.params[1:])
+    if len(relax_params) != len(values):
+        raise TinyTrainError("internal: TVM's importer returned params and values of different lengths")
+    mapping, new_params, params = {}, [func.params[0]], {}
+    for var, value in zip(relax_params, values):
+        name = by_placeholder.get(var.name, var.name)
+        new_var = relax.Var(name, var.ty)
+        mapping[var] = new_var
+        new_params.append(new_var)
+        params[name] = value.numpy().astype(np.float32)
+    new_func = relax.Function(new_params, substitute_vars(func.body, mapping), func.ret_ty)
+    new_func = new_func.with_attr("global_symbol", "main").with_attr("num_input", 1)
+    return tvm.IRModule({"main": new_func}), params

@@ -1,0 +1,72 @@
+"""The compiler pipeline, top to bottom: imported float model -> training-step IRModule.
+
+    ImportedModel (main(x, *params) -> logits)
+      -> AppendCrossEntropyLoss   main_loss(x, label, *params) -> loss
+      -> BuildGradient            main_loss_adjoint(...) -> (loss, grads of the trainable set)
+      -> FuseSGDUpdate            train_step(x, label, *params[, *momenta]) -> (loss, updated...)
+      -> keep main (predict) and train_step
+
+The result runs on the Relax VM as it is (`reference.py`) and is lowered to C by
+`targets/` (`codegen.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+
+from .config import SparseUpdateConfig, TrainableSet
+from .errors import ConfigError
+from .frontend.imported import ImportedModel
+from .layers import find_layers
+from tvm_tinytrain.passes import AppendCrossEntropyLoss, BuildGradient, FuseSGDUpdate
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    lr: float = 0.05
+    momentum: float = 0.0
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum}")
+
+
+@dataclass
+class TrainingProgram:
+    """A training step and a predict function over one set of parameters."""
+
+    mod: tvm.IRModule                 # "main" (predict) and "train_step"
+    params: dict[str, np.ndarray]     # initial values, in main's parameter order
+    trainable: TrainableSet
+    options: TrainOptions
+    input_shape: tuple[int, ...]
+    num_classes: int
+    source: str
+
+    @property
+    def momentum_names(self) -> list[str]:
+        return [f"momentum.{n}" for n in self.trainable.names] if self.options.momentum else []
+
+
+def build_training_program(model: ImportedModel, config: SparseUpdateConfig,
+                           options: TrainOptions = TrainOptions()) -> TrainingProgram:
+    main = model.mod["main"]
+    names = [p.name for p in main.params[1:]]
+    trainable = config.resolve(find_layers(main), names)
+    seq = tvm.transform.Sequential([
+        AppendCrossEntropyLoss(),
+        BuildGradient(list(trainable.names)),
+        FuseSGDUpdate(list(trainable.names), options.lr, options.momentum,
+                      trainable.ratio, trainable.channel_axis),
+    ])
+    mod = seq(model.mod)
+    keep = {"main", "train_step"}
+    mod = tvm.IRModule({gv: f for gv, f in mod.functions.items()
+                        if gv.name_hint in keep or not isinstance(f, tvm.relax.Function)})
+    return TrainingProgram(mod, dict(model.params), trainable, options, model.input_shape,
+                           model.num_classes, model.source)

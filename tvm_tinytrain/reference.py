@@ -1,0 +1,34 @@
+"""Run a `TrainingProgram` on the Relax VM (LLVM, host CPU): the reference for the C code."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .pipeline import TrainingProgram
+
+
+class RelaxVMTrainer:
+    """Holds the parameters as VM tensors; `step` updates them in place like the device does."""
+
+    def __init__(self, program: TrainingProgram):
+        self.program = program
+        exe = tvm.compile(program.mod, target="llvm")
+        self.vm = relax.VirtualMachine(exe, tvm.cpu())
+        self.params = [tvm.runtime.tensor(np.ascontiguousarray(v)) for v in program.params.values()]
+        self.momenta = [tvm.runtime.tensor(np.zeros_like(program.params[n])) for n in program.trainable.names] \
+            if program.options.momentum else []
+
+    def step(self, x: np.ndarray, label: int) -> float:
+        x = tvm.runtime.tensor(np.asarray(x, np.float32).reshape(self.program.input_shape))
+        y = tvm.runtime.tensor(np.array([label], np.int64))
+        out = self.vm["train_step"](x, y, *self.params, *self.momenta)
+        return float(out[0].numpy())
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = tvm.runtime.tensor(np.asarray(x, np.float32).reshape(self.program.input_shape))
+        return self.vm["main"](x, *self.params).numpy()[0]
+
+    def param(self, name: str) -> np.ndarray:
+        return self.params[list(self.program.params).index(name)].numpy()
