@@ -1,0 +1,92 @@
+"""The host side of the harness protocol (see runtime/main.c): write input.bin, parse output."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tvm_tinytrain.errors import RunError
+
+TRAIN, PREDICT, DUMP = ord("T"), ord("P"), ord("D")
+
+
+@dataclass(frozen=True)
+class Record:
+    op: int                     # TRAIN | PREDICT | DUMP
+    x: np.ndarray | None = None
+    label: int = 0
+
+
+def write_input(path: Path, records: list[Record], input_elems: int) -> None:
+    zeros = np.zeros(input_elems, np.float32)
+    with open(path, "wb") as f:
+        f.write(b"TTIN" + struct.pack("<III", 1, len(records), input_elems))
+        for r in records:
+            x = zeros if r.x is None else np.asarray(r.x, np.float32).reshape(-1)
+            if x.size != input_elems:
+                raise ValueError(f"sample has {x.size} elements, the model takes {input_elems}")
+            f.write(struct.pack("<Ii", r.op, int(r.label)) + x.astype("<f4").tobytes())
+
+
+@dataclass
+class HarnessOutput:
+    losses: list[float] = field(default_factory=list)
+    predictions: list[int] = field(default_factory=list)
+    logits: list[np.ndarray] = field(default_factory=list)
+    params: list[dict[str, np.ndarray]] = field(default_factory=list)  # one dict per DUMP record
+    stack_bytes: int = 0
+    workspace_bytes: int = 0
+
+
+def _floats(words: list[str]) -> np.ndarray:
+    return np.array([int(w, 16) for w in words], dtype=np.uint32).view(np.float32)
+
+
+def parse_output(lines: list[str], records: list[Record]) -> HarnessOutput:
+    out = HarnessOutput()
+    done = False
+    for line in lines:
+        words = line.split()
+        if not words:
+            continue
+        tag = words[0]
+        if tag == "loss":
+            out.losses.append(float(_floats(words[2:3])[0]))
+        elif tag == "pred":
+            out.predictions.append(int(words[2]))
+            out.logits.append(_floats(words[3:]))
+        elif tag == "stack":
+            out.stack_bytes = int(words[1])
+        elif tag == "workspace":
+            out.workspace_bytes = int(words[1])
+        elif tag == "done":
+            done = True
+        elif tag == "error":
+            raise RunError("the training program reported: " + " ".join(words[1:]))
+    if not done:
+        raise RunError("the training program stopped before the end of its input:\n" + "\n".join(lines[-5:]))
+    out.params = _split_dumps(lines, sum(r.op == DUMP for r in records))
+    return out
+
+
+def _split_dumps(lines: list[str], n_dumps: int) -> list[dict[str, np.ndarray]]:
+    """Each DUMP prints every trainable parameter once, from offset 0: a new dump starts
+    when the first parameter's offset-0 line comes again."""
+    dumps: list[dict[str, list[np.ndarray]]] = []
+    first_name = None
+    for line in lines:
+        words = line.split()
+        if not words or words[0] != "param":
+            continue
+        name, offset = words[1], int(words[2])
+        if first_name is None:
+            first_name = name
+        if name == first_name and offset == 0:
+            dumps.append({})
+        dumps[-1].setdefault(name, []).append(_floats(words[3:]))
+    if len(dumps) != n_dumps:
+        raise RunError(f"expected {n_dumps} parameter dumps, got {len(dumps)}")
+    return [{k: np.concatenate(v) for k, v in d.items()} for d in dumps]

@@ -1,0 +1,191 @@
+"""Lower a `TrainingProgram` to TIR kernels in C and a flat schedule of kernel calls.
+
+TVM does the kernels: `LegalizeOps` turns every Relax op into a TIR PrimFunc and
+`tvm.tirx.build(..., target="c")` prints them as portable C. What TVM 0.27 no longer has
+(no AOT executor, no C runtime) is the whole-graph driver; this module prepares it: it walks
+each Relax function once and records, in order, which kernel runs on which tensors, where
+each tensor lives (input, parameter, constant, or the arena) and which Relax values are
+only aliases (tuples, `TupleGetItem`, in-place updates) of another tensor's storage.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from tvm_tinytrain.errors import TinyTrainError
+from tvm_tinytrain.pipeline import TrainingProgram
+
+DTYPE_BYTES = {"float32": 4, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
+
+
+@dataclass(eq=False)
+class Tensor:
+    """A buffer of the generated program."""
+
+    name: str                   # C identifier, unique in the program
+    shape: tuple[int, ...]
+    dtype: str
+    storage: str                # "input" | "label" | "param" | "momentum" | "const" | "arena"
+    param: str | None = None    # parameter name (storage "param"/"momentum")
+    value: np.ndarray | None = None  # storage "const"
+    relax_name: str = ""
+    trainable: bool = False     # a parameter that train_step updates in place
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * DTYPE_BYTES[self.dtype]
+
+
+@dataclass(eq=False)
+class KernelCall:
+    kernel: str                 # TIR PrimFunc name; its C symbol is __tvm_ffi_<kernel>
+    args: list[Tensor]          # in the kernel's argument order (inputs then outputs)
+    inputs: list[Tensor]
+    outputs: list[Tensor]       # the tensors this call defines (in-place: the updated inputs)
+    workspace_bytes: int        # upper bound of what the kernel asks TVMBackendAllocWorkspace for
+
+
+@dataclass
+class Schedule:
+    """One Relax function as a list of kernel calls over named tensors."""
+
+    name: str
+    calls: list[KernelCall]
+    inputs: list[Tensor]        # x (and label for train_step)
+    outputs: list[Tensor]       # logits, or the loss
+    loss_index: int | None = None  # index of the first backward call (train_step only)
+
+
+@dataclass
+class LoweredProgram:
+    kernels_c: str
+    schedules: dict[str, Schedule]
+    tensors: list[Tensor] = field(default_factory=list)
+
+
+def lower(program: TrainingProgram) -> LoweredProgram:
+    mod = relax.transform.LegalizeOps()(program.mod)
+    mod = relax.transform.DeadCodeElimination(["main", "train_step"])(mod)
+    mod = relax.transform.AttachGlobalSymbol()(mod)
+    prims = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    namer = _Namer()
+    params = {}
+    for name, value in program.params.items():
+        params[name] = Tensor(namer(name), tuple(value.shape), str(value.dtype), "param", param=name,
+                              trainable=name in program.trainable)
+    momenta = {n: Tensor(namer(n), params[n[len("momentum."):]].shape, "float32", "momentum", param=n)
+               for n in program.momentum_names}
+    schedules = {
+        "train_step": _schedule(mod["train_step"], "train_step", prims, params, momenta, namer),
+        "predict": _schedule(mod["main"], "predict", prims, params, momenta, namer),
+    }
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+        lib = tvm.tirx.build(tvm.IRModule({n: f for n, f in prims.items()}), target="c")
+    tensors = list(params.values()) + list(momenta.values())
+    for s in schedules.values():
+        for t in s.inputs + [t for c in s.calls for t in c.args]:
+            if t not in tensors:
+                tensors.append(t)
+    return LoweredProgram(lib.inspect_source(), schedules, tensors)
+
+
+C_RESERVED = {"auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
+              "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
+              "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch",
+              "typedef", "union", "unsigned", "void", "volatile", "while", "x", "label", "loss",
+              "logits", "out", "main"}
+
+
+class _Namer:
+    """Readable, unique C identifiers from Relax names (never a C keyword or driver name)."""
+
+    def __init__(self):
+        self.used: set[str] = set(C_RESERVED)
+
+    def __call__(self, name: str) -> str:
+        base = re.sub(r"\W", "_", name) or "t"
+        if base[0].isdigit():
+            base = "t_" + base
+        candidate, i = base, 1
+        while candidate in self.used:
+            candidate, i = f"{base}_{i}", i + 1
+        self.used.add(candidate)
+        return candidate
+
+
+def _workspace_bytes(func: tvm.tirx.PrimFunc) -> int:
+    """Intermediate buffers of a legalized kernel (padding, reductions), 16-byte aligned."""
+    body = func.body
+    buffers = body.block.alloc_buffers if hasattr(body, "block") else []
+    total = 0
+    for buf in buffers:
+        n = int(np.prod([int(d) for d in buf.shape], dtype=np.int64)) * DTYPE_BYTES[str(buf.dtype)]
+        total += (n + 15) // 16 * 16
+    return total
+
+
+def _tensor_type(ty) -> tuple[tuple[int, ...], str]:
+    return tuple(int(d) for d in ty.shape), str(ty.dtype)
+
+
+def _schedule(func, name, prims, params, momenta, namer) -> Schedule:
+    env: dict = {}  # relax Var -> Tensor | list (tuples)
+    first = func.params[0]
+    x = Tensor(namer("input_" + name), *_tensor_type(first.ty), "input", relax_name=first.name)
+    env[first] = x
+    inputs = [x]
+    for p in func.params[1:]:
+        if p.name == "label":
+            env[p] = Tensor(namer("label"), *_tensor_type(p.ty), "label", relax_name="label")
+            inputs.append(env[p])
+        elif p.name in params:
+            env[p] = params[p.name]
+        elif p.name in momenta:
+            env[p] = momenta[p.name]
+        else:
+            raise TinyTrainError(f"internal: unexpected parameter {p.name} of {name}")
+
+    def value_of(expr):
+        if isinstance(expr, tvm.ir.expr.Constant):
+            arr = expr.value.numpy()
+            return Tensor(namer("constant"), tuple(arr.shape), str(arr.dtype), "const", value=arr)
+        if isinstance(expr, relax.Tuple):
+            return [value_of(f) for f in expr.fields]
+        if isinstance(expr, relax.TupleGetItem):
+            return value_of(expr.tuple_value)[expr.index]
+        return env[expr]
+
+    calls: list[KernelCall] = []
+    loss_index = None
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            var, value = binding.var, binding.value
+            op = getattr(value, "op", None)
+            op_name = getattr(op, "name", None)
+            if op_name in ("relax.call_tir", "relax.call_tir_inplace"):
+                kernel = value.args[0].name_hint
+                ins = [value_of(a) for a in value.args[1].fields]
+                if op_name == "relax.call_tir_inplace":
+                    outs = [ins[i] for i in value.attrs.inplace_indices]
+                    args = ins
+                else:
+                    ty = var.ty
+                    tys = list(ty.fields) if isinstance(ty, relax.TupleType) else [ty]
+                    outs = [Tensor(namer(var.name), *_tensor_type(t), "arena", relax_name=var.name) for t in tys]
+                    args = ins + outs
+                if loss_index is None and kernel.startswith("ones"):
+                    loss_index = len(calls)  # the loss seed: backward starts here
+                calls.append(KernelCall(kernel, args, ins, outs, _workspace_bytes(prims[kernel])))
+                env[var] = outs if len(outs) > 1 or isinstance(var.ty, relax.TupleType) else outs[0]
+            elif isinstance(value, (relax.Var, relax.Tuple, relax.TupleGetItem, tvm.ir.expr.Constant)):
+                env[var] = value_of(value)
+            else:
+                raise TinyTrainError(f"internal: cannot lower binding {var.name} = {value} in {name}")
+    result = value_of(func.body.body)
+    outputs = [result[0]] if isinstance(result, list) else [result]
+    return Schedule(name, calls, inputs, outputs, loss_index)

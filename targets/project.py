@@ -1,0 +1,132 @@
+"""Write a self-contained C project for one board, atomically.
+
+The folder holds everything `make` needs: the generated sources, the runtime and
+harness, the few TVM headers the kernels include, the board files with a linker script
+sized to the budget, and `memory_report.json`. It is written beside the destination and
+swapped in only when complete, so a failed compile leaves the previous output intact.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import tvm
+import tvm_ffi
+
+from tvm_tinytrain.errors import BudgetError
+from tvm_tinytrain.pipeline import TrainingProgram
+
+from .boards import Board, write_board_files
+from .c_emitter import EmittedProgram, emit
+from .lower import lower
+
+RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
+# The TVM headers the kernels and the driver include (Apache-2.0, shipped with TVM).
+TVM_HEADERS = {
+    Path(tvm_ffi.__file__).parent / "include": ["tvm/ffi/c_api.h", "tvm/ffi/extra/c_env_api.h",
+                                                "dlpack/dlpack.h"],
+    Path(tvm.__file__).parent / "include": ["tvm/runtime/base.h", "tvm/runtime/c_backend_api.h"],
+}
+# RAM the harness and runtime add besides the model: sample + logits buffers, printf state.
+HARNESS_RAM_ESTIMATE = 512
+
+
+@dataclass
+class MemoryEstimate:
+    """What the program needs before linking (the linker map has the final word)."""
+
+    arena_bytes: int
+    trainable_bytes: int
+    momentum_bytes: int
+    io_bytes: int
+    stack_bytes: int
+    frozen_flash_bytes: int
+
+    @property
+    def ram_bytes(self) -> int:
+        return self.arena_bytes + self.trainable_bytes + self.momentum_bytes + self.io_bytes + self.stack_bytes
+
+
+def write_project(program: TrainingProgram, out_dir: Path, board: Board, *, ram_bytes: int = 256 * 1024,
+                  flash_bytes: int = 1024 * 1024, stack_bytes: int = 8 * 1024) -> tuple[EmittedProgram, MemoryEstimate]:
+    emitted = emit(program, lower(program))
+    io = 4 * int(sum(program.input_shape) and _prod(program.input_shape)) + 4 * program.num_classes
+    estimate = MemoryEstimate(emitted.arena_bytes, emitted.trainable_bytes, emitted.momentum_bytes,
+                              io + HARNESS_RAM_ESTIMATE, stack_bytes, emitted.frozen_bytes)
+    _check_budget(estimate, ram_bytes, flash_bytes, board)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for name, text in emitted.files.items():
+            (tmp / name).write_text(text)
+        for src in sorted(RUNTIME_DIR.iterdir()):
+            if src.suffix in (".c", ".h"):
+                shutil.copy(src, tmp / src.name)
+        for root, headers in TVM_HEADERS.items():
+            for h in headers:
+                (tmp / "include" / h).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(root / h, tmp / "include" / h)
+        write_board_files(board, tmp, ram_bytes=ram_bytes, flash_bytes=flash_bytes, stack_bytes=stack_bytes)
+        report = memory_report(emitted, estimate, board, ram_bytes, flash_bytes)
+        (tmp / "memory_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return emitted, estimate
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Replace out_dir by tmp with two renames; the old folder is removed only after."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_budget(est: MemoryEstimate, ram_bytes: int, flash_bytes: int, board: Board) -> None:
+    if est.ram_bytes > ram_bytes:
+        raise BudgetError(
+            f"the training program needs {est.ram_bytes} bytes of RAM but {board.name} has a budget of "
+            f"{ram_bytes}: arena {est.arena_bytes} (activations, gradients, workspaces), trainable weights "
+            f"{est.trainable_bytes}, momentum {est.momentum_bytes}, input/output buffers {est.io_bytes}, "
+            f"stack {est.stack_bytes}. Train fewer layers, or raise --ram-kb.")
+    flash_needed = est.frozen_flash_bytes + est.trainable_bytes
+    if flash_needed > flash_bytes:
+        raise BudgetError(
+            f"the weights alone need {flash_needed} bytes of flash but {board.name} has a budget of "
+            f"{flash_bytes}: frozen weights {est.frozen_flash_bytes}, initial trainable weights "
+            f"{est.trainable_bytes}, before any code. Use a smaller model, or raise --flash-kb.")
+
+
+def memory_report(emitted: EmittedProgram, est: MemoryEstimate, board: Board, ram_bytes: int,
+                  flash_bytes: int) -> dict:
+    step = emitted.plans["train_step"]
+    return {
+        "board": board.name,
+        "budget": {"ram_bytes": ram_bytes, "flash_bytes": flash_bytes},
+        "planned": asdict(est) | {"ram_total_bytes": est.ram_bytes},
+        "train_step": {
+            "arena_bytes": step.arena_bytes,
+            "peak_step": step.peak_step,
+            "live_bytes_at_peak": step.live_peak_bytes,
+            "live_at_peak_by_kind": step.live_at_peak,
+        },
+        "predict": {"arena_bytes": emitted.plans["predict"].arena_bytes},
+    }

@@ -1,0 +1,122 @@
+/* tvm-tinytrain harness: feeds a stream of samples to the generated training program.
+ *
+ * It reads records from the host file "input.bin" (semihosting on an MCU, stdio on the
+ * host), one at a time, like samples arriving from a sensor:
+ *
+ *   header : char magic[4] = "TTIN", uint32 version = 1, uint32 n_records, uint32 input_elems
+ *   record : uint32 op, int32 label, float x[input_elems]   (little endian)
+ *            op 'T' = one training step on (x, label), 'P' = predict x,
+ *            op 'D' = dump the trainable parameters (x and label unused)
+ *
+ * and prints one line per result, floats as the hex of their IEEE-754 bits so that the
+ * host reads them back exactly:
+ *
+ *   loss <i> <bits>            pred <i> <argmax> <bits> ...      param <name> <offset> <bits> ...
+ *   stack <bytes>              workspace <bytes>                 done <records>
+ *
+ * Each train step and prediction is bracketed by board_mark_begin/end so the runner can
+ * count its instructions.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "board.h"
+#include "tinytrain_model.h"
+#include "tt_runtime.h"
+
+#define DUMP_PER_LINE 8u
+
+static float sample[TT_INPUT_ELEMS];
+static float logits[TT_NUM_CLASSES];
+
+static uint32_t bits_of(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+static int read_exact(void *buf, size_t n) {
+  return board_read_input(buf, n) == n ? 0 : -1;
+}
+
+static void dump_params(void) {
+  for (uint32_t p = 0; p < TT_NUM_TRAINABLE; ++p) {
+    const tt_param_t *param = &tt_trainable_params[p];
+    for (uint32_t i = 0; i < param->size; i += DUMP_PER_LINE) {
+      printf("param %s %lu", param->name, (unsigned long)i);
+      for (uint32_t j = i; j < param->size && j < i + DUMP_PER_LINE; ++j) {
+        printf(" %08lx", (unsigned long)bits_of(param->data[j]));
+      }
+      printf("\n");
+    }
+  }
+}
+
+int main(void) {
+  board_init();
+  if (board_open_input("input.bin") != 0) {
+    printf("error cannot open input.bin\n");
+    return 2;
+  }
+  struct {
+    char magic[4];
+    uint32_t version, n_records, input_elems;
+  } header;
+  if (read_exact(&header, sizeof header) != 0 || memcmp(header.magic, "TTIN", 4) != 0 ||
+      header.version != 1u || header.input_elems != TT_INPUT_ELEMS) {
+    printf("error input.bin is not a version-1 stream of %lu-element samples\n",
+           (unsigned long)TT_INPUT_ELEMS);
+    return 2;
+  }
+  tt_init();
+  for (uint32_t r = 0; r < header.n_records; ++r) {
+    struct {
+      uint32_t op;
+      int32_t label;
+    } rec;
+    if (read_exact(&rec, sizeof rec) != 0 || read_exact(sample, sizeof sample) != 0) {
+      printf("error input.bin ends inside record %lu\n", (unsigned long)r);
+      return 2;
+    }
+    if (rec.op == 'T') {
+      float loss = 0.0f;
+      board_mark_begin();
+      int status = tt_train_step(sample, rec.label, &loss);
+      board_mark_end();
+      if (status != 0) {
+        printf("error train_step failed with status %d at record %lu\n", status, (unsigned long)r);
+        return 3;
+      }
+      printf("loss %lu %08lx\n", (unsigned long)r, (unsigned long)bits_of(loss));
+    } else if (rec.op == 'P') {
+      board_mark_begin();
+      int status = tt_predict(sample, logits);
+      board_mark_end();
+      if (status != 0) {
+        printf("error predict failed with status %d at record %lu\n", status, (unsigned long)r);
+        return 3;
+      }
+      uint32_t best = 0;
+      for (uint32_t c = 1; c < TT_NUM_CLASSES; ++c) {
+        if (logits[c] > logits[best]) {
+          best = c;
+        }
+      }
+      printf("pred %lu %lu", (unsigned long)r, (unsigned long)best);
+      for (uint32_t c = 0; c < TT_NUM_CLASSES; ++c) {
+        printf(" %08lx", (unsigned long)bits_of(logits[c]));
+      }
+      printf("\n");
+    } else if (rec.op == 'D') {
+      dump_params();
+    } else {
+      printf("error unknown op %lu in record %lu\n", (unsigned long)rec.op, (unsigned long)r);
+      return 2;
+    }
+  }
+  printf("workspace %lu\n", (unsigned long)tt_workspace_peak());
+  printf("stack %lu\n", (unsigned long)board_stack_high_water());
+  printf("done %lu\n", (unsigned long)header.n_records);
+  return 0;
+}
