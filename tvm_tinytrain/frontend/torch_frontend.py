@@ -46,14 +46,14 @@ def import_torch(model: torch.nn.Module, example_input: torch.Tensor, *, source:
         raise TinyTrainError(
             f"example input must be NCHW with batch 1, got shape {tuple(example_input.shape)}")
     model = _fold_batch_norm(copy.deepcopy(model).eval())
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's pytree deprecations, not the user's
+        try:
             exported = torch.export.export(model, (example_input,))
-    except Exception as err:  # torch's own message says what it could not trace
-        raise TinyTrainError(f"torch.export could not export the model: {err}") from None
-    _check_supported(exported)
-    mod = from_exported_program(exported, keep_params_as_input=True, unwrap_unit_return_tuple=True)
+        except Exception as err:  # torch's own message says what it could not trace
+            raise TinyTrainError(f"torch.export could not export the model: {err}") from None
+        _check_supported(exported)
+        mod = from_exported_program(exported, keep_params_as_input=True, unwrap_unit_return_tuple=True)
     mod, params = _rename_params(mod, exported)
     out = mod["main"].ret_ty
     if not isinstance(out, relax.TensorType) or len(out.shape) != 2:

@@ -1,0 +1,254 @@
+"""The `tinytrain` command: compile, run, demo, targets.
+
+Every user error ends as one line `tinytrain: error: ...` and exit status 1; a traceback
+means a bug in tvm-tinytrain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import SparseUpdateConfig
+from .errors import ConfigError, TinyTrainError
+from .pipeline import TrainOptions
+
+DEFAULT_TARGET = "cortex-m7"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TinyTrainError as err:
+        print(f"tinytrain: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tinytrain: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .targets.boards import BOARDS
+
+    p = argparse.ArgumentParser(prog="tinytrain", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="model + sparse-update config + target -> a C project folder")
+    c.add_argument("model", help="an ONNX file (model.onnx) or a PyTorch factory (file.py:function)")
+    c.add_argument("--input-shape", help="NCHW input shape for PyTorch models, e.g. 1,1,8,8")
+    c.add_argument("--weights", help="a state_dict saved with torch.save (loaded with weights_only=True)")
+    _add_config_args(c)
+    _add_build_args(c)
+    c.add_argument("-o", "--output", required=True, help="project folder to write (replaced atomically)")
+    c.set_defaults(func=_cmd_compile)
+
+    r = sub.add_parser("run", help="build a compiled project and train it on a data stream")
+    r.add_argument("project", help="a folder written by `tinytrain compile`")
+    r.add_argument("--data", required=True,
+                   help=".npz with x_train, y_train, x_test, y_test (float32 NCHW samples, int labels)")
+    r.add_argument("--epochs", type=int, default=1)
+    r.add_argument("--timeout", type=float, default=1800, help="seconds before the run is stopped")
+    r.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
+    r.set_defaults(func=_cmd_run)
+
+    d = sub.add_parser("demo", help="learn new digits on an emulated MCU (real data, real emulator)")
+    d.add_argument("--target", default=DEFAULT_TARGET, choices=sorted(BOARDS))
+    d.add_argument("--epochs", type=int, default=None, help="passes over the training stream (default 2)")
+    d.add_argument("--out", default=None, help="project folder (default out/demo-TARGET)")
+    d.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
+    d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser("targets", help="list the targets")
+    t.set_defaults(func=_cmd_targets)
+    return p
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sparse update (which parameters train; the classifier always does)")
+    g.add_argument("--config", help="YAML or JSON file with the keys below")
+    g.add_argument("--param", action="append", default=[], metavar="NAME", help="train this parameter")
+    g.add_argument("--n-bias-update", type=int, help="train the biases of the last N convs")
+    g.add_argument("--weight-idx", type=int, nargs="+", help="train the weights of these convs (0 = first)")
+    g.add_argument("--ratio", type=float, nargs="+", help="per --weight-idx: fraction of input channels")
+    g.add_argument("--lr", type=float, default=TrainOptions.lr, help="SGD learning rate")
+    g.add_argument("--momentum", type=float, default=TrainOptions.momentum, help="SGD momentum")
+
+
+def _add_build_args(p: argparse.ArgumentParser) -> None:
+    from .targets.boards import BOARDS
+
+    g = p.add_argument_group("target and budget")
+    g.add_argument("--target", default=DEFAULT_TARGET, choices=sorted(BOARDS))
+    g.add_argument("--ram-kb", type=int, default=256, help="RAM budget (KiB)")
+    g.add_argument("--flash-kb", type=int, default=1024, help="flash budget (KiB)")
+    g.add_argument("--stack-kb", type=int, default=8, help="stack reserved inside the RAM budget (KiB)")
+
+
+def config_from_args(args) -> SparseUpdateConfig:
+    data = {}
+    if args.config:
+        data = vars(SparseUpdateConfig.from_file(args.config)).copy()
+    if args.param:
+        data["params"] = tuple(data.get("params", ())) + tuple(args.param)
+    if args.n_bias_update is not None:
+        data["n_bias_update"] = args.n_bias_update
+    if args.weight_idx is not None:
+        data["manual_weight_idx"] = args.weight_idx
+        data["weight_update_ratio"] = args.ratio or ()
+    elif args.ratio:
+        raise ConfigError("--ratio needs --weight-idx (one ratio per conv index)")
+    return SparseUpdateConfig.from_dict(data)
+
+
+def load_model(spec: str, input_shape: str | None, weights: str | None):
+    """An ImportedModel from `model.onnx` or `file.py:factory` (+ optional state_dict)."""
+    path, _, factory = spec.partition(":")
+    if path.endswith(".onnx") and not factory:
+        from .frontend.onnx_frontend import import_onnx
+        return import_onnx(path)
+    if not path.endswith(".py") or not factory:
+        raise TinyTrainError(f"model '{spec}': give an ONNX file (model.onnx) or a PyTorch factory "
+                             f"(file.py:function returning an nn.Module)")
+    if not input_shape:
+        raise TinyTrainError("a PyTorch model needs --input-shape, e.g. --input-shape 1,3,32,32")
+    import torch
+
+    from .frontend.torch_frontend import import_torch
+    try:
+        shape = tuple(int(d) for d in input_shape.split(","))
+    except ValueError:
+        raise TinyTrainError(f"--input-shape must be integers separated by commas, got '{input_shape}'") from None
+    if not Path(path).is_file():
+        raise TinyTrainError(f"no such file: {path}")
+    spec_ = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(module)
+    if not hasattr(module, factory):
+        raise TinyTrainError(f"{path} has no function '{factory}'")
+    model = getattr(module, factory)()
+    if weights:
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise TinyTrainError(f"cannot load weights {weights} (only plain tensors are accepted): {err}") from None
+        model.load_state_dict(state)
+    return import_torch(model, torch.zeros(shape), source=spec)
+
+
+def compile_to_project(model, config: SparseUpdateConfig, options: TrainOptions, target: str, out: Path,
+                       *, ram_kb: int = 256, flash_kb: int = 1024, stack_kb: int = 8):
+    from .pipeline import build_training_program
+    from .targets.boards import check_toolchain, get_board
+    from .targets.project import write_project
+
+    board = get_board(target)
+    check_toolchain(board)
+    program = build_training_program(model, config, options)
+    emitted, estimate = write_project(program, out, board, ram_bytes=ram_kb * 1024,
+                                      flash_bytes=flash_kb * 1024, stack_bytes=stack_kb * 1024)
+    return board, program, emitted, estimate
+
+
+def _cmd_compile(args) -> int:
+    model = load_model(args.model, args.input_shape, args.weights)
+    config = config_from_args(args)
+    board, program, emitted, est = compile_to_project(
+        model, config, TrainOptions(args.lr, args.momentum), args.target, Path(args.output),
+        ram_kb=args.ram_kb, flash_kb=args.flash_kb, stack_kb=args.stack_kb)
+    print(f"wrote {args.output} for {board.description}")
+    print(f"  trains {len(program.trainable.names)} tensors: {', '.join(program.trainable.names)}")
+    print(f"  planned RAM {est.ram_bytes} bytes (arena {est.arena_bytes}, trainable {est.trainable_bytes}, "
+          f"momentum {est.momentum_bytes}, stack {est.stack_bytes}); frozen weights in flash "
+          f"{est.frozen_flash_bytes} bytes")
+    print(f"  build it: make -C {args.output}   (or: tinytrain run {args.output} --data DATA.npz)")
+    return 0
+
+
+def _load_npz(path: str):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except KeyError as err:
+        raise TinyTrainError(f"{path} lacks the array {err}: expected x_train, y_train, x_test, y_test") from None
+    except (OSError, ValueError) as err:
+        raise TinyTrainError(f"cannot read {path} as a .npz of arrays: {err}") from None
+    return arrays
+
+
+def _cmd_run(args) -> int:
+    from .session import train_and_evaluate
+    from .targets.boards import get_board
+
+    project = Path(args.project)
+    report = project / "memory_report.json"
+    if not report.is_file():
+        raise TinyTrainError(f"{project} is not a project written by `tinytrain compile` (no memory_report.json)")
+    board = get_board(json.loads(report.read_text())["board"])
+    d = _load_npz(args.data)
+    result = train_and_evaluate(board, project, d["x_train"], d["y_train"], d["x_test"], d["y_test"],
+                                epochs=args.epochs, progress=not args.json, timeout_s=args.timeout)
+    _report(result, args.json)
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from . import demo
+
+    t0 = time.time()
+    say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    say("tvm-tinytrain demo: learn digits 5-9 on an emulated MCU, one sample at a time")
+    (x_old, y_old), (x_train, y_train), (x_test, y_test) = demo.load_digits_split()
+    say(f"  data: scikit-learn digits, {len(x_old)} samples of 0-4 to pretrain; "
+        f"{len(x_train)} of 5-9 to learn on device, {len(x_test)} held out")
+    model = demo.pretrain(x_old, y_old)
+    say(f"  pretrained DigitsNet on 0-4 on the host, new 5-class head ({time.time() - t0:.0f} s)")
+    import torch
+
+    from .frontend.torch_frontend import import_torch
+    imported = import_torch(model, torch.zeros(demo.INPUT_SHAPE), source="tvm_tinytrain.demo.DigitsNet")
+    out = Path(args.out or f"out/demo-{args.target}")
+    board, program, _, est = compile_to_project(
+        imported, demo.DEMO_CONFIG, TrainOptions(demo.DEMO_LR, demo.DEMO_MOMENTUM), args.target, out)
+    say(f"  compiled {out}: trains {', '.join(program.trainable.names)}; planned RAM {est.ram_bytes} bytes")
+    say(f"  training on {board.description} ...")
+    from .session import train_and_evaluate
+    result = train_and_evaluate(board, out, x_train, y_train, x_test, y_test,
+                                epochs=args.epochs or demo.DEMO_EPOCHS, progress=not args.json)
+    result["seconds"] = round(time.time() - t0, 1)
+    _report(result, args.json)
+    return 0
+
+
+def _report(result: dict, as_json: bool) -> None:
+    result = {k: v for k, v in result.items() if k not in ("params", "losses")}
+    if as_json:
+        print(json.dumps(result))
+        return
+    ins = result["instructions_per_step"]
+    curve = " ".join(f"{v:.2f}" for v in result["loss_curve"])
+    print(f"  ran on {result['ran_on']}: {result['steps']} training steps")
+    print(f"  loss (mean over 20 chunks of steps): {curve}")
+    print(f"  held-out accuracy: before {result['accuracy_before']:.3f}  after {result['accuracy_after']:.3f}")
+    print(f"  peak SRAM {result['peak_sram_bytes']} bytes (static {result['static_ram_bytes']}, "
+          f"stack high-water {result['stack_high_water_bytes']}), flash {result['flash_bytes']} bytes")
+    print(f"  instructions per training step: {'n/a on host' if ins is None else f'{ins:,.0f}'}")
+
+
+def _cmd_targets(_args) -> int:
+    from .targets.boards import BOARDS
+
+    for name, board in BOARDS.items():
+        print(f"{name:<10} {board.description}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
