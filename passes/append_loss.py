@@ -55,4 +55,5 @@ class AppendCrossEntropyLoss:
                 lsm = bb.emit(relax.op.nn.log_softmax(func.body.body, axis=-1))
                 loss = bb.emit_output(relax.op.nn.nll_loss(lsm, label, reduction="mean"))
             bb.emit_func_output(loss)
-        return bb.get()
+        # The logits stop being an output of the block: make them a dataflow var again.
+        return relax.transform.CanonicalizeBindings()(bb.get())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
+from tvm.relax.utils import copy_with_new_vars
 
 from .sgd_kernels import sgd_update_kernel
 
@@ -45,7 +46,7 @@ class FuseSGDUpdate:
         self.func_name, self.new_name = func_name, new_name
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        adjoint = mod[self.func_name]
+        adjoint = copy_with_new_vars(mod[self.func_name])  # a var belongs to one function
         block = adjoint.body.blocks[0]
         by_name = {p.name: p for p in adjoint.params}
         velocities = [relax.Var(f"momentum.{n}", by_name[n].ty) for n in self.trainable] if self.momentum else []

@@ -1,0 +1,99 @@
+"""Shared fixtures: small CNNs covering the supported ops, and compiled programs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tvm_tinytrain.config import SparseUpdateConfig
+from tvm_tinytrain.frontend.torch_frontend import import_torch
+from tvm_tinytrain.pipeline import TrainOptions, build_training_program
+
+INPUT_SHAPE = (1, 2, 8, 8)
+
+
+class SmallNet(nn.Module):
+    """conv-BN-ReLU, depthwise + ReLU6, residual add, max pool, conv, global pool, linear."""
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+        self.conv0 = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x):
+        x = self.conv0(x)
+        x = x + nn.functional.relu6(self.dw(x))
+        x = self.pool(x)
+        x = torch.clamp(self.conv2(x), 0.0, 4.0)
+        x = nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.head(x)
+
+
+def make_small_net(seed: int = 0) -> SmallNet:
+    torch.manual_seed(seed)
+    net = SmallNet()
+    bn = net.conv0[1]
+    bn.running_mean.uniform_(-0.2, 0.2)
+    bn.running_var.uniform_(0.5, 1.5)
+    bn.weight.data.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def samples(n: int, seed: int = 1, classes: int = 4):
+    rng = np.random.default_rng(seed)
+    xs = rng.standard_normal((n, *INPUT_SHAPE[1:])).astype(np.float32)
+    ys = rng.integers(0, classes, n)
+    return xs, ys
+
+
+# Bias of the last conv + conv2's weight on half its input channels + the head; momentum.
+SPARSE = SparseUpdateConfig(n_bias_update=1, manual_weight_idx=(2,), weight_update_ratio=(0.5,))
+OPTIONS = TrainOptions(lr=0.05, momentum=0.9)
+
+
+@pytest.fixture(scope="session")
+def small_net():
+    return make_small_net()
+
+
+@pytest.fixture(scope="session")
+def small_imported(small_net):
+    return import_torch(small_net, torch.zeros(INPUT_SHAPE))
+
+
+@pytest.fixture(scope="session")
+def small_program(small_imported):
+    return build_training_program(small_imported, SPARSE, OPTIONS)
+
+
+def torch_sgd_reference(net: nn.Module, program, xs, ys):
+    """Train a copy of `net` with torch autograd + torch.optim.SGD on the program's trainable
+    set (sub-tensor updates: the gradient of the channels that do not train is zeroed)."""
+    import copy
+
+    ref = copy.deepcopy(net).eval()
+    ref = torch.fx.experimental.optimization.fuse(ref)  # fold BN as the frontend does
+    named = dict(ref.named_parameters())
+    for name, p in named.items():
+        p.requires_grad_(name in program.trainable)
+    opt = torch.optim.SGD([named[n] for n in program.trainable.names], lr=program.options.lr,
+                          momentum=program.options.momentum)
+    losses = []
+    for x, y in zip(xs, ys):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(ref(torch.from_numpy(x[None])), torch.tensor([int(y)]))
+        loss.backward()
+        for name in program.trainable.names:
+            ratio = program.trainable.ratio[name]
+            if ratio < 1.0:
+                axis = program.trainable.channel_axis[name]
+                k = max(1, round(named[name].shape[axis] * ratio))
+                named[name].grad.narrow(axis, k, named[name].shape[axis] - k).zero_()
+        opt.step()
+        losses.append(loss.item())
+    return losses, {n: p.detach().numpy().copy() for n, p in named.items()}

@@ -1,0 +1,84 @@
+import pytest
+
+from tvm_tinytrain.cli import _parser, config_from_args
+from tvm_tinytrain.config import SparseUpdateConfig
+from tvm_tinytrain.errors import ConfigError
+from tvm_tinytrain.layers import find_layers
+
+
+def _resolve(imported, cfg):
+    main = imported.mod["main"]
+    return cfg.resolve(find_layers(main), [p.name for p in main.params[1:]])
+
+
+def test_layers_in_graph_order(small_imported):
+    layers = find_layers(small_imported.mod["main"])
+    assert [(l.kind, l.weight, l.bias) for l in layers] == [
+        ("conv2d", "conv0.0.weight", "conv0.0.bias"),
+        ("conv2d", "dw.weight", "dw.bias"),
+        ("conv2d", "conv2.weight", "conv2.bias"),
+        ("linear", "head.weight", "head.bias"),
+    ]
+    assert layers[1].channel_axis == 0  # depthwise: sub-tensor updates slice output channels
+
+
+def test_tiny_training_keys(small_imported):
+    cfg = SparseUpdateConfig(n_bias_update=2, manual_weight_idx=[2], weight_update_ratio=[0.5])
+    ts = _resolve(small_imported, cfg)
+    assert ts.names == ("dw.bias", "conv2.weight", "conv2.bias", "head.weight", "head.bias")
+    assert ts.ratio["conv2.weight"] == 0.5 and ts.ratio["head.weight"] == 1.0
+
+
+def test_explicit_names_and_classifier_always(small_imported):
+    ts = _resolve(small_imported, SparseUpdateConfig(params=["dw.weight"]))
+    assert ts.names == ("dw.weight", "head.weight", "head.bias")
+    ts = _resolve(small_imported, SparseUpdateConfig(params=["dw.weight"], train_classifier=False))
+    assert ts.names == ("dw.weight",)
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (dict(manual_weight_idx=[3]), "out of range"),
+    (dict(manual_weight_idx=[-1]), "out of range"),
+    (dict(n_bias_update=4), "only 3 convs"),
+    (dict(params=["nope.weight"]), "'nope.weight' does not exist"),
+])
+def test_invalid_for_this_model(small_imported, cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        _resolve(small_imported, SparseUpdateConfig(**cfg))
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (dict(manual_weight_idx=[1], weight_update_ratio=[0.0]), r"\(0, 1\]"),
+    (dict(manual_weight_idx=[1], weight_update_ratio=[1.5]), r"\(0, 1\]"),
+    (dict(manual_weight_idx=[1, 2], weight_update_ratio=[0.5]), "one ratio per conv"),
+    (dict(manual_weight_idx=[1, 1]), "twice"),
+    (dict(n_bias_update=-1), "non-negative"),
+    (dict(bias_update=3), "unknown sparse-update key"),
+])
+def test_invalid_config(cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        SparseUpdateConfig.from_dict(cfg)
+
+
+def test_yaml_and_json_files(tmp_path):
+    (tmp_path / "c.yaml").write_text("n_bias_update: 2\nmanual_weight_idx: [1, 2]\nweight_update_ratio: [1, 0.25]\n")
+    (tmp_path / "c.json").write_text('{"n_bias_update": 2, "manual_weight_idx": [1, 2], "weight_update_ratio": [1, 0.25]}')
+    a = SparseUpdateConfig.from_file(tmp_path / "c.yaml")
+    assert a == SparseUpdateConfig.from_file(tmp_path / "c.json")
+    assert a.weight_update_ratio == (1.0, 0.25)
+    (tmp_path / "bad.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        SparseUpdateConfig.from_file(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="cannot read"):
+        SparseUpdateConfig.from_file(tmp_path / "missing.yaml")
+
+
+def test_cli_flags_override_the_file(tmp_path):
+    (tmp_path / "c.yaml").write_text("n_bias_update: 1\nparams: [dw.weight]\n")
+    args = _parser().parse_args(["compile", "m.onnx", "-o", "out", "--config", str(tmp_path / "c.yaml"),
+                                 "--n-bias-update", "2", "--weight-idx", "0", "2", "--ratio", "1", "0.5",
+                                 "--param", "conv0.0.bias"])
+    cfg = config_from_args(args)
+    assert cfg.n_bias_update == 2
+    assert cfg.params == ("dw.weight", "conv0.0.bias")
+    assert cfg.manual_weight_idx == (0, 2) and cfg.weight_update_ratio == (1.0, 0.5)

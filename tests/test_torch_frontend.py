@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+import tvm
+from torch import nn
+from tvm import relax
+
+from conftest import INPUT_SHAPE, make_small_net
+from tvm_tinytrain.errors import TinyTrainError, UnsupportedOpError
+from tvm_tinytrain.frontend.torch_frontend import import_torch
+
+
+def _run_main(imported, x):
+    exe = tvm.compile(imported.mod, target="llvm")
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    args = [tvm.runtime.tensor(x)] + [tvm.runtime.tensor(v) for v in imported.params.values()]
+    return vm["main"](*args).numpy()
+
+
+def test_forward_matches_torch_with_batch_norm_folded(small_net, small_imported):
+    x = np.random.default_rng(0).standard_normal(INPUT_SHAPE).astype(np.float32)
+    expected = small_net(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(_run_main(small_imported, x), expected, rtol=1e-5, atol=1e-6)
+    assert "batch_norm" not in small_imported.mod.script()
+    assert "conv0.1.weight" not in small_imported.params  # folded into conv0.0
+
+
+def test_params_keep_state_dict_names_in_order(small_imported):
+    names = [p.name for p in small_imported.mod["main"].params[1:]]
+    assert names == list(small_imported.params)
+    assert names[:2] == ["conv0.0.weight", "conv0.0.bias"]
+    assert names[-2:] == ["head.weight", "head.bias"]
+    assert small_imported.num_classes == 4
+
+
+def test_relu6_and_clamp_become_clip(small_imported):
+    script = small_imported.mod.script()
+    assert script.count("R.clip(") == 2
+    assert "call_tir" not in script
+
+
+def test_dropout_is_identity():
+    class WithDropout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.fc(self.drop(x.flatten(1)))
+
+    imported = import_torch(WithDropout(), torch.zeros(1, 1, 2, 2))
+    assert "dropout" not in imported.mod.script()
+
+
+def test_unsupported_op_names_op_module_path_and_supported_list():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sigmoid())
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc(self.features(x).mean((2, 3)))
+
+    with pytest.raises(UnsupportedOpError) as err:
+        import_torch(Net(), torch.zeros(1, 1, 5, 5))
+    msg = str(err.value)
+    assert "sigmoid" in msg and "features.1" in msg and "Sigmoid" in msg
+    assert "Conv2d" in msg and "ReLU6" in msg  # the supported list
+
+
+def test_dilation_is_refused():
+    class Dilated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, dilation=2)
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    with pytest.raises(UnsupportedOpError, match="dilation"):
+        import_torch(Dilated(), torch.zeros(1, 1, 8, 8))
+
+
+def test_batch_norm_without_conv_is_refused():
+    class LoneBN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(1)
+            self.fc = nn.Linear(1, 2)
+
+        def forward(self, x):
+            return self.fc(self.bn(x).mean((2, 3)))
+
+    with pytest.raises(UnsupportedOpError, match="batch norm at bn"):
+        import_torch(LoneBN(), torch.zeros(1, 1, 4, 4))
+
+
+def test_input_must_be_batch_one_nchw():
+    with pytest.raises(TinyTrainError, match="batch 1"):
+        import_torch(make_small_net(), torch.zeros(2, *INPUT_SHAPE[1:]))
