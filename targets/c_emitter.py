@@ -80,10 +80,10 @@ def emit(program: TrainingProgram, lowered: LoweredProgram) -> EmittedProgram:
     consts = [t for t in lowered.tensors if t.storage == "const"]
     frozen_bytes = sum(t.nbytes for t in params if t not in trainable) + sum(t.nbytes for t in consts)
     files = {
-        "tinytrain_model.h": _header(program, arena, len(trainable)),
+        "tinytrain_model.h": _header(program, arena, len(params)),
         "tinytrain_params.h": _params_header(params, momenta),
         "tinytrain_params.c": _params_source(program, params, momenta),
-        "tinytrain_model.c": _driver(program, lowered, plans, arena, trainable, momenta, consts),
+        "tinytrain_model.c": _driver(program, lowered, plans, arena, params, trainable, momenta, consts),
         "tinytrain_kernels.c": _kernels(program, lowered.kernels_c),
     }
     return EmittedProgram(files, plans, arena, sum(t.nbytes for t in trainable),
@@ -95,7 +95,7 @@ def _banner(program: TrainingProgram, what: str) -> str:
             f"Do not edit: recompile the model instead.\n */\n")
 
 
-def _header(program: TrainingProgram, arena: int, n_trainable: int) -> str:
+def _header(program: TrainingProgram, arena: int, n_params: int) -> str:
     n_in = int(np.prod(program.input_shape))
     shape = "x".join(map(str, program.input_shape))
     return _banner(program, "Public API of the generated training program.") + f"""#ifndef TINYTRAIN_MODEL_H
@@ -105,17 +105,18 @@ def _header(program: TrainingProgram, arena: int, n_trainable: int) -> str:
 
 #define TT_INPUT_ELEMS {n_in}u      /* one sample, NCHW {shape}, float32 */
 #define TT_NUM_CLASSES {program.num_classes}u
-#define TT_NUM_TRAINABLE {n_trainable}u
+#define TT_NUM_PARAMS {n_params}u
 #define TT_ARENA_BYTES {arena}u
 
 typedef struct {{
-  const char *name; /* parameter name in the source model */
-  float *data;      /* lives in RAM; updated in place by tt_train_step */
-  uint32_t size;    /* elements */
+  const char *name;  /* parameter name in the source model */
+  const float *data; /* trainable: RAM, updated in place by tt_train_step; frozen: flash */
+  uint32_t size;     /* elements */
+  uint32_t trainable;
 }} tt_param_t;
 
-/* The parameters that train, in model order. */
-extern const tt_param_t tt_trainable_params[TT_NUM_TRAINABLE];
+/* Every parameter of the model, in model order. */
+extern const tt_param_t tt_params[TT_NUM_PARAMS];
 
 /* Reset the optimizer state (momentum). Weights start from their compiled values. */
 void tt_init(void);
@@ -186,7 +187,7 @@ def _dl_dtype(dtype: str) -> str:
     return f"{DL_CODES[base]}, {bits}"
 
 
-def _driver(program, lowered, plans, arena, trainable, momenta, consts) -> str:
+def _driver(program, lowered, plans, arena, params, trainable, momenta, consts) -> str:
     offsets = {name: off for p in plans.values() for name, off in p.offsets.items()}
     o = program.options
     out = [_banner(program, "Training-step driver: calls TVM's kernels in order over one static arena.").rstrip("\n")]
@@ -241,9 +242,9 @@ def _driver(program, lowered, plans, arena, trainable, momenta, consts) -> str:
     out += ["}", ""]
     out += _function_body(lowered.schedules["train_step"], plans["train_step"], offsets)
     out += _function_body(lowered.schedules["predict"], plans["predict"], offsets)
-    out += ["const tt_param_t tt_trainable_params[TT_NUM_TRAINABLE] = {"]
-    for t in trainable:
-        out.append(f'    {{"{t.param}", {t.name}, {int(np.prod(t.shape))}u}},')
+    out += ["const tt_param_t tt_params[TT_NUM_PARAMS] = {"]
+    for t in params:
+        out.append(f'    {{"{t.param}", {t.name}, {int(np.prod(t.shape))}u, {int(t.trainable)}u}},')
     out += ["};", ""]
     return "\n".join(out)
 

@@ -6,7 +6,7 @@
  *   header : char magic[4] = "TTIN", uint32 version = 1, uint32 n_records, uint32 input_elems
  *   record : uint32 op, int32 label, float x[input_elems]   (little endian)
  *            op 'T' = one training step on (x, label), 'P' = predict x,
- *            op 'D' = dump the trainable parameters (x and label unused)
+ *            op 'D' = dump all parameters (x and label unused)
  *
  * and prints one line per result, floats as the hex of their IEEE-754 bits so that the
  * host reads them back exactly:
@@ -41,8 +41,8 @@ static int read_exact(void *buf, size_t n) {
 }
 
 static void dump_params(void) {
-  for (uint32_t p = 0; p < TT_NUM_TRAINABLE; ++p) {
-    const tt_param_t *param = &tt_trainable_params[p];
+  for (uint32_t p = 0; p < TT_NUM_PARAMS; ++p) {
+    const tt_param_t *param = &tt_params[p];
     for (uint32_t i = 0; i < param->size; i += DUMP_PER_LINE) {
       printf("param %s %lu", param->name, (unsigned long)i);
       for (uint32_t j = i; j < param->size && j < i + DUMP_PER_LINE; ++j) {

@@ -60,7 +60,7 @@ def import_onnx(path: str | Path) -> ImportedModel:
     mod = tvm.transform.Sequential([
         NormalizeONNX(),
         relax.transform.CanonicalizeBindings(),
-        relax.transform.DeadCodeElimination(["main"]),
+        relax.transform.DeadCodeElimination(),
     ])(mod)
     mod, values = relax.frontend.detach_params(mod)
     names = [p.name for p in mod["main"].params[1:]]

@@ -1,0 +1,32 @@
+from tvm_tinytrain.planner import Buffer, plan
+
+
+def _overlap(a_off, a_size, b_off, b_size):
+    return a_off < b_off + b_size and b_off < a_off + a_size
+
+
+def test_buffers_alive_together_never_share_bytes():
+    bufs = [Buffer("a", 100, 0, 3, "forward"), Buffer("b", 64, 1, 2, "forward"),
+            Buffer("c", 200, 2, 5, "backward"), Buffer("ws", 48, 2, 2, "workspace")]
+    p = plan(bufs)
+    for x in bufs:
+        for y in bufs:
+            if x is not y and x.overlaps(y):
+                assert not _overlap(p.offsets[x.name], x.size, p.offsets[y.name], y.size), (x, y)
+        assert p.offsets[x.name] % 16 == 0
+        assert p.offsets[x.name] + x.size <= p.arena_bytes
+
+
+def test_disjoint_lifetimes_reuse_memory():
+    p = plan([Buffer("a", 1000, 0, 1, "forward"), Buffer("b", 1000, 2, 3, "forward"),
+              Buffer("c", 500, 4, 4, "forward")])
+    assert p.arena_bytes == 1008  # one slot of the largest, 16-byte aligned
+    assert p.offsets["a"] == p.offsets["b"] == p.offsets["c"] == 0
+
+
+def test_peak_step_and_breakdown():
+    p = plan([Buffer("x", 160, 0, 4, "saved for backward"), Buffer("g", 320, 3, 4, "backward"),
+              Buffer("w", 32, 3, 3, "workspace"), Buffer("t", 16, 0, 0, "forward")])
+    assert p.peak_step == 3
+    assert p.live_at_peak == {"saved for backward": 160, "backward": 320, "workspace": 32}
+    assert p.live_peak_bytes <= p.arena_bytes
