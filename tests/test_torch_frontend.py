@@ -101,3 +101,41 @@ def test_batch_norm_without_conv_is_refused():
 def test_input_must_be_batch_one_nchw():
     with pytest.raises(TinyTrainError, match="batch 1"):
         import_torch(make_small_net(), torch.zeros(2, *INPUT_SHAPE[1:]))
+
+
+def test_explicit_constant_pad_trains_like_torch():
+    class Padded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, x):
+            x = nn.functional.pad(x, (1, 2, 0, 1), value=0.5)
+            return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+    from tvm_tinytrain.config import SparseUpdateConfig
+    from tvm_tinytrain.pipeline import build_training_program
+    from tvm_tinytrain.reference import RelaxVMTrainer
+
+    torch.manual_seed(0)
+    net = Padded()
+    x = np.random.default_rng(0).standard_normal((1, 1, 6, 6)).astype(np.float32)
+    program = build_training_program(import_torch(net, torch.zeros(1, 1, 6, 6)),
+                                     SparseUpdateConfig(params=["conv.weight"]))
+    loss = RelaxVMTrainer(program).step(x, 1)
+    expected = nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.tensor([1])).item()
+    assert loss == pytest.approx(expected, rel=1e-6)
+
+
+def test_reflect_pad_is_refused():
+    class Reflect(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(1, 2)
+
+        def forward(self, x):
+            return self.fc(nn.functional.pad(x, (1, 1, 1, 1), mode="reflect").mean((2, 3)))
+
+    with pytest.raises(UnsupportedOpError, match="reflect|reflection_pad"):
+        import_torch(Reflect(), torch.zeros(1, 1, 4, 4))

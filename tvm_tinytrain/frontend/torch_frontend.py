@@ -32,6 +32,7 @@ SUPPORTED_ATEN_OPS = {
     "adaptive_avg_pool2d": "AdaptiveAvgPool2d", "mean": "mean over H, W (global pool)",
     "flatten": "flatten", "reshape": "reshape", "view": "view", "_unsafe_view": "view",
     "linear": "Linear", "dropout": "Dropout", "dropout_": "Dropout",
+    "pad": "F.pad (constant)", "constant_pad_nd": "F.pad (constant)",
     "batch_norm": "BatchNorm2d (after a conv)",
     "_native_batch_norm_legit_no_training": "BatchNorm2d (after a conv)",
 }
@@ -102,6 +103,9 @@ def _check_supported(exported: torch.export.ExportedProgram) -> None:
             if any(d != 1 for d in dilation):
                 raise UnsupportedOpError(
                     f"conv2d with dilation {list(dilation)} at {_module_path(node)}: only dilation 1 is supported")
+        if name == "pad" and (len(node.args) > 2 and node.args[2] not in ("constant",)):
+            raise UnsupportedOpError(
+                f"F.pad with mode '{node.args[2]}' at {_module_path(node)}: only constant padding is supported")
         if name == "mean":
             dims = sorted(d % 4 for d in node.args[1])
             if dims != [2, 3]:
