@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tvm_tinytrain.errors import RunError
+from tvm_tinytrain.errors import RunError, TinyTrainError
 
 TRAIN, PREDICT, DUMP = ord("T"), ord("P"), ord("D")
 
@@ -27,7 +27,7 @@ def write_input(path: Path, records: list[Record], input_elems: int) -> None:
         for r in records:
             x = zeros if r.x is None else np.asarray(r.x, np.float32).reshape(-1)
             if x.size != input_elems:
-                raise ValueError(f"sample has {x.size} elements, the model takes {input_elems}")
+                raise TinyTrainError(f"a sample has {x.size} elements but the model takes {input_elems}")
             f.write(struct.pack("<Ii", r.op, int(r.label)) + x.astype("<f4").tobytes())
 
 

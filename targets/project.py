@@ -40,6 +40,7 @@ class MemoryEstimate:
     """What the program needs before linking (the linker map has the final word)."""
 
     arena_bytes: int
+    arena_at_peak: dict[str, int]   # what the arena holds at train_step's peak, by kind
     trainable_bytes: int
     momentum_bytes: int
     io_bytes: int
@@ -55,7 +56,8 @@ def write_project(program: TrainingProgram, out_dir: Path, board: Board, *, ram_
                   flash_bytes: int = 1024 * 1024, stack_bytes: int = 8 * 1024) -> tuple[EmittedProgram, MemoryEstimate]:
     emitted = emit(program, lower(program))
     io = 4 * int(sum(program.input_shape) and _prod(program.input_shape)) + 4 * program.num_classes
-    estimate = MemoryEstimate(emitted.arena_bytes, emitted.trainable_bytes, emitted.momentum_bytes,
+    estimate = MemoryEstimate(emitted.arena_bytes, emitted.plans["train_step"].live_at_peak,
+                              emitted.trainable_bytes, emitted.momentum_bytes,
                               io + HARNESS_RAM_ESTIMATE, stack_bytes, emitted.frozen_bytes)
     _check_budget(estimate, ram_bytes, flash_bytes, board)
     out_dir = Path(out_dir)
@@ -73,6 +75,8 @@ def write_project(program: TrainingProgram, out_dir: Path, board: Board, *, ram_
                 shutil.copy(root / h, tmp / "include" / h)
         write_board_files(board, tmp, ram_bytes=ram_bytes, flash_bytes=flash_bytes, stack_bytes=stack_bytes)
         report = memory_report(emitted, estimate, board, ram_bytes, flash_bytes)
+        report["model"] = {"source": program.source, "input_shape": list(program.input_shape),
+                           "num_classes": program.num_classes, "trainable": list(program.trainable.names)}
         (tmp / "memory_report.json").write_text(json.dumps(report, indent=2) + "\n")
         _swap_in(tmp, out_dir)
     except BaseException:
@@ -104,7 +108,7 @@ def _check_budget(est: MemoryEstimate, ram_bytes: int, flash_bytes: int, board: 
     if est.ram_bytes > ram_bytes:
         raise BudgetError(
             f"the training program needs {est.ram_bytes} bytes of RAM but {board.name} has a budget of "
-            f"{ram_bytes}: arena {est.arena_bytes} (activations, gradients, workspaces), trainable weights "
+            f"{ram_bytes}: arena {est.arena_bytes} ({_kinds(est.arena_at_peak)}), trainable weights "
             f"{est.trainable_bytes}, momentum {est.momentum_bytes}, input/output buffers {est.io_bytes}, "
             f"stack {est.stack_bytes}. Train fewer layers, or raise --ram-kb.")
     flash_needed = est.frozen_flash_bytes + est.trainable_bytes
@@ -113,6 +117,13 @@ def _check_budget(est: MemoryEstimate, ram_bytes: int, flash_bytes: int, board: 
             f"the weights alone need {flash_needed} bytes of flash but {board.name} has a budget of "
             f"{flash_bytes}: frozen weights {est.frozen_flash_bytes}, initial trainable weights "
             f"{est.trainable_bytes}, before any code. Use a smaller model, or raise --flash-kb.")
+
+
+def _kinds(live: dict[str, int]) -> str:
+    names = {"forward": "activations", "saved for backward": "activations kept for backward",
+             "backward": "gradients", "workspace": "kernel workspaces", "output": "outputs"}
+    parts = [f"{names.get(k, k)} {v}" for k, v in sorted(live.items(), key=lambda kv: -kv[1])]
+    return "at its peak: " + ", ".join(parts) if parts else "empty"
 
 
 def memory_report(emitted: EmittedProgram, est: MemoryEstimate, board: Board, ram_bytes: int,

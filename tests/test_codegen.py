@@ -94,3 +94,29 @@ def test_builds_warning_free_with_wall_wextra(host_run):
     out = subprocess.run(["make", "-C", str(project)], check=True, capture_output=True, text=True)
     assert "-Wall" in out.stdout and "-Wextra" in out.stdout
     assert "warning" not in out.stderr.lower(), out.stderr
+
+
+def test_onnx_model_trains_like_torch_in_c(small_net, tmp_path):
+    """The ONNX path end to end: export, import, compile, run the C program on the host."""
+    import warnings
+
+    import torch
+
+    from conftest import INPUT_SHAPE, OPTIONS, SPARSE
+    from tvm_tinytrain.frontend.onnx_frontend import import_onnx
+    from tvm_tinytrain.pipeline import build_training_program
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(small_net, (torch.zeros(INPUT_SHAPE),), str(tmp_path / "m.onnx"),
+                          dynamo=False, do_constant_folding=False)
+    program = build_training_program(import_onnx(tmp_path / "m.onnx"), SPARSE, OPTIONS)
+    board = get_board("host")
+    write_project(program, tmp_path / "p", board)
+    xs, ys, records = stream_records()
+    result = run_stream(board, tmp_path / "p", records)
+    ref_losses, ref_params = torch_sgd_reference(make_small_net(), program, xs, ys)
+    np.testing.assert_allclose(result.output.losses, ref_losses, rtol=1e-5)
+    for name in program.trainable.names:
+        np.testing.assert_allclose(result.output.params[0][name], ref_params[name].ravel(),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)

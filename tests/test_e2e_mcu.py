@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from conftest import make_small_net, torch_sgd_reference
 from test_codegen import N_STEPS, stream_records
 from tvm_tinytrain.reference import RelaxVMTrainer
 from tvm_tinytrain.targets.boards import get_board
@@ -58,6 +59,17 @@ def test_mcu_matches_host_build_and_relax_vm(small_program, mcu_run, host_result
         if name not in small_program.trainable:
             assert np.array_equal(out.params[0][name], value.ravel()), f"frozen {name} changed on {board.name}"
     np.testing.assert_allclose(out.logits[0], vm_logits, rtol=1e-5, atol=1e-6)
+
+
+def test_mcu_matches_torch(small_program, mcu_run):
+    """Independent reference on the device itself: torch autograd + SGD, rtol 1e-5."""
+    _, _, result = mcu_run
+    xs, ys, _ = stream_records()
+    ref_losses, ref_params = torch_sgd_reference(make_small_net(), small_program, xs, ys)
+    np.testing.assert_allclose(result.output.losses, ref_losses, rtol=1e-5)
+    for name in small_program.trainable.names:
+        np.testing.assert_allclose(result.output.params[0][name], ref_params[name].ravel(),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_mcu_reports_instructions_memory_and_stack(mcu_run):

@@ -83,7 +83,8 @@ def test_over_budget_says_what_it_needs_and_keeps_the_old_output(model_file, tmp
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     proc = tinytrain("compile", f"{model_file}/nets.py:small", "--input-shape", SHAPE, "--target", "cortex-m4",
                      "--ram-kb", "8", "-o", out, "--param", "dw.weight")
-    assert_clean_error(proc, "needs", "bytes of RAM", "budget of 8192", "arena", "trainable weights", "stack")
+    assert_clean_error(proc, "needs", "bytes of RAM", "budget of 8192", "arena", "kernel workspaces",
+                       "trainable weights", "stack")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # no temporary folder left behind
 
@@ -125,4 +126,9 @@ def test_run_rejects_bad_data(model_file, tmp_path):
                      "-o", out).returncode == 0
     np.savez(tmp_path / "d.npz", x_train=np.zeros((2, 3)))
     assert_clean_error(tinytrain("run", out, "--data", tmp_path / "d.npz"), "y_train")
+    x = np.zeros((2, *INPUT_SHAPE[1:]), np.float32)
+    np.savez(tmp_path / "d.npz", x_train=x[:, :1], y_train=[0, 1], x_test=x, y_test=[0, 1])
+    assert_clean_error(tinytrain("run", out, "--data", tmp_path / "d.npz"), "the model takes (1, 2, 8, 8)")
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=[0, 9], x_test=x, y_test=[0, 1])
+    assert_clean_error(tinytrain("run", out, "--data", tmp_path / "d.npz"), "label 9", "classes 0..3")
     assert_clean_error(tinytrain("run", tmp_path, "--data", tmp_path / "d.npz"), "not a project")

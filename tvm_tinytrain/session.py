@@ -30,8 +30,10 @@ class StreamResult:
 def run_stream(board: Board, project_dir: Path, records: list[Record], *, timeout_s: float = 1800,
                progress: bool = False, built: BuildResult | None = None) -> StreamResult:
     """Build the project (unless given) and run it on `records`."""
+    model = json.loads((project_dir / "memory_report.json").read_text())["model"]
+    _check_records(records, model)
     built = built or build(board, project_dir)
-    write_input(project_dir / "input.bin", records, _input_elems(records, project_dir))
+    write_input(project_dir / "input.bin", records, int(np.prod(model["input_shape"])))
     bar = None
     on_line = None
     if progress:
@@ -55,11 +57,14 @@ def run_stream(board: Board, project_dir: Path, records: list[Record], *, timeou
     return StreamResult(output, built, result.ran_on, train_ins, pred_ins)
 
 
-def _input_elems(records: list[Record], project_dir: Path) -> int:
-    for r in records:
-        if r.x is not None:
-            return int(np.asarray(r.x).size)
-    raise TinyTrainError(f"no sample to feed to {project_dir}")
+def _check_records(records: list[Record], model: dict) -> None:
+    """Refuse data that does not fit the compiled model, before anything runs."""
+    shape, classes = tuple(model["input_shape"]), model["num_classes"]
+    for i, r in enumerate(records):
+        if r.x is not None and np.asarray(r.x).size != int(np.prod(shape)):
+            raise TinyTrainError(f"sample {i} has shape {np.asarray(r.x).shape}, the model takes {shape}")
+        if r.op == TRAIN and not 0 <= int(r.label) < classes:
+            raise TinyTrainError(f"sample {i} has label {r.label}, the model has classes 0..{classes - 1}")
 
 
 def train_and_evaluate(board: Board, project_dir: Path, x_train: np.ndarray, y_train: np.ndarray,
