@@ -33,7 +33,6 @@ class Tensor:
     storage: str                # "input" | "label" | "param" | "momentum" | "const" | "arena"
     param: str | None = None    # parameter name (storage "param"/"momentum")
     value: np.ndarray | None = None  # storage "const"
-    relax_name: str = ""
     trainable: bool = False     # a parameter that train_step updates in place
 
     @property
@@ -58,7 +57,7 @@ class Schedule:
     calls: list[KernelCall]
     inputs: list[Tensor]        # x (and label for train_step)
     outputs: list[Tensor]       # logits, or the loss
-    loss_index: int | None = None  # index of the first backward call (train_step only)
+    loss_index: int | None = None  # index of the first call after the loss (train_step only)
 
 
 @dataclass
@@ -136,12 +135,12 @@ def _tensor_type(ty) -> tuple[tuple[int, ...], str]:
 def _schedule(func, name, prims, params, momenta, namer) -> Schedule:
     env: dict = {}  # relax Var -> Tensor | list (tuples)
     first = func.params[0]
-    x = Tensor(namer("input_" + name), *_tensor_type(first.ty), "input", relax_name=first.name)
+    x = Tensor(namer("input_" + name), *_tensor_type(first.ty), "input")
     env[first] = x
     inputs = [x]
     for p in func.params[1:]:
         if p.name == "label":
-            env[p] = Tensor(namer("label"), *_tensor_type(p.ty), "label", relax_name="label")
+            env[p] = Tensor(namer("label"), *_tensor_type(p.ty), "label")
             inputs.append(env[p])
         elif p.name in params:
             env[p] = params[p.name]
@@ -161,7 +160,6 @@ def _schedule(func, name, prims, params, momenta, namer) -> Schedule:
         return env[expr]
 
     calls: list[KernelCall] = []
-    loss_index = None
     for block in func.body.blocks:
         for binding in block.bindings:
             var, value = binding.var, binding.value
@@ -176,10 +174,8 @@ def _schedule(func, name, prims, params, momenta, namer) -> Schedule:
                 else:
                     ty = var.ty
                     tys = list(ty.fields) if isinstance(ty, relax.TupleType) else [ty]
-                    outs = [Tensor(namer(var.name), *_tensor_type(t), "arena", relax_name=var.name) for t in tys]
+                    outs = [Tensor(namer(var.name), *_tensor_type(t), "arena") for t in tys]
                     args = ins + outs
-                if loss_index is None and kernel.startswith("ones"):
-                    loss_index = len(calls)  # the loss seed: backward starts here
                 calls.append(KernelCall(kernel, args, ins, outs, _workspace_bytes(prims[kernel])))
                 env[var] = outs if len(outs) > 1 or isinstance(var.ty, relax.TupleType) else outs[0]
             elif isinstance(value, (relax.Var, relax.Tuple, relax.TupleGetItem, tvm.ir.expr.Constant)):
@@ -188,4 +184,7 @@ def _schedule(func, name, prims, params, momenta, namer) -> Schedule:
                 raise TinyTrainError(f"internal: cannot lower binding {var.name} = {value} in {name}")
     result = value_of(func.body.body)
     outputs = [result[0]] if isinstance(result, list) else [result]
+    loss_index = None
+    if isinstance(result, list):  # train_step returns (loss, updated...): backward follows the loss
+        loss_index = 1 + next(i for i, c in enumerate(calls) if outputs[0] in c.outputs)
     return Schedule(name, calls, inputs, outputs, loss_index)

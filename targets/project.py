@@ -9,6 +9,7 @@ swapped in only when complete, so a failed compile leaves the previous output in
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -55,7 +56,7 @@ class MemoryEstimate:
 def write_project(program: TrainingProgram, out_dir: Path, board: Board, *, ram_bytes: int = 256 * 1024,
                   flash_bytes: int = 1024 * 1024, stack_bytes: int = 8 * 1024) -> tuple[EmittedProgram, MemoryEstimate]:
     emitted = emit(program, lower(program))
-    io = 4 * int(sum(program.input_shape) and _prod(program.input_shape)) + 4 * program.num_classes
+    io = 4 * math.prod(program.input_shape) + 4 * program.num_classes
     estimate = MemoryEstimate(emitted.arena_bytes, emitted.plans["train_step"].live_at_peak,
                               emitted.trainable_bytes, emitted.momentum_bytes,
                               io + HARNESS_RAM_ESTIMATE, stack_bytes, emitted.frozen_bytes)
@@ -83,13 +84,6 @@ def write_project(program: TrainingProgram, out_dir: Path, board: Board, *, ram_
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return emitted, estimate
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:

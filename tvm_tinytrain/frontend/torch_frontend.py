@@ -46,6 +46,7 @@ def import_torch(model: torch.nn.Module, example_input: torch.Tensor, *, source:
     if example_input.dim() != 4 or example_input.shape[0] != 1:
         raise TinyTrainError(
             f"example input must be NCHW with batch 1, got shape {tuple(example_input.shape)}")
+    source = source or type(model).__name__
     model = _fold_batch_norm(copy.deepcopy(model).eval())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's pytree deprecations, not the user's
@@ -60,7 +61,7 @@ def import_torch(model: torch.nn.Module, example_input: torch.Tensor, *, source:
     if not isinstance(out, relax.TensorType) or len(out.shape) != 2:
         raise TinyTrainError(f"the model must return one (1, num_classes) tensor of logits, got {out}")
     return ImportedModel(mod=mod, params=params, input_shape=tuple(example_input.shape),
-                         source=source or type(model).__name__)
+                         source=source)
 
 
 def _fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
