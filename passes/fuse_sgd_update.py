@@ -49,7 +49,9 @@ class FuseSGDUpdate:
         adjoint = copy_with_new_vars(mod[self.func_name])  # a var belongs to one function
         block = adjoint.body.blocks[0]
         by_name = {p.name: p for p in adjoint.params}
-        velocities = [relax.Var(f"momentum.{n}", by_name[n].ty) for n in self.trainable] if self.momentum else []
+        grad_types = adjoint.ret_ty.fields[1].fields  # gradients may be narrowed (sub-tensor)
+        velocities = [relax.Var(f"momentum.{n}", t) for n, t in zip(self.trainable, grad_types)] \
+            if self.momentum else []
         bb = relax.BlockBuilder(mod)
         with bb.function(self.new_name, [*adjoint.params, *velocities]):
             with bb.dataflow():
@@ -72,12 +74,13 @@ class FuseSGDUpdate:
 
     def _update(self, bb, name, p, g, v):
         shape = tuple(int(d) for d in p.ty.shape)
+        grad_shape = tuple(int(d) for d in g.ty.shape)
         axis = self.channel_axis.get(name, 1)
         ratio = self.ratios.get(name, 1.0)
         k = None
         if len(shape) > 1 and ratio < 1.0:
             k = max(1, int(round(shape[axis] * ratio)))
-        kernel = sgd_update_kernel(shape, self.lr, self.momentum, axis, k)
+        kernel = sgd_update_kernel(shape, grad_shape, self.lr, self.momentum, axis, k)
         gv = bb.add_func(kernel, "sgd_" + _c_name(name))
         if v is None:
             new_p = bb.emit(relax.op.call_tir_inplace(gv, [p, g], [0], p.ty))

@@ -77,8 +77,8 @@ def lower(program: TrainingProgram) -> LoweredProgram:
     for name, value in program.params.items():
         params[name] = Tensor(namer(name), tuple(value.shape), str(value.dtype), "param", param=name,
                               trainable=name in program.trainable)
-    momenta = {n: Tensor(namer(n), params[n[len("momentum."):]].shape, "float32", "momentum", param=n)
-               for n in program.momentum_names}
+    momenta = {n: Tensor(namer(n), shape, "float32", "momentum", param=n)
+               for n, shape in program.momentum_shapes.items()}
     schedules = {
         "train_step": _schedule(mod["train_step"], "train_step", prims, params, momenta, namer),
         "predict": _schedule(mod["main"], "predict", prims, params, momenta, namer),

@@ -141,3 +141,41 @@ def test_sub_tensor_update_leaves_other_channels_bit_identical(small_imported, s
     k = 3  # ratio 0.5 of 6 input channels
     assert np.array_equal(after[:, k:], before[:, k:])
     assert not np.array_equal(after[:, :k], before[:, :k])
+
+
+def test_narrowed_weight_gradient_is_computed_for_trained_channels_only(small_imported):
+    """conv2.weight (8x6x3x3) with ratio 0.5: the weight-gradient conv reads 3 input channels
+    and produces 8x3 filters; no full-size (8, 6, ...) gradient exists anywhere."""
+    config = SparseUpdateConfig(manual_weight_idx=[2], weight_update_ratio=[0.5])
+    program = build_training_program(small_imported, config, TrainOptions(lr=0.1, momentum=0.9))
+    step = program.mod["train_step"]
+    convs = [b for b in step.body.blocks[0].bindings
+             if getattr(getattr(b.value, "op", None), "name", "") == "relax.nn.conv2d"
+             and b.value.attrs.data_layout == "CNHW"]
+    assert len(convs) == 1
+    assert [int(d) for d in convs[0].var.ty.shape][:2] == [8, 3]
+    assert [int(d) for d in convs[0].value.args[0].ty.shape] == [1, 3, 4, 4]
+    types = {b.var.name: [int(d) for d in b.var.ty.shape] for b in step.body.blocks[0].bindings
+             if isinstance(b.var.ty, relax.TensorType)}
+    assert types["conv2_weight_adjoint"] == [8, 3, 3, 3]
+    assert [8, 6, 4, 4] not in types.values()
+    assert program.momentum_shapes["momentum.conv2.weight"] == (8, 3, 3, 3)
+
+
+def test_narrowed_depthwise_gradient_matches_torch(small_imported):
+    """Depthwise dw.weight (6x1x3x3), ratio 0.5: the first 3 channels train, computed with
+    groups=3; losses and weights equal torch's (gradient of the other channels zeroed)."""
+    config = SparseUpdateConfig(manual_weight_idx=[1], weight_update_ratio=[0.5])
+    program = build_training_program(small_imported, config, TrainOptions(lr=0.1, momentum=0.9))
+    step = program.mod["train_step"]
+    convs = [b.value for b in step.body.blocks[0].bindings
+             if getattr(getattr(b.value, "op", None), "name", "") == "relax.nn.conv2d"
+             and b.value.attrs.data_layout == "CNHW"]
+    assert len(convs) == 1 and int(convs[0].attrs.groups) == 3
+    xs, ys = samples(4)
+    vm = RelaxVMTrainer(program)
+    losses = [vm.step(x, y) for x, y in zip(xs, ys)]
+    ref_losses, ref_params = torch_sgd_reference(make_small_net(), program, xs, ys)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    np.testing.assert_allclose(vm.param("dw.weight"), ref_params["dw.weight"], rtol=1e-5, atol=1e-6)
+    assert np.array_equal(vm.param("dw.weight")[3:], small_imported.params["dw.weight"][3:])

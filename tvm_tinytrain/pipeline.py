@@ -3,6 +3,7 @@
     ImportedModel (main(x, *params) -> logits)
       -> AppendCrossEntropyLoss   main_loss(x, label, *params) -> loss
       -> BuildGradient            main_loss_adjoint(...) -> (loss, grads of the trainable set)
+      -> NarrowWeightGradient     sub-tensor updates: weight gradients of the trained channels only
       -> FuseSGDUpdate            train_step(x, label, *params[, *momenta]) -> (loss, updated...)
       -> keep main (predict) and train_step
 
@@ -21,7 +22,7 @@ from .config import SparseUpdateConfig, TrainableSet
 from .errors import ConfigError
 from .frontend.imported import ImportedModel
 from .layers import find_layers
-from tvm_tinytrain.passes import AppendCrossEntropyLoss, BuildGradient, FuseSGDUpdate
+from tvm_tinytrain.passes import AppendCrossEntropyLoss, BuildGradient, FuseSGDUpdate, NarrowWeightGradient
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,10 @@ class TrainingProgram:
     source: str
 
     @property
-    def momentum_names(self) -> list[str]:
-        return [f"momentum.{n}" for n in self.trainable.names] if self.options.momentum else []
+    def momentum_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Momentum buffer name -> shape (only the channels that train, for a sub-tensor update)."""
+        params = self.mod["train_step"].params
+        return {p.name: tuple(int(d) for d in p.ty.shape) for p in params if p.name.startswith("momentum.")}
 
 
 def build_training_program(model: ImportedModel, config: SparseUpdateConfig,
@@ -61,6 +64,7 @@ def build_training_program(model: ImportedModel, config: SparseUpdateConfig,
     seq = tvm.transform.Sequential([
         AppendCrossEntropyLoss(),
         BuildGradient(list(trainable.names)),
+        NarrowWeightGradient(list(trainable.names), trainable.ratio, trainable.channel_axis),
         FuseSGDUpdate(list(trainable.names), options.lr, options.momentum,
                       trainable.ratio, trainable.channel_axis),
     ])

@@ -17,8 +17,8 @@ class RelaxVMTrainer:
         exe = tvm.compile(program.mod, target="llvm")
         self.vm = relax.VirtualMachine(exe, tvm.cpu())
         self.params = [tvm.runtime.tensor(np.ascontiguousarray(v)) for v in program.params.values()]
-        self.momenta = [tvm.runtime.tensor(np.zeros_like(program.params[n])) for n in program.trainable.names] \
-            if program.options.momentum else []
+        self.momenta = [tvm.runtime.tensor(np.zeros(shape, np.float32))
+                        for shape in program.momentum_shapes.values()]
 
     def step(self, x: np.ndarray, label: int) -> float:
         x = tvm.runtime.tensor(np.asarray(x, np.float32).reshape(self.program.input_shape))

@@ -15,7 +15,10 @@ class _VarSubstituter(PyExprMutator):
     def visit_var_(self, op):
         return self.mapping.get(op, op)
 
+    def visit_dataflow_var_(self, op):
+        return self.mapping.get(op, op)
+
 
 def substitute_vars(expr: relax.Expr, mapping: dict[relax.Var, relax.Var]) -> relax.Expr:
-    """Replace free variables of `expr` (e.g. a function's params renamed)."""
+    """Replace variables (plain or dataflow) in `expr`, e.g. renamed params or rebound values."""
     return _VarSubstituter(mapping).visit_expr(expr)
