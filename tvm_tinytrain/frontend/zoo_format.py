@@ -425,6 +425,8 @@ def validate_zoo_dict(cfg: Any, source: str = "<dict>") -> ZooModel:
         residual = None
         if raw["residual"] is not None:
             residual = ck.residual(raw["residual"], f"{path}.residual")
+            if convs["pointwise2"] is None:  # tiny-training reads the add's scale from it
+                ck.fail(f"{path}.residual", "a residual add needs a pointwise2 conv")
             if (residual.in_channel, residual.in_shape) != (in_channels, in_size):
                 ck.fail(f"{path}.residual", f"expected in_channel {in_channels} and in_shape "
                         f"{in_size} (the block input), got {residual.in_channel}, "
@@ -444,11 +446,15 @@ def validate_zoo_dict(cfg: Any, source: str = "<dict>") -> ZooModel:
                     classifier=classifier)
 
 
-def load_zoo_model(path: str | Path) -> ZooModel:
-    """Load a tiny-training zoo `.pkl` (torch.save zip or plain pickle) without executing
-    anything from it, and validate it. Raises `TinyTrainError` on any problem."""
+def read_zoo_pickle(path: str | Path) -> Any:
+    """Unpickle a zoo `.pkl` (torch.save zip or plain pickle) with the restricted unpickler:
+    the raw, unvalidated object. Nothing from the file is executed."""
     path = Path(path)
     if not path.is_file():
         raise TinyTrainError(f"{path}: no such model file")
-    cfg = _restricted_loads(_read_pickle_bytes(path), path.name)
-    return validate_zoo_dict(cfg, source=path.name)
+    return _restricted_loads(_read_pickle_bytes(path), path.name)
+
+
+def load_zoo_model(path: str | Path) -> ZooModel:
+    """Load a tiny-training zoo `.pkl` safely and validate it (`TinyTrainError` if not valid)."""
+    return validate_zoo_dict(read_zoo_pickle(path), source=Path(path).name)
