@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -97,3 +100,26 @@ def torch_sgd_reference(net: nn.Module, program, xs, ys):
         opt.step()
         losses.append(loss.item())
     return losses, {n: p.detach().numpy().copy() for n, p in named.items()}
+
+
+# The tiny-training int8 zoo models: read from shared/ beside the repository, never copied.
+MODEL_FILES = ("mcunet-5fps.pkl", "mbv2-w0.35.pkl")
+
+
+def models_dir() -> Path:
+    env = os.environ.get("TINYTRAIN_MODELS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "models" / "tiny-training"
+
+
+@pytest.fixture(scope="session")
+def zoo_dir() -> Path:
+    d = models_dir()
+    missing = [name for name in MODEL_FILES if not (d / name).is_file()]
+    if missing:
+        pytest.fail(f"tiny-training zoo models {missing} not found in {d}: they live in "
+                    "shared/models/tiny-training beside the repository (CI copies them "
+                    "there); set TINYTRAIN_MODELS_DIR to use another directory",
+                    pytrace=False)
+    return d

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import MODEL_FILES, models_dir
 from int8_reference import (add_int8, avg_pool_int8, conv_accumulate, conv_int8,
                             forward_int8, layer_names, requantize)
 from tvm_tinytrain.errors import TinyTrainError
 from tvm_tinytrain.frontend.zoo_format import (ZooConv, ZooModel, load_zoo_model,
                                                read_zoo_pickle)
 
-MODEL_FILES = ("mcunet-5fps.pkl", "mbv2-w0.35.pkl")
 
 # Facts of the real files; `top5` / `sha256` are the int8 logits of `pattern_image()`,
 # identical to tiny-training's PyTorch output for that input.
@@ -40,25 +40,6 @@ EXPECTED = {
         top5=[626, 644, 818, 562, 980],
         sha256="8931e6ff118137f8965ad527ca48401da6bccb22545b779527369aaa0de41c04"),
 }
-
-
-def models_dir() -> Path:
-    env = os.environ.get("TINYTRAIN_MODELS_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "models" / "tiny-training"
-
-
-@pytest.fixture(scope="session")
-def zoo_dir() -> Path:
-    d = models_dir()
-    missing = [name for name in MODEL_FILES if not (d / name).is_file()]
-    if missing:
-        pytest.fail(f"tiny-training zoo models {missing} not found in {d}: they live in "
-                    "shared/models/tiny-training beside the repository (CI copies them "
-                    "there); set TINYTRAIN_MODELS_DIR to use another directory",
-                    pytrace=False)
-    return d
 
 
 _CACHE: dict[str, ZooModel] = {}

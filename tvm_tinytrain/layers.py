@@ -37,8 +37,8 @@ def find_layers(func: relax.Function) -> list[Layer]:
         call = b.value
         if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
             continue
-        if call.op.name == "relax.nn.conv2d" and call.args[1] in params:
-            weight = call.args[1]
+        weight = _param_through_cast(call.args[1], producer, params) if call.op.name == "relax.nn.conv2d" else None
+        if weight is not None:
             groups = int(call.attrs.groups)
             depthwise = groups > 1 and int(weight.ty.shape[1]) == 1
             bias = _bias_of(b.var, bindings, producer, params)
@@ -50,6 +50,16 @@ def find_layers(func: relax.Function) -> list[Layer]:
                 bias = _bias_of(b.var, bindings, producer, params)
                 layers.append(Layer("linear", rhs.args[0].name, bias))
     return layers
+
+
+def _param_through_cast(expr, producer, params):
+    """`expr` if it is a parameter, or the parameter of `astype(param)` (int8 weights)."""
+    if expr in params:
+        return expr
+    src = producer.get(expr)
+    if isinstance(src, relax.Call) and getattr(src.op, "name", "") == "relax.astype" and src.args[0] in params:
+        return src.args[0]
+    return None
 
 
 def _bindings(func: relax.Function) -> list[relax.VarBinding]:
@@ -65,11 +75,9 @@ def _bias_of(out, bindings, producer, params) -> str | None:
         if out not in call.args:
             continue
         other = call.args[1] if call.args[0].same_as(out) else call.args[0]
-        if other in params:
-            return other.name
+        param = _param_through_cast(other, producer, params)
         src = producer.get(other)
-        if (isinstance(src, relax.Call) and getattr(src.op, "name", "") == "relax.reshape"
-                and src.args[0] in params):
-            return src.args[0].name
-        return None
+        if param is None and isinstance(src, relax.Call) and getattr(src.op, "name", "") == "relax.reshape":
+            param = _param_through_cast(src.args[0], producer, params)
+        return param.name if param is not None else None
     return None
