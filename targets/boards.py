@@ -6,7 +6,7 @@ Everything target-specific lives here and in the C/linker files beside this modu
 - ``host/board.c``        host implementation (stdio)
 - ``qemu/board.c``        MCU implementation: semihosting input, stack painting, markers
 - ``qemu/board.ld.in``    linker-script template; the RAM/flash budget lives there
-- ``arm/``, ``riscv/``    fault handlers and the MPU/PMP stack guard per architecture
+- ``arm/``, ``riscv/``    fault handlers and the MPU/PMP memory guard per architecture
 - ``qemu/insn_count.c``   QEMU TCG plugin counting executed instructions
 
 `write_board_files` copies what a project needs into a folder together with a Makefile,
@@ -28,6 +28,9 @@ build (gcc would otherwise fuse a*b+c into FMA on the MCUs but not on x86-64).
 MCU programs link picolibc with ``--crt0=hosted --oslib=semihost``: stdout and input
 files go through semihosting, ``main``'s return value becomes QEMU's exit code.  RAM
 holds, from its start, the stack (guarded: an overflow faults), .data/.bss, the heap.
+The budget is enforced at link time (board.ld) and at run time: start-up code sets up
+the MPU (Arm) or PMP (RISC-V) so that any access outside flash (read-only) and the RAM
+budget faults, including the unbudgeted RAM of the emulated board and its mirrors.
 Faults print one ``*** FAULT: ...`` line and exit with `FAULT_EXIT_CODE`; `run` turns
 that, a non-zero exit or a timeout into RunError.
 """
@@ -64,6 +67,9 @@ TARGETS_DIR = Path(__file__).resolve().parent
 FAULT_EXIT_CODE = 99
 #: Bytes at the bottom of the stack made inaccessible by the MPU/PMP (Armv7-M MPU minimum).
 STACK_GUARD_BYTES = 32
+#: Granule (bytes) in which the MPU/PMP can bound the RAM budget; a RAM budget is rounded
+#: down to a multiple of it in board.ld so the run-time guard covers it exactly.
+RAM_GUARD_GRANULE = {"arm": 32, "riscv": 4}
 #: Prefix of the one-line fault report printed by the MCU fault handlers.
 FAULT_MARKER = "*** FAULT:"
 
@@ -243,7 +249,7 @@ clean:
 
 def _render_makefile(board: Board) -> str:
     if board.is_emulated:
-        specs = " --specs=picolibc.specs"
+        specs = " --specs=picolibc.specs -DBOARD_MCU=1"
         ldflags = (" --specs=picolibc.specs --oslib=semihost --crt0=hosted -T board.ld"
                    " -Wl,--print-memory-usage")
         run = " ".join(_qemu_argv(board, "$(TARGET)"))
@@ -262,10 +268,15 @@ def _render_makefile(board: Board) -> str:
 def _render_linker_script(board: Board, ram_bytes: int, flash_bytes: int,
                           stack_bytes: int, heap_bytes: int) -> str:
     text = (TARGETS_DIR / "qemu" / "board.ld.in").read_text()
+    granule = RAM_GUARD_GRANULE[board.arch]
+    guarded = ram_bytes - ram_bytes % granule
+    rounding = (f"here {ram_bytes} requested, {guarded} usable" if guarded != ram_bytes
+                else f"here {ram_bytes} bytes, no rounding")
     values = {
         "BOARD": board.name, "DESCRIPTION": board.description,
         "FLASH_ORIGIN": f"0x{board.flash_origin:08x}", "FLASH_BYTES": str(flash_bytes),
-        "RAM_ORIGIN": f"0x{board.ram_origin:08x}", "RAM_BYTES": str(ram_bytes),
+        "RAM_ORIGIN": f"0x{board.ram_origin:08x}", "RAM_BYTES": str(guarded),
+        "RAM_GRANULE": str(granule), "RAM_ROUNDING": rounding,
         "HEAP_BYTES": str(heap_bytes), "STACK_BYTES": str(stack_bytes),
         "GUARD_BYTES": str(STACK_GUARD_BYTES),
     }
@@ -283,7 +294,10 @@ def write_board_files(board: Board, project_dir: Path, *, ram_bytes: int = 256 *
     The folder then builds standalone with ``make`` (and runs with ``make run``).  On
     MCUs the linker script's RAM region is `ram_bytes` long and must hold .data, .bss,
     the `heap_bytes` heap and the `stack_bytes` stack (its lowest 32 bytes are a guard),
-    so an over-budget program fails to link.  The sizes are ignored on the host.
+    so an over-budget program fails to link.  At run time the MPU/PMP makes every access
+    outside flash and the RAM budget fault.  On Arm the MPU bounds RAM in 32-byte steps, so
+    a `ram_bytes` that is not a multiple of 32 is rounded down to one in board.ld.  The
+    sizes are ignored on the host.
     """
     project_dir = Path(project_dir)
     if board.is_emulated:

@@ -45,6 +45,20 @@ MAIN_C = r"""
 
 volatile uint32_t sink;
 
+#ifdef BOARD_MCU
+/* Read one word in every 32-byte granule (the MPU's) of the RAM budget above the stack
+ * guard, then write and read back its last word (free: nothing is placed above the heap). */
+__attribute__((noinline)) static uint32_t probe_budget(void)
+{
+    uint32_t sum = 0;
+    for (uintptr_t a = BOARD_RAM_START + 32; a < BOARD_RAM_END; a += 32)
+        sum += *(volatile uint32_t *)a;
+    volatile uint32_t *last = (volatile uint32_t *)(BOARD_RAM_END - 4);
+    *last = 0x600DF00Du;
+    return sum + *last;
+}
+#endif
+
 static uint32_t bits(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
 
 __attribute__((noinline)) static uint32_t deep(void)
@@ -90,6 +104,12 @@ int main(void)
     else if (strncmp(mode, "fault", 5) == 0) sink = *(volatile uint32_t *)(uintptr_t)BAD_ADDRESS;
     else if (strncmp(mode, "overflow", 8) == 0) sink = recurse(1);
     else if (strncmp(mode, "hang", 4) == 0) for (;;) sink++;
+#ifdef BOARD_MCU
+    else if (strncmp(mode, "inside", 6) == 0) { sink = probe_budget(); printf("inside ok\n"); }
+    else if (strncmp(mode, "over", 4) == 0) *(volatile uint32_t *)BOARD_RAM_END = 1u;
+    else if (strncmp(mode, "mirror", 6) == 0)  /* mps2: 0x20400000 mirrors 0x20000000 */
+        sink = *(volatile uint32_t *)(BOARD_RAM_START + 0x400000u + 0x100u);
+#endif
     printf("stack=%lu\n", (unsigned long)board_stack_high_water());
     return 0;
 }
@@ -110,6 +130,9 @@ int main(void)
 
 INPUT = bytes((i * 37 + 11) % 256 for i in range(200))
 MCU_BOARDS = [name for name, b in BOARDS.items() if b.is_emulated]
+#: 1 198 376 bytes: not a multiple of 32, and its 32-byte floor (0x124920) is the budget
+#: whose exact MPU cover needs the most regions (6 for RAM, with flash and stack guard 8).
+ODD_BUDGET = 0x124920 + 8
 
 
 def _param(name):
@@ -181,6 +204,17 @@ def test_write_board_files_renders_budget(tmp_path):
     assert "-mfpu=fpv5-d16" in makefile and "mps2-an500" in makefile and "INCLUDES ?= -Iinclude" in makefile
 
 
+def test_ram_budget_rounds_down_to_the_guard_granule(tmp_path):
+    """The Arm MPU bounds RAM in 32-byte steps: board.ld rounds the budget down to one."""
+    write_board_files(get_board("cortex-m4"), tmp_path / "arm", ram_bytes=ODD_BUDGET)
+    ld = (tmp_path / "arm" / "board.ld").read_text()
+    assert f"LENGTH = {ODD_BUDGET - 8}" in ld and "RAM_GRANULE = 32;" in ld
+    write_board_files(get_board("riscv32"), tmp_path / "rv", ram_bytes=ODD_BUDGET)
+    assert f"LENGTH = {ODD_BUDGET}" in (tmp_path / "rv" / "board.ld").read_text()
+    makefile = (tmp_path / "rv" / "Makefile").read_text()
+    assert "-DBOARD_MCU=1" in makefile
+
+
 def test_write_board_files_rejects_bad_sizes(tmp_path):
     with pytest.raises(TinyTrainError):
         write_board_files(get_board("riscv32"), tmp_path, stack_bytes=100)
@@ -247,6 +281,45 @@ def test_stack_overflow_is_caught(built, name, tmp_path):
     with pytest.raises(RunError) as err:
         _run(built, name, "overflow", tmp_path, timeout_s=30)
     assert "stack overflow" in str(err.value)
+
+
+@pytest.mark.parametrize("name", MCUS)
+def test_access_past_the_ram_budget_faults(built, name, tmp_path):
+    board, _, _ = built(name)
+    inside = _run(built, name, "inside", tmp_path)  # the whole budget stays accessible
+    assert "inside ok" in inside.lines
+    with pytest.raises(RunError) as err:
+        _run(built, name, "over", tmp_path, timeout_s=30)
+    message, end = str(err.value), board.ram_origin + 256 * 1024
+    assert "fault" in message.lower() and "pc=0x" in message
+    assert f"address 0x{end:08x} outside the RAM budget [0x{board.ram_origin:08x}, 0x{end:08x})" in message
+
+
+@pytest.mark.parametrize("name", [n for n in MCUS if BOARDS[n.values[0]].arch == "arm"])
+def test_mps2_ram_mirror_faults(built, name, tmp_path):
+    with pytest.raises(RunError) as err:
+        _run(built, name, "mirror", tmp_path, timeout_s=30)
+    message = str(err.value)
+    assert "MemManage" in message and "address 0x20400100 outside the RAM budget" in message
+    assert "mirror of 0x20000100" in message
+
+
+@pytest.mark.parametrize("name", MCUS)
+def test_odd_ram_budget_is_guarded_exactly(name, tmp_path):
+    board = _board(name)
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "main.c").write_text(MAIN_C)
+    write_board_files(board, project, ram_bytes=ODD_BUDGET)
+    result = build(board, project)
+    (project / "input.bin").write_bytes(INPUT)
+    usable = ODD_BUDGET - ODD_BUDGET % (32 if board.arch == "arm" else 4)
+    (project / "mode.txt").write_text("inside")
+    assert "inside ok" in run(board, result, cwd=project, timeout_s=30).lines
+    (project / "mode.txt").write_text("over")
+    with pytest.raises(RunError) as err:
+        run(board, result, cwd=project, timeout_s=30)
+    assert f"address 0x{board.ram_origin + usable:08x} outside the RAM budget" in str(err.value)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -37,6 +37,16 @@ void board_mark_end(void);
  * frames of main and of the C start-up code); 0 on the host. */
 uint32_t board_stack_high_water(void);
 
+#ifdef BOARD_MCU
+/* MCU builds only (the generated Makefile defines BOARD_MCU): the RAM budget from
+ * board.ld, [BOARD_RAM_START, BOARD_RAM_END).  The stack, .data, .bss and the heap
+ * live there; at run time any access outside it and outside flash (read-only) faults
+ * with a one-line "*** FAULT: ..." report. */
+extern uint32_t __ram_start[], __ram_end[];
+#define BOARD_RAM_START ((uintptr_t)__ram_start)
+#define BOARD_RAM_END ((uintptr_t)__ram_end)
+#endif
+
 #ifdef __cplusplus
 }
 #endif
