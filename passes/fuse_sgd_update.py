@@ -34,12 +34,19 @@ class FuseSGDUpdate:
 
     The returned parameters alias the inputs: callers see the update in the tensors they
     passed (Relax VM) or in the weight arrays (generated C).
+
+    `storage` names the parameters kept as integers (int8 weights, int32 biases of a
+    quantized graph, made float for `Gradient` by FloatTrainableParams): `train_step` takes
+    them as stored, casts them to float32 for the step, and rounds the update back,
+    saturating.
     """
 
     def __init__(self, trainable: list[str], lr: float, momentum: float = 0.0,
                  ratios: dict[str, float] | None = None, channel_axis: dict[str, int] | None = None,
+                 storage: dict[str, str] | None = None,
                  func_name: str = "main_loss_adjoint", new_name: str = "train_step"):
         self.trainable = list(trainable)
+        self.storage = storage or {}
         self.lr, self.momentum = float(lr), float(momentum)
         self.ratios = ratios or {}
         self.channel_axis = channel_axis or {}
@@ -52,9 +59,14 @@ class FuseSGDUpdate:
         grad_types = adjoint.ret_ty.fields[1].fields  # gradients may be narrowed (sub-tensor)
         velocities = [relax.Var(f"momentum.{n}", t) for n, t in zip(self.trainable, grad_types)] \
             if self.momentum else []
+        stored = {p.name: relax.Var(p.name, relax.TensorType(p.ty.shape, self.storage[p.name]))
+                  for p in adjoint.params if self.storage.get(p.name, p.ty.dtype) != p.ty.dtype}
+        params = [stored.get(p.name, p) for p in adjoint.params]
         bb = relax.BlockBuilder(mod)
-        with bb.function(self.new_name, [*adjoint.params, *velocities]):
+        with bb.function(self.new_name, [*params, *velocities]):
             with bb.dataflow():
+                for name, var in stored.items():  # the adjoint's float view of the stored integers
+                    bb.emit_normalized(relax.VarBinding(by_name[name], bb.normalize(relax.op.astype(var, "float32"))))
                 for binding in block.bindings:
                     bb.emit_normalized(binding)
                 out = adjoint.body.body
@@ -62,7 +74,7 @@ class FuseSGDUpdate:
                 grads = bb.emit(relax.TupleGetItem(out, 1))
                 new_params, new_velocities = [], []
                 for i, name in enumerate(self.trainable):
-                    p = by_name[name]
+                    p = stored.get(name, by_name[name])
                     g = bb.emit(relax.TupleGetItem(grads, i))
                     new_p, new_v = self._update(bb, name, p, g, velocities[i] if velocities else None)
                     new_params.append(new_p)
@@ -80,7 +92,7 @@ class FuseSGDUpdate:
         k = None
         if len(shape) > 1 and ratio < 1.0:
             k = max(1, int(round(shape[axis] * ratio)))
-        kernel = sgd_update_kernel(shape, grad_shape, self.lr, self.momentum, axis, k)
+        kernel = sgd_update_kernel(shape, grad_shape, self.lr, self.momentum, axis, k, p.ty.dtype)
         gv = bb.add_func(kernel, "sgd_" + _c_name(name))
         if v is None:
             new_p = bb.emit(relax.op.call_tir_inplace(gv, [p, g], [0], p.ty))

@@ -29,6 +29,9 @@ these except ``relu``, whose built-in we replace (see the boundary convention be
     ``y = Ah @ x @ Aw^T`` where ``Ah[i, r] = 1 / len_i`` for ``r`` in torch's window
     ``[floor(i * H / oh), ceil((i + 1) * H / oh))``; so ``dx = Ah^T @ dy @ Aw``, two
     matmuls with constant matrices.
+- ``relax.round(x)`` -> ``dy``: the straight-through estimator. Only quantized graphs round
+  (the int8 zoo frontend: requantization, pooling, saturation), and tiny-training passes
+  the gradient through every rounding.
 
 Errors raised inside a gradient function reach the caller of ``relax.transform.Gradient``
 as a ``RuntimeError`` carrying our message (TVM's FFI does not keep the exception type).
@@ -192,6 +195,12 @@ def adaptive_avg_pool2d_grad(orig_var, orig_call, output_grad, ctx):
     return [matmul(matmul(ah_t, output_grad), aw)]
 
 
+def round_grad(orig_var, orig_call, output_grad, ctx):
+    """``y = round(x)``  ->  ``[dy]``: the straight-through estimator of quantized training
+    (tiny-training's int8 ops pass the gradient through every rounding)."""
+    return [output_grad]
+
+
 ##################### registration #####################
 
 GRADIENTS = {
@@ -201,6 +210,7 @@ GRADIENTS = {
     "relax.flatten": reshape_back_grad,
     "relax.squeeze": reshape_back_grad,
     "relax.nn.adaptive_avg_pool2d": adaptive_avg_pool2d_grad,
+    "relax.round": round_grad,
 }
 
 

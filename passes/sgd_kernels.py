@@ -1,87 +1,72 @@
-"""In-place SGD update kernels as TIR, one per parameter shape.
+"""In-place SGD update kernels as TIR, one per parameter.
 
 `p -= lr * g` (or, with momentum, `v = mu * v + g; p -= lr * v`, as torch.optim.SGD with
 dampening 0), restricted to the first `k` channels of `axis` for a sub-tensor update. The
 gradient `g` and momentum `v` may hold just those channels (NarrowWeightGradient) or the
-whole tensor. The kernels write into their first (and, with momentum, third) argument, so
-Relax calls them with `call_tir_inplace` and the C driver updates the weights where they
-live. They are loop nests, not schedulable blocks: `op_pattern` 8 (opaque) keeps FuseOps
-from fusing them.
+whole tensor. A quantized parameter (int8 weight, int32 bias) is updated in float and
+rounded back to its integer type, saturating: `p = sat(rint(float(p) - lr * step))`.
+
+Every parameter is viewed as (outer, channels, inner) around `axis`, so one loop nest
+serves every rank. The kernels write into their first (and, with momentum, third)
+argument: Relax calls them with `call_tir_inplace` and the C driver updates the weights
+where they live. They are loop nests, not schedulable blocks: `op_pattern` 8 (opaque)
+keeps FuseOps from fusing them.
 """
 
 from __future__ import annotations
 
+import math
+
 from tvm.script import tirx as T
+
+# float32 bounds of the integer types (2**31 - 1 is not a float32: the largest below it)
+SATURATION = {"int8": (-128.0, 127.0), "int32": (-2147483648.0, 2147483520.0)}
 
 
 def sgd_update_kernel(shape: tuple[int, ...], grad_shape: tuple[int, ...], lr: float, momentum: float,
-                      axis: int = 1, k: int | None = None):
+                      axis: int = 1, k: int | None = None, dtype: str = "float32"):
     """PrimFunc(p, g[, v]) updating `p` (and `v`, shaped like `g`) in place over channels
-    [0, k) of `axis`."""
-    extents = list(grad_shape)
-    if k is not None and len(shape) > 1:
-        extents[axis] = min(k, extents[axis])
-    builder = {1: _rank1, 2: _rank2, 4: _rank4}.get(len(shape))
-    if builder is None:
-        raise ValueError(f"no SGD kernel for a parameter of rank {len(shape)} (shape {shape})")
-    return builder(tuple(shape), tuple(grad_shape), extents, float(lr), float(momentum))
-
-
-def _rank1(shape, gshape, e, lr, mu):
-    (e0,) = e
-    if mu:
-        @T.prim_func(private=True)
-        def sgd_momentum(p: T.Buffer(shape, "float32"), g: T.Buffer(gshape, "float32"),
-                         v: T.Buffer(gshape, "float32")):
-            T.func_attr({"tir.noalias": True, "op_pattern": 8})
-            for i0 in range(e0):
-                v[i0] = T.float32(mu) * v[i0] + g[i0]
-                p[i0] = p[i0] - T.float32(lr) * v[i0]
-        return sgd_momentum
+    [0, k) of `axis`; `dtype` is the parameter's storage type."""
+    dtype = str(dtype)
+    if dtype != "float32" and dtype not in SATURATION:
+        raise ValueError(f"no SGD kernel for a parameter stored as {dtype}")
+    axis = min(axis, len(shape) - 1)
+    outer, inner = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+    channels, grad_channels = shape[axis], grad_shape[axis]
+    k = min(k or grad_channels, grad_channels)
+    lr, mu = float(lr), float(momentum)
+    quantized = dtype != "float32"
+    lo, hi = SATURATION.get(dtype, (0.0, 0.0))
 
     @T.prim_func(private=True)
-    def sgd(p: T.Buffer(shape, "float32"), g: T.Buffer(gshape, "float32")):
+    def sgd(p_handle: T.handle, g_handle: T.handle):
         T.func_attr({"tir.noalias": True, "op_pattern": 8})
-        for i0 in range(e0):
-            p[i0] = p[i0] - T.float32(lr) * g[i0]
-    return sgd
-
-
-def _rank2(shape, gshape, e, lr, mu):
-    e0, e1 = e
-    if mu:
-        @T.prim_func(private=True)
-        def sgd_momentum(p: T.Buffer(shape, "float32"), g: T.Buffer(gshape, "float32"),
-                         v: T.Buffer(gshape, "float32")):
-            T.func_attr({"tir.noalias": True, "op_pattern": 8})
-            for i0, i1 in T.grid(e0, e1):
-                v[i0, i1] = T.float32(mu) * v[i0, i1] + g[i0, i1]
-                p[i0, i1] = p[i0, i1] - T.float32(lr) * v[i0, i1]
-        return sgd_momentum
+        p = T.match_buffer(p_handle, shape, dtype)
+        g = T.match_buffer(g_handle, grad_shape, "float32")
+        pv = T.decl_buffer((outer, channels, inner), dtype, data=p.data)
+        gv = T.decl_buffer((outer, grad_channels, inner), "float32", data=g.data)
+        for o, c, i in T.grid(outer, k, inner):
+            if quantized:
+                pv[o, c, i] = T.Cast(dtype, T.max(T.min(T.round(
+                    T.Cast("float32", pv[o, c, i]) - T.float32(lr) * gv[o, c, i]), T.float32(hi)), T.float32(lo)))
+            else:
+                pv[o, c, i] = pv[o, c, i] - T.float32(lr) * gv[o, c, i]
 
     @T.prim_func(private=True)
-    def sgd(p: T.Buffer(shape, "float32"), g: T.Buffer(gshape, "float32")):
+    def sgd_momentum(p_handle: T.handle, g_handle: T.handle, v_handle: T.handle):
         T.func_attr({"tir.noalias": True, "op_pattern": 8})
-        for i0, i1 in T.grid(e0, e1):
-            p[i0, i1] = p[i0, i1] - T.float32(lr) * g[i0, i1]
-    return sgd
+        p = T.match_buffer(p_handle, shape, dtype)
+        g = T.match_buffer(g_handle, grad_shape, "float32")
+        v = T.match_buffer(v_handle, grad_shape, "float32")
+        pv = T.decl_buffer((outer, channels, inner), dtype, data=p.data)
+        gv = T.decl_buffer((outer, grad_channels, inner), "float32", data=g.data)
+        vv = T.decl_buffer((outer, grad_channels, inner), "float32", data=v.data)
+        for o, c, i in T.grid(outer, k, inner):
+            vv[o, c, i] = T.float32(mu) * vv[o, c, i] + gv[o, c, i]
+            if quantized:
+                pv[o, c, i] = T.Cast(dtype, T.max(T.min(T.round(
+                    T.Cast("float32", pv[o, c, i]) - T.float32(lr) * vv[o, c, i]), T.float32(hi)), T.float32(lo)))
+            else:
+                pv[o, c, i] = pv[o, c, i] - T.float32(lr) * vv[o, c, i]
 
-
-def _rank4(shape, gshape, e, lr, mu):
-    e0, e1, e2, e3 = e
-    if mu:
-        @T.prim_func(private=True)
-        def sgd_momentum(p: T.Buffer(shape, "float32"), g: T.Buffer(gshape, "float32"),
-                         v: T.Buffer(gshape, "float32")):
-            T.func_attr({"tir.noalias": True, "op_pattern": 8})
-            for i0, i1, i2, i3 in T.grid(e0, e1, e2, e3):
-                v[i0, i1, i2, i3] = T.float32(mu) * v[i0, i1, i2, i3] + g[i0, i1, i2, i3]
-                p[i0, i1, i2, i3] = p[i0, i1, i2, i3] - T.float32(lr) * v[i0, i1, i2, i3]
-        return sgd_momentum
-
-    @T.prim_func(private=True)
-    def sgd(p: T.Buffer(shape, "float32"), g: T.Buffer(gshape, "float32")):
-        T.func_attr({"tir.noalias": True, "op_pattern": 8})
-        for i0, i1, i2, i3 in T.grid(e0, e1, e2, e3):
-            p[i0, i1, i2, i3] = p[i0, i1, i2, i3] - T.float32(lr) * g[i0, i1, i2, i3]
-    return sgd
+    return sgd_momentum if mu else sgd

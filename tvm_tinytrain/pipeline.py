@@ -2,8 +2,10 @@
 
     ImportedModel (main(x, *params) -> logits)
       -> AppendCrossEntropyLoss   main_loss(x, label, *params) -> loss
+      -> FloatTrainableParams     int8 graphs: trainable integer params become float for Gradient
       -> BuildGradient            main_loss_adjoint(...) -> (loss, grads of the trainable set)
       -> NarrowWeightGradient     sub-tensor updates: weight gradients of the trained channels only
+      -> InsertQASRescale         int8 graphs: gradients times scale^-2 (QAS)
       -> FuseSGDUpdate            train_step(x, label, *params[, *momenta]) -> (loss, updated...)
       -> keep main (predict) and train_step
 
@@ -22,13 +24,15 @@ from .config import SparseUpdateConfig, TrainableSet
 from .errors import ConfigError
 from .frontend.imported import ImportedModel
 from .layers import find_layers
-from tvm_tinytrain.passes import AppendCrossEntropyLoss, BuildGradient, FuseSGDUpdate, NarrowWeightGradient
+from tvm_tinytrain.passes import (AppendCrossEntropyLoss, BuildGradient, FloatTrainableParams, FuseSGDUpdate,
+                                  InsertQASRescale, NarrowWeightGradient)
 
 
 @dataclass(frozen=True)
 class TrainOptions:
     lr: float = 0.05
     momentum: float = 0.0
+    qas: bool | None = None  # Quantization-Aware Scaling: default on for int8 graphs only
 
     def __post_init__(self):
         if not self.lr > 0:
@@ -61,12 +65,19 @@ def build_training_program(model: ImportedModel, config: SparseUpdateConfig,
     main = model.mod["main"]
     names = [p.name for p in main.params[1:]]
     trainable = config.resolve(find_layers(main), names)
+    qas = model.is_quantized if options.qas is None else options.qas
+    if qas and not model.is_quantized:
+        raise ConfigError("QAS rescales the gradients of int8 weights by their quantization scales; "
+                          f"{model.source} is a float model, which has none: train it without QAS")
+    train = list(trainable.names)
+    storage = {n: str(model.params[n].dtype) for n in train if model.params[n].dtype != np.float32}
     seq = tvm.transform.Sequential([
         AppendCrossEntropyLoss(),
-        BuildGradient(list(trainable.names)),
-        NarrowWeightGradient(list(trainable.names), trainable.ratio, trainable.channel_axis),
-        FuseSGDUpdate(list(trainable.names), options.lr, options.momentum,
-                      trainable.ratio, trainable.channel_axis),
+        FloatTrainableParams(train),
+        BuildGradient(train),
+        NarrowWeightGradient(train, trainable.ratio, trainable.channel_axis),
+        *([InsertQASRescale(train, model.quant_scales)] if qas else []),
+        FuseSGDUpdate(train, options.lr, options.momentum, trainable.ratio, trainable.channel_axis, storage),
     ])
     mod = seq(model.mod)
     keep = {"main", "train_step"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
@@ -28,6 +28,13 @@ class ImportedModel:
     params: dict[str, np.ndarray]
     input_shape: tuple[int, ...]
     source: str  # where it came from, for messages and generated-file headers
+    # Quantized graphs only: parameter name -> real value of one integer unit, per output
+    # channel (an int8 weight's s_W; an int32 bias's s_W * s_x). Empty for float graphs.
+    quant_scales: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def is_quantized(self) -> bool:
+        return bool(self.quant_scales)
 
     @property
     def num_classes(self) -> int:

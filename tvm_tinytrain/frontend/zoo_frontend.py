@@ -7,12 +7,16 @@ float32 because each partial sum is an integer below 2**24 (as in tiny-training 
 followed by the float32 requantization `rint((acc + bias) * es) + y_zero`, clamped to int8.
 
 Keeping the values in float32 is what makes the graph trainable with Relax `Gradient`
-(which refuses integer tensors): `round` passes gradients straight through and `clip`
-masks them where a value saturates, as in the paper. Weights stay int8 and biases int32
+(which refuses integer tensors): `round` passes gradients straight through and the
+saturation masks them where a value leaves the int8 range, as tiny-training does
+(`_TruncateActivationRange`: the gradient passes for -128 <= q <= 127, bounds included).
+The saturation is written `round(clip(q, -128.49, 127.49))`: for integer q it equals
+`clip(q, -128, 127)`, and clip's gradient mask (strict inequalities) then includes the
+integer bounds. Weights stay int8 and biases int32
 (the graph parameters), cast to float32 where they are used.
 
-    conv:      y = clip(round((conv2d(x - zx, f32(W)) + f32(b)) * es) + zy, -128, 127)
-    residual:  y = clip(round(((x_in - zi) * si + (x_conv - zc) * sc) / sy) + zy, -128, 127)
+    conv:      y = sat(round((conv2d(x - zx, f32(W)) + f32(b)) * es) + zy)
+    residual:  y = sat(round(((x_in - zi) * si + (x_conv - zc) * sc) / sy) + zy)
     pool:      y = round(mean(x, H, W))
     logits:    (q - zy) * sy of the classifier (a 1x1 conv), shape (1, num_classes)
 """
@@ -28,7 +32,8 @@ from tvm import relax
 from .imported import ImportedModel
 from .zoo_format import ZooConv, ZooModel, load_zoo_model
 
-INT8_MIN, INT8_MAX = -128.0, 127.0
+# Saturation bounds: half an integer step inside the next value, see the module docstring.
+SAT_MIN, SAT_MAX = -128.49, 127.49
 
 
 def import_zoo(model: ZooModel | str | Path, num_classes: int | None = None, seed: int = 0) -> ImportedModel:
@@ -62,11 +67,17 @@ def import_zoo(model: ZooModel | str | Path, num_classes: int | None = None, see
                 relax.op.subtract(q, _f32(classifier.y_zero)), _f32(classifier.y_scale)))
         bb.emit_func_output(logits, params=[x, *builder.vars])
     mod = tvm.IRModule({"main": bb.get()["main"]})
-    return ImportedModel(mod=mod, params=builder.params, input_shape=(1, c, h, w), source=str(model.source))
+    return ImportedModel(mod=mod, params=builder.params, input_shape=(1, c, h, w), source=str(model.source),
+                         quant_scales=builder.scales)
 
 
 def _f32(value) -> relax.Expr:
     return relax.const(np.float32(value), "float32")
+
+
+def _saturate(bb, q):
+    """int8 saturation of integer-valued q, gradient passing for -128 <= q <= 127."""
+    return bb.emit(relax.op.round(relax.op.clip(q, SAT_MIN, SAT_MAX)))
 
 
 class _GraphBuilder:
@@ -74,6 +85,7 @@ class _GraphBuilder:
 
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
+        self.scales: dict[str, np.ndarray] = {}
         self.vars: list[relax.Var] = []
 
     def param(self, name: str, value: np.ndarray) -> relax.Var:
@@ -85,6 +97,8 @@ class _GraphBuilder:
     def conv(self, bb, x, conv: ZooConv, name: str):
         w = self.param(f"{name}.weight", conv.weight)
         b = self.param(f"{name}.bias", conv.bias)
+        self.scales[f"{name}.weight"] = conv.w_scales.astype(np.float32)
+        self.scales[f"{name}.bias"] = (conv.w_scales.astype(np.float64) * conv.x_scale).astype(np.float32)
         p = conv.padding
         xc = bb.emit(relax.op.subtract(x, _f32(conv.x_zero)))
         acc = bb.emit(relax.op.nn.conv2d(xc, relax.op.astype(w, "float32"), strides=conv.stride,
@@ -94,7 +108,7 @@ class _GraphBuilder:
         es = relax.const(conv.effective_scale().reshape(1, -1, 1, 1), "float32")
         s = bb.emit(relax.op.multiply(s, es))
         q = bb.emit(relax.op.add(relax.op.round(s), _f32(conv.y_zero)))
-        return bb.emit(relax.op.clip(q, INT8_MIN, INT8_MAX))
+        return _saturate(bb, q)
 
     @staticmethod
     def add(bb, x1, z1, s1, x2, z2, s2, zy, sy):
@@ -102,7 +116,7 @@ class _GraphBuilder:
         f2 = relax.op.multiply(relax.op.subtract(x2, _f32(z2)), _f32(s2))
         s = bb.emit(relax.op.divide(relax.op.add(f1, f2), _f32(sy)))
         q = bb.emit(relax.op.add(relax.op.round(s), _f32(zy)))
-        return bb.emit(relax.op.clip(q, INT8_MIN, INT8_MAX))
+        return _saturate(bb, q)
 
 
 def new_classifier(old: ZooConv, num_classes: int, seed: int = 0) -> ZooConv:

@@ -1,0 +1,145 @@
+"""Training the int8 zoo graphs: gradients against an independent torch autograd model of
+the same quantized semantics (tiny-training's `*Diff` ops), QAS in the IR, int8 updates."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import tvm
+from tvm import relax
+
+from conftest import MODEL_FILES
+from tvm_tinytrain.config import SparseUpdateConfig
+from tvm_tinytrain.errors import ConfigError
+from tvm_tinytrain.frontend.zoo_format import load_zoo_model
+from tvm_tinytrain.frontend.zoo_frontend import import_zoo, new_classifier
+from tvm_tinytrain.layers import find_layers
+from tvm_tinytrain.passes import AppendCrossEntropyLoss, BuildGradient, FloatTrainableParams
+from tvm_tinytrain.pipeline import TrainOptions, build_training_program
+from tvm_tinytrain.reference import RelaxVMTrainer
+
+# DESIGN.md section 6, 49 KB scheme (ratios of 0 there mean "no sub-tensor cut": 1 here)
+SCHEME_49KB = SparseUpdateConfig(n_bias_update=20, manual_weight_idx=(23, 24, 27, 30, 33, 39),
+                                 weight_update_ratio=(1, 0.25, 0.5, 0.5, 1, 1))
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class _Truncate(torch.autograd.Function):
+    """int8 saturation; the gradient passes for -128 <= x <= 127 (bounds included)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward((x >= -128) & (x <= 127))
+        return x.clamp(-128, 127)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.saved_tensors[0]
+
+
+def torch_int8_loss(model, x, label, params):
+    """tiny-training's quantized forward in torch, written from its rules, differentiable in
+    the integer weights (float tensors holding int8 / int32 values)."""
+    def conv(x, c, name):
+        w, b = params[f"{name}.weight"], params[f"{name}.bias"]
+        acc = F.conv2d(x - c.x_zero, w, None, c.stride, c.padding, 1, c.groups)
+        s = (acc + b.view(1, -1, 1, 1)) * torch.from_numpy(c.effective_scale()).view(1, -1, 1, 1)
+        return _Truncate.apply(_RoundSTE.apply(s) + c.y_zero)
+
+    y = conv(x, model.first_conv, "first_conv")
+    for block in model.blocks:
+        block_in = y
+        for part in ("pointwise1", "depthwise", "pointwise2"):
+            c = getattr(block, part)
+            if c is not None:
+                y = conv(y, c, f"blocks.{block.index}.{part}")
+        if block.residual is not None:
+            r, last = block.residual, block.pointwise2
+            s = ((block_in - r.x_zero) * np.float32(r.x_scale) + (y - last.y_zero) * np.float32(last.y_scale))
+            y = _Truncate.apply(_RoundSTE.apply(s / np.float32(r.y_scale)) + r.y_zero)
+    y = _RoundSTE.apply(y.mean((2, 3), keepdim=True))
+    c = model.classifier
+    q = conv(y, c, "classifier").flatten(1)
+    logits = (q - c.y_zero) * np.float32(c.y_scale)
+    return F.cross_entropy(logits, torch.tensor([label]))
+
+
+@pytest.fixture(scope="module")
+def mcunet(zoo_dir):
+    model = load_zoo_model(zoo_dir / MODEL_FILES[0])
+    model.classifier = new_classifier(model.classifier, 10, seed=0)
+    return model, import_zoo(model)
+
+
+def test_int8_gradients_match_torch_autograd(mcunet):
+    """Gradients w.r.t. the integer weights and biases (before QAS) of the last blocks and
+    the head, on a real-looking input: Relax `Gradient` on our graph vs torch autograd on
+    the independent model above. rtol 1e-4 (float32 sums in different orders)."""
+    model, imported = mcunet
+    main = imported.mod["main"]
+    config = SparseUpdateConfig(n_bias_update=6, manual_weight_idx=(36, 39, 41))
+    names = list(config.resolve(find_layers(main), [p.name for p in main.params[1:]]).names)
+    mod = tvm.transform.Sequential([AppendCrossEntropyLoss(), FloatTrainableParams(names),
+                                    BuildGradient(names)])(imported.mod)
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    rng = np.random.default_rng(0)
+    x = rng.integers(-128, 128, (1, *model.input_shape)).astype(np.float32)
+    args = [tvm.runtime.tensor(x), tvm.runtime.tensor(np.array([7], np.int64))]
+    args += [tvm.runtime.tensor(v.astype(np.float32) if n in names else v) for n, v in imported.params.items()]
+    loss, grads = vm["main_loss_adjoint"](*args)
+
+    params = {n: torch.tensor(v.astype(np.float32), requires_grad=n in names) for n, v in imported.params.items()}
+    ref = torch_int8_loss(model, torch.from_numpy(x), 7, params)
+    ref.backward()
+    assert float(loss.numpy()) == pytest.approx(ref.item(), rel=1e-6)
+    for name, grad in zip(names, grads):
+        expected = params[name].grad.numpy()
+        assert np.abs(expected).max() > 0, name
+        np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max(),
+                                   err_msg=name)
+
+
+def test_qas_appears_exactly_on_the_quantized_gradients(mcunet):
+    _, imported = mcunet
+    program = build_training_program(imported, SCHEME_49KB, TrainOptions(lr=0.05, momentum=0.9))
+    script = program.mod["train_step"].script()
+    n = len(program.trainable.names)
+    assert script.count("_grad_qas: R.Tensor") == n
+    off = build_training_program(imported, SCHEME_49KB, TrainOptions(lr=0.05, momentum=0.9, qas=False))
+    assert "_grad_qas" not in off.mod["train_step"].script()
+
+
+def test_qas_on_a_float_graph_is_explained(small_imported):
+    with pytest.raises(ConfigError, match="float model"):
+        build_training_program(small_imported, SparseUpdateConfig(), TrainOptions(qas=True))
+
+
+def test_int8_step_updates_integers_in_place(mcunet):
+    """A few steps on the Relax VM: weights stay int8 (saturated, rounded), the frozen ones
+    and the untrained channels of a sub-tensor update are bit-identical."""
+    model, imported = mcunet
+    program = build_training_program(imported, SCHEME_49KB, TrainOptions(lr=0.01, momentum=0.9))
+    vm = RelaxVMTrainer(program)
+    rng = np.random.default_rng(1)
+    losses = [vm.step(rng.integers(-128, 128, (1, *model.input_shape)).astype(np.float32), int(rng.integers(10)))
+              for _ in range(3)]
+    assert all(np.isfinite(losses))
+    for name, before in imported.params.items():
+        after = vm.param(name)
+        assert after.dtype == before.dtype, name
+        if name not in program.trainable:
+            assert np.array_equal(after, before), name
+    head = vm.param("classifier.weight")
+    assert not np.array_equal(head, imported.params["classifier.weight"])
+    w = "blocks.8.pointwise1.weight"  # conv 24, ratio 0.25 of its input channels
+    k = round(imported.params[w].shape[1] * 0.25)
+    assert np.array_equal(vm.param(w)[:, k:], imported.params[w][:, k:])
