@@ -23,6 +23,7 @@ DL_CODES = {"float": "kDLFloat", "int": "kDLInt", "uint": "kDLUInt", "bool": "kD
 C_TYPES = {"float32": "float", "int64": "int64_t", "int32": "int32_t", "int8": "int8_t",
            "uint8": "uint8_t", "bool": "int8_t"}
 VALUES_PER_LINE = 8
+TT_DTYPES = {"float32": "TT_FLOAT32", "int8": "TT_INT8", "int32": "TT_INT32"}  # tinytrain_model.h
 
 
 @dataclass
@@ -109,10 +110,13 @@ def _header(program: TrainingProgram, arena: int, n_params: int) -> str:
 #define TT_NUM_PARAMS {n_params}u
 #define TT_ARENA_BYTES {arena}u
 
+typedef enum {{ TT_FLOAT32 = 0, TT_INT8 = 1, TT_INT32 = 2 }} tt_dtype_t;
+
 typedef struct {{
   const char *name;  /* parameter name in the source model */
-  const float *data; /* trainable: RAM, updated in place by tt_train_step; frozen: flash */
+  const void *data;  /* trainable: RAM, updated in place by tt_train_step; frozen: flash */
   uint32_t size;     /* elements */
+  tt_dtype_t dtype;  /* float32, or int8 weights / int32 biases of a quantized model */
   uint32_t trainable;
 }} tt_param_t;
 
@@ -123,7 +127,11 @@ extern const tt_param_t tt_params[TT_NUM_PARAMS];
 void tt_init(void);
 
 /* One SGD step on one sample: forward, loss, backward, in-place update.
- * Returns 0, or non-zero if the label is out of range or a kernel failed. */
+ * Returns 0; TT_ERR_LABEL if the label is out of range; TT_ERR_KERNEL if a kernel failed;
+ * TT_ERR_NONFINITE if the loss is NaN or Inf (checked before any weight changes). */
+#define TT_ERR_LABEL (-1)
+#define TT_ERR_KERNEL (-2)
+#define TT_ERR_NONFINITE (-3)
 int tt_train_step(const float x[TT_INPUT_ELEMS], int32_t label, float *loss);
 
 /* Class scores (logits) for one sample with the current weights. Returns 0 on success. */
@@ -198,7 +206,7 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts) 
                + _layout_comment(plans, arena))
     out = [_banner(program, "Training-step driver: calls TVM's kernels in order over one static arena.",
                    details).rstrip("\n")]
-    out += ['#include <stddef.h>', '#include <stdint.h>', '',
+    out += ['#include <math.h>', '#include <stddef.h>', '#include <stdint.h>', '',
             '#include "tinytrain_model.h"', '#include "tinytrain_params.h"', '#include "tt_runtime.h"',
             '#include "tvm/ffi/c_api.h"', '',
             f"static uint8_t tt_arena[TT_ARENA_BYTES] __attribute__((aligned(16)));",
@@ -245,7 +253,8 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts) 
     out += _function_body(lowered.schedules["predict"], plans["predict"], offsets)
     out += ["const tt_param_t tt_params[TT_NUM_PARAMS] = {"]
     for t in params:
-        out.append(f'    {{"{t.param}", {t.name}, {int(np.prod(t.shape))}u, {int(t.trainable)}u}},')
+        out.append(f'    {{"{t.param}", {t.name}, {int(np.prod(t.shape))}u, {TT_DTYPES[t.dtype]}, '
+                   f'{int(t.trainable)}u}},')
     out += ["};", ""]
     return "\n".join(out)
 
@@ -265,7 +274,7 @@ def _function_body(schedule: Schedule, p: Plan, offsets: dict[str, int]) -> list
     x = schedule.inputs[0]
     if schedule.name == "train_step":
         out = ["int tt_train_step(const float x[TT_INPUT_ELEMS], int32_t label, float *loss) {",
-               "  if (label < 0 || label >= (int32_t)TT_NUM_CLASSES) {", "    return -1;", "  }",
+               "  if (label < 0 || label >= (int32_t)TT_NUM_CLASSES) {", "    return TT_ERR_LABEL;", "  }",
                "  tt_label[0] = label;"]
     else:
         out = ["int tt_predict(const float x[TT_INPUT_ELEMS], float logits[TT_NUM_CLASSES]) {"]
@@ -282,7 +291,10 @@ def _function_body(schedule: Schedule, p: Plan, offsets: dict[str, int]) -> list
         else:
             out.append("  tt_workspace_set(NULL, 0u);")
         out.append(f"  if (__tvm_ffi_{call.kernel}(NULL, (void *)args_{schedule.name}_{i}, "
-                   f"TT_NARGS(args_{schedule.name}_{i}), NULL) != 0) {{\n    return -2;\n  }}")
+                   f"TT_NARGS(args_{schedule.name}_{i}), NULL) != 0) {{\n    return TT_ERR_KERNEL;\n  }}")
+        if schedule.loss_index is not None and i == schedule.loss_index - 1:
+            out.append(f"  if (!isfinite(*(const float *)(tt_arena + {offsets[schedule.outputs[0].name]}))) {{\n"
+                       f"    return TT_ERR_NONFINITE; /* diverged: stop before any weight changes */\n  }}")
     result = schedule.outputs[0]
     if schedule.name == "train_step":
         out.append(f"  *loss = *(const float *)(tt_arena + {offsets[result.name]});")

@@ -11,6 +11,7 @@ import numpy as np
 from tvm_tinytrain.errors import RunError, TinyTrainError
 
 TRAIN, PREDICT, DUMP = ord("T"), ord("P"), ord("D")
+_INT_TYPES = {"i8": np.int8, "i32": np.int32}
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,14 @@ def _split_dumps(lines: list[str], n_dumps: int) -> list[dict[str, np.ndarray]]:
         words = line.split()
         if not words or words[0] != "param":
             continue
-        name, offset = words[1], int(words[2])
+        name, dtype, offset = words[1], words[2], int(words[3])
         if first_name is None:
             first_name = name
         if name == first_name and offset == 0:
             dumps.append({})
-        dumps[-1].setdefault(name, []).append(_floats(words[3:]))
+        bits = np.array([int(w, 16) for w in words[4:]], dtype=np.uint32)
+        values = bits.view(np.float32) if dtype == "f32" else bits.view(np.int32).astype(_INT_TYPES[dtype])
+        dumps[-1].setdefault(name, []).append(values)
     if len(dumps) != n_dumps:
         raise RunError(f"expected {n_dumps} parameter dumps, got {len(dumps)}")
     return [{k: np.concatenate(v) for k, v in d.items()} for d in dumps]

@@ -120,3 +120,19 @@ def test_onnx_model_trains_like_torch_in_c(small_net, tmp_path):
     for name in program.trainable.names:
         np.testing.assert_allclose(result.output.params[0][name], ref_params[name].ravel(),
                                    rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_divergence_stops_before_writing_garbage(small_imported, tmp_path):
+    """A learning rate that blows the loss up: the device reports it and stops the step
+    before any weight changes (the dump of the previous step stays finite)."""
+    from conftest import SPARSE
+    from tvm_tinytrain.errors import RunError
+    from tvm_tinytrain.pipeline import TrainOptions, build_training_program
+
+    program = build_training_program(small_imported, SPARSE, TrainOptions(lr=1e38))
+    board = get_board("host")
+    write_project(program, tmp_path / "p", board)
+    xs, ys = samples(20)
+    records = [Record(TRAIN, x, int(y)) for x, y in zip(xs, ys)]
+    with pytest.raises(RunError, match="NaN or Inf at record"):
+        run_stream(board, tmp_path / "p", records)

@@ -6,6 +6,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .errors import TinyTrainError
 from .pipeline import TrainingProgram
 
 
@@ -24,7 +25,10 @@ class RelaxVMTrainer:
         x = tvm.runtime.tensor(np.asarray(x, np.float32).reshape(self.program.input_shape))
         y = tvm.runtime.tensor(np.array([label], np.int64))
         out = self.vm["train_step"](x, y, *self.params, *self.momenta)
-        return float(out[0].numpy())
+        loss = float(out[0].numpy())
+        if not np.isfinite(loss):  # the device stops before updating; the VM has updated already
+            raise TinyTrainError(f"the loss became {loss}: training diverged (lower the learning rate)")
+        return loss
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = tvm.runtime.tensor(np.asarray(x, np.float32).reshape(self.program.input_shape))

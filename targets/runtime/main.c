@@ -11,7 +11,8 @@
  * and prints one line per result, floats as the hex of their IEEE-754 bits so that the
  * host reads them back exactly:
  *
- *   loss <i> <bits>            pred <i> <argmax> <bits> ...      param <name> <offset> <bits> ...
+ *   loss <i> <bits>            pred <i> <argmax> <bits> ...
+ *   param <name> <f32|i8|i32> <offset> <bits> ...   (integers as 32-bit two's complement)
  *   stack <bytes>              workspace <bytes>                 done <records>
  *
  * Each train step and prediction is bracketed by board_mark_begin/end so the runner can
@@ -40,13 +41,26 @@ static int read_exact(void *buf, size_t n) {
   return board_read_input(buf, n) == n ? 0 : -1;
 }
 
+/* The bits of element i of a parameter, as an unsigned word (int8 sign-extended). */
+static uint32_t param_bits(const tt_param_t *param, uint32_t i) {
+  switch (param->dtype) {
+    case TT_INT8:
+      return (uint32_t)(int32_t)((const int8_t *)param->data)[i];
+    case TT_INT32:
+      return (uint32_t)((const int32_t *)param->data)[i];
+    default:
+      return bits_of(((const float *)param->data)[i]);
+  }
+}
+
 static void dump_params(void) {
+  static const char *const dtype_names[] = {"f32", "i8", "i32"};
   for (uint32_t p = 0; p < TT_NUM_PARAMS; ++p) {
     const tt_param_t *param = &tt_params[p];
     for (uint32_t i = 0; i < param->size; i += DUMP_PER_LINE) {
-      printf("param %s %lu", param->name, (unsigned long)i);
+      printf("param %s %s %lu", param->name, dtype_names[param->dtype], (unsigned long)i);
       for (uint32_t j = i; j < param->size && j < i + DUMP_PER_LINE; ++j) {
-        printf(" %08lx", (unsigned long)bits_of(param->data[j]));
+        printf(" %08lx", (unsigned long)param_bits(param, j));
       }
       printf("\n");
     }
@@ -84,6 +98,11 @@ int main(void) {
       board_mark_begin();
       int status = tt_train_step(sample, rec.label, &loss);
       board_mark_end();
+      if (status == TT_ERR_NONFINITE) {
+        printf("error the loss became NaN or Inf at record %lu (training diverged: lower the learning "
+               "rate); the weights were left as they were before this step\n", (unsigned long)r);
+        return 3;
+      }
       if (status != 0) {
         printf("error train_step failed with status %d at record %lu\n", status, (unsigned long)r);
         return 3;
