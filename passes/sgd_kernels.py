@@ -17,10 +17,19 @@ from __future__ import annotations
 
 import math
 
+from tvm import tirx
 from tvm.script import tirx as T
 
-# float32 bounds of the integer types (2**31 - 1 is not a float32: the largest below it)
-SATURATION = {"int8": (-128.0, 127.0), "int32": (-2147483648.0, 2147483520.0)}
+# Saturation bounds of the integer types, as float32 values that TVM's C printer writes
+# exactly: it prints float immediates with 7 significant digits (`%e`), so 2**31 - 128 would
+# come out as 2.147484e+09f = 2**31, which overflows int32 (undefined; x86 and Arm differ).
+SATURATION = {"int8": (-128.0, 127.0), "int32": (-2.147483e9, 2.147483e9)}
+
+
+def c_exact(value: float) -> float:
+    """`value` with the 7 significant digits TVM's C codegen keeps of a float immediate, so
+    that the Relax VM (LLVM) and the generated C use the same constant."""
+    return float(f"{value:.6e}")
 
 
 def sgd_update_kernel(shape: tuple[int, ...], grad_shape: tuple[int, ...], lr: float, momentum: float,
@@ -34,9 +43,16 @@ def sgd_update_kernel(shape: tuple[int, ...], grad_shape: tuple[int, ...], lr: f
     outer, inner = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
     channels, grad_channels = shape[axis], grad_shape[axis]
     k = min(k or grad_channels, grad_channels)
-    lr, mu = float(lr), float(momentum)
+    lr, mu = c_exact(lr), c_exact(momentum)
     quantized = dtype != "float32"
     lo, hi = SATURATION.get(dtype, (0.0, 0.0))
+
+    def _round_back(old, step):
+        """rint, saturate, back to the integer type. A NaN (a diverged gradient) leaves the
+        integer as it was instead of an undefined float-to-int conversion."""
+        new = tirx.Cast("float32", old) - tirx.const(lr, "float32") * step
+        saturated = tirx.max(tirx.min(tirx.round(new), tirx.const(hi, "float32")), tirx.const(lo, "float32"))
+        return tirx.if_then_else(tirx.isnan(new), old, tirx.Cast(dtype, saturated))
 
     @T.prim_func(private=True)
     def sgd(p_handle: T.handle, g_handle: T.handle):
@@ -47,8 +63,7 @@ def sgd_update_kernel(shape: tuple[int, ...], grad_shape: tuple[int, ...], lr: f
         gv = T.decl_buffer((outer, grad_channels, inner), "float32", data=g.data)
         for o, c, i in T.grid(outer, k, inner):
             if quantized:
-                pv[o, c, i] = T.Cast(dtype, T.max(T.min(T.round(
-                    T.Cast("float32", pv[o, c, i]) - T.float32(lr) * gv[o, c, i]), T.float32(hi)), T.float32(lo)))
+                pv[o, c, i] = _round_back(pv[o, c, i], gv[o, c, i])
             else:
                 pv[o, c, i] = pv[o, c, i] - T.float32(lr) * gv[o, c, i]
 
@@ -64,8 +79,7 @@ def sgd_update_kernel(shape: tuple[int, ...], grad_shape: tuple[int, ...], lr: f
         for o, c, i in T.grid(outer, k, inner):
             vv[o, c, i] = T.float32(mu) * vv[o, c, i] + gv[o, c, i]
             if quantized:
-                pv[o, c, i] = T.Cast(dtype, T.max(T.min(T.round(
-                    T.Cast("float32", pv[o, c, i]) - T.float32(lr) * vv[o, c, i]), T.float32(hi)), T.float32(lo)))
+                pv[o, c, i] = _round_back(pv[o, c, i], vv[o, c, i])
             else:
                 pv[o, c, i] = pv[o, c, i] - T.float32(lr) * vv[o, c, i]
 

@@ -82,3 +82,15 @@ def test_cli_flags_override_the_file(tmp_path):
     assert cfg.n_bias_update == 2
     assert cfg.params == ("dw.weight", "conv0.0.bias")
     assert cfg.manual_weight_idx == (0, 2) and cfg.weight_update_ratio == (1.0, 0.5)
+
+
+def test_paper_schemes_by_name():
+    cfg = SparseUpdateConfig.scheme("mcunet-49kb")
+    assert cfg.n_bias_update == 20
+    assert cfg.manual_weight_idx == (24, 27, 30)  # ratio-0 convs train no weight
+    assert cfg.weight_update_ratio == (0.25, 0.5, 0.5)
+    assert SparseUpdateConfig.scheme("mcunet-99kb").weight_update_ratio == (1, 1, 1, 1, 0.125, 0.25)
+    with pytest.raises(ConfigError, match="unknown scheme"):
+        SparseUpdateConfig.scheme("mcunet-1kb")
+    args = _parser().parse_args(["compile", "m.onnx", "-o", "o", "--scheme", "mcunet-74kb"])
+    assert config_from_args(args) == SparseUpdateConfig.scheme("mcunet-74kb")

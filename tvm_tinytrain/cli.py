@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SparseUpdateConfig
+from .config import PAPER_SCHEMES, SparseUpdateConfig
 from .errors import ConfigError, TinyTrainError
 from .pipeline import TrainOptions
 
@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sparse update (which parameters train; the classifier always does)")
     g.add_argument("--config", help="YAML or JSON file with the keys below")
+    g.add_argument("--scheme", choices=sorted(PAPER_SCHEMES),
+                   help="one of the paper's MCUNet-5FPS schemes (flags below add to it)")
     g.add_argument("--param", action="append", default=[], metavar="NAME", help="train this parameter")
     g.add_argument("--n-bias-update", type=int, help="train the biases of the last N convs")
     g.add_argument("--weight-idx", type=int, nargs="+", help="train the weights of these convs (0 = first)")
@@ -94,8 +96,10 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args) -> SparseUpdateConfig:
     data = {}
+    if getattr(args, "scheme", None):
+        data = vars(SparseUpdateConfig.scheme(args.scheme)).copy()
     if args.config:
-        data = vars(SparseUpdateConfig.from_file(args.config)).copy()
+        data |= vars(SparseUpdateConfig.from_file(args.config))
     if args.param:
         data["params"] = tuple(data.get("params", ())) + tuple(args.param)
     if args.n_bias_update is not None:

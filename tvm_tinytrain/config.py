@@ -24,6 +24,19 @@ from .errors import ConfigError
 from .layers import Layer
 
 
+# The paper's sparse-update schemes for MCUNet-5FPS (DESIGN.md section 6), by memory budget:
+# (biases of the last N convs, weight conv indices, ratios). A ratio of 0 in the paper's
+# tables means the conv's weight does not train (tiny-training keeps int(C * 0) = 0
+# channels), so those indices are left out here.
+PAPER_SCHEMES = {
+    "mcunet-49kb": (20, (23, 24, 27, 30, 33, 39), (0, 0.25, 0.5, 0.5, 0, 0)),
+    "mcunet-74kb": (21, (21, 23, 24, 26, 27, 30), (1, 0, 1, 0, 0.5, 1)),
+    "mcunet-99kb": (22, (21, 24, 27, 30, 36, 39), (1, 1, 1, 1, 0.125, 0.25)),
+    "mcunet-124kb": (24, (21, 24, 27, 30, 33, 39), (0.25, 1, 1, 1, 0.5, 0.5)),
+    "mcunet-148kb": (23, (21, 24, 27, 30, 36, 39), (1, 1, 1, 1, 1, 0.5)),
+}
+
+
 @dataclass(frozen=True)
 class SparseUpdateConfig:
     params: tuple[str, ...] = ()
@@ -59,6 +72,16 @@ class SparseUpdateConfig:
             return cls(**data)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"invalid sparse-update config: {err}") from None
+
+    @classmethod
+    def scheme(cls, name: str) -> "SparseUpdateConfig":
+        """One of the paper's MCUNet-5FPS schemes, e.g. "mcunet-49kb"."""
+        if name not in PAPER_SCHEMES:
+            raise ConfigError(f"unknown scheme '{name}'; schemes: {', '.join(PAPER_SCHEMES)}")
+        n_bias, idx, ratios = PAPER_SCHEMES[name]
+        kept = [(i, r) for i, r in zip(idx, ratios) if r > 0]
+        return cls(n_bias_update=n_bias, manual_weight_idx=tuple(i for i, _ in kept),
+                   weight_update_ratio=tuple(r for _, r in kept))
 
     @classmethod
     def from_file(cls, path: str | Path) -> "SparseUpdateConfig":
