@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     c = sub.add_parser("compile", help="model + sparse-update config + target -> a C project folder")
-    c.add_argument("model", help="an ONNX file (model.onnx) or a PyTorch factory (file.py:function)")
+    c.add_argument("model", help="an ONNX file (model.onnx), a PyTorch factory (file.py:function), "
+                                 "or a tiny-training int8 model (model.pkl)")
+    c.add_argument("--num-classes", type=int, help="int8 models: replace the classifier by a new head")
     c.add_argument("--input-shape", help="NCHW input shape for PyTorch models, e.g. 1,1,8,8")
     c.add_argument("--weights", help="a state_dict saved with torch.save (loaded with weights_only=True)")
     _add_config_args(c)
@@ -82,6 +84,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ratio", type=float, nargs="+", help="per --weight-idx: fraction of input channels")
     g.add_argument("--lr", type=float, default=TrainOptions.lr, help="SGD learning rate")
     g.add_argument("--momentum", type=float, default=TrainOptions.momentum, help="SGD momentum")
+    g.add_argument("--no-qas", action="store_true",
+                   help="int8 models: train without Quantization-Aware Scaling (on by default)")
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
@@ -112,15 +116,21 @@ def config_from_args(args) -> SparseUpdateConfig:
     return SparseUpdateConfig.from_dict(data)
 
 
-def load_model(spec: str, input_shape: str | None, weights: str | None):
-    """An ImportedModel from `model.onnx` or `file.py:factory` (+ optional state_dict)."""
+def load_model(spec: str, input_shape: str | None, weights: str | None, num_classes: int | None = None):
+    """An ImportedModel from `model.onnx`, `model.pkl` (tiny-training int8) or
+    `file.py:factory` (+ optional state_dict)."""
     path, _, factory = spec.partition(":")
     if path.endswith(".onnx") and not factory:
         from .frontend.onnx_frontend import import_onnx
         return import_onnx(path)
+    if path.endswith(".pkl") and not factory:
+        from .frontend.zoo_frontend import import_zoo
+        if num_classes is not None and num_classes < 2:
+            raise TinyTrainError(f"--num-classes must be at least 2, got {num_classes}")
+        return import_zoo(path, num_classes=num_classes)
     if not path.endswith(".py") or not factory:
-        raise TinyTrainError(f"model '{spec}': give an ONNX file (model.onnx) or a PyTorch factory "
-                             f"(file.py:function returning an nn.Module)")
+        raise TinyTrainError(f"model '{spec}': give an ONNX file (model.onnx), a tiny-training int8 "
+                             f"model (model.pkl) or a PyTorch factory (file.py:function returning an nn.Module)")
     if not input_shape:
         raise TinyTrainError("a PyTorch model needs --input-shape, e.g. --input-shape 1,3,32,32")
     import torch
@@ -162,10 +172,11 @@ def compile_to_project(model, config: SparseUpdateConfig, options: TrainOptions,
 
 
 def _cmd_compile(args) -> int:
-    model = load_model(args.model, args.input_shape, args.weights)
+    model = load_model(args.model, args.input_shape, args.weights, args.num_classes)
     config = config_from_args(args)
+    options = TrainOptions(args.lr, args.momentum, qas=False if args.no_qas else None)
     board, program, emitted, est = compile_to_project(
-        model, config, TrainOptions(args.lr, args.momentum), args.target, Path(args.output),
+        model, config, options, args.target, Path(args.output),
         ram_kb=args.ram_kb, flash_kb=args.flash_kb, stack_kb=args.stack_kb)
     print(f"wrote {args.output} for {board.description}")
     print(f"  trains {len(program.trainable.names)} tensors: {', '.join(program.trainable.names)}")
