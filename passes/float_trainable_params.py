@@ -6,6 +6,7 @@ import tvm
 from tvm import relax
 
 from tvm_tinytrain.errors import ConfigError
+from tvm_tinytrain.frontend.int8_ops import SAT_MAX, SAT_MIN
 from tvm_tinytrain.relax_utils import substitute_vars
 
 
@@ -29,10 +30,19 @@ class FloatTrainableParams:
 
         def main_loss(x, label, w: R.Tensor((8, 4, 1, 1), "float32")):
             y = R.nn.conv2d(x, w)
+
+    With `master=True` the float parameter is a *master copy* that accumulates updates
+    smaller than one integer step, and the forward pass uses its rounded value (saturated
+    to int8 for int8 weights), as tiny-training trains (`weight.round()` in its quantized
+    conv, a float parameter in the optimizer); gradients pass straight through::
+
+            w_q = R.round(R.clip(w, -128.49, 127.49))
+            y = R.nn.conv2d(x, w_q)
     """
 
-    def __init__(self, trainable: list[str], func_name: str = "main_loss"):
+    def __init__(self, trainable: list[str], master: bool = False, func_name: str = "main_loss"):
         self.trainable = set(trainable)
+        self.master = master
         self.func_name = func_name
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -48,13 +58,15 @@ class FloatTrainableParams:
                 v = b.value
                 if (isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.astype"
                         and v.args[0] in ints and v.attrs.dtype == "float32"):
-                    remap[b.var] = ints[v.args[0]]
+                    remap[b.var] = (v.args[0], b.var.name)
                 else:
                     kept.append(b)
         bb = relax.BlockBuilder()
         params = [ints.get(p, p) for p in func.params]
         with bb.function(self.func_name, params):
             with bb.dataflow():
+                for var, (p, name) in list(remap.items()):
+                    remap[var] = self._forward_value(bb, ints[p], str(p.ty.dtype), name)
                 for b in kept:
                     value = substitute_vars(b.value, remap)
                     if any(p in relax.analysis.free_vars(value) for p in ints):
@@ -69,3 +81,10 @@ class FloatTrainableParams:
         mod = tvm.IRModule(dict(mod.functions))
         mod[self.func_name] = bb.get()[self.func_name]
         return mod
+
+    def _forward_value(self, bb, param, dtype, name):
+        """What the forward pass reads: the parameter itself, or its rounded master copy."""
+        if not self.master:
+            return param
+        value = relax.op.clip(param, SAT_MIN, SAT_MAX) if dtype == "int8" else param
+        return bb.emit(relax.op.round(value), name_hint=name)

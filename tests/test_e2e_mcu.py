@@ -104,11 +104,12 @@ def test_instruction_counts_are_deterministic(small_program, tmp_path):
     assert a.train_instructions == b.train_instructions
 
 
-@pytest.mark.parametrize("target", ["host", *MCUS])
-def test_demo_meets_its_bar(target, tmp_path):
-    """The README's main job, through the real command line."""
+@pytest.mark.parametrize("target, precision", [("host", "int8"), *[(t, "int8") for t in MCUS],
+                                               ("cortex-m4", "float32")])
+def test_demo_meets_its_bar(target, precision, tmp_path):
+    """The README's main job, through the real command line (int8 + QAS by default)."""
     cmd = [sys.executable, "-m", "tvm_tinytrain.cli", "demo", "--target", target, "--json",
-           "--out", str(tmp_path / "demo")]
+           "--out", str(tmp_path / "demo")] + (["--float"] if precision == "float32" else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -116,6 +117,7 @@ def test_demo_meets_its_bar(target, tmp_path):
                 "peak_sram_bytes", "flash_bytes", "instructions_per_step"):
         assert key in result
     assert result["target"] == target
+    assert result["precision"].startswith(precision)
     assert result["accuracy_after"] >= 0.85
     assert result["accuracy_after"] >= result["accuracy_before"] + 0.4
     assert result["loss_last_window_mean"] < result["loss_first_window_mean"]

@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="learn new digits on an emulated MCU (real data, real emulator)")
     d.add_argument("--target", default=DEFAULT_TARGET, choices=sorted(BOARDS))
-    d.add_argument("--epochs", type=int, default=None, help="passes over the training stream (default 2)")
+    d.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training stream (default 3 for int8, 2 for float)")
+    d.add_argument("--float", action="store_true", help="train the float32 model instead of int8 + QAS")
     d.add_argument("--out", default=None, help="project folder (default out/demo-TARGET)")
     d.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
     d.set_defaults(func=_cmd_demo)
@@ -228,15 +230,22 @@ def _cmd_demo(args) -> int:
     import torch
 
     from .frontend.torch_frontend import import_torch
+    precision = "float32" if args.float else "int8"
     imported = import_torch(model, torch.zeros(demo.INPUT_SHAPE), source="tvm_tinytrain.demo.DigitsNet")
+    if precision == "int8":
+        from .quantize import post_training_quantize
+        imported = post_training_quantize(imported, x_old[:demo.CALIBRATION_SAMPLES])
+        say(f"  quantized to int8 (per-channel weights, activations calibrated on "
+            f"{demo.CALIBRATION_SAMPLES} samples of 0-4); training with QAS")
     out = Path(args.out or f"out/demo-{args.target}")
     board, program, _, est = compile_to_project(
-        imported, demo.DEMO_CONFIG, TrainOptions(demo.DEMO_LR, demo.DEMO_MOMENTUM), args.target, out)
+        imported, demo.DEMO_CONFIG, demo.DEMO_OPTIONS[precision], args.target, out)
     say(f"  compiled {out}: trains {', '.join(program.trainable.names)}; planned RAM {est.ram_bytes} bytes")
     say(f"  training on {board.description} ...")
     from .session import train_and_evaluate
     result = train_and_evaluate(board, out, x_train, y_train, x_test, y_test,
-                                epochs=args.epochs or demo.DEMO_EPOCHS, progress=not args.json)
+                                epochs=args.epochs or demo.DEMO_EPOCHS[precision], progress=not args.json)
+    result["precision"] = precision + (" + QAS" if precision == "int8" else "")
     result["seconds"] = round(time.time() - t0, 1)
     _report(result, args.json)
     return 0

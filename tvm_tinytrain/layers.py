@@ -45,10 +45,12 @@ def find_layers(func: relax.Function) -> list[Layer]:
             layers.append(Layer("conv2d", weight.name, bias, groups, 0 if depthwise else 1))
         elif call.op.name == "relax.matmul":
             rhs = producer.get(call.args[1])
-            if (isinstance(rhs, relax.Call) and rhs.op.name == "relax.permute_dims"
-                    and rhs.args[0] in params):
+            weight = None
+            if isinstance(rhs, relax.Call) and rhs.op.name == "relax.permute_dims":
+                weight = _param_through_cast(rhs.args[0], producer, params)
+            if weight is not None:
                 bias = _bias_of(b.var, bindings, producer, params)
-                layers.append(Layer("linear", rhs.args[0].name, bias))
+                layers.append(Layer("linear", weight.name, bias))
     return layers
 
 

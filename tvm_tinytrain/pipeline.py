@@ -33,6 +33,10 @@ class TrainOptions:
     lr: float = 0.05
     momentum: float = 0.0
     qas: bool | None = None  # Quantization-Aware Scaling: default on for int8 graphs only
+    # int8 graphs: keep trainable weights and biases as float32 master copies (RAM x4 for
+    # those tensors) that accumulate sub-step updates, the forward using their rounded
+    # values, as tiny-training trains; False rounds every update into the integers.
+    float_master: bool = False
 
     def __post_init__(self):
         if not self.lr > 0:
@@ -70,10 +74,14 @@ def build_training_program(model: ImportedModel, config: SparseUpdateConfig,
         raise ConfigError("QAS rescales the gradients of int8 weights by their quantization scales; "
                           f"{model.source} is a float model, which has none: train it without QAS")
     train = list(trainable.names)
-    storage = {n: str(model.params[n].dtype) for n in train if model.params[n].dtype != np.float32}
+    ints = {n: str(model.params[n].dtype) for n in train if model.params[n].dtype != np.float32}
+    storage = {} if options.float_master else ints
+    params = dict(model.params)
+    if options.float_master:
+        params.update({n: model.params[n].astype(np.float32) for n in ints})
     seq = tvm.transform.Sequential([
         AppendCrossEntropyLoss(),
-        FloatTrainableParams(train),
+        FloatTrainableParams(train, master=options.float_master),
         BuildGradient(train),
         NarrowWeightGradient(train, trainable.ratio, trainable.channel_axis),
         *([InsertQASRescale(train, model.quant_scales)] if qas else []),
@@ -83,5 +91,15 @@ def build_training_program(model: ImportedModel, config: SparseUpdateConfig,
     keep = {"main", "train_step"}
     mod = tvm.IRModule({gv: f for gv, f in mod.functions.items()
                         if gv.name_hint in keep or not isinstance(f, tvm.relax.Function)})
-    return TrainingProgram(mod, dict(model.params), trainable, options, model.input_shape,
+    if options.float_master:  # main (predict) reads the master copies too
+        mod = _predict_from_master(mod, set(ints))
+    return TrainingProgram(mod, params, trainable, options, model.input_shape,
                            model.num_classes, model.source)
+
+
+def _predict_from_master(mod: tvm.IRModule, names: set[str]) -> tvm.IRModule:
+    """`main` with float32 master copies for `names`, rounded like the training forward."""
+    mod = tvm.IRModule(dict(mod.functions))
+    tmp = FloatTrainableParams(sorted(names), master=True, func_name="main")(mod)
+    mod["main"] = tmp["main"].with_attr("num_input", 1)
+    return mod

@@ -30,10 +30,9 @@ import tvm
 from tvm import relax
 
 from .imported import ImportedModel
+from .int8_ops import f32, quantized_add, quantized_conv
 from .zoo_format import ZooConv, ZooModel, load_zoo_model
 
-# Saturation bounds: half an integer step inside the next value, see the module docstring.
-SAT_MIN, SAT_MAX = -128.49, 127.49
 
 
 def import_zoo(model: ZooModel | str | Path, num_classes: int | None = None, seed: int = 0) -> ImportedModel:
@@ -64,20 +63,11 @@ def import_zoo(model: ZooModel | str | Path, num_classes: int | None = None, see
             q = builder.conv(bb, y, classifier, "classifier")
             q = bb.emit(relax.op.reshape(q, (1, classifier.out_channel)))
             logits = bb.emit_output(relax.op.multiply(
-                relax.op.subtract(q, _f32(classifier.y_zero)), _f32(classifier.y_scale)))
+                relax.op.subtract(q, f32(classifier.y_zero)), f32(classifier.y_scale)))
         bb.emit_func_output(logits, params=[x, *builder.vars])
     mod = tvm.IRModule({"main": bb.get()["main"]})
     return ImportedModel(mod=mod, params=builder.params, input_shape=(1, c, h, w), source=str(model.source),
                          quant_scales=builder.scales)
-
-
-def _f32(value) -> relax.Expr:
-    return relax.const(np.float32(value), "float32")
-
-
-def _saturate(bb, q):
-    """int8 saturation of integer-valued q, gradient passing for -128 <= q <= 127."""
-    return bb.emit(relax.op.round(relax.op.clip(q, SAT_MIN, SAT_MAX)))
 
 
 class _GraphBuilder:
@@ -100,23 +90,12 @@ class _GraphBuilder:
         self.scales[f"{name}.weight"] = conv.w_scales.astype(np.float32)
         self.scales[f"{name}.bias"] = (conv.w_scales.astype(np.float64) * conv.x_scale).astype(np.float32)
         p = conv.padding
-        xc = bb.emit(relax.op.subtract(x, _f32(conv.x_zero)))
-        acc = bb.emit(relax.op.nn.conv2d(xc, relax.op.astype(w, "float32"), strides=conv.stride,
-                                         padding=(p, p, p, p), groups=conv.groups, out_dtype="float32"))
-        bias = relax.op.reshape(relax.op.astype(b, "float32"), (1, conv.out_channel, 1, 1))
-        s = bb.emit(relax.op.add(acc, bias))
-        es = relax.const(conv.effective_scale().reshape(1, -1, 1, 1), "float32")
-        s = bb.emit(relax.op.multiply(s, es))
-        q = bb.emit(relax.op.add(relax.op.round(s), _f32(conv.y_zero)))
-        return _saturate(bb, q)
+        return quantized_conv(bb, x, w, b, conv.x_zero, conv.effective_scale(), conv.y_zero,
+                              strides=conv.stride, padding=(p, p, p, p), groups=conv.groups)
 
     @staticmethod
     def add(bb, x1, z1, s1, x2, z2, s2, zy, sy):
-        f1 = relax.op.multiply(relax.op.subtract(x1, _f32(z1)), _f32(s1))
-        f2 = relax.op.multiply(relax.op.subtract(x2, _f32(z2)), _f32(s2))
-        s = bb.emit(relax.op.divide(relax.op.add(f1, f2), _f32(sy)))
-        q = bb.emit(relax.op.add(relax.op.round(s), _f32(zy)))
-        return _saturate(bb, q)
+        return quantized_add(bb, x1, z1, s1, x2, z2, s2, zy, sy)
 
 
 def new_classifier(old: ZooConv, num_classes: int, seed: int = 0) -> ZooConv:

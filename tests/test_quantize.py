@@ -1,0 +1,72 @@
+"""Post-training quantization of a float model into the zoo's kind of int8 graph."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from tvm_tinytrain.config import SparseUpdateConfig
+from tvm_tinytrain.demo import DigitsNet, INPUT_SHAPE, load_digits_split
+from tvm_tinytrain.frontend.torch_frontend import import_torch
+from tvm_tinytrain.layers import find_layers
+from tvm_tinytrain.pipeline import TrainOptions, build_training_program
+from tvm_tinytrain.quantize import post_training_quantize
+from tvm_tinytrain.reference import RelaxVMTrainer
+
+
+@pytest.fixture(scope="module")
+def digits_models():
+    (x_old, y_old), _, (x_test, _) = load_digits_split()
+    torch.manual_seed(0)
+    net = DigitsNet()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x_old), torch.from_numpy(y_old)
+    for _ in range(3):  # a little training, so that the ranges are those of a real model
+        for idx in torch.randperm(len(xt)).split(32):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+            opt.step()
+    imported = import_torch(net.eval(), torch.zeros(INPUT_SHAPE))
+    return imported, post_training_quantize(imported, x_old[:100]), x_test
+
+
+def _logits(imported, xs):
+    vm = relax.VirtualMachine(tvm.compile(imported.mod, target="llvm"), tvm.cpu())
+    params = [tvm.runtime.tensor(v) for v in imported.params.values()]
+    return np.stack([vm["main"](tvm.runtime.tensor(x[None]), *params).numpy()[0] for x in xs])
+
+
+def test_int8_graph_agrees_with_the_float_model(digits_models):
+    float_model, int8_model, x_test = digits_models
+    lf, lq = _logits(float_model, x_test), _logits(int8_model, x_test)
+    assert (lf.argmax(1) == lq.argmax(1)).mean() >= 0.95
+    assert np.abs(lf - lq).max() < 0.1 * np.abs(lf).max()
+
+
+def test_parameters_are_int8_per_channel_with_scales(digits_models):
+    float_model, int8_model, _ = digits_models
+    assert list(int8_model.params) == list(float_model.params)
+    for name, value in int8_model.params.items():
+        assert value.dtype == (np.int8 if name.endswith("weight") else np.int32), name
+        assert name in int8_model.quant_scales
+    w, q = float_model.params["down.0.weight"], int8_model.params["down.0.weight"]
+    s = int8_model.quant_scales["down.0.weight"]
+    assert np.abs(q).reshape(len(q), -1).max(axis=1).tolist() == [127] * len(q)  # symmetric, full range
+    np.testing.assert_allclose(q * s.reshape(-1, 1, 1, 1), w, atol=float(s.max()) / 2 + 1e-7)
+    assert [l.weight for l in find_layers(int8_model.mod["main"])] == \
+        [l.weight for l in find_layers(float_model.mod["main"])]
+
+
+def test_quantized_model_trains_with_qas_and_float_masters(digits_models):
+    _, int8_model, x_test = digits_models
+    config = SparseUpdateConfig(n_bias_update=2, manual_weight_idx=(3,))
+    program = build_training_program(int8_model, config, TrainOptions(0.1, float_master=True))
+    assert program.params["down.0.weight"].dtype == np.float32  # the master copy
+    assert program.params["stem.0.weight"].dtype == np.int8      # frozen: stays int8
+    assert "_grad_qas" in program.mod["train_step"].script()
+    vm = RelaxVMTrainer(program)
+    losses = [vm.step(x, i % 5) for i, x in enumerate(x_test[:20])]
+    assert np.isfinite(losses).all()
+    assert not np.array_equal(vm.param("down.0.weight"), program.params["down.0.weight"])
+    assert np.array_equal(vm.param("stem.0.weight"), program.params["stem.0.weight"])
