@@ -88,6 +88,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=float, default=TrainOptions.momentum, help="SGD momentum")
     g.add_argument("--no-qas", action="store_true",
                    help="int8 models: train without Quantization-Aware Scaling (on by default)")
+    g.add_argument("--float-master", action="store_true",
+                   help="int8 models: keep trainable tensors as float32 master copies (as tiny-training)")
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
@@ -176,7 +178,8 @@ def compile_to_project(model, config: SparseUpdateConfig, options: TrainOptions,
 def _cmd_compile(args) -> int:
     model = load_model(args.model, args.input_shape, args.weights, args.num_classes)
     config = config_from_args(args)
-    options = TrainOptions(args.lr, args.momentum, qas=False if args.no_qas else None)
+    options = TrainOptions(args.lr, args.momentum, qas=False if args.no_qas else None,
+                           float_master=args.float_master)
     board, program, emitted, est = compile_to_project(
         model, config, options, args.target, Path(args.output),
         ram_kb=args.ram_kb, flash_kb=args.flash_kb, stack_kb=args.stack_kb)
