@@ -76,10 +76,16 @@ def _bias_of(out, bindings, producer, params) -> str | None:
             continue
         if out not in call.args:
             continue
-        other = call.args[1] if call.args[0].same_as(out) else call.args[0]
-        param = _param_through_cast(other, producer, params)
-        src = producer.get(other)
-        if param is None and isinstance(src, relax.Call) and getattr(src.op, "name", "") == "relax.reshape":
-            param = _param_through_cast(src.args[0], producer, params)
+        param = bias_operand(call, out, producer, params)
         return param.name if param is not None else None
     return None
+
+
+def bias_operand(add_call: relax.Call, out: relax.Var, producer: dict, params) -> relax.Var | None:
+    """The bias parameter of `add(out, b)` / `add(b, out)`, through a reshape and a cast."""
+    other = add_call.args[1] if add_call.args[0].same_as(out) else add_call.args[0]
+    param = _param_through_cast(other, producer, params)
+    src = producer.get(other)
+    if param is None and isinstance(src, relax.Call) and getattr(src.op, "name", "") == "relax.reshape":
+        param = _param_through_cast(src.args[0], producer, params)
+    return param

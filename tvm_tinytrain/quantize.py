@@ -22,6 +22,7 @@ from tvm import relax
 
 from .errors import UnsupportedOpError
 from .frontend.imported import ImportedModel
+from .layers import bias_operand
 from .frontend.int8_ops import dequantize, f32, quantize_input, quantized_add, quantized_conv, quantized_linear
 
 ACTIVATIONS = {"relax.nn.relu", "relax.clip"}
@@ -70,7 +71,7 @@ def post_training_quantize(model: ImportedModel, calibration: np.ndarray, logit_
         while len(users.get(var, [])) == 1:
             nxt = users[var][0]
             value = producer[nxt]
-            if op_name(value) in ACTIVATIONS or (op_name(value) == "relax.add" and _bias_operand(value, var, producer, params) is not None):
+            if op_name(value) in ACTIVATIONS or (op_name(value) == "relax.add" and bias_operand(value, var, producer, params) is not None):
                 var = nxt
             else:
                 break
@@ -157,22 +158,12 @@ def post_training_quantize(model: ImportedModel, calibration: np.ndarray, logit_
                          quant_scales=scales)
 
 
-def _bias_operand(add_call, var, producer, params):
-    other = add_call.args[1] if add_call.args[0].same_as(var) else add_call.args[0]
-    if other in params:
-        return other
-    src = producer.get(other)
-    if isinstance(src, relax.Call) and getattr(src.op, "name", "") == "relax.reshape" and src.args[0] in params:
-        return src.args[0]
-    return None
-
-
 def _find_bias(start, end, producer, params, users):
     """The bias parameter added between a layer's output `start` and its chain end."""
     chain = _chain_list(start, end, users)
     for prev, var in zip(chain, chain[1:]):
         if getattr(producer[var].op, "name", "") == "relax.add":
-            bias = _bias_operand(producer[var], prev, producer, params)
+            bias = bias_operand(producer[var], prev, producer, params)
             if bias is not None:
                 return bias
     return None
