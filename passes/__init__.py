@@ -6,10 +6,15 @@ Each is an ordinary TVM pass, usable on its own in a `tvm.transform.Sequential`.
 from .append_loss import AppendCrossEntropyLoss
 from .build_gradient import BuildGradient
 from .float_trainable_params import FloatTrainableParams
+from .fuse_kernels import FuseKernels
 from .fuse_sgd_update import FuseSGDUpdate
 from .insert_qas_rescale import InsertQASRescale
+from .int8_activations import Int8Activations
 from .narrow_weight_gradient import NarrowWeightGradient
 from .normalize_onnx import NormalizeONNX
+from .pack_backward_masks import PackBackwardMasks
+from .reorder_for_memory import ReorderForMemory
 
-__all__ = ["AppendCrossEntropyLoss", "BuildGradient", "FloatTrainableParams", "FuseSGDUpdate",
-           "InsertQASRescale", "NarrowWeightGradient", "NormalizeONNX"]
+__all__ = ["AppendCrossEntropyLoss", "BuildGradient", "FloatTrainableParams", "FuseKernels", "FuseSGDUpdate",
+           "InsertQASRescale", "Int8Activations", "NarrowWeightGradient", "NormalizeONNX",
+           "PackBackwardMasks", "ReorderForMemory"]

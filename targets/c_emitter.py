@@ -50,7 +50,9 @@ def schedule_buffers(schedule: Schedule) -> list[Buffer]:
         if t.storage == "arena":
             last[t] = end
     backward = schedule.loss_index if schedule.loss_index is not None else end + 1
-    buffers = []
+    x = schedule.inputs[0]
+    buffers = [Buffer(x.name, x.nbytes, 0, max((i for i, c in enumerate(schedule.calls) if x in c.args), default=0),
+                      "input")]
     for t, start in first.items():
         if t in schedule.outputs:
             kind = "output"
@@ -72,7 +74,8 @@ def _ws_name(schedule: Schedule, i: int) -> str:
 
 
 def emit(program: TrainingProgram, lowered: LoweredProgram) -> EmittedProgram:
-    plans = {name: plan(schedule_buffers(s)) for name, s in lowered.schedules.items()}
+    # the input sample sits at the start of the arena: the caller writes it there (tt_input)
+    plans = {name: plan(schedule_buffers(s), pinned={s.inputs[0].name: 0}) for name, s in lowered.schedules.items()}
     arena = max(p.arena_bytes for p in plans.values())
     arena = max(arena, 16)
     params = [t for t in lowered.tensors if t.storage == "param"]
@@ -81,7 +84,7 @@ def emit(program: TrainingProgram, lowered: LoweredProgram) -> EmittedProgram:
     consts = [t for t in lowered.tensors if t.storage == "const"]
     frozen_bytes = sum(t.nbytes for t in params if t not in trainable) + sum(t.nbytes for t in consts)
     files = {
-        "tinytrain_model.h": _header(program, arena, len(params)),
+        "tinytrain_model.h": _header(program, arena, len(params), lowered.input_quantization),
         "tinytrain_params.h": _params_header(params, momenta),
         "tinytrain_params.c": _params_source(program, params, momenta),
         "tinytrain_model.c": _driver(program, lowered, plans, arena, params, trainable, momenta, consts),
@@ -97,15 +100,42 @@ def _banner(program: TrainingProgram, what: str, details: str = "") -> str:
             f" * Do not edit: recompile the model instead.\n{details} */\n")
 
 
-def _header(program: TrainingProgram, arena: int, n_params: int) -> str:
+def _input_api(quant: tuple[float, float] | None) -> str:
+    if quant is None:
+        return """typedef float tt_input_t; /* the model takes float32 samples */
+
+static inline tt_input_t tt_input_from_float(float x) {
+  return x;
+}"""
+    scale, zero = quant
+    return f"""typedef int8_t tt_input_t; /* the model takes int8 samples: quantize with tt_input_from_float */
+
+#define TT_INPUT_SCALE {_float_literal(np.float32(scale))} /* {scale:.9g} */
+#define TT_INPUT_ZERO {_float_literal(np.float32(zero))}
+
+/* x -> sat(round_half_even(x / scale) + zero), in float32 like the model's own quantization. */
+static inline tt_input_t tt_input_from_float(float x) {{
+  float q = nearbyintf(x / TT_INPUT_SCALE) + TT_INPUT_ZERO;
+  if (!(q >= -128.0f)) {{
+    q = -128.0f; /* NaN too */
+  }}
+  if (q > 127.0f) {{
+    q = 127.0f;
+  }}
+  return (tt_input_t)q;
+}}"""
+
+
+def _header(program: TrainingProgram, arena: int, n_params: int, quant) -> str:
     n_in = int(np.prod(program.input_shape))
     shape = "x".join(map(str, program.input_shape))
     return _banner(program, "Public API of the generated training program.") + f"""#ifndef TINYTRAIN_MODEL_H
 #define TINYTRAIN_MODEL_H
 
+#include <math.h>
 #include <stdint.h>
 
-#define TT_INPUT_ELEMS {n_in}u      /* one sample, NCHW {shape}, float32 */
+#define TT_INPUT_ELEMS {n_in}u      /* one sample, NCHW {shape} */
 #define TT_NUM_CLASSES {program.num_classes}u
 #define TT_NUM_PARAMS {n_params}u
 #define TT_ARENA_BYTES {arena}u
@@ -126,16 +156,22 @@ extern const tt_param_t tt_params[TT_NUM_PARAMS];
 /* Reset the optimizer state (momentum). Weights start from their compiled values. */
 void tt_init(void);
 
-/* One SGD step on one sample: forward, loss, backward, in-place update.
+{_input_api(quant)}
+
+/* Where to write the next sample (TT_INPUT_ELEMS values): the start of the arena, so the
+ * sample costs no RAM of its own. A step or prediction overwrites it. */
+tt_input_t *tt_input(void);
+
+/* One SGD step on the sample in tt_input(): forward, loss, backward, in-place update.
  * Returns 0; TT_ERR_LABEL if the label is out of range; TT_ERR_KERNEL if a kernel failed;
  * TT_ERR_NONFINITE if the loss is NaN or Inf (checked before any weight changes). */
 #define TT_ERR_LABEL (-1)
 #define TT_ERR_KERNEL (-2)
 #define TT_ERR_NONFINITE (-3)
-int tt_train_step(const float x[TT_INPUT_ELEMS], int32_t label, float *loss);
+int tt_train_step(int32_t label, float *loss);
 
-/* Class scores (logits) for one sample with the current weights. Returns 0 on success. */
-int tt_predict(const float x[TT_INPUT_ELEMS], float logits[TT_NUM_CLASSES]);
+/* Class scores (logits) for the sample in tt_input() with the current weights. Returns 0. */
+int tt_predict(float logits[TT_NUM_CLASSES]);
 
 #endif /* TINYTRAIN_MODEL_H */
 """
@@ -234,10 +270,10 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts) 
         elif t.storage == "label":
             ptr = "tt_label"
         elif t.storage == "input":
-            ptr = "NULL"
+            ptr = "tt_arena"
         else:
             ptr = t.name
-        const = "" if t.storage == "input" else "const "
+        const = "const "
         out.append(f"static {const}DLTensor T_{t.name} = TT_TENSOR({ptr}, shape_{t.name}, {len(t.shape)}, "
                    f"{_dl_dtype(t.dtype)});")
     for name, s in lowered.schedules.items():
@@ -245,7 +281,8 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts) 
         for i, call in enumerate(s.calls):
             args = ", ".join(f"TT_ARG(T_{a.name})" for a in call.args)
             out.append(f"static const TVMFFIAny args_{name}_{i}[] = {{{args}}};")
-    out += ["", "void tt_init(void) {"]
+    out += ["", "tt_input_t *tt_input(void) {", "  return (tt_input_t *)tt_arena;", "}",
+            "", "void tt_init(void) {"]
     for t in momenta:
         out.append(f"  for (uint32_t i = 0; i < {int(np.prod(t.shape))}u; ++i) {{\n    {t.name}[i] = 0.0f;\n  }}")
     out += ["}", ""]
@@ -271,14 +308,12 @@ def _layout_comment(plans, arena) -> str:
 
 
 def _function_body(schedule: Schedule, p: Plan, offsets: dict[str, int]) -> list[str]:
-    x = schedule.inputs[0]
     if schedule.name == "train_step":
-        out = ["int tt_train_step(const float x[TT_INPUT_ELEMS], int32_t label, float *loss) {",
+        out = ["int tt_train_step(int32_t label, float *loss) {",
                "  if (label < 0 || label >= (int32_t)TT_NUM_CLASSES) {", "    return TT_ERR_LABEL;", "  }",
                "  tt_label[0] = label;"]
     else:
-        out = ["int tt_predict(const float x[TT_INPUT_ELEMS], float logits[TT_NUM_CLASSES]) {"]
-    out.append(f"  T_{x.name}.data = (void *)x; /* read only: no kernel writes its inputs */")
+        out = ["int tt_predict(float logits[TT_NUM_CLASSES]) {"]
     for i, call in enumerate(schedule.calls):
         outs = ", ".join(t.name for t in call.outputs)
         ins = ", ".join(t.name for t in call.inputs)

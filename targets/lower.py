@@ -18,6 +18,7 @@ import tvm
 from tvm import relax
 
 from tvm_tinytrain.errors import TinyTrainError
+from tvm_tinytrain.passes import FuseKernels, Int8Activations, PackBackwardMasks, ReorderForMemory
 from tvm_tinytrain.pipeline import TrainingProgram
 
 DTYPE_BYTES = {"float32": 4, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
@@ -65,10 +66,24 @@ class LoweredProgram:
     kernels_c: str
     schedules: dict[str, Schedule]
     tensors: list[Tensor] = field(default_factory=list)
+    # (scale, zero) when the program takes its input as int8 (Int8Activations), else None
+    input_quantization: tuple[float, float] | None = None
+
+
+def input_quantization(mod: tvm.IRModule) -> tuple[float, float] | None:
+    attrs = mod["train_step"].attrs
+    value = attrs.get("tinytrain.input_quantization") if attrs else None
+    return None if value is None else (float(value[0]), float(value[1]))
+
+
+def quantize_input(x: np.ndarray, scale: float, zero: float) -> np.ndarray:
+    """The device's input quantization (`tt_input_from_float`) in NumPy, float32 throughout."""
+    q = np.rint(np.asarray(x, np.float32) / np.float32(scale)) + np.float32(zero)
+    return np.clip(q, -128, 127).astype(np.int8)
 
 
 def lower(program: TrainingProgram) -> LoweredProgram:
-    mod = relax.transform.LegalizeOps()(program.mod)
+    mod = memory_passes(program)
     mod = relax.transform.DeadCodeElimination(["main", "train_step"])(mod)
     mod = relax.transform.AttachGlobalSymbol()(mod)
     prims = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
@@ -90,7 +105,23 @@ def lower(program: TrainingProgram) -> LoweredProgram:
         for t in s.inputs + [t for c in s.calls for t in c.args]:
             if t not in tensors:
                 tensors.append(t)
-    return LoweredProgram(lib.inspect_source(), schedules, tensors)
+    return LoweredProgram(lib.inspect_source(), schedules, tensors, input_quantization(mod))
+
+
+def memory_passes(program: TrainingProgram) -> tvm.IRModule:
+    """The program's module, legalized, with the memory passes `program.memory` asks for."""
+    opts = program.memory
+    mod = program.mod
+    if opts.bit_masks:
+        mod = PackBackwardMasks()(mod)
+    if opts.int8_activations:
+        mod = Int8Activations()(mod)
+    mod = relax.transform.LegalizeOps()(mod)
+    if opts.fuse_kernels:
+        mod = FuseKernels()(mod)
+    if opts.reorder:
+        mod = ReorderForMemory()(mod)
+    return mod
 
 
 C_RESERVED = {"auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
@@ -118,9 +149,23 @@ class _Namer:
 
 
 def _workspace_bytes(func: tvm.tirx.PrimFunc) -> int:
-    """Intermediate buffers of a legalized kernel (padding, reductions), 16-byte aligned."""
-    body = func.body
-    buffers = body.block.alloc_buffers if hasattr(body, "block") else []
+    """Intermediate buffers of a kernel (padding, accumulators), as TVM's lowering compacts
+    them to the region actually used, 16-byte aligned: an upper bound of its workspace."""
+    mod = tvm.IRModule({"main": func})
+    passes = tvm.s_tir.transform
+    mod = tvm.transform.Sequential([passes.LowerInitBlock(), passes.PlanAndUpdateBufferAllocationLocation(),
+                                    passes.ConvertBlocksToOpaque(), passes.CompactBufferAllocation()])(mod)
+    buffers = []
+    stack = [mod["main"].body]
+    while stack:  # TVM 0.27 has no Python TIR visitor: walk the statement kinds blocks sit in
+        node = stack.pop()
+        if isinstance(node, tvm.s_tir.SBlock):
+            buffers.extend(node.alloc_buffers)
+        for attr in ("block", "body", "then_case", "else_case"):
+            child = getattr(node, attr, None)
+            if isinstance(child, (tvm.tirx.Stmt, tvm.s_tir.SBlock)):
+                stack.append(child)
+        stack.extend(getattr(node, "seq", None) or [])
     total = 0
     for buf in buffers:
         n = int(np.prod([int(d) for d in buf.shape], dtype=np.int64)) * DTYPE_BYTES[str(buf.dtype)]

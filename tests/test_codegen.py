@@ -65,9 +65,10 @@ def test_frozen_parameters_bit_identical(small_program, host_run):
 
 
 def test_workspace_within_plan(small_program, host_run):
+    """What the kernels ask TVMBackendAllocWorkspace for (measured) never exceeds the plan."""
     project, result = host_run
     planned = max(c.workspace_bytes for s in lower(small_program).schedules.values() for c in s.calls)
-    assert 0 < result.output.workspace_bytes <= planned
+    assert 0 <= result.output.workspace_bytes <= planned
 
 
 def test_generated_c_is_deterministic(small_program):

@@ -45,6 +45,21 @@ class TrainOptions:
             raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum}")
 
 
+@dataclass(frozen=True)
+class MemoryOptions:
+    """The memory passes of lowering (`targets/lower.py`), all on by default. Each changes
+    where and when tensors live, never a computed number; turn one off to measure it."""
+
+    int8_activations: bool = True  # Int8Activations: quantized activations stored as int8
+    fuse_kernels: bool = True      # FuseKernels: casts, padding, requantization inside each kernel
+    bit_masks: bool = True         # PackBackwardMasks: 1-bit masks kept for backward, not activations
+    reorder: bool = True           # ApplyUpdatesEarly + ReorderForMemory: the paper's operator reordering
+
+    @classmethod
+    def none(cls) -> "MemoryOptions":
+        return cls(int8_activations=False, fuse_kernels=False, bit_masks=False, reorder=False)
+
+
 @dataclass
 class TrainingProgram:
     """A training step and a predict function over one set of parameters."""
@@ -56,6 +71,7 @@ class TrainingProgram:
     input_shape: tuple[int, ...]
     num_classes: int
     source: str
+    memory: MemoryOptions = MemoryOptions()
 
     @property
     def momentum_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -1,10 +1,14 @@
 """Static memory planning: one arena, offsets from buffer lifetimes.
 
-Every buffer the program needs at run time (activations, the activations kept for the
-backward pass, gradients, kernel workspaces) has a lifetime [first step, last step] in the
-schedule. Two buffers may share bytes only if their lifetimes do not overlap. We place the
-largest buffers first, each at the lowest offset that is free over its whole lifetime
-(greedy by size, as in TVM's and TFLite Micro's planners); the arena is the highest end.
+Every buffer the program needs at run time (the input sample, activations, the activations
+kept for the backward pass, gradients, kernel workspaces) has a lifetime [first step, last
+step] in the schedule. Two buffers may share bytes only if their lifetimes do not overlap.
+No arena can be smaller than the most bytes live at one step (the live peak); placing
+buffers so that the arena reaches it is NP-hard in general, so we run three greedy
+placements (largest first, as TVM's and TFLite Micro's planners do; longest-lived first;
+earliest first), each putting a buffer at the lowest offset free over its whole lifetime,
+and keep the smallest arena. Pinned buffers (the input, which the caller writes before a
+step) keep their given offset.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ class Buffer:
     size: int
     start: int   # index of the call that writes it first
     end: int     # index of the last call that reads it (inclusive)
-    kind: str    # "forward" | "saved for backward" | "backward" | "workspace" | "output"
+    kind: str    # "input" | "forward" | "saved for backward" | "backward" | "workspace" | "output"
 
     def overlaps(self, other: "Buffer") -> bool:
         return self.start <= other.end and other.start <= self.end
@@ -31,6 +35,7 @@ class Plan:
     offsets: dict[str, int]
     arena_bytes: int
     buffers: list[Buffer]
+    strategy: str = ""                      # the placement order that gave the smallest arena
     peak_step: int = 0                      # step with the most live bytes
     live_at_peak: dict[str, int] = field(default_factory=dict)  # kind -> bytes live then
 
@@ -43,20 +48,24 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def plan(buffers: list[Buffer]) -> Plan:
-    placed: list[tuple[int, Buffer]] = []
-    offsets: dict[str, int] = {}
-    for buf in sorted(buffers, key=lambda b: (-b.size, b.start, b.name)):
-        busy = sorted((off, off + _align(b.size)) for off, b in placed if b.overlaps(buf))
-        offset = 0
-        for lo, hi in busy:
-            if offset + _align(buf.size) <= lo:
-                break
-            offset = max(offset, hi)
-        offsets[buf.name] = offset
-        placed.append((offset, buf))
-    arena = max((off + _align(b.size) for off, b in placed), default=0)
-    result = Plan(offsets, arena, list(buffers))
+ORDERS = {
+    "largest first": lambda b: (-b.size, b.start, b.name),
+    "longest-lived first": lambda b: (-(b.end - b.start), -b.size, b.name),
+    "earliest first": lambda b: (b.start, -b.size, b.name),
+}
+
+
+def plan(buffers: list[Buffer], pinned: dict[str, int] | None = None) -> Plan:
+    pinned = pinned or {}
+    best = None
+    for name, key in ORDERS.items():
+        offsets = _place(sorted((b for b in buffers if b.name not in pinned), key=key),
+                         [b for b in buffers if b.name in pinned], pinned)
+        arena = max((offsets[b.name] + _align(b.size) for b in buffers), default=0)
+        if best is None or arena < best[1]:
+            best = (offsets, arena, name)
+    offsets, arena, strategy = best
+    result = Plan(offsets, arena, list(buffers), strategy=strategy)
     if buffers:
         steps = range(min(b.start for b in buffers), max(b.end for b in buffers) + 1)
         live = {s: sum(_align(b.size) for b in buffers if b.start <= s <= b.end) for s in steps}
@@ -65,3 +74,18 @@ def plan(buffers: list[Buffer]) -> Plan:
             if b.start <= result.peak_step <= b.end:
                 result.live_at_peak[b.kind] = result.live_at_peak.get(b.kind, 0) + _align(b.size)
     return result
+
+
+def _place(order: list[Buffer], fixed: list[Buffer], pinned: dict[str, int]) -> dict[str, int]:
+    placed = [(pinned[b.name], b) for b in fixed]
+    offsets = {b.name: pinned[b.name] for b in fixed}
+    for buf in order:
+        busy = sorted((off, off + _align(b.size)) for off, b in placed if b.overlaps(buf))
+        offset = 0
+        for lo, hi in busy:
+            if offset + _align(buf.size) <= lo:
+                break
+            offset = max(offset, hi)
+        offsets[buf.name] = offset
+        placed.append((offset, buf))
+    return offsets

@@ -5,6 +5,10 @@
  *
  *   header : char magic[4] = "TTIN", uint32 version = 1, uint32 n_records, uint32 input_elems
  *   record : uint32 op, int32 label, float x[input_elems]   (little endian)
+ *
+ * The sample goes straight into the program's input (tt_input(), inside its arena), read in
+ * small chunks and converted with tt_input_from_float (int8 quantization for int8 models),
+ * so the harness keeps no copy of it.
  *            op 'T' = one training step on (x, label), 'P' = predict x,
  *            op 'D' = dump all parameters (x and label unused)
  *
@@ -27,8 +31,8 @@
 #include "tt_runtime.h"
 
 #define DUMP_PER_LINE 8u
+#define CHUNK 32u
 
-static float sample[TT_INPUT_ELEMS];
 static float logits[TT_NUM_CLASSES];
 
 static uint32_t bits_of(float f) {
@@ -51,6 +55,22 @@ static uint32_t param_bits(const tt_param_t *param, uint32_t i) {
     default:
       return bits_of(((const float *)param->data)[i]);
   }
+}
+
+/* Read one sample's floats into tt_input(), converted as the model wants them. */
+static int read_sample(void) {
+  float chunk[CHUNK];
+  tt_input_t *x = tt_input();
+  for (uint32_t i = 0; i < TT_INPUT_ELEMS; i += CHUNK) {
+    uint32_t n = TT_INPUT_ELEMS - i < CHUNK ? TT_INPUT_ELEMS - i : CHUNK;
+    if (read_exact(chunk, n * sizeof(float)) != 0) {
+      return -1;
+    }
+    for (uint32_t j = 0; j < n; ++j) {
+      x[i + j] = tt_input_from_float(chunk[j]);
+    }
+  }
+  return 0;
 }
 
 static void dump_params(void) {
@@ -89,14 +109,14 @@ int main(void) {
       uint32_t op;
       int32_t label;
     } rec;
-    if (read_exact(&rec, sizeof rec) != 0 || read_exact(sample, sizeof sample) != 0) {
+    if (read_exact(&rec, sizeof rec) != 0 || read_sample() != 0) {
       printf("error input.bin ends inside record %lu\n", (unsigned long)r);
       return 2;
     }
     if (rec.op == 'T') {
       float loss = 0.0f;
       board_mark_begin();
-      int status = tt_train_step(sample, rec.label, &loss);
+      int status = tt_train_step(rec.label, &loss);
       board_mark_end();
       if (status == TT_ERR_NONFINITE) {
         printf("error the loss became NaN or Inf at record %lu (training diverged: lower the learning "
@@ -110,7 +130,7 @@ int main(void) {
       printf("loss %lu %08lx\n", (unsigned long)r, (unsigned long)bits_of(loss));
     } else if (rec.op == 'P') {
       board_mark_begin();
-      int status = tt_predict(sample, logits);
+      int status = tt_predict(logits);
       board_mark_end();
       if (status != 0) {
         printf("error predict failed with status %d at record %lu\n", status, (unsigned long)r);

@@ -1,0 +1,158 @@
+"""Int8Activations: keep a quantized graph's activations as int8 between kernels.
+
+The int8 graphs carry activations as float32 tensors holding exact integers (so that
+Relax's `Gradient` can differentiate them). Every saturated value `round(clip(q, lo, hi))`
+with bounds inside [-128.5, 127.5] is an int8 number; this pass stores it as int8
+(`astype` after the saturation) and gives each reader its own `astype` back to float32.
+`FuseKernels` then fuses the store into the producing kernel and each load into its
+reader, so the arena holds 1 byte per activation element instead of 4, also for the
+activations kept for the backward pass. Casts of integer parameters to float32 (weights,
+biases) get the same treatment: one cast per reader, fused into it, so no float32 copy of
+a weight is ever materialised. The values are exact integers in range: nothing changes.
+
+The input too: when the graph starts by quantizing its float32 input
+(`sat(round(x / scale) + zero)`, `int8_ops.quantize_input`), the function takes the int8
+sample instead and records `tinytrain.input_quantization = (scale, zero)`; the caller
+quantizes with the same float32 operations (the generated header's `tt_input_from_float`).
+
+Before::
+
+    lv1 = R.clip(q, -128.49, 127.49); y = R.round(lv1)
+    a = R.subtract(y, c1); b = R.multiply(y, c2)
+
+After::
+
+    lv1 = R.clip(q, -128.49, 127.49); y = R.round(lv1); y8 = R.astype(y, "int8")
+    a = R.subtract(R.astype(y8, "float32"), c1); b = R.multiply(R.astype(y8, "float32"), c2)
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+INT8_RANGE = (-128.5, 127.5)
+
+
+@tvm.transform.module_pass(opt_level=0, name="Int8Activations")
+class Int8Activations:
+    def __init__(self, func_names=("main", "train_step")):
+        self.func_names = tuple(func_names)
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        mod = tvm.IRModule(dict(mod.functions))
+        for gv in list(mod.get_global_vars()):
+            if gv.name_hint in self.func_names and isinstance(mod[gv], relax.Function):
+                mod[gv] = _rewrite(mod[gv])
+        return mod
+
+
+def _op(value) -> str | None:
+    return getattr(getattr(value, "op", None), "name", None)
+
+
+def _scalar(expr) -> float | None:
+    """A clip bound: a PrimValue/FloatImm (relax.op.clip's form) or a scalar constant."""
+    value = getattr(expr, "value", None)
+    if isinstance(value, (int, float)):  # FloatImm / IntImm
+        return float(value)
+    if value is not None and not isinstance(expr, tvm.ir.expr.Constant):  # PrimValue(FloatImm)
+        return _scalar(value)
+    if isinstance(expr, tvm.ir.expr.Constant) and expr.data.numpy().size == 1:
+        return float(expr.data.numpy().reshape(()))
+    return None
+
+
+def _replace(expr, mapping):
+    """`expr` (A-normal form: leaves are vars or constants) with vars replaced."""
+    if isinstance(expr, relax.Var):
+        return mapping.get(expr, expr)
+    if isinstance(expr, relax.Tuple):
+        return relax.Tuple([_replace(f, mapping) for f in expr.fields])
+    if isinstance(expr, relax.TupleGetItem):
+        return relax.TupleGetItem(_replace(expr.tuple_value, mapping), expr.index)
+    if isinstance(expr, relax.Call):
+        return relax.Call(expr.op, [_replace(a, mapping) for a in expr.args], expr.attrs, expr.ty_args)
+    return expr
+
+
+def _rewrite(func: relax.Function) -> relax.Function:
+    if len(func.body.blocks) != 1 or not isinstance(func.body.blocks[0], relax.DataflowBlock):
+        return func
+    bindings = list(func.body.blocks[0].bindings)
+    values = {b.var: b.value for b in bindings}
+    params = list(func.params)
+    quantized_input = _input_quantization(func, bindings)
+    skip, stored, input_attr = set(), {}, None
+    if quantized_input is not None:
+        chain, y, scale, zero = quantized_input
+        x8 = relax.Var(params[0].name, relax.TensorType(params[0].ty.shape, "int8"))
+        params[0], skip, stored[y], input_attr = x8, set(chain), x8, [scale, zero]
+    saturated, casts = set(), {}
+    for b in bindings:
+        v = b.value
+        if _op(v) == "relax.round" and str(getattr(b.var.ty, "dtype", None)) == "float32":
+            clip = values.get(v.args[0])
+            if _op(clip) == "relax.clip":
+                lo, hi = _scalar(clip.args[1]), _scalar(clip.args[2])
+                if lo is not None and hi is not None and INT8_RANGE[0] <= lo and hi <= INT8_RANGE[1]:
+                    saturated.add(b.var)
+        elif _op(v) == "relax.astype" and str(v.attrs.dtype) == "float32" \
+                and str(v.args[0].ty.dtype) in ("int8", "int32"):
+            casts[b.var] = v.args[0]
+    escaping = set(relax.analysis.free_vars(func.body.body))
+    bb = relax.BlockBuilder()
+    attrs = _attrs(func)
+    if input_attr is not None:
+        attrs["tinytrain.input_quantization"] = input_attr
+    with bb.function(func.attrs["global_symbol"], params, attrs=attrs, private=False):
+        with bb.dataflow():
+            for b in bindings:
+                if b.var in skip:
+                    continue  # the input's quantization: done by the caller
+                if b.var in casts and b.var not in escaping:
+                    continue  # re-emitted before each reader instead
+                mapping = {}
+                for u in relax.analysis.free_vars(b.value):
+                    if u in stored:
+                        mapping[u] = bb.emit(relax.op.astype(stored[u], "float32"), f"{u.name}_f32")
+                    elif u in casts and u not in escaping:
+                        mapping[u] = bb.emit(relax.op.astype(casts[u], "float32"), f"{u.name}_f32")
+                value = _replace(b.value, mapping) if mapping else b.value
+                bb.emit_normalized(relax.VarBinding(b.var, bb.normalize(value)))
+                if b.var in saturated and b.var not in stored:
+                    stored[b.var] = bb.emit(relax.op.astype(b.var, "int8"), f"{b.var.name}_i8")
+        bb.emit_func_output(func.body.body)
+    return bb.get()[func.attrs["global_symbol"]]
+
+
+def _input_quantization(func, bindings):
+    """(bindings, result, scale, zero) if the graph begins `sat(round(x / s) + z)`, else None."""
+    x = func.params[0]
+    if str(getattr(x.ty, "dtype", "")) != "float32":
+        return None
+    users = {}
+    for b in bindings:
+        for v in relax.analysis.free_vars(b.value):
+            users.setdefault(v, []).append(b)
+    chain, var, constants = [], x, []
+    for op in ("relax.divide", "relax.round", "relax.add", "relax.clip", "relax.round"):
+        use = users.get(var, [])
+        if len(use) != 1 or _op(use[0].value) != op or not use[0].value.args[0].same_as(var):
+            return None
+        args = use[0].value.args
+        if op in ("relax.divide", "relax.add"):
+            constants.append(_scalar(args[1]))
+        if op == "relax.clip" and not (INT8_RANGE[0] <= (_scalar(args[1]) or -1e9) and
+                                       (_scalar(args[2]) or 1e9) <= INT8_RANGE[1]):
+            return None
+        chain.append(use[0].var)
+        var = use[0].var
+    if None in constants or var in relax.analysis.free_vars(func.body.body):
+        return None
+    scale, zero = constants
+    return chain, var, float(scale), float(zero)
+
+
+def _attrs(func) -> dict:
+    return {str(k): v for k, v in func.attrs.items() if str(k) != "global_symbol"} if func.attrs else {}
