@@ -11,7 +11,8 @@ biases) get the same treatment: one cast per reader, fused into it, so no float3
 a weight is ever materialised. The values are exact integers in range: nothing changes.
 
 The input too: when the graph starts by quantizing its float32 input
-(`sat(round(x / scale) + zero)`, `int8_ops.quantize_input`), the function takes the int8
+(`sat(round(x / scale) + zero)`, `int8_ops.quantize_input`, or just `sat(x)` for a model
+whose samples are int8 values, as the zoo models), the function takes the int8
 sample instead and records `tinytrain.input_quantization = (scale, zero)`; the caller
 quantizes with the same float32 operations (the generated header's `tt_input_from_float`).
 
@@ -135,22 +136,29 @@ def _input_quantization(func, bindings):
     for b in bindings:
         for v in relax.analysis.free_vars(b.value):
             users.setdefault(v, []).append(b)
-    chain, var, constants = [], x, []
-    for op in ("relax.divide", "relax.round", "relax.add", "relax.clip", "relax.round"):
+    chain, var, scale, zero = [], x, 1.0, 0.0
+    steps = ["relax.divide", "relax.round", "relax.add", "relax.clip", "relax.round"]
+    while steps:
         use = users.get(var, [])
-        if len(use) != 1 or _op(use[0].value) != op or not use[0].value.args[0].same_as(var):
+        if len(use) != 1 or not use[0].value.args[0].same_as(var):
             return None
+        op = _op(use[0].value)
+        if op not in steps:
+            return None
+        steps = steps[steps.index(op) + 1:]  # divide, round and add are optional
         args = use[0].value.args
-        if op in ("relax.divide", "relax.add"):
-            constants.append(_scalar(args[1]))
-        if op == "relax.clip" and not (INT8_RANGE[0] <= (_scalar(args[1]) or -1e9) and
-                                       (_scalar(args[2]) or 1e9) <= INT8_RANGE[1]):
-            return None
+        if op == "relax.divide":
+            scale = _scalar(args[1])
+        elif op == "relax.add":
+            zero = _scalar(args[1])
+        elif op == "relax.clip":
+            lo, hi = _scalar(args[1]), _scalar(args[2])
+            if lo is None or hi is None or lo < INT8_RANGE[0] or hi > INT8_RANGE[1]:
+                return None
         chain.append(use[0].var)
         var = use[0].var
-    if None in constants or var in relax.analysis.free_vars(func.body.body):
+    if scale is None or zero is None or var in relax.analysis.free_vars(func.body.body):
         return None
-    scale, zero = constants
     return chain, var, float(scale), float(zero)
 
 

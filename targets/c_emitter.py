@@ -34,6 +34,8 @@ class EmittedProgram:
     trainable_bytes: int            # RAM: trainable parameters (.data)
     momentum_bytes: int             # RAM: momentum buffers (.bss)
     frozen_bytes: int               # flash: frozen parameters and constants
+    peak_call: str = ""             # the train_step kernel call at the arena's peak
+
 
 
 def schedule_buffers(schedule: Schedule) -> list[Buffer]:
@@ -74,8 +76,11 @@ def _ws_name(schedule: Schedule, i: int) -> str:
 
 
 def emit(program: TrainingProgram, lowered: LoweredProgram) -> EmittedProgram:
-    # the input sample sits at the start of the arena: the caller writes it there (tt_input)
-    plans = {name: plan(schedule_buffers(s), pinned={s.inputs[0].name: 0}) for name, s in lowered.schedules.items()}
+    # the caller writes the sample into the arena (tt_input): one offset for both functions
+    step, predict = lowered.schedules["train_step"], lowered.schedules["predict"]
+    plans = {"train_step": plan(schedule_buffers(step))}
+    input_offset = plans["train_step"].offsets[step.inputs[0].name]
+    plans["predict"] = plan(schedule_buffers(predict), pinned={predict.inputs[0].name: input_offset})
     arena = max(p.arena_bytes for p in plans.values())
     arena = max(arena, 16)
     params = [t for t in lowered.tensors if t.storage == "param"]
@@ -87,11 +92,15 @@ def emit(program: TrainingProgram, lowered: LoweredProgram) -> EmittedProgram:
         "tinytrain_model.h": _header(program, arena, len(params), lowered.input_quantization),
         "tinytrain_params.h": _params_header(params, momenta),
         "tinytrain_params.c": _params_source(program, params, momenta),
-        "tinytrain_model.c": _driver(program, lowered, plans, arena, params, trainable, momenta, consts),
+        "tinytrain_model.c": _driver(program, lowered, plans, arena, params, trainable, momenta, consts,
+                                     input_offset),
         "tinytrain_kernels.c": _kernels(program, lowered.kernels_c),
     }
+    peak = plans["train_step"].peak_step
+    phase = "backward" if step.loss_index is not None and peak >= step.loss_index else "forward"
+    peak_call = f"call {peak} of {len(step.calls)} ({phase}): {step.calls[peak].kernel}" if step.calls else ""
     return EmittedProgram(files, plans, arena, sum(t.nbytes for t in trainable),
-                          sum(t.nbytes for t in momenta), frozen_bytes)
+                          sum(t.nbytes for t in momenta), frozen_bytes, peak_call)
 
 
 def _banner(program: TrainingProgram, what: str, details: str = "") -> str:
@@ -158,8 +167,8 @@ void tt_init(void);
 
 {_input_api(quant)}
 
-/* Where to write the next sample (TT_INPUT_ELEMS values): the start of the arena, so the
- * sample costs no RAM of its own. A step or prediction overwrites it. */
+/* Where to write the next sample (TT_INPUT_ELEMS values): inside the arena, so the sample
+ * costs no RAM of its own. A step or prediction overwrites it. */
 tt_input_t *tt_input(void);
 
 /* One SGD step on the sample in tt_input(): forward, loss, backward, in-place update.
@@ -232,7 +241,7 @@ def _dl_dtype(dtype: str) -> str:
     return f"{DL_CODES[base]}, {bits}"
 
 
-def _driver(program, lowered, plans, arena, params, trainable, momenta, consts) -> str:
+def _driver(program, lowered, plans, arena, params, trainable, momenta, consts, input_offset) -> str:
     offsets = {name: off for p in plans.values() for name, off in p.offsets.items()}
     o = program.options
     details = (f" *\n * Optimizer: SGD, learning rate {o.lr:g}, momentum {o.momentum:g}; "
@@ -270,7 +279,7 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts) 
         elif t.storage == "label":
             ptr = "tt_label"
         elif t.storage == "input":
-            ptr = "tt_arena"
+            ptr = f"tt_arena + {input_offset}"
         else:
             ptr = t.name
         const = "const "
@@ -281,7 +290,7 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts) 
         for i, call in enumerate(s.calls):
             args = ", ".join(f"TT_ARG(T_{a.name})" for a in call.args)
             out.append(f"static const TVMFFIAny args_{name}_{i}[] = {{{args}}};")
-    out += ["", "tt_input_t *tt_input(void) {", "  return (tt_input_t *)tt_arena;", "}",
+    out += ["", "tt_input_t *tt_input(void) {", f"  return (tt_input_t *)(tt_arena + {input_offset});", "}",
             "", "void tt_init(void) {"]
     for t in momenta:
         out.append(f"  for (uint32_t i = 0; i < {int(np.prod(t.shape))}u; ++i) {{\n    {t.name}[i] = 0.0f;\n  }}")

@@ -42,6 +42,7 @@ class MemoryEstimate:
 
     arena_bytes: int
     arena_at_peak: dict[str, int]   # what the arena holds at train_step's peak, by kind
+    peak_call: str                  # where in train_step that peak is
     trainable_bytes: int
     momentum_bytes: int
     io_bytes: int
@@ -57,7 +58,7 @@ def write_project(program: TrainingProgram, out_dir: Path, board: Board, *, ram_
                   flash_bytes: int = 1024 * 1024, stack_bytes: int = 8 * 1024) -> tuple[EmittedProgram, MemoryEstimate]:
     emitted = emit(program, lower(program))
     io = 4 * program.num_classes  # logits; the sample itself lives in the arena (tt_input)
-    estimate = MemoryEstimate(emitted.arena_bytes, emitted.plans["train_step"].live_at_peak,
+    estimate = MemoryEstimate(emitted.arena_bytes, emitted.plans["train_step"].live_at_peak, emitted.peak_call,
                               emitted.trainable_bytes, emitted.momentum_bytes,
                               io + HARNESS_RAM_ESTIMATE, stack_bytes, emitted.frozen_bytes)
     if board.is_emulated:  # the host has no budget to keep: it builds the reference
@@ -103,7 +104,7 @@ def _check_budget(est: MemoryEstimate, ram_bytes: int, flash_bytes: int, board: 
     if est.ram_bytes > ram_bytes:
         raise BudgetError(
             f"the training program needs {est.ram_bytes} bytes of RAM but {board.name} has a budget of "
-            f"{ram_bytes}: arena {est.arena_bytes} ({_kinds(est.arena_at_peak)}), trainable weights "
+            f"{ram_bytes}: arena {est.arena_bytes} ({_kinds(est.arena_at_peak)}; {est.peak_call}), trainable weights "
             f"{est.trainable_bytes}, momentum {est.momentum_bytes}, input/output buffers {est.io_bytes}, "
             f"stack {est.stack_bytes}. Train fewer layers, or raise --ram-kb.")
     flash_needed = est.frozen_flash_bytes + est.trainable_bytes
@@ -114,10 +115,12 @@ def _check_budget(est: MemoryEstimate, ram_bytes: int, flash_bytes: int, board: 
             f"{est.trainable_bytes}, before any code. Use a smaller model, or raise --flash-kb.")
 
 
+KIND_NAMES = {"input": "input sample", "forward": "activations", "saved for backward": "activations kept for backward",
+              "backward": "gradients", "workspace": "kernel workspaces", "output": "outputs"}
+
+
 def _kinds(live: dict[str, int]) -> str:
-    names = {"forward": "activations", "saved for backward": "activations kept for backward",
-             "backward": "gradients", "workspace": "kernel workspaces", "output": "outputs"}
-    parts = [f"{names.get(k, k)} {v}" for k, v in sorted(live.items(), key=lambda kv: -kv[1])]
+    parts = [f"{KIND_NAMES.get(k, k)} {v}" for k, v in sorted(live.items(), key=lambda kv: -kv[1])]
     return "at its peak: " + ", ".join(parts) if parts else "empty"
 
 
@@ -130,9 +133,19 @@ def memory_report(emitted: EmittedProgram, est: MemoryEstimate, board: Board, ra
         "planned": asdict(est) | {"ram_total_bytes": est.ram_bytes},
         "train_step": {
             "arena_bytes": step.arena_bytes,
+            "placement": step.strategy,
             "peak_step": step.peak_step,
+            "peak_call": emitted.peak_call,
             "live_bytes_at_peak": step.live_peak_bytes,
             "live_at_peak_by_kind": step.live_at_peak,
+        },
+        "ram_at_peak": {  # the whole RAM at train_step's peak, as planned
+            **{KIND_NAMES.get(k, k): v for k, v in step.live_at_peak.items()},
+            "arena slack (placement)": step.arena_bytes - step.live_peak_bytes,
+            "trainable weights": est.trainable_bytes,
+            "momentum": est.momentum_bytes,
+            "harness and runtime (estimate)": est.io_bytes,
+            "stack (reserved)": est.stack_bytes,
         },
         "predict": {"arena_bytes": emitted.plans["predict"].arena_bytes},
     }

@@ -30,7 +30,7 @@ import tvm
 from tvm import relax
 
 from .imported import ImportedModel
-from .int8_ops import f32, quantized_add, quantized_conv
+from .int8_ops import f32, quantized_add, quantized_conv, saturate
 from .zoo_format import ZooConv, ZooModel, load_zoo_model
 
 
@@ -46,7 +46,9 @@ def import_zoo(model: ZooModel | str | Path, num_classes: int | None = None, see
     bb = relax.BlockBuilder()
     with bb.function("main", attrs={"num_input": 1}):
         with bb.dataflow():
-            y = builder.conv(bb, x, model.first_conv, "first_conv")
+            # the sample holds int8 values (tiny-training's input); saturating it is the
+            # identity on them, and tells the memory passes the input can be stored as int8
+            y = builder.conv(bb, saturate(bb, x), model.first_conv, "first_conv")
             for block in model.blocks:
                 block_in = y
                 for name, conv in (("pointwise1", block.pointwise1), ("depthwise", block.depthwise),
