@@ -6,6 +6,7 @@ Each is an ordinary TVM pass, usable on its own in a `tvm.transform.Sequential`.
 from .append_loss import AppendCrossEntropyLoss
 from .build_gradient import BuildGradient
 from .float_trainable_params import FloatTrainableParams
+from .forward_tuple_items import ForwardTupleItems
 from .fuse_kernels import FuseKernels
 from .fuse_sgd_update import FuseSGDUpdate
 from .insert_qas_rescale import InsertQASRescale
@@ -15,6 +16,6 @@ from .normalize_onnx import NormalizeONNX
 from .pack_backward_masks import PackBackwardMasks
 from .reorder_for_memory import ReorderForMemory
 
-__all__ = ["AppendCrossEntropyLoss", "BuildGradient", "FloatTrainableParams", "FuseKernels", "FuseSGDUpdate",
+__all__ = ["AppendCrossEntropyLoss", "BuildGradient", "FloatTrainableParams", "ForwardTupleItems", "FuseKernels", "FuseSGDUpdate",
            "InsertQASRescale", "Int8Activations", "NarrowWeightGradient", "NormalizeONNX",
            "PackBackwardMasks", "ReorderForMemory"]

@@ -8,7 +8,8 @@ with bounds inside [-128.5, 127.5] is an int8 number; this pass stores it as int
 reader, so the arena holds 1 byte per activation element instead of 4, also for the
 activations kept for the backward pass. Casts of integer parameters to float32 (weights,
 biases) get the same treatment: one cast per reader, fused into it, so no float32 copy of
-a weight is ever materialised. The values are exact integers in range: nothing changes.
+a weight is ever materialised; so do values derived from either by a scalar (`x - x_zero`,
+kept for a weight gradient, is recomputed there from the int8 `x`). The values are exact integers in range: nothing changes.
 
 The input too: when the graph starts by quantizing its float32 input
 (`sat(round(x / scale) + zero)`, `int8_ops.quantize_input`, or just `sat(x)` for a model
@@ -33,6 +34,7 @@ import tvm
 from tvm import relax
 
 INT8_RANGE = (-128.5, 127.5)
+SCALAR_OPS = {"relax.subtract", "relax.add", "relax.multiply", "relax.divide"}
 
 
 @tvm.transform.module_pass(opt_level=0, name="Int8Activations")
@@ -59,8 +61,8 @@ def _scalar(expr) -> float | None:
         return float(value)
     if value is not None and not isinstance(expr, tvm.ir.expr.Constant):  # PrimValue(FloatImm)
         return _scalar(value)
-    if isinstance(expr, tvm.ir.expr.Constant) and expr.data.numpy().size == 1:
-        return float(expr.data.numpy().reshape(()))
+    if isinstance(expr, tvm.ir.expr.Constant) and value.numpy().size == 1:
+        return float(value.numpy().reshape(()))
     return None
 
 
@@ -89,7 +91,7 @@ def _rewrite(func: relax.Function) -> relax.Function:
         chain, y, scale, zero = quantized_input
         x8 = relax.Var(params[0].name, relax.TensorType(params[0].ty.shape, "int8"))
         params[0], skip, stored[y], input_attr = x8, set(chain), x8, [scale, zero]
-    saturated, casts = set(), {}
+    saturated, casts, derived = set(), {}, {}
     for b in bindings:
         v = b.value
         if _op(v) == "relax.round" and str(getattr(b.var.ty, "dtype", None)) == "float32":
@@ -101,7 +103,20 @@ def _rewrite(func: relax.Function) -> relax.Function:
         elif _op(v) == "relax.astype" and str(v.attrs.dtype) == "float32" \
                 and str(v.args[0].ty.dtype) in ("int8", "int32"):
             casts[b.var] = v.args[0]
+        elif _op(v) in SCALAR_OPS and _scalar(v.args[1]) is not None and \
+                (v.args[0] in saturated or v.args[0] in casts or v.args[0] in derived or v.args[0] in stored):
+            derived[b.var] = v  # e.g. x - x_zero: recomputed by each reader from the int8 x
     escaping = set(relax.analysis.free_vars(func.body.body))
+
+    def reload(u):
+        """A fresh float32 copy of u for one reader, from the int8 storage it derives from."""
+        if u in stored:
+            return bb.emit(relax.op.astype(stored[u], "float32"), f"{u.name}_f32")
+        if u in casts:
+            return bb.emit(relax.op.astype(casts[u], "float32"), f"{u.name}_f32")
+        value = derived[u]
+        return bb.emit(relax.Call(value.op, [reload(value.args[0]), *value.args[1:]], value.attrs), u.name)
+
     bb = relax.BlockBuilder()
     attrs = _attrs(func)
     if input_attr is not None:
@@ -111,14 +126,12 @@ def _rewrite(func: relax.Function) -> relax.Function:
             for b in bindings:
                 if b.var in skip:
                     continue  # the input's quantization: done by the caller
-                if b.var in casts and b.var not in escaping:
+                if (b.var in casts or b.var in derived) and b.var not in escaping:
                     continue  # re-emitted before each reader instead
                 mapping = {}
                 for u in relax.analysis.free_vars(b.value):
-                    if u in stored:
-                        mapping[u] = bb.emit(relax.op.astype(stored[u], "float32"), f"{u.name}_f32")
-                    elif u in casts and u not in escaping:
-                        mapping[u] = bb.emit(relax.op.astype(casts[u], "float32"), f"{u.name}_f32")
+                    if u in stored or ((u in casts or u in derived) and u not in escaping):
+                        mapping[u] = reload(u)
                 value = _replace(b.value, mapping) if mapping else b.value
                 bb.emit_normalized(relax.VarBinding(b.var, bb.normalize(value)))
                 if b.var in saturated and b.var not in stored:

@@ -42,7 +42,7 @@ def _is_update(binding) -> bool:
 def _reorder(func: relax.Function) -> relax.Function:
     if len(func.body.blocks) != 1:
         return func
-    bindings = _forward_tuple_items(list(func.body.blocks[0].bindings))
+    bindings = list(func.body.blocks[0].bindings)
     n = len(bindings)
     index = {b.var: i for i, b in enumerate(bindings)}
     reads = [set(relax.analysis.free_vars(b.value)) for b in bindings]
@@ -99,20 +99,6 @@ def _reorder(func: relax.Function) -> relax.Function:
     func = relax.Function(func.params, relax.SeqExpr([new_block], func.body.body), func.ret_ty,
                           func.is_pure, func.attrs)
     return relax.transform.CanonicalizeBindings()(tvm.IRModule({"f": func}))["f"]
-
-
-def _forward_tuple_items(bindings):
-    """`g = t[i]` where `t = (a, b, ...)` becomes `g = a`: the gradient pass returns its
-    results in one tuple built at the very end, which would make every gradient (and the
-    loss) wait for all of them."""
-    tuples = {b.var: b.value for b in bindings if isinstance(b.value, relax.Tuple)}
-    out = []
-    for b in bindings:
-        value = b.value
-        while isinstance(value, relax.TupleGetItem) and value.tuple_value in tuples:
-            value = tuples[value.tuple_value].fields[value.index]
-        out.append(b if value.same_as(b.value) else relax.VarBinding(b.var, value))
-    return out
 
 
 def _loss_binding(func, index) -> int | None:

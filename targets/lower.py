@@ -18,7 +18,7 @@ import tvm
 from tvm import relax
 
 from tvm_tinytrain.errors import TinyTrainError
-from tvm_tinytrain.passes import FuseKernels, Int8Activations, PackBackwardMasks, ReorderForMemory
+from tvm_tinytrain.passes import ForwardTupleItems, FuseKernels, Int8Activations, PackBackwardMasks, ReorderForMemory
 from tvm_tinytrain.pipeline import TrainingProgram
 
 DTYPE_BYTES = {"float32": 4, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
@@ -76,12 +76,6 @@ def input_quantization(mod: tvm.IRModule) -> tuple[float, float] | None:
     return None if value is None else (float(value[0]), float(value[1]))
 
 
-def quantize_input(x: np.ndarray, scale: float, zero: float) -> np.ndarray:
-    """The device's input quantization (`tt_input_from_float`) in NumPy, float32 throughout."""
-    q = np.rint(np.asarray(x, np.float32) / np.float32(scale)) + np.float32(zero)
-    return np.clip(q, -128, 127).astype(np.int8)
-
-
 def lower(program: TrainingProgram) -> LoweredProgram:
     mod = memory_passes(program)
     mod = relax.transform.DeadCodeElimination(["main", "train_step"])(mod)
@@ -116,7 +110,7 @@ def memory_passes(program: TrainingProgram) -> tvm.IRModule:
         mod = PackBackwardMasks()(mod)
     if opts.int8_activations:
         mod = Int8Activations()(mod)
-    mod = relax.transform.LegalizeOps()(mod)
+    mod = ForwardTupleItems()(relax.transform.LegalizeOps()(mod))
     if opts.fuse_kernels:
         mod = FuseKernels()(mod)
     if opts.reorder:

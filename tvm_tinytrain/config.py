@@ -24,8 +24,9 @@ from .errors import ConfigError
 from .layers import Layer
 
 
-# The paper's sparse-update schemes for MCUNet-5FPS (DESIGN.md section 6), by memory budget:
-# (biases of the last N convs, weight conv indices, ratios). A ratio of 0 in the paper's
+# The paper's sparse-update schemes for MCUNet-5FPS (DESIGN.md section 6) and
+# MobileNetV2-w0.35 (the settings tiny-training's compilation/mcu_ir_gen.py uses), by memory
+# budget: (biases of the last N convs, weight conv indices, ratios). A ratio of 0 in the paper's
 # tables means the conv's weight does not train (tiny-training keeps int(C * 0) = 0
 # channels), so those indices are left out here.
 PAPER_SCHEMES = {
@@ -34,6 +35,11 @@ PAPER_SCHEMES = {
     "mcunet-99kb": (22, (21, 24, 27, 30, 36, 39), (1, 1, 1, 1, 0.125, 0.25)),
     "mcunet-124kb": (24, (21, 24, 27, 30, 33, 39), (0.25, 1, 1, 1, 0.5, 0.5)),
     "mcunet-148kb": (23, (21, 24, 27, 30, 36, 39), (1, 1, 1, 1, 1, 0.5)),
+    "mbv2-49kb": (16, (36, 39, 40, 41, 42, 45, 48, 49), (1, 1, 0, 0.25, 0.125, 0.125, 0.125, 0.125)),
+    "mbv2-73kb": (20, (32, 33, 36, 39, 41, 42, 45, 48), (0.125, 0.5, 0.5, 1, 0.25, 0.125, 0.125, 1)),
+    "mbv2-99kb": (25, (27, 30, 33, 36, 39, 42, 45, 48), (1, 1, 1, 1, 1, 0.125, 0.5, 1)),
+    "mbv2-123kb": (31, (27, 30, 33, 36, 39, 42, 45, 48), (1, 1, 1, 1, 1, 0.5, 1, 1)),
+    "mbv2-138kb": (34, (27, 30, 33, 36, 39, 42, 45, 48), (1, 1, 1, 1, 1, 1, 1, 1)),
 }
 
 

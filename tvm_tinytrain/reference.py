@@ -21,8 +21,20 @@ class RelaxVMTrainer:
         self.momenta = [tvm.runtime.tensor(np.zeros(shape, np.float32))
                         for shape in program.momentum_shapes.values()]
 
+    def _input(self, x: np.ndarray):
+        """The sample as the program takes it: float32, or int8 quantized like the device
+        does when the memory passes made the input int8 (`targets.lower.memory_passes`)."""
+        from .targets.lower import input_quantization
+
+        x = np.asarray(x, np.float32).reshape(self.program.input_shape)
+        quant = input_quantization(self.program.mod)
+        if quant is not None:
+            q = np.rint(x / np.float32(quant[0])) + np.float32(quant[1])
+            x = np.clip(q, -128, 127).astype(np.int8)
+        return tvm.runtime.tensor(x)
+
     def step(self, x: np.ndarray, label: int) -> float:
-        x = tvm.runtime.tensor(np.asarray(x, np.float32).reshape(self.program.input_shape))
+        x = self._input(x)
         y = tvm.runtime.tensor(np.array([label], np.int64))
         out = self.vm["train_step"](x, y, *self.params, *self.momenta)
         loss = float(out[0].numpy())
@@ -31,7 +43,7 @@ class RelaxVMTrainer:
         return loss
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        x = tvm.runtime.tensor(np.asarray(x, np.float32).reshape(self.program.input_shape))
+        x = self._input(x)
         return self.vm["main"](x, *self.params).numpy()[0]
 
     def param(self, name: str) -> np.ndarray:
