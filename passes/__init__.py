@@ -15,7 +15,8 @@ from .narrow_weight_gradient import NarrowWeightGradient
 from .normalize_onnx import NormalizeONNX
 from .pack_backward_masks import PackBackwardMasks
 from .reorder_for_memory import ReorderForMemory
+from .split_trained_channels import SplitTrainedChannels
 
 __all__ = ["AppendCrossEntropyLoss", "BuildGradient", "FloatTrainableParams", "ForwardTupleItems", "FuseKernels", "FuseSGDUpdate",
            "InsertQASRescale", "Int8Activations", "NarrowWeightGradient", "NormalizeONNX",
-           "PackBackwardMasks", "ReorderForMemory"]
+           "PackBackwardMasks", "ReorderForMemory", "SplitTrainedChannels"]

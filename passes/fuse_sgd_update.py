@@ -7,6 +7,7 @@ from tvm import relax
 from tvm.relax.utils import copy_with_new_vars
 
 from .sgd_kernels import sgd_update_kernel
+from .split_trained_channels import trained_channels
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseSGDUpdate")
@@ -91,7 +92,7 @@ class FuseSGDUpdate:
         ratio = self.ratios.get(name, 1.0)
         k = None
         if len(shape) > 1 and ratio < 1.0:
-            k = max(1, int(round(shape[axis] * ratio)))
+            k = trained_channels(shape[axis], ratio)
         kernel = sgd_update_kernel(shape, grad_shape, self.lr, self.momentum, axis, k, p.ty.dtype)
         gv = bb.add_func(kernel, "sgd_" + _c_name(name))
         if v is None:

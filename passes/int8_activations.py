@@ -66,16 +66,16 @@ def _scalar(expr) -> float | None:
     return None
 
 
-def _replace(expr, mapping):
+def replace_vars(expr, mapping):
     """`expr` (A-normal form: leaves are vars or constants) with vars replaced."""
     if isinstance(expr, relax.Var):
         return mapping.get(expr, expr)
     if isinstance(expr, relax.Tuple):
-        return relax.Tuple([_replace(f, mapping) for f in expr.fields])
+        return relax.Tuple([replace_vars(f, mapping) for f in expr.fields])
     if isinstance(expr, relax.TupleGetItem):
-        return relax.TupleGetItem(_replace(expr.tuple_value, mapping), expr.index)
+        return relax.TupleGetItem(replace_vars(expr.tuple_value, mapping), expr.index)
     if isinstance(expr, relax.Call):
-        return relax.Call(expr.op, [_replace(a, mapping) for a in expr.args], expr.attrs, expr.ty_args)
+        return relax.Call(expr.op, [replace_vars(a, mapping) for a in expr.args], expr.attrs, expr.ty_args)
     return expr
 
 
@@ -132,7 +132,7 @@ def _rewrite(func: relax.Function) -> relax.Function:
                 for u in relax.analysis.free_vars(b.value):
                     if u in stored or ((u in casts or u in derived) and u not in escaping):
                         mapping[u] = reload(u)
-                value = _replace(b.value, mapping) if mapping else b.value
+                value = replace_vars(b.value, mapping) if mapping else b.value
                 bb.emit_normalized(relax.VarBinding(b.var, bb.normalize(value)))
                 if b.var in saturated and b.var not in stored:
                     stored[b.var] = bb.emit(relax.op.astype(b.var, "int8"), f"{b.var.name}_i8")

@@ -17,6 +17,8 @@ from tvm_tinytrain.errors import TinyTrainError
 from tvm_tinytrain.pipeline import TrainingProgram
 from tvm_tinytrain.planner import Buffer, Plan, plan
 
+from tvm_tinytrain.passes.split_trained_channels import FROZEN_SUFFIX
+
 from .lower import LoweredProgram, Schedule, Tensor
 
 DL_CODES = {"float": "kDLFloat", "int": "kDLInt", "uint": "kDLUInt", "bool": "kDLBool"}
@@ -89,9 +91,9 @@ def emit(program: TrainingProgram, lowered: LoweredProgram) -> EmittedProgram:
     consts = [t for t in lowered.tensors if t.storage == "const"]
     frozen_bytes = sum(t.nbytes for t in params if t not in trainable) + sum(t.nbytes for t in consts)
     files = {
-        "tinytrain_model.h": _header(program, arena, len(params), lowered.input_quantization),
+        "tinytrain_model.h": _header(program, arena, len(_logical(params)), lowered.input_quantization),
         "tinytrain_params.h": _params_header(params, momenta),
-        "tinytrain_params.c": _params_source(program, params, momenta),
+        "tinytrain_params.c": _params_source(program, lowered.params, params, momenta),
         "tinytrain_model.c": _driver(program, lowered, plans, arena, params, trainable, momenta, consts,
                                      input_offset),
         "tinytrain_kernels.c": _kernels(program, lowered.kernels_c),
@@ -152,9 +154,15 @@ def _header(program: TrainingProgram, arena: int, n_params: int, quant) -> str:
 typedef enum {{ TT_FLOAT32 = 0, TT_INT8 = 1, TT_INT32 = 2 }} tt_dtype_t;
 
 typedef struct {{
-  const char *name;  /* parameter name in the source model */
-  const void *data;  /* trainable: RAM, updated in place by tt_train_step; frozen: flash */
-  uint32_t size;     /* elements */
+  const char *name;   /* parameter name in the source model */
+  const void *data;   /* trainable: RAM, updated in place by tt_train_step; frozen: flash */
+  const void *frozen; /* NULL, or the frozen channels of a weight that trains only some */
+  uint32_t size;      /* elements of the whole parameter */
+  /* with `frozen`: the parameter is, block after block, trained_block elements of data
+   * then frozen_block elements of frozen (the trained channels stay in RAM, the rest in
+   * flash). Element i is data[(i / n) * trained_block + i % n] if i % n < trained_block,
+   * else frozen[(i / n) * frozen_block + i % n - trained_block], n = trained_block + frozen_block. */
+  uint32_t trained_block, frozen_block;
   tt_dtype_t dtype;  /* float32, or int8 weights / int32 biases of a quantized model */
   uint32_t trainable;
 }} tt_param_t;
@@ -200,7 +208,8 @@ def _decl(t: Tensor) -> str:
     return f"{const}{C_TYPES[t.dtype]} {t.name}[{int(np.prod(t.shape))}]"
 
 
-def _params_source(program: TrainingProgram, params: list[Tensor], momenta: list[Tensor]) -> str:
+def _params_source(program: TrainingProgram, values: dict[str, np.ndarray], params: list[Tensor],
+                   momenta: list[Tensor]) -> str:
     out = [_banner(program, "Parameters: frozen ones in flash (const), trainable ones and their\n"
                             " * momentum in RAM.").rstrip("\n"),
            '#include "tinytrain_params.h"', ""]
@@ -208,7 +217,7 @@ def _params_source(program: TrainingProgram, params: list[Tensor], momenta: list
         where = "RAM, trains" if t.trainable else "flash, frozen"
         out.append(f"/* {t.param}: {'x'.join(map(str, t.shape))} {t.dtype}, {t.nbytes} bytes, {where} */")
         out.append(f"{_decl(t)} = {{")
-        out += _array_body(program.params[t.param])
+        out += _array_body(values[t.param])
         out.append("};\n")
     for t in momenta:
         out.append(f"/* {t.param}: momentum of SGD, {t.nbytes} bytes, RAM (zeroed by tt_init) */")
@@ -298,11 +307,27 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts, 
     out += _function_body(lowered.schedules["train_step"], plans["train_step"], offsets)
     out += _function_body(lowered.schedules["predict"], plans["predict"], offsets)
     out += ["const tt_param_t tt_params[TT_NUM_PARAMS] = {"]
-    for t in params:
-        out.append(f'    {{"{t.param}", {t.name}, {int(np.prod(t.shape))}u, {TT_DTYPES[t.dtype]}, '
-                   f'{int(t.trainable)}u}},')
+    by_param = {t.param: t for t in params}
+    for t in _logical(params):
+        frozen = by_param.get(t.param + FROZEN_SUFFIX)
+        if frozen is None:
+            out.append(f'    {{"{t.param}", {t.name}, NULL, {int(np.prod(t.shape))}u, 0u, 0u, {TT_DTYPES[t.dtype]}, '
+                       f'{int(t.trainable)}u}},')
+            continue
+        axis, _ = lowered.split[t.param]
+        trained_block = int(np.prod(t.shape[axis:]))
+        frozen_block = int(np.prod(frozen.shape[axis:]))
+        size = int(np.prod(t.shape)) + int(np.prod(frozen.shape))
+        out.append(f'    {{"{t.param}", {t.name}, {frozen.name}, {size}u, {trained_block}u, {frozen_block}u, '
+                   f'{TT_DTYPES[t.dtype]}, {int(t.trainable)}u}},')
     out += ["};", ""]
     return "\n".join(out)
+
+
+def _logical(params: list[Tensor]) -> list[Tensor]:
+    """The model's parameters as the user knows them (a split weight's frozen part is not one)."""
+    names = {t.param for t in params}
+    return [t for t in params if not (t.param.endswith(FROZEN_SUFFIX) and t.param[:-len(FROZEN_SUFFIX)] in names)]
 
 
 def _layout_comment(plans, arena) -> str:

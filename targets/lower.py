@@ -18,7 +18,9 @@ import tvm
 from tvm import relax
 
 from tvm_tinytrain.errors import TinyTrainError
-from tvm_tinytrain.passes import ForwardTupleItems, FuseKernels, Int8Activations, PackBackwardMasks, ReorderForMemory
+from tvm_tinytrain.passes import (ForwardTupleItems, FuseKernels, Int8Activations, PackBackwardMasks, ReorderForMemory,
+                                  SplitTrainedChannels)
+from tvm_tinytrain.passes.split_trained_channels import FROZEN_SUFFIX, split_values, trained_channels
 from tvm_tinytrain.pipeline import TrainingProgram
 
 DTYPE_BYTES = {"float32": 4, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
@@ -68,6 +70,8 @@ class LoweredProgram:
     tensors: list[Tensor] = field(default_factory=list)
     # (scale, zero) when the program takes its input as int8 (Int8Activations), else None
     input_quantization: tuple[float, float] | None = None
+    params: dict[str, np.ndarray] = field(default_factory=dict)  # initial values, as lowered
+    split: dict[str, tuple[int, int]] = field(default_factory=dict)  # SplitTrainedChannels: (axis, k)
 
 
 def input_quantization(mod: tvm.IRModule) -> tuple[float, float] | None:
@@ -77,13 +81,13 @@ def input_quantization(mod: tvm.IRModule) -> tuple[float, float] | None:
 
 
 def lower(program: TrainingProgram) -> LoweredProgram:
-    mod = memory_passes(program)
+    mod, values, split = memory_passes(program)
     mod = relax.transform.DeadCodeElimination(["main", "train_step"])(mod)
     mod = relax.transform.AttachGlobalSymbol()(mod)
     prims = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
     namer = _Namer()
     params = {}
-    for name, value in program.params.items():
+    for name, value in values.items():
         params[name] = Tensor(namer(name), tuple(value.shape), str(value.dtype), "param", param=name,
                               trainable=name in program.trainable)
     momenta = {n: Tensor(namer(n), shape, "float32", "momentum", param=n)
@@ -99,23 +103,57 @@ def lower(program: TrainingProgram) -> LoweredProgram:
         for t in s.inputs + [t for c in s.calls for t in c.args]:
             if t not in tensors:
                 tensors.append(t)
-    return LoweredProgram(lib.inspect_source(), schedules, tensors, input_quantization(mod))
+    return LoweredProgram(lib.inspect_source(), schedules, tensors, input_quantization(mod), values, split)
 
 
-def memory_passes(program: TrainingProgram) -> tvm.IRModule:
-    """The program's module, legalized, with the memory passes `program.memory` asks for."""
+def memory_passes(program: TrainingProgram):
+    """The program's module, legalized, with the memory passes `program.memory` asks for;
+    with the parameters' initial values and the split weights (they change with
+    SplitTrainedChannels). Returns (module, values, split)."""
     opts = program.memory
-    mod = program.mod
+    mod, values, split = program.mod, dict(program.params), {}
     if opts.bit_masks:
         mod = PackBackwardMasks()(mod)
     if opts.int8_activations:
         mod = Int8Activations()(mod)
+    if opts.split_channels:
+        split = partial_weights(program)
+        mod = SplitTrainedChannels(split, program.options.lr, program.options.momentum)(mod)
+        values = {}
+        for name, value in program.params.items():
+            if name in split:
+                values[name], values[name + FROZEN_SUFFIX] = split_values(value, *split[name])
+            else:
+                values[name] = value
     mod = ForwardTupleItems()(relax.transform.LegalizeOps()(mod))
     if opts.fuse_kernels:
         mod = FuseKernels()(mod)
     if opts.reorder:
         mod = ReorderForMemory()(mod)
-    return mod
+    return mod, values, split
+
+
+def partial_weights(program: TrainingProgram) -> dict[str, tuple[int, int]]:
+    """Trainable weights updated on a sub-tensor: name -> (channel axis, trained channels)."""
+    out = {}
+    for name in program.trainable.names:
+        shape, ratio = program.params[name].shape, program.trainable.ratio[name]
+        if len(shape) > 1 and ratio < 1.0:
+            axis = min(program.trainable.channel_axis[name], len(shape) - 1)
+            out[name] = (axis, trained_channels(shape[axis], ratio))
+    return out
+
+
+def join_split(values: dict[str, np.ndarray], split: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+    """Whole parameters again from SplitTrainedChannels' pieces (for comparisons)."""
+    out = {}
+    for name, value in values.items():
+        if name.endswith(FROZEN_SUFFIX) and name[:-len(FROZEN_SUFFIX)] in split:
+            continue
+        if name in split:
+            value = np.concatenate([value, values[name + FROZEN_SUFFIX]], axis=split[name][0])
+        out[name] = value
+    return out
 
 
 C_RESERVED = {"auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",

@@ -53,11 +53,13 @@ class MemoryOptions:
     int8_activations: bool = True  # Int8Activations: quantized activations stored as int8
     fuse_kernels: bool = True      # FuseKernels: casts, padding, requantization inside each kernel
     bit_masks: bool = True         # PackBackwardMasks: 1-bit masks kept for backward, not activations
+    split_channels: bool = True    # SplitTrainedChannels: only the trained channels of a weight in RAM
     reorder: bool = True           # ApplyUpdatesEarly + ReorderForMemory: the paper's operator reordering
 
     @classmethod
     def none(cls) -> "MemoryOptions":
-        return cls(int8_activations=False, fuse_kernels=False, bit_masks=False, reorder=False)
+        return cls(int8_activations=False, fuse_kernels=False, bit_masks=False, split_channels=False,
+                   reorder=False)
 
 
 @dataclass

@@ -47,13 +47,23 @@ static int read_exact(void *buf, size_t n) {
 
 /* The bits of element i of a parameter, as an unsigned word (int8 sign-extended). */
 static uint32_t param_bits(const tt_param_t *param, uint32_t i) {
+  const void *data = param->data;
+  if (param->frozen != NULL) { /* a weight whose trained channels are apart from the rest */
+    uint32_t n = param->trained_block + param->frozen_block, block = i / n, r = i % n;
+    if (r < param->trained_block) {
+      i = block * param->trained_block + r;
+    } else {
+      data = param->frozen;
+      i = block * param->frozen_block + r - param->trained_block;
+    }
+  }
   switch (param->dtype) {
     case TT_INT8:
-      return (uint32_t)(int32_t)((const int8_t *)param->data)[i];
+      return (uint32_t)(int32_t)((const int8_t *)data)[i];
     case TT_INT32:
-      return (uint32_t)((const int32_t *)param->data)[i];
+      return (uint32_t)((const int32_t *)data)[i];
     default:
-      return bits_of(((const float *)param->data)[i]);
+      return bits_of(((const float *)data)[i]);
   }
 }
 
