@@ -2,13 +2,14 @@
 
 The int8 graphs carry activations as float32 tensors holding exact integers (so that
 Relax's `Gradient` can differentiate them). Every saturated value `round(clip(q, lo, hi))`
-with bounds inside [-128.5, 127.5] is an int8 number; this pass stores it as int8
+with bounds inside [-128.5, 127.5] is an int8 number (so is the rounded mean of such
+values); this pass stores it as int8
 (`astype` after the saturation) and gives each reader its own `astype` back to float32.
 `FuseKernels` then fuses the store into the producing kernel and each load into its
 reader, so the arena holds 1 byte per activation element instead of 4, also for the
 activations kept for the backward pass. Casts of integer parameters to float32 (weights,
 biases) get the same treatment: one cast per reader, fused into it, so no float32 copy of
-a weight is ever materialised; so do values derived from either by a scalar (`x - x_zero`,
+a weight is ever materialised; so do values derived from either by a scalar or a reshape (`x - x_zero`,
 kept for a weight gradient, is recomputed there from the int8 `x`). The values are exact integers in range: nothing changes.
 
 The input too: when the graph starts by quantizing its float32 input
@@ -95,15 +96,17 @@ def _rewrite(func: relax.Function) -> relax.Function:
     for b in bindings:
         v = b.value
         if _op(v) == "relax.round" and str(getattr(b.var.ty, "dtype", None)) == "float32":
-            clip = values.get(v.args[0])
-            if _op(clip) == "relax.clip":
-                lo, hi = _scalar(clip.args[1]), _scalar(clip.args[2])
+            inner = values.get(v.args[0])
+            if _op(inner) == "relax.clip":
+                lo, hi = _scalar(inner.args[1]), _scalar(inner.args[2])
                 if lo is not None and hi is not None and INT8_RANGE[0] <= lo and hi <= INT8_RANGE[1]:
                     saturated.add(b.var)
+            elif _op(inner) == "relax.mean" and inner.args[0] in saturated:
+                saturated.add(b.var)  # the rounded mean of int8 values (global pooling)
         elif _op(v) == "relax.astype" and str(v.attrs.dtype) == "float32" \
                 and str(v.args[0].ty.dtype) in ("int8", "int32"):
             casts[b.var] = v.args[0]
-        elif _op(v) in SCALAR_OPS and _scalar(v.args[1]) is not None and \
+        elif (_op(v) == "relax.reshape" or (_op(v) in SCALAR_OPS and _scalar(v.args[1]) is not None)) and \
                 (v.args[0] in saturated or v.args[0] in casts or v.args[0] in derived or v.args[0] in stored):
             derived[b.var] = v  # e.g. x - x_zero: recomputed by each reader from the int8 x
     escaping = set(relax.analysis.free_vars(func.body.body))

@@ -501,6 +501,19 @@ def plugin_path() -> Path:
     return lib
 
 
+def symbol_size(elf: Path, name: str) -> int:
+    """Size in bytes of a data symbol (e.g. the arena) in a linked program, 0 if absent."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    with open(elf, "rb") as f:
+        for sec in ELFFile(f).iter_sections():
+            if isinstance(sec, SymbolTableSection):
+                for sym in sec.get_symbol_by_name(name) or []:
+                    return int(sym["st_size"])
+    return 0
+
+
 def _marker_addresses(board: Board, elf: Path) -> dict[str, int]:
     """Addresses of board_mark_begin/end from the ELF symbol table (Thumb bit cleared)."""
     from elftools.elf.elffile import ELFFile

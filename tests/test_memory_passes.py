@@ -1,0 +1,191 @@
+"""The memory passes: each changes where and when tensors live, never a computed number.
+
+Every pass is checked twice: the step's losses, updated parameters and predictions are
+identical with the pass on and off (Relax VM on the lowered module, the module that
+becomes C), and the memory effect the pass exists for is visible in the schedule.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import torch
+
+from tvm_tinytrain.config import SparseUpdateConfig
+from tvm_tinytrain.demo import INPUT_SHAPE, DigitsNet
+from tvm_tinytrain.frontend.torch_frontend import import_torch
+from tvm_tinytrain.pipeline import MemoryOptions, TrainOptions, build_training_program
+from tvm_tinytrain.quantize import post_training_quantize
+from tvm_tinytrain.reference import RelaxVMTrainer
+from tvm_tinytrain.targets.c_emitter import emit, schedule_buffers
+from tvm_tinytrain.targets.lower import join_split, lower, memory_passes
+
+FLAGS = [f.name for f in dataclasses.fields(MemoryOptions)]
+
+
+def samples(n, seed, shape=INPUT_SHAPE):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 1, (n, *shape[1:])).astype(np.float32), rng.integers(0, 4, n)
+
+
+@pytest.fixture(scope="module")
+def int8_program():
+    """The demo's CNN, int8 (PTQ), training a conv on half its input channels, with momentum."""
+    torch.manual_seed(0)
+    imported = import_torch(DigitsNet().eval(), torch.zeros(INPUT_SHAPE))
+    quantized = post_training_quantize(imported, samples(64, seed=5)[0])
+    config = SparseUpdateConfig(n_bias_update=2, manual_weight_idx=(3,), weight_update_ratio=(0.5,))
+    return build_training_program(quantized, config, TrainOptions(lr=0.05, momentum=0.9))
+
+
+def with_memory(program, **flags):
+    return dataclasses.replace(program, memory=dataclasses.replace(MemoryOptions(), **flags))
+
+
+def train_on_vm(program, steps=3):
+    """Losses, whole parameters and logits of `steps` steps of the lowered module."""
+    mod, values, split = memory_passes(program)
+    vm = RelaxVMTrainer(dataclasses.replace(program, mod=mod, params=values))
+    xs, ys = samples(steps, seed=7, shape=program.input_shape)
+    losses = [vm.step(x, int(y)) for x, y in zip(xs, ys)]
+    return losses, join_split({n: vm.param(n) for n in values}, split), vm.predict(xs[0])
+
+
+@pytest.mark.parametrize("flag", ["all", *FLAGS])
+def test_turning_a_memory_pass_off_changes_no_number(int8_program, flag):
+    on = train_on_vm(int8_program)
+    off_program = dataclasses.replace(int8_program, memory=MemoryOptions.none()) if flag == "all" \
+        else with_memory(int8_program, **{flag: False})
+    off = train_on_vm(off_program)
+    assert on[0] == off[0]
+    for name in int8_program.params:
+        np.testing.assert_array_equal(on[1][name], off[1][name], err_msg=name)
+    np.testing.assert_array_equal(on[2], off[2])
+
+
+def test_memory_passes_change_no_number_on_a_float_model(small_program):
+    on = train_on_vm(small_program)
+    off = train_on_vm(dataclasses.replace(small_program, memory=MemoryOptions.none()))
+    np.testing.assert_allclose(on[0], off[0], rtol=1e-6)
+    for name in small_program.params:
+        np.testing.assert_allclose(on[1][name], off[1][name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_memory_passes_change_no_number_on_mcunet(zoo_dir):
+    from tvm_tinytrain.config import SparseUpdateConfig
+    from tvm_tinytrain.frontend.zoo_frontend import import_zoo
+
+    imported = import_zoo(zoo_dir / "mcunet-5fps.pkl", num_classes=10)
+    program = build_training_program(imported, SparseUpdateConfig.scheme("mcunet-99kb"), TrainOptions(lr=0.002))
+    x = np.random.default_rng(0).integers(-128, 128, imported.input_shape).astype(np.float32)
+    runs = []
+    for memory in (MemoryOptions(), MemoryOptions.none()):
+        mod, values, split = memory_passes(dataclasses.replace(program, memory=memory))
+        vm = RelaxVMTrainer(dataclasses.replace(program, mod=mod, params=values))
+        runs.append(([vm.step(x, 3), vm.step(x, 7)], join_split({n: vm.param(n) for n in values}, split)))
+    assert runs[0][0] == runs[1][0]
+    for name in program.trainable.names:
+        np.testing.assert_array_equal(runs[0][1][name], runs[1][1][name], err_msg=name)
+
+
+def _buffers(program, **flags):
+    low = lower(with_memory(program, **flags))
+    return low, {b.name: b for b in schedule_buffers(low.schedules["train_step"])}
+
+
+def _tensors(low):
+    return {t.name: t for t in low.tensors}
+
+
+def test_int8_activations_keep_int8_between_kernels(int8_program):
+    """Before: activations and the sample are float32 tensors holding integers. After: the
+    sample and every activation kept for backward are 1-byte tensors (the float logits,
+    which the loss gradient reads, excepted)."""
+    low, bufs = _buffers(int8_program)
+    tensors = _tensors(low)
+    x = low.schedules["train_step"].inputs[0]
+    assert x.dtype == "int8" and low.input_quantization is not None
+    saved = [tensors[n] for n, b in bufs.items() if b.kind == "saved for backward"]
+    wide = [(t.name, t.shape) for t in saved if t.dtype not in ("int8", "uint8", "bool")]
+    assert saved and all(shape == (1, int8_program.num_classes) for _, shape in wide), wide  # logits only
+    low_off, bufs_off = _buffers(int8_program, int8_activations=False)
+    assert low_off.schedules["train_step"].inputs[0].dtype == "float32"
+    assert any(_tensors(low_off)[n].dtype == "float32" for n, b in bufs_off.items() if b.kind == "saved for backward")
+
+
+def test_fuse_kernels_removes_intermediates(int8_program):
+    """Before: padding and float32 copies are kernel workspaces and separate kernels. After:
+    fewer kernels and no workspace beyond a few bytes."""
+    on, _ = _buffers(int8_program)
+    off, _ = _buffers(int8_program, fuse_kernels=False)
+    calls_on, calls_off = (low.schedules["train_step"].calls for low in (on, off))
+    assert len(calls_on) < len(calls_off) / 1.5
+    assert max(c.workspace_bytes for c in calls_on) <= 128  # the loss kernel's few floats
+    assert max(c.workspace_bytes for c in calls_off) > 128
+
+
+def test_bit_masks_replace_saved_pre_activations(int8_program):
+    """Before: the float32 input of each saturation stays alive for its gradient. After: a
+    packed 1-bit mask (uint8, an eighth of the elements) does."""
+    def saved(**flags):
+        low, bufs = _buffers(int8_program, **flags)
+        t = _tensors(low)
+        return {n: t[n] for n, b in bufs.items() if b.kind == "saved for backward"}
+
+    on, off = saved(), saved(bit_masks=False)
+    bits = [t for t in on.values() if t.dtype == "uint8"]
+    assert bits and all(t.name.endswith("_bits") or "bits" in t.name for t in bits)
+    assert sum(t.nbytes for t in on.values()) < sum(t.nbytes for t in off.values())
+
+
+def test_split_channels_keeps_only_trained_channels_in_ram(int8_program):
+    name = next(n for n in int8_program.trainable.names if int8_program.trainable.ratio[n] < 1)
+    low = lower(int8_program)
+    assert name in low.split and name + ".frozen" in low.params
+    axis, k = low.split[name]
+    np.testing.assert_array_equal(np.concatenate([low.params[name], low.params[name + ".frozen"]], axis),
+                                  int8_program.params[name])
+    on = emit(int8_program, low).trainable_bytes
+    off = emit(int8_program, lower(with_memory(int8_program, split_channels=False))).trainable_bytes
+    assert on < off
+
+
+def test_reorder_applies_each_update_as_soon_as_it_may(int8_program):
+    """Before: every update after the whole backward pass. After: each right after its
+    gradient, never before a kernel that reads the old parameter, never before the loss."""
+    def positions(**flags):
+        low = lower(with_memory(int8_program, **flags))
+        s = low.schedules["train_step"]
+        updates = [i for i, c in enumerate(s.calls) if c.kernel.startswith("sgd_")]
+        return s, updates
+
+    s, updates = positions()
+    for u in updates:
+        assert u >= s.loss_index
+        param = s.calls[u].outputs[0]
+        assert all(param not in c.inputs for c in s.calls[u + 1:]), param.name
+    _, updates_off = positions(reorder=False)
+    assert min(updates) < min(updates_off)
+    assert updates_off == list(range(len(s.calls) - len(updates_off), len(s.calls)))
+
+
+def test_mcunet_memory_report_names_its_peak(zoo_dir, tmp_path):
+    """The planned RAM of MCUNet-5FPS (49 KB scheme), broken down, with the peak's call."""
+    import json
+
+    from tvm_tinytrain.config import SparseUpdateConfig
+    from tvm_tinytrain.frontend.zoo_frontend import import_zoo
+    from tvm_tinytrain.targets.boards import get_board
+    from tvm_tinytrain.targets.project import write_project
+
+    imported = import_zoo(zoo_dir / "mcunet-5fps.pkl", num_classes=10)
+    program = build_training_program(imported, SparseUpdateConfig.scheme("mcunet-49kb"), TrainOptions(lr=0.002))
+    write_project(program, tmp_path / "p", get_board("cortex-m7"))
+    report = json.loads((tmp_path / "p" / "memory_report.json").read_text())
+    step = report["train_step"]
+    assert step["live_bytes_at_peak"] == step["arena_bytes"] < 170 * 1024
+    assert step["peak_call"].startswith(f"call {step['peak_step']} of ")
+    ram = report["ram_at_peak"]
+    assert sum(ram.values()) == report["planned"]["ram_total_bytes"] <= 256 * 1024
+    assert {"activations", "trainable weights", "stack (reserved)"} <= set(ram)
