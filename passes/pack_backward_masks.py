@@ -78,7 +78,7 @@ def _rewrite(func: relax.Function, label: str) -> relax.Function:
     label_var = next((p for p in func.params if p.name == label), None)
     backward_start = next((i for i, b in enumerate(bindings)
                            if label_var in relax.analysis.free_vars(b.value)), len(bindings))
-    forward = {b.var for b in bindings[:backward_start]} | set(func.params)
+    forward = {b.var for b in bindings[:backward_start]}  # values the forward pass computes
     hoist: dict = {}   # forward tensor x -> list of (condition var, comparison chain)
     readers: dict = {}  # where binding var -> condition var
     for b in bindings[backward_start:]:

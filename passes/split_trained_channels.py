@@ -84,7 +84,7 @@ class SplitTrainedChannels:
                     update = getattr(getattr(value, "op", None), "name", None) == "relax.call_tir_inplace"
                     args = list(value.args[1].fields) if update else []
                     if update and args[0] in pieces:
-                        value = self._update(bb, pieces[args[0]][0], args, value)
+                        value = self._update(bb, pieces[args[0]][0], pieces[args[0]][2], args, value)
                     else:
                         mapping = {v: inner.emit(relax.op.concat([pieces[v][0], pieces[v][1]], pieces[v][2]),
                                                  f"{v.name}_whole")
@@ -94,11 +94,13 @@ class SplitTrainedChannels:
             inner.emit_func_output(func.body.body)
         return inner.get()[func.attrs["global_symbol"]]
 
-    def _update(self, bb, trained, args, old):
+    def _update(self, bb, trained, axis, args, old):
+        """The update of all of `trained`, from the first channels of the gradient (which
+        may be whole: float master copies are masked before it is narrowed)."""
         g = args[1]
         shape = tuple(int(d) for d in trained.ty.shape)
         kernel = sgd_update_kernel(shape, tuple(int(d) for d in g.ty.shape), self.lr, self.momentum,
-                                   1, None, trained.ty.dtype)
+                                   axis, shape[axis], trained.ty.dtype)
         gv = bb.add_func(kernel, old.args[0].name_hint + "_trained")
         new_args = [trained, *args[1:]]
         out_types = [trained.ty] + ([args[2].ty] if len(args) > 2 else [])

@@ -29,14 +29,17 @@ def samples(n, seed, shape=INPUT_SHAPE):
     return rng.uniform(0, 1, (n, *shape[1:])).astype(np.float32), rng.integers(0, 4, n)
 
 
-@pytest.fixture(scope="module")
-def int8_program():
-    """The demo's CNN, int8 (PTQ), training a conv on half its input channels, with momentum."""
+def _quantized_digits_net():
+    """The demo's CNN, int8 (PTQ), and a config training a conv on half its input channels."""
     torch.manual_seed(0)
     imported = import_torch(DigitsNet().eval(), torch.zeros(INPUT_SHAPE))
     quantized = post_training_quantize(imported, samples(64, seed=5)[0])
-    config = SparseUpdateConfig(n_bias_update=2, manual_weight_idx=(3,), weight_update_ratio=(0.5,))
-    return build_training_program(quantized, config, TrainOptions(lr=0.05, momentum=0.9))
+    return quantized, SparseUpdateConfig(n_bias_update=2, manual_weight_idx=(3,), weight_update_ratio=(0.5,))
+
+
+@pytest.fixture(scope="module")
+def int8_program():
+    return build_training_program(*_quantized_digits_net(), TrainOptions(lr=0.05, momentum=0.9))
 
 
 def with_memory(program, **flags):
@@ -62,6 +65,16 @@ def test_turning_a_memory_pass_off_changes_no_number(int8_program, flag):
     for name in int8_program.params:
         np.testing.assert_array_equal(on[1][name], off[1][name], err_msg=name)
     np.testing.assert_array_equal(on[2], off[2])
+
+
+def test_memory_passes_with_float_master_weights(int8_program):
+    """float32 master copies of the trainable int8 tensors (the demo's setting): the
+    forward rounds and saturates a parameter, whose mask is not a forward activation."""
+    program = build_training_program(*_quantized_digits_net(), TrainOptions(lr=0.05, float_master=True))
+    on, off = train_on_vm(program), train_on_vm(dataclasses.replace(program, memory=MemoryOptions.none()))
+    assert on[0] == off[0]
+    for name in program.params:
+        np.testing.assert_array_equal(on[1][name], off[1][name], err_msg=name)
 
 
 def test_memory_passes_change_no_number_on_a_float_model(small_program):

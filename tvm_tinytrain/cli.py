@@ -7,6 +7,7 @@ means a bug in tvm-tinytrain.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -17,7 +18,7 @@ import numpy as np
 
 from .config import PAPER_SCHEMES, SparseUpdateConfig
 from .errors import ConfigError, TinyTrainError
-from .pipeline import TrainOptions
+from .pipeline import MemoryOptions, TrainOptions
 
 DEFAULT_TARGET = "cortex-m7"
 
@@ -100,6 +101,10 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ram-kb", type=int, default=256, help="RAM budget (KiB)")
     g.add_argument("--flash-kb", type=int, default=1024, help="flash budget (KiB)")
     g.add_argument("--stack-kb", type=int, default=8, help="stack reserved inside the RAM budget (KiB)")
+    g.add_argument("--no-memory-pass", action="append", default=[], metavar="PASS",
+                   choices=[f.name for f in dataclasses.fields(MemoryOptions)],
+                   help="turn one memory pass off to measure what it saves (repeatable): "
+                        + ", ".join(f.name for f in dataclasses.fields(MemoryOptions)))
 
 
 def config_from_args(args) -> SparseUpdateConfig:
@@ -162,14 +167,15 @@ def load_model(spec: str, input_shape: str | None, weights: str | None, num_clas
 
 
 def compile_to_project(model, config: SparseUpdateConfig, options: TrainOptions, target: str, out: Path,
-                       *, ram_kb: int = 256, flash_kb: int = 1024, stack_kb: int = 8):
+                       *, ram_kb: int = 256, flash_kb: int = 1024, stack_kb: int = 8,
+                       memory: MemoryOptions = MemoryOptions()):
     from .pipeline import build_training_program
     from .targets.boards import check_toolchain, get_board
     from .targets.project import write_project
 
     board = get_board(target)
     check_toolchain(board)
-    program = build_training_program(model, config, options)
+    program = dataclasses.replace(build_training_program(model, config, options), memory=memory)
     emitted, estimate = write_project(program, out, board, ram_bytes=ram_kb * 1024,
                                       flash_bytes=flash_kb * 1024, stack_bytes=stack_kb * 1024)
     return board, program, emitted, estimate
@@ -182,12 +188,14 @@ def _cmd_compile(args) -> int:
                            float_master=args.float_master)
     board, program, emitted, est = compile_to_project(
         model, config, options, args.target, Path(args.output),
-        ram_kb=args.ram_kb, flash_kb=args.flash_kb, stack_kb=args.stack_kb)
+        ram_kb=args.ram_kb, flash_kb=args.flash_kb, stack_kb=args.stack_kb,
+        memory=dataclasses.replace(MemoryOptions(), **{name: False for name in args.no_memory_pass}))
     print(f"wrote {args.output} for {board.description}")
     print(f"  trains {len(program.trainable.names)} tensors: {', '.join(program.trainable.names)}")
     print(f"  planned RAM {est.ram_bytes} bytes (arena {est.arena_bytes}, trainable {est.trainable_bytes}, "
           f"momentum {est.momentum_bytes}, stack {est.stack_bytes}); frozen weights in flash "
           f"{est.frozen_flash_bytes} bytes")
+    print(f"  arena peak at {est.peak_call}; memory_report.json has the breakdown")
     print(f"  build it: make -C {args.output}   (or: tinytrain run {args.output} --data DATA.npz)")
     return 0
 
