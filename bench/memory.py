@@ -75,7 +75,7 @@ def measure_mcu(model: str, scheme: str, reorder: bool, work: Path) -> dict:
     planned = emitted.arena_bytes + emitted.trainable_bytes + emitted.momentum_bytes + 8 * 1024 + 1024
     budget = BUDGET if planned <= BUDGET else min(1 << int(np.ceil(np.log2(planned))), board.max_ram_bytes)
     out = work / f"{model}-{scheme}-{'reorder' if reorder else 'plain'}"
-    _, est = write_project(program, out, board, ram_bytes=budget, flash_bytes=4 << 20)
+    _, est = write_project(program, out, board, ram_bytes=budget, flash_bytes=4 << 20, emitted=emitted)
     x = np.random.default_rng(0).integers(-128, 128, program.input_shape).astype(np.float32)
     run = run_stream(board, out, [Record(TRAIN, x, 3)], timeout_s=3600)
     step = emitted.plans["train_step"]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from tvm_tinytrain.relax_utils import map_functions
+
 
 @tvm.transform.module_pass(opt_level=0, name="ForwardTupleItems")
 class ForwardTupleItems:
@@ -20,16 +22,17 @@ class ForwardTupleItems:
         self.func_names = tuple(func_names)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mod = tvm.IRModule(dict(mod.functions))
-        for gv in list(mod.get_global_vars()):
-            func = mod[gv]
-            if gv.name_hint in self.func_names and isinstance(func, relax.Function) \
-                    and len(func.body.blocks) == 1:
-                block = relax.DataflowBlock(_forward(list(func.body.blocks[0].bindings)))
-                mod[gv] = relax.Function(func.params, relax.SeqExpr([block], func.body.body), func.ret_ty,
-                                         func.is_pure, func.attrs)
+        mod = map_functions(mod, self.func_names, _rewrite)
         mod = relax.transform.CanonicalizeBindings()(mod)
         return relax.transform.DeadCodeElimination(list(self.func_names))(mod)
+
+
+def _rewrite(func: relax.Function) -> relax.Function:
+    if len(func.body.blocks) != 1:
+        return func
+    block = relax.DataflowBlock(_forward(list(func.body.blocks[0].bindings)))
+    return relax.Function(func.params, relax.SeqExpr([block], func.body.body), func.ret_ty, func.is_pure,
+                          func.attrs)
 
 
 def _forward(bindings):

@@ -34,6 +34,8 @@ import tvm
 from tvm import relax
 from tvm.s_tir import Schedule, ScheduleError
 
+from tvm_tinytrain.relax_utils import backward_start, op_name
+
 INJECTIVE = 2       # op_pattern kinds (AnnotateTIROpPattern): elemwise 0, broadcast 1, injective 2,
 REDUCTIONS = (3, 4)  # comm-reduce 3, out-elemwise-fusable 4 (conv, matmul), opaque 8
 
@@ -90,10 +92,7 @@ def _widens(producer, consumer) -> bool:
 
 
 def _prim(mod, binding):
-    value = binding.value
-    if getattr(getattr(value, "op", None), "name", None) != "relax.call_tir":
-        return None
-    return mod[value.args[0]]
+    return mod[binding.value.args[0]] if op_name(binding.value) == "relax.call_tir" else None
 
 
 def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str) -> None:
@@ -110,13 +109,11 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str) -> Non
         uses.setdefault(v, []).append(len(bindings))
     inplace_writes = {}  # binding index -> vars it mutates
     for i, b in enumerate(bindings):
-        if getattr(getattr(b.value, "op", None), "name", None) == "relax.call_tir_inplace":
+        if op_name(b.value) == "relax.call_tir_inplace":
             args = b.value.args[1].fields
             inplace_writes[i] = {args[k] for k in b.value.attrs.inplace_indices}
 
-    label = next((p for p in func.params if p.name == "label"), None)
-    backward_start = next((i for i, b in enumerate(bindings) if label in relax.analysis.free_vars(b.value)),
-                          len(bindings))
+    start = backward_start(func, bindings)
     parent = list(range(len(bindings)))
 
     def find(i):
@@ -140,7 +137,7 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str) -> Non
             if j is None or j not in patterns or uses.get(arg) != [i]:
                 continue
             pj, gi, gj = patterns[j], find(i), find(j)
-            if gi == gj or reductions[gi] + reductions[gj] > 1 or (j < backward_start <= i):
+            if gi == gj or reductions[gi] + reductions[gj] > 1 or (j < start <= i):
                 continue
             prologue = pj <= INJECTIVE and not reductions[gj]
             epilogue = (patterns[i] <= INJECTIVE and not reductions[gi] and not _widens(bindings[j], b)

@@ -34,6 +34,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from tvm_tinytrain.relax_utils import map_functions, op_name, substitute_vars
+
 INT8_RANGE = (-128.5, 127.5)
 SCALAR_OPS = {"relax.subtract", "relax.add", "relax.multiply", "relax.divide"}
 
@@ -44,15 +46,8 @@ class Int8Activations:
         self.func_names = tuple(func_names)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mod = tvm.IRModule(dict(mod.functions))
-        for gv in list(mod.get_global_vars()):
-            if gv.name_hint in self.func_names and isinstance(mod[gv], relax.Function):
-                mod[gv] = _rewrite(mod[gv])
-        return mod
+        return map_functions(mod, self.func_names, _rewrite)
 
-
-def _op(value) -> str | None:
-    return getattr(getattr(value, "op", None), "name", None)
 
 
 def _scalar(expr) -> float | None:
@@ -65,19 +60,6 @@ def _scalar(expr) -> float | None:
     if isinstance(expr, tvm.ir.expr.Constant) and value.numpy().size == 1:
         return float(value.numpy().reshape(()))
     return None
-
-
-def replace_vars(expr, mapping):
-    """`expr` (A-normal form: leaves are vars or constants) with vars replaced."""
-    if isinstance(expr, relax.Var):
-        return mapping.get(expr, expr)
-    if isinstance(expr, relax.Tuple):
-        return relax.Tuple([replace_vars(f, mapping) for f in expr.fields])
-    if isinstance(expr, relax.TupleGetItem):
-        return relax.TupleGetItem(replace_vars(expr.tuple_value, mapping), expr.index)
-    if isinstance(expr, relax.Call):
-        return relax.Call(expr.op, [replace_vars(a, mapping) for a in expr.args], expr.attrs, expr.ty_args)
-    return expr
 
 
 def _rewrite(func: relax.Function) -> relax.Function:
@@ -95,18 +77,18 @@ def _rewrite(func: relax.Function) -> relax.Function:
     saturated, casts, derived = set(), {}, {}
     for b in bindings:
         v = b.value
-        if _op(v) == "relax.round" and str(getattr(b.var.ty, "dtype", None)) == "float32":
+        if op_name(v) == "relax.round" and str(getattr(b.var.ty, "dtype", None)) == "float32":
             inner = values.get(v.args[0])
-            if _op(inner) == "relax.clip":
+            if op_name(inner) == "relax.clip":
                 lo, hi = _scalar(inner.args[1]), _scalar(inner.args[2])
                 if lo is not None and hi is not None and INT8_RANGE[0] <= lo and hi <= INT8_RANGE[1]:
                     saturated.add(b.var)
-            elif _op(inner) == "relax.mean" and inner.args[0] in saturated:
+            elif op_name(inner) == "relax.mean" and inner.args[0] in saturated:
                 saturated.add(b.var)  # the rounded mean of int8 values (global pooling)
-        elif _op(v) == "relax.astype" and str(v.attrs.dtype) == "float32" \
+        elif op_name(v) == "relax.astype" and str(v.attrs.dtype) == "float32" \
                 and str(v.args[0].ty.dtype) in ("int8", "int32"):
             casts[b.var] = v.args[0]
-        elif (_op(v) == "relax.reshape" or (_op(v) in SCALAR_OPS and _scalar(v.args[1]) is not None)) and \
+        elif (op_name(v) == "relax.reshape" or (op_name(v) in SCALAR_OPS and _scalar(v.args[1]) is not None)) and \
                 (v.args[0] in saturated or v.args[0] in casts or v.args[0] in derived or v.args[0] in stored):
             derived[b.var] = v  # e.g. x - x_zero: recomputed by each reader from the int8 x
     escaping = set(relax.analysis.free_vars(func.body.body))
@@ -135,7 +117,7 @@ def _rewrite(func: relax.Function) -> relax.Function:
                 for u in relax.analysis.free_vars(b.value):
                     if u in stored or ((u in casts or u in derived) and u not in escaping):
                         mapping[u] = reload(u)
-                value = replace_vars(b.value, mapping) if mapping else b.value
+                value = substitute_vars(b.value, mapping) if mapping else b.value
                 bb.emit_normalized(relax.VarBinding(b.var, bb.normalize(value)))
                 if b.var in saturated and b.var not in stored:
                     stored[b.var] = bb.emit(relax.op.astype(b.var, "int8"), f"{b.var.name}_i8")
@@ -158,7 +140,7 @@ def _input_quantization(func, bindings):
         use = users.get(var, [])
         if len(use) != 1 or not use[0].value.args[0].same_as(var):
             return None
-        op = _op(use[0].value)
+        op = op_name(use[0].value)
         if op not in steps:
             return None
         steps = steps[steps.index(op) + 1:]  # divide, round and add are optional

@@ -29,6 +29,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from tvm_tinytrain.relax_utils import backward_start, map_functions, op_name
+
 COMPARISONS = {"relax.greater", "relax.less", "relax.greater_equal", "relax.less_equal", "relax.logical_and"}
 BIT_WEIGHTS = np.array([1 << k for k in range(8)], np.uint8)
 
@@ -39,14 +41,9 @@ class PackBackwardMasks:
         self.func_name, self.label = func_name, label
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mod = tvm.IRModule(dict(mod.functions))
-        gv = mod.get_global_var(self.func_name)
-        mod[gv] = _rewrite(mod[gv], self.label)
+        mod = map_functions(mod, [self.func_name], lambda func: _rewrite(func, self.label))
         return relax.transform.DeadCodeElimination([self.func_name])(mod)
 
-
-def _op(value) -> str | None:
-    return getattr(getattr(value, "op", None), "name", None)
 
 
 def _condition_of(cond, values) -> tuple[list, relax.Var] | None:
@@ -55,11 +52,11 @@ def _condition_of(cond, values) -> tuple[list, relax.Var] | None:
     while todo:
         v = todo.pop()
         value = values.get(v)
-        if _op(value) not in COMPARISONS:
+        if op_name(value) not in COMPARISONS:
             return None
         chain.append(v)
         for a in value.args:
-            if isinstance(a, relax.Var) and _op(values.get(a)) in COMPARISONS:
+            if isinstance(a, relax.Var) and op_name(values.get(a)) in COMPARISONS:
                 todo.append(a)
             elif isinstance(a, relax.Var):
                 leaves.add(a)
@@ -75,14 +72,12 @@ def _rewrite(func: relax.Function, label: str) -> relax.Function:
         return func
     bindings = list(func.body.blocks[0].bindings)
     values = {b.var: b.value for b in bindings}
-    label_var = next((p for p in func.params if p.name == label), None)
-    backward_start = next((i for i, b in enumerate(bindings)
-                           if label_var in relax.analysis.free_vars(b.value)), len(bindings))
-    forward = {b.var for b in bindings[:backward_start]}  # values the forward pass computes
+    start = backward_start(func, bindings, label)
+    forward = {b.var for b in bindings[:start]}  # values the forward pass computes
     hoist: dict = {}   # forward tensor x -> list of (condition var, comparison chain)
     readers: dict = {}  # where binding var -> condition var
-    for b in bindings[backward_start:]:
-        if _op(b.value) != "relax.where" or not isinstance(b.value.args[0], relax.Var):
+    for b in bindings[start:]:
+        if op_name(b.value) != "relax.where" or not isinstance(b.value.args[0], relax.Var):
             continue
         found = _condition_of(b.value.args[0], values)
         if found is None or found[1] not in forward or found[0][0] in forward:

@@ -22,6 +22,8 @@ import heapq
 import tvm
 from tvm import relax
 
+from tvm_tinytrain.relax_utils import map_functions, op_name
+
 
 @tvm.transform.module_pass(opt_level=0, name="ReorderForMemory")
 class ReorderForMemory:
@@ -29,14 +31,11 @@ class ReorderForMemory:
         self.func_name = func_name
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mod = tvm.IRModule(dict(mod.functions))
-        gv = mod.get_global_var(self.func_name)
-        mod[gv] = _reorder(mod[gv])
-        return mod
+        return map_functions(mod, [self.func_name], _reorder)
 
 
 def _is_update(binding) -> bool:
-    return getattr(getattr(binding.value, "op", None), "name", None) == "relax.call_tir_inplace"
+    return op_name(binding.value) == "relax.call_tir_inplace"
 
 
 def _reorder(func: relax.Function) -> relax.Function:
@@ -96,9 +95,8 @@ def _reorder(func: relax.Function) -> relax.Function:
     if len(order) != n:
         raise AssertionError("internal: ReorderForMemory found a cycle")
     new_block = relax.DataflowBlock([bindings[i] for i in order])
-    func = relax.Function(func.params, relax.SeqExpr([new_block], func.body.body), func.ret_ty,
+    return relax.Function(func.params, relax.SeqExpr([new_block], func.body.body), func.ret_ty,
                           func.is_pure, func.attrs)
-    return relax.transform.CanonicalizeBindings()(tvm.IRModule({"f": func}))["f"]
 
 
 def _loss_binding(func, index) -> int | None:

@@ -26,7 +26,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .int8_activations import replace_vars
+from tvm_tinytrain.relax_utils import op_name, substitute_vars
+
 from .sgd_kernels import sgd_update_kernel
 
 FROZEN_SUFFIX = ".frozen"
@@ -81,7 +82,7 @@ class SplitTrainedChannels:
             with inner.dataflow():
                 for b in func.body.blocks[0].bindings:
                     value = b.value
-                    update = getattr(getattr(value, "op", None), "name", None) == "relax.call_tir_inplace"
+                    update = op_name(value) == "relax.call_tir_inplace"
                     args = list(value.args[1].fields) if update else []
                     if update and args[0] in pieces:
                         value = self._update(bb, pieces[args[0]][0], pieces[args[0]][2], args, value)
@@ -89,7 +90,7 @@ class SplitTrainedChannels:
                         mapping = {v: inner.emit(relax.op.concat([pieces[v][0], pieces[v][1]], pieces[v][2]),
                                                  f"{v.name}_whole")
                                    for v in relax.analysis.free_vars(value) if v in pieces}
-                        value = replace_vars(value, mapping) if mapping else value
+                        value = substitute_vars(value, mapping) if mapping else value
                     inner.emit_normalized(relax.VarBinding(b.var, inner.normalize(value)))
             inner.emit_func_output(func.body.body)
         return inner.get()[func.attrs["global_symbol"]]

@@ -55,8 +55,10 @@ class MemoryEstimate:
 
 
 def write_project(program: TrainingProgram, out_dir: Path, board: Board, *, ram_bytes: int = 256 * 1024,
-                  flash_bytes: int = 1024 * 1024, stack_bytes: int = 8 * 1024) -> tuple[EmittedProgram, MemoryEstimate]:
-    emitted = emit(program, lower(program))
+                  flash_bytes: int = 1024 * 1024, stack_bytes: int = 8 * 1024,
+                  emitted: EmittedProgram | None = None) -> tuple[EmittedProgram, MemoryEstimate]:
+    """`emitted`: the program's C sources if the caller already has them (lowering is slow)."""
+    emitted = emitted or emit(program, lower(program))
     io = 4 * program.num_classes  # logits; the sample itself lives in the arena (tt_input)
     estimate = MemoryEstimate(emitted.arena_bytes, emitted.plans["train_step"].live_at_peak, emitted.peak_call,
                               emitted.trainable_bytes, emitted.momentum_bytes,

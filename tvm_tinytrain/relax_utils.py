@@ -2,8 +2,31 @@
 
 from __future__ import annotations
 
+import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
+
+
+def op_name(expr) -> str | None:
+    """"relax.conv2d", "relax.call_tir", ... for a call to an op; None for anything else."""
+    return getattr(getattr(expr, "op", None), "name", None)
+
+
+def backward_start(func: relax.Function, bindings, label: str = "label") -> int:
+    """Index of the first binding that reads the label: where a training step's forward
+    pass ends (len(bindings) for a function without a label, e.g. predict)."""
+    label_var = next((p for p in func.params if p.name == label), None)
+    return next((i for i, b in enumerate(bindings) if label_var in relax.analysis.free_vars(b.value)),
+                len(bindings))
+
+
+def map_functions(mod: tvm.IRModule, names, rewrite) -> tvm.IRModule:
+    """A copy of `mod` with each Relax function named in `names` replaced by `rewrite(func)`."""
+    mod = tvm.IRModule(dict(mod.functions))
+    for gv in list(mod.get_global_vars()):
+        if gv.name_hint in names and isinstance(mod[gv], relax.Function):
+            mod[gv] = rewrite(mod[gv])
+    return mod
 
 
 @mutator
