@@ -4,10 +4,11 @@ Every buffer the program needs at run time (the input sample, activations, the a
 kept for the backward pass, gradients, kernel workspaces) has a lifetime [first step, last
 step] in the schedule. Two buffers may share bytes only if their lifetimes do not overlap.
 No arena can be smaller than the most bytes live at one step (the live peak); placing
-buffers so that the arena reaches it is NP-hard in general, so we run three greedy
-placements (largest first, as TVM's and TFLite Micro's planners do; longest-lived first;
-earliest first), each putting a buffer at the lowest offset free over its whole lifetime,
-and keep the smallest arena. Pinned buffers (the input, which the caller writes before a
+buffers so that the arena reaches it is NP-hard in general, so we run four greedy
+placements, each putting a buffer at the lowest offset free over its whole lifetime, and
+keep the smallest arena: busiest step first (the buffers of the most crowded steps first,
+long-lived ones first among them: "greedy by breadth", Pisarchyk and Lee 2020), largest
+first (as TVM's and TFLite Micro's planners do), longest-lived first, earliest first. Pinned buffers (the input, which the caller writes before a
 step) keep their given offset.
 """
 
@@ -48,18 +49,23 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
+# Placement orders; `busiest` is the most bytes live at any step of the buffer's lifetime.
 ORDERS = {
-    "largest first": lambda b: (-b.size, b.start, b.name),
-    "longest-lived first": lambda b: (-(b.end - b.start), -b.size, b.name),
-    "earliest first": lambda b: (b.start, -b.size, b.name),
+    "busiest step first": lambda b, busiest: (-busiest, -(b.end - b.start), -b.size, b.name),
+    "largest first": lambda b, busiest: (-b.size, b.start, b.name),
+    "longest-lived first": lambda b, busiest: (-(b.end - b.start), -b.size, b.name),
+    "earliest first": lambda b, busiest: (b.start, -b.size, b.name),
 }
 
 
 def plan(buffers: list[Buffer], pinned: dict[str, int] | None = None) -> Plan:
     pinned = pinned or {}
+    steps = range(min((b.start for b in buffers), default=0), max((b.end for b in buffers), default=-1) + 1)
+    live = {s: sum(_align(b.size) for b in buffers if b.start <= s <= b.end) for s in steps}
+    busiest = {b.name: max(live[s] for s in range(b.start, b.end + 1)) for b in buffers}
     best = None
     for name, key in ORDERS.items():
-        offsets = _place(sorted((b for b in buffers if b.name not in pinned), key=key),
+        offsets = _place(sorted((b for b in buffers if b.name not in pinned), key=lambda b: key(b, busiest[b.name])),
                          [b for b in buffers if b.name in pinned], pinned)
         arena = max((offsets[b.name] + _align(b.size) for b in buffers), default=0)
         if best is None or arena < best[1]:
@@ -67,8 +73,6 @@ def plan(buffers: list[Buffer], pinned: dict[str, int] | None = None) -> Plan:
     offsets, arena, strategy = best
     result = Plan(offsets, arena, list(buffers), strategy=strategy)
     if buffers:
-        steps = range(min(b.start for b in buffers), max(b.end for b in buffers) + 1)
-        live = {s: sum(_align(b.size) for b in buffers if b.start <= s <= b.end) for s in steps}
         result.peak_step = max(steps, key=lambda s: (live[s], -s))
         for b in buffers:
             if b.start <= result.peak_step <= b.end:
