@@ -12,16 +12,23 @@ This pass groups kernels (on the legalized module, before `FuseTIR`):
   subtraction, padding, reshapes feed a conv without being materialised);
 - a reduction (conv, matmul, sum) whose only use is an elementwise or injective kernel
   no larger than it is fused with it (the requantization epilogue, a gradient's mask);
+- `updates`: a weight or bias gradient whose only use is its in-place SGD (or momentum)
+  update is fused with it: each gradient element is applied as soon as it is summed, and
+  the gradient tensor never exists (the paper's "apply the update at once", one element
+  at a time);
+- `depthwise`: a forward kernel whose int8 result only a depthwise conv reads is fused
+  into that conv, which then computes its input one channel at a time (the expansion of
+  an inverted-residual block, the widest tensor of the forward pass, becomes one plane);
 
-at most one reduction per group, never across an in-place update of an input, never from
-the forward into the backward pass (what the backward reads is what the forward stored),
-and never across a widening cast: an int8 (or bool) tensor read as float32 stays the
-tensor kept between kernels. TVM's
-`FuseTIR` merges each group into one PrimFunc, then `shrink_intermediates` schedules it
-so that no intermediate tensor remains: injective blocks are inlined into their readers
-and the reduction is computed at its consumer's innermost loop (one accumulator).
-Neither transformation changes an arithmetic operation or the order of a reduction, so
-the numbers are bit-identical; only the memory of the intermediates goes away.
+at most one reduction per group (two for a depthwise pair), never across an in-place
+update of an input, never from the forward into the backward pass (what the backward
+reads is what the forward stored), and never across a widening cast: an int8 (or bool)
+tensor read as float32 stays the tensor kept between kernels. TVM's `FuseTIR` merges each
+group into one PrimFunc, then `shrink_intermediates` schedules it so that no intermediate
+tensor remains: injective blocks are inlined into their readers and the reduction is
+computed at its consumer's innermost loop (one accumulator). Neither transformation
+changes an arithmetic operation or the order of a reduction, so the numbers are
+bit-identical; only the memory of the intermediates goes away.
 
 TVM's own `FuseOps` only fuses epilogues: it leaves casts and padding in front of a conv
 as separate kernels, which is exactly the memory we need to remove.
@@ -44,8 +51,9 @@ REDUCTIONS = (3, 4)  # comm-reduce 3, out-elemwise-fusable 4 (conv, matmul), opa
 class FuseKernels:
     """Group a legalized module's kernels (see module docstring) and fuse them with FuseTIR."""
 
-    def __init__(self, func_names=("main", "train_step")):
+    def __init__(self, func_names=("main", "train_step"), updates: bool = True, depthwise: bool = True):
         self.func_names = tuple(func_names)
+        self.updates, self.depthwise = updates, depthwise
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod = relax.transform.CanonicalizeBindings()(mod)  # no `a = b` aliases between kernels
@@ -53,7 +61,7 @@ class FuseKernels:
         bb = relax.BlockBuilder(mod)
         for name in self.func_names:
             if name in [gv.name_hint for gv in mod.get_global_vars()]:
-                _group_function(bb, mod, name)
+                _group_function(bb, mod, name, self.updates, self.depthwise)
         mod = relax.transform.FuseTIR()(_replace_originals(bb.get(), self.func_names))
         prims = {gv: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
         for gv, func in prims.items():  # fused or not: padding inside a kernel is a copy too
@@ -92,10 +100,11 @@ def _widens(producer, consumer) -> bool:
 
 
 def _prim(mod, binding):
-    return mod[binding.value.args[0]] if op_name(binding.value) == "relax.call_tir" else None
+    call_tir = op_name(binding.value) in ("relax.call_tir", "relax.call_tir_inplace")
+    return mod[binding.value.args[0]] if call_tir else None
 
 
-def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str) -> None:
+def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str, updates: bool, depthwise: bool) -> None:
     func = mod[name]
     if len(func.body.blocks) != 1:
         return
@@ -134,14 +143,17 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str) -> Non
             continue
         for arg in b.value.args[1].fields:
             j = index.get(arg)
-            if j is None or j not in patterns or uses.get(arg) != [i]:
+            if j is None or j not in patterns or j in inplace_writes or uses.get(arg) != [i]:
+                continue
+            update = i in inplace_writes  # reads its gradient element by element, once
+            if update and not updates:
                 continue
             pj, gi, gj = patterns[j], find(i), find(j)
             if gi == gj or reductions[gi] + reductions[gj] > 1 or (j < start <= i):
                 continue
             prologue = pj <= INJECTIVE and not reductions[gj]
-            epilogue = (patterns[i] <= INJECTIVE and not reductions[gi] and not _widens(bindings[j], b)
-                        and _elements(b) <= _elements(bindings[j]))
+            epilogue = patterns[i] <= INJECTIVE and not reductions[gi] and (
+                update or (not _widens(bindings[j], b) and _elements(b) <= _elements(bindings[j])))
             if not (prologue or epilogue):
                 continue
             inputs = relax.analysis.free_vars(bindings[j].value)
@@ -153,6 +165,9 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str) -> Non
     groups: dict[int, list[int]] = {}
     for i in patterns:
         groups.setdefault(find(i), []).append(i)
+    pairs = _channelwise_pairs(mod, bindings, groups, patterns, uses, index, start) if depthwise else []
+    for producer, consumer in pairs:
+        groups[consumer] = sorted(groups.pop(producer) + groups[consumer])
     sink_of = {}
     for members in groups.values():
         if len(members) > 1:
@@ -170,6 +185,48 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str) -> Non
                 elif i not in grouped:
                     bb.emit_normalized(b)
         bb.emit_func_output(func.body.body)
+
+
+def _channelwise_pairs(mod, bindings, groups, patterns, uses, index, start):
+    """(producer group, consumer group) pairs where the consumer's reduction is a depthwise
+    conv and its only input computed in the step is the producer's int8 result, read by no
+    one else, both in the forward pass. The fused kernel computes each channel of that
+    result just before the depthwise conv reads it: a one-channel plane instead of the whole
+    tensor (the expansion before a depthwise conv is the widest tensor of a MobileNet block).
+    """
+    sink_group = {max(members): root for root, members in groups.items()}
+    reductions = {root: [i for i in members if patterns[i] in REDUCTIONS] for root, members in groups.items()}
+    pairs = []
+    for root, members in groups.items():
+        if len(reductions[root]) != 1 or not _is_depthwise(_prim(mod, bindings[reductions[root][0]])) \
+                or max(members) >= start:
+            continue
+        inputs = {v for i in members for v in relax.analysis.free_vars(bindings[i].value)
+                  if v in index and index[v] not in members}
+        if len(inputs) != 1:
+            continue
+        (t,) = inputs
+        producer = sink_group.get(index[t])
+        if producer is None or producer == root or _itemsize(t) != 8 or len(uses.get(t, [])) != 1:
+            continue
+        if len(reductions[producer]) == 1:
+            pairs.append((producer, root))
+    fused: set[int] = set()  # two reductions per kernel at most: no chains of pairs
+    chosen = []
+    for producer, consumer in pairs:
+        if not {producer, consumer} & fused:
+            fused |= {producer, consumer}
+            chosen.append((producer, consumer))
+    return chosen
+
+
+def _is_depthwise(prim) -> bool:
+    """A legalized conv2d PrimFunc (data, weight, out) with one input channel per output
+    channel and as many outputs as inputs: output channel c reads input channel c only."""
+    if prim is None or len(prim.params) != 3:
+        return False
+    data, weight, out = (tuple(int(d) for d in p.ty.shape) for p in prim.params)
+    return len(data) == len(weight) == len(out) == 4 and weight[1] == 1 and data[1] == out[1] == weight[0]
 
 
 def _primitive_function(bb, members):
@@ -199,38 +256,74 @@ def _primitive_function(bb, members):
         new_bindings.append(relax.VarBinding(var, value))
     body = relax.SeqExpr([relax.DataflowBlock(new_bindings)], new_bindings[-1].var)
     fn = relax.Function(params, body, members[-1].var.ty).with_attr("Primitive", True)
-    name = "fused_" + "_".join(b.value.args[0].name_hint for b in members)[:60]
+    sink = members[-1].value
+    if op_name(sink) == "relax.call_tir_inplace":  # an update that computes its own gradient
+        name = "update_with_gradient"  # one kernel may serve several parameters of one shape
+    else:
+        name = "fused_" + "_".join(b.value.args[0].name_hint for b in members)[:60]
     return bb.add_func(fn, name), args
 
 
 def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
-    """Schedule a fused kernel so that its intermediate tensors vanish (see module doc)."""
+    """Schedule a fused kernel so that its intermediate tensors vanish (see module doc).
+
+    Every injective block is inlined into its readers, except, where a kernel holds two
+    reductions, the int8 tensor between them (the producer's result, which the depthwise
+    conv reads). Then, from the last block backwards, each remaining block is computed
+    inside the loops of its reader: a reduction at the innermost loop (one accumulator),
+    that int8 tensor at the reader's channel loop (one channel at a time)."""
     if int(func.attrs.get("op_pattern", 0)) > REDUCTIONS[-1]:
-        return func  # opaque (our SGD kernels): nothing to schedule
+        return func  # opaque: nothing to schedule
     sch = Schedule(func)
     root = sch.get_sblock("root")
+    blocks = sch.get_child_blocks(root)
+    two_reductions = sum(_is_reduction(sch, b) for b in blocks) == 2
+    kept = {sch.get(b).name_hint for b in blocks[:-1] if two_reductions and _writes_narrow(sch, b)}
     changed = True
     while changed:  # inline every injective block into its readers (and epilogues into the last)
         changed = False
         for block in sch.get_child_blocks(root)[:-1]:
+            if sch.get(block).name_hint in kept:
+                continue
             try:
                 sch.compute_inline(block)
                 changed = True
                 break
             except ScheduleError:
                 continue
-    for block in sch.get_child_blocks(root)[:-1]:  # a reduction feeding an epilogue
+    reductions = []
+    for block in reversed(sch.get_child_blocks(root)[:-1]):
         consumers = sch.get_consumers(block)
-        if len(consumers) == 1:
-            outer = sch.get_loops(consumers[0])
-            try:
-                sch.compute_at(block, outer[-1], preserve_unit_loops=True)
-                # the accumulator's zeroing before its loop nest, not inside it (clearer C,
-                # and gcc can see the accumulator is initialised)
-                sch.decompose_reduction(block, sch.get_loops(block)[len(outer)])
-            except ScheduleError:
-                pass
+        if len(consumers) != 1:
+            continue
+        outer = sch.get_loops(consumers[0])
+        reduction = _is_reduction(sch, block)
+        per_channel = sch.get(block).name_hint in kept and len(outer) > CHANNEL_AXIS
+        try:
+            sch.compute_at(block, outer[CHANNEL_AXIS] if per_channel else outer[-1], preserve_unit_loops=True)
+        except ScheduleError:
+            continue
+        if reduction:
+            reductions.append((block, len(outer)))
+    for block, depth in reductions:
+        # the accumulator's zeroing before its loop nest, not inside it (clearer C, and
+        # gcc can see the accumulator is initialised)
+        try:
+            sch.decompose_reduction(block, sch.get_loops(block)[depth])
+        except ScheduleError:
+            pass
     result = sch.mod["main"]
     if func.attrs is None or "global_symbol" not in func.attrs:  # Schedule names it "main"
         result = result.without_attr("global_symbol")
     return result
+
+
+CHANNEL_AXIS = 1  # NCHW: the loop of a reader over the channels of what it reads
+
+
+def _is_reduction(sch, block) -> bool:
+    return any(int(iv.iter_type) == tvm.tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def _writes_narrow(sch, block) -> bool:
+    return any(tvm.runtime.DataType(str(w.source.ty.dtype)).bits < 32 for w in sch.get(block).writes)

@@ -6,7 +6,7 @@ import tvm
 from tvm import relax
 from tvm.relax.utils import copy_with_new_vars
 
-from .sgd_kernels import sgd_update_kernel
+from .sgd_kernels import momentum_kernel, sgd_update_kernel
 from .split_trained_channels import trained_channels
 
 
@@ -29,9 +29,10 @@ class FuseSGDUpdate:
         def train_step(x, label, w, v_w) -> R.Tuple(loss, w_new, v_w_new):
             with R.dataflow():
                 ...                                  # forward and backward, as in the adjoint
-                upd = R.call_tir_inplace(cls.sgd_w, (w, grad_w, v_w), inplace_indices=[0, 2], ...)
+                v_w_new = R.call_tir_inplace(cls.momentum_w, (v_w, grad_w), inplace_indices=[0], ...)
+                w_new = R.call_tir_inplace(cls.sgd_w, (w, v_w_new), inplace_indices=[0], ...)
                 R.output(...)
-            return (loss, upd[0], upd[1])
+            return (loss, w_new, v_w_new)
 
     The returned parameters alias the inputs: callers see the update in the tensors they
     passed (Relax VM) or in the weight arrays (generated C).
@@ -93,13 +94,12 @@ class FuseSGDUpdate:
         k = None
         if len(shape) > 1 and ratio < 1.0:
             k = trained_channels(shape[axis], ratio)
-        kernel = sgd_update_kernel(shape, grad_shape, self.lr, self.momentum, axis, k, p.ty.dtype)
-        gv = bb.add_func(kernel, "sgd_" + _c_name(name))
+        update = bb.add_func(sgd_update_kernel(shape, grad_shape, self.lr, axis, k, p.ty.dtype), "sgd_" + _c_name(name))
         if v is None:
-            new_p = bb.emit(relax.op.call_tir_inplace(gv, [p, g], [0], p.ty))
-            return new_p, None
-        both = bb.emit(relax.op.call_tir_inplace(gv, [p, g, v], [0, 2], [p.ty, v.ty]))
-        return bb.emit(relax.TupleGetItem(both, 0)), bb.emit(relax.TupleGetItem(both, 1))
+            return bb.emit(relax.op.call_tir_inplace(update, [p, g], [0], p.ty)), None
+        accumulate = bb.add_func(momentum_kernel(grad_shape, self.momentum, axis, k), "momentum_" + _c_name(name))
+        new_v = bb.emit(relax.op.call_tir_inplace(accumulate, [v, g], [0], v.ty))
+        return bb.emit(relax.op.call_tir_inplace(update, [p, new_v], [0], p.ty)), new_v
 
 
 def _c_name(name: str) -> str:

@@ -56,11 +56,8 @@ def _reorder(func: relax.Function) -> relax.Function:
     # (its weight or bias gradient, the QAS rescale); input gradients reach many updates.
     reach = [0] * n  # bit set of the updates each binding's result flows into
     for i in reversed(range(n)):
-        value = bindings[i].value
         if _is_update(bindings[i]):
             reach[i] = 1 << i
-        elif isinstance(value, relax.TupleGetItem) and _is_update(bindings[index[value.tuple_value]]):
-            reach[i] = 1 << index[value.tuple_value]
         else:
             for u in data_users[i]:
                 reach[i] |= reach[u]

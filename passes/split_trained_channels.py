@@ -47,8 +47,8 @@ def split_values(value: np.ndarray, axis: int, k: int) -> tuple[np.ndarray, np.n
 class SplitTrainedChannels:
     """`split`: parameter name -> (channel axis, trained channels k)."""
 
-    def __init__(self, split: dict[str, tuple[int, int]], lr: float, momentum: float):
-        self.split, self.lr, self.momentum = dict(split), float(lr), float(momentum)
+    def __init__(self, split: dict[str, tuple[int, int]], lr: float):
+        self.split, self.lr = dict(split), float(lr)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         if not self.split:
@@ -100,11 +100,8 @@ class SplitTrainedChannels:
         may be whole: float master copies are masked before it is narrowed)."""
         g = args[1]
         shape = tuple(int(d) for d in trained.ty.shape)
-        kernel = sgd_update_kernel(shape, tuple(int(d) for d in g.ty.shape), self.lr, self.momentum,
-                                   axis, shape[axis], trained.ty.dtype)
+        kernel = sgd_update_kernel(shape, tuple(int(d) for d in g.ty.shape), self.lr, axis, shape[axis],
+                                   trained.ty.dtype)
         gv = bb.add_func(kernel, old.args[0].name_hint + "_trained")
-        new_args = [trained, *args[1:]]
-        out_types = [trained.ty] + ([args[2].ty] if len(args) > 2 else [])
-        return relax.op.call_tir_inplace(gv, new_args, [int(i) for i in old.attrs.inplace_indices],
-                                         out_types if len(out_types) > 1 else out_types[0])
+        return relax.op.call_tir_inplace(gv, [trained, g], [0], trained.ty)
 

@@ -118,7 +118,7 @@ def memory_passes(program: TrainingProgram):
         mod = Int8Activations()(mod)
     if opts.split_channels:
         split = partial_weights(program)
-        mod = SplitTrainedChannels(split, program.options.lr, program.options.momentum)(mod)
+        mod = SplitTrainedChannels(split, program.options.lr)(mod)
         values = {}
         for name, value in program.params.items():
             if name in split:
@@ -127,7 +127,7 @@ def memory_passes(program: TrainingProgram):
                 values[name] = value
     mod = ForwardTupleItems()(relax.transform.LegalizeOps()(mod))
     if opts.fuse_kernels:
-        mod = FuseKernels()(mod)
+        mod = FuseKernels(updates=opts.fuse_updates, depthwise=opts.fuse_depthwise)(mod)
     if opts.reorder:
         mod = ReorderForMemory()(mod)
     return mod, values, split

@@ -15,6 +15,7 @@ The result runs on the Relax VM as it is (`reference.py`) and is lowered to C by
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,14 +53,15 @@ class MemoryOptions:
 
     int8_activations: bool = True  # Int8Activations: quantized activations stored as int8
     fuse_kernels: bool = True      # FuseKernels: casts, padding, requantization inside each kernel
+    fuse_updates: bool = True      # FuseKernels: each SGD update inside the kernel computing its gradient
+    fuse_depthwise: bool = True    # FuseKernels: a depthwise conv computes its input a channel at a time
     bit_masks: bool = True         # PackBackwardMasks: 1-bit masks kept for backward, not activations
     split_channels: bool = True    # SplitTrainedChannels: only the trained channels of a weight in RAM
     reorder: bool = True           # ApplyUpdatesEarly + ReorderForMemory: the paper's operator reordering
 
     @classmethod
     def none(cls) -> "MemoryOptions":
-        return cls(int8_activations=False, fuse_kernels=False, bit_masks=False, split_channels=False,
-                   reorder=False)
+        return cls(**{f.name: False for f in dataclasses.fields(cls)})
 
 
 @dataclass
