@@ -16,8 +16,8 @@ This pass groups kernels (on the legalized module, before `FuseTIR`):
   update is fused with it: each gradient element is applied as soon as it is summed, and
   the gradient tensor never exists (the paper's "apply the update at once", one element
   at a time);
-- `depthwise`: a forward kernel whose int8 result only a depthwise conv reads is fused
-  into that conv, which then computes its input one channel at a time (the expansion of
+- `depthwise`: a forward kernel whose result only a depthwise conv reads is fused into
+  that conv, which then computes its input one channel at a time (the expansion of
   an inverted-residual block, the widest tensor of the forward pass, becomes one plane);
 
 at most one reduction per group (two for a depthwise pair), never across an in-place
@@ -189,8 +189,8 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str, update
 
 def _channelwise_pairs(mod, bindings, groups, patterns, uses, index, start):
     """(producer group, consumer group) pairs where the consumer's reduction is a depthwise
-    conv and its only input computed in the step is the producer's int8 result, read by no
-    one else, both in the forward pass. The fused kernel computes each channel of that
+    conv and its only input computed in the step is the producer's result, read by no one
+    else, both in the forward pass. The fused kernel computes each channel of that
     result just before the depthwise conv reads it: a one-channel plane instead of the whole
     tensor (the expansion before a depthwise conv is the widest tensor of a MobileNet block).
     """
@@ -207,7 +207,7 @@ def _channelwise_pairs(mod, bindings, groups, patterns, uses, index, start):
             continue
         (t,) = inputs
         producer = sink_group.get(index[t])
-        if producer is None or producer == root or _itemsize(t) != 8 or len(uses.get(t, [])) != 1:
+        if producer is None or producer == root or len(uses.get(t, [])) != 1:
             continue
         if len(reductions[producer]) == 1:
             pairs.append((producer, root))
@@ -268,17 +268,15 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     """Schedule a fused kernel so that its intermediate tensors vanish (see module doc).
 
     Every injective block is inlined into its readers, except, where a kernel holds two
-    reductions, the int8 tensor between them (the producer's result, which the depthwise
-    conv reads). Then, from the last block backwards, each remaining block is computed
+    reductions, the narrowest tensor between them (the producer's result, int8 in an int8
+    model, which the depthwise conv reads). Then, from the last block backwards, each remaining block is computed
     inside the loops of its reader: a reduction at the innermost loop (one accumulator),
-    that int8 tensor at the reader's channel loop (one channel at a time)."""
+    that kept tensor at the reader's channel loop (one channel at a time)."""
     if int(func.attrs.get("op_pattern", 0)) > REDUCTIONS[-1]:
         return func  # opaque: nothing to schedule
     sch = Schedule(func)
     root = sch.get_sblock("root")
-    blocks = sch.get_child_blocks(root)
-    two_reductions = sum(_is_reduction(sch, b) for b in blocks) == 2
-    kept = {sch.get(b).name_hint for b in blocks[:-1] if two_reductions and _writes_narrow(sch, b)}
+    kept = _between_reductions(sch, sch.get_child_blocks(root))
     changed = True
     while changed:  # inline every injective block into its readers (and epilogues into the last)
         changed = False
@@ -325,5 +323,25 @@ def _is_reduction(sch, block) -> bool:
     return any(int(iv.iter_type) == tvm.tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
 
 
-def _writes_narrow(sch, block) -> bool:
-    return any(tvm.runtime.DataType(str(w.source.ty.dtype)).bits < 32 for w in sch.get(block).writes)
+def _between_reductions(sch, blocks) -> set[str]:
+    """In a kernel with two reductions (a depthwise pair): the name of the block to keep
+    between them, the narrowest on the data path from the first to the second (the int8
+    result of an int8 producer), the last of those; else nothing."""
+    reductions = [b for b in blocks if _is_reduction(sch, b)]
+    if len(reductions) != 2:
+        return set()
+    second = sch.get(reductions[1]).name_hint
+    path, frontier = [], [reductions[0]]
+    while frontier:
+        block = frontier.pop()
+        for consumer in sch.get_consumers(block):
+            name = sch.get(consumer).name_hint
+            if name != second and name not in {sch.get(b).name_hint for b in path}:
+                path.append(consumer)
+                frontier.append(consumer)
+    if not path:
+        return set()
+    order = {sch.get(b).name_hint: i for i, b in enumerate(blocks)}
+    bits = {sch.get(b).name_hint: min(tvm.runtime.DataType(str(w.source.ty.dtype)).bits for w in sch.get(b).writes)
+            for b in path}
+    return {max(bits, key=lambda name: (-bits[name], order[name]))}

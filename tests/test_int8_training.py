@@ -188,7 +188,7 @@ def test_mcunet_trains_on_cortex_m7_like_on_the_host(mcunet, scheme, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", ["mcunet-49kb", "mcunet-74kb", "mcunet-99kb"])
+@pytest.mark.parametrize("scheme", ["mcunet-49kb", "mcunet-74kb", "mcunet-99kb", "mcunet-124kb", "mcunet-148kb"])
 def test_mcunet_step_fits_256kb_on_cortex_m7(mcunet, scheme, tmp_path):
     """One training step (plain SGD) in 256 KB of SRAM and 1 MB of flash on Cortex-M7, the
     run-time RAM guard on, everything counted (static RAM from the ELF + the measured stack

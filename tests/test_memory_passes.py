@@ -59,15 +59,20 @@ class InvertedResidualNet(torch.nn.Module):
         return self.classifier(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
-@pytest.fixture(scope="module")
-def mobile_program():
-    """int8 (PTQ), training the projection on half its channels and the last two biases:
-    the expansion and the depthwise conv stay frozen, as in the paper's sparse schemes."""
+def _mobile_program(quantized: bool):
+    """Training the projection on half its channels and the last two biases: the expansion
+    and the depthwise conv stay frozen, as in the paper's sparse schemes."""
     torch.manual_seed(1)
     imported = import_torch(InvertedResidualNet().eval(), torch.zeros(INPUT_SHAPE))
-    quantized = post_training_quantize(imported, samples(64, seed=5)[0])
+    if quantized:
+        imported = post_training_quantize(imported, samples(64, seed=5)[0])
     config = SparseUpdateConfig(n_bias_update=2, manual_weight_idx=(3,), weight_update_ratio=(0.5,))
-    return build_training_program(quantized, config, TrainOptions(lr=0.05, momentum=0.9))
+    return build_training_program(imported, config, TrainOptions(lr=0.05, momentum=0.9))
+
+
+@pytest.fixture(scope="module")
+def mobile_program():
+    return _mobile_program(quantized=True)
 
 
 def with_memory(program, **flags):
@@ -96,10 +101,12 @@ def test_turning_a_memory_pass_off_changes_no_number(int8_program, flag):
 
 
 @pytest.mark.parametrize("flag", ["fuse_depthwise", "fuse_updates"])
-def test_fusions_change_no_number_on_an_inverted_residual_block(mobile_program, flag):
-    on, off = train_on_vm(mobile_program), train_on_vm(with_memory(mobile_program, **{flag: False}))
+@pytest.mark.parametrize("quantized", [True, False], ids=["int8", "float"])
+def test_fusions_change_no_number_on_an_inverted_residual_block(mobile_program, flag, quantized):
+    program = mobile_program if quantized else _mobile_program(quantized=False)
+    on, off = train_on_vm(program), train_on_vm(with_memory(program, **{flag: False}))
     assert on[0] == off[0]
-    for name in mobile_program.params:
+    for name in program.params:
         np.testing.assert_array_equal(on[1][name], off[1][name], err_msg=name)
     np.testing.assert_array_equal(on[2], off[2])
 
@@ -187,19 +194,22 @@ def test_fuse_updates_leaves_no_gradient_tensor(int8_program):
     assert len(update_inputs(fuse_updates=False)) == len(int8_program.trainable.names)
 
 
-def test_fuse_depthwise_computes_its_input_a_channel_at_a_time(mobile_program):
+@pytest.mark.parametrize("quantized", [True, False], ids=["int8", "float"])
+def test_fuse_depthwise_computes_its_input_a_channel_at_a_time(mobile_program, quantized):
     """Before: the 16-channel expansion is a tensor in the arena. After: the depthwise
-    kernel computes it one 8x8 plane at a time (its workspace: one plane, not sixteen)."""
+    kernel computes it one 8x8 plane at a time (its workspace: about one plane, int8 or
+    float32, not sixteen)."""
+    program = mobile_program if quantized else _mobile_program(quantized=False)
     expansion = (1, 16, 8, 8)
 
     def arena(**flags):
-        low = lower(with_memory(mobile_program, **flags))
+        low = lower(with_memory(program, **flags))
         calls = low.schedules["train_step"].calls
         return [t.shape for c in calls for t in c.outputs if t.storage == "arena"], calls
 
     shapes, calls = arena()
     assert expansion not in shapes
-    plane = 8 * 8
+    plane = 8 * 8 * (1 if quantized else 4)
     assert any(plane <= c.workspace_bytes < 2 * plane for c in calls)
     assert max(c.workspace_bytes for c in calls) < 16 * plane
     assert expansion in arena(fuse_depthwise=False)[0]
