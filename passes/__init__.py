@@ -9,6 +9,7 @@ from .float_trainable_params import FloatTrainableParams
 from .forward_tuple_items import ForwardTupleItems
 from .fuse_kernels import FuseKernels
 from .fuse_sgd_update import FuseSGDUpdate
+from .inplace_depthwise import InplaceDepthwise
 from .insert_qas_rescale import InsertQASRescale
 from .int8_activations import Int8Activations
 from .narrow_weight_gradient import NarrowWeightGradient
@@ -18,5 +19,5 @@ from .reorder_for_memory import ReorderForMemory
 from .split_trained_channels import SplitTrainedChannels
 
 __all__ = ["AppendCrossEntropyLoss", "BuildGradient", "FloatTrainableParams", "ForwardTupleItems", "FuseKernels", "FuseSGDUpdate",
-           "InsertQASRescale", "Int8Activations", "NarrowWeightGradient", "NormalizeONNX",
+           "InplaceDepthwise", "InsertQASRescale", "Int8Activations", "NarrowWeightGradient", "NormalizeONNX",
            "PackBackwardMasks", "ReorderForMemory", "SplitTrainedChannels"]

@@ -18,8 +18,8 @@ import tvm
 from tvm import relax
 
 from tvm_tinytrain.errors import TinyTrainError
-from tvm_tinytrain.passes import (ForwardTupleItems, FuseKernels, Int8Activations, PackBackwardMasks, ReorderForMemory,
-                                  SplitTrainedChannels)
+from tvm_tinytrain.passes import (ForwardTupleItems, FuseKernels, InplaceDepthwise, Int8Activations, PackBackwardMasks,
+                                  ReorderForMemory, SplitTrainedChannels)
 from tvm_tinytrain.passes.split_trained_channels import FROZEN_SUFFIX, split_values, trained_channels
 from tvm_tinytrain.pipeline import TrainingProgram
 
@@ -130,6 +130,8 @@ def memory_passes(program: TrainingProgram):
         mod = FuseKernels(updates=opts.fuse_updates, depthwise=opts.fuse_depthwise)(mod)
     if opts.reorder:
         mod = ReorderForMemory()(mod)
+    if opts.inplace_depthwise:  # after reordering: it needs every other reader of the input to come first
+        mod = InplaceDepthwise()(mod)
     return mod, values, split
 
 

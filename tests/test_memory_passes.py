@@ -45,13 +45,13 @@ def int8_program():
 class InvertedResidualNet(torch.nn.Module):
     """A stem, then a MobileNetV2 block without residual: 1x1 expansion, 3x3 depthwise, 1x1 projection."""
 
-    def __init__(self):
+    def __init__(self, stride: int = 2):
         super().__init__()
         nn = torch.nn
         self.features = nn.Sequential(
             nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU6(),
             nn.Conv2d(4, 16, 1), nn.BatchNorm2d(16), nn.ReLU6(),
-            nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6(),
+            nn.Conv2d(16, 16, 3, stride=stride, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6(),
             nn.Conv2d(16, 8, 1), nn.BatchNorm2d(8))
         self.classifier = nn.Linear(8, 4)
 
@@ -59,20 +59,29 @@ class InvertedResidualNet(torch.nn.Module):
         return self.classifier(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
-def _mobile_program(quantized: bool):
-    """Training the projection on half its channels and the last two biases: the expansion
-    and the depthwise conv stay frozen, as in the paper's sparse schemes."""
+def _mobile_program(quantized: bool, stride: int = 2, weights: tuple[int, ...] = (3,)):
+    """By default training the projection on half its channels and the last two biases:
+    the expansion and the depthwise conv stay frozen, as in the paper's sparse schemes.
+    `weights=(1, 3)` trains the expansion too: the backward pass crosses the depthwise conv."""
     torch.manual_seed(1)
-    imported = import_torch(InvertedResidualNet().eval(), torch.zeros(INPUT_SHAPE))
+    imported = import_torch(InvertedResidualNet(stride).eval(), torch.zeros(INPUT_SHAPE))
     if quantized:
         imported = post_training_quantize(imported, samples(64, seed=5)[0])
-    config = SparseUpdateConfig(n_bias_update=2, manual_weight_idx=(3,), weight_update_ratio=(0.5,))
+    config = SparseUpdateConfig(n_bias_update=2 * len(weights), manual_weight_idx=weights,
+                                weight_update_ratio=(0.5,) * len(weights))
     return build_training_program(imported, config, TrainOptions(lr=0.05, momentum=0.9))
 
 
 @pytest.fixture(scope="module")
 def mobile_program():
     return _mobile_program(quantized=True)
+
+
+@pytest.fixture(scope="module")
+def depthwise_backward_program():
+    """Stride 1, the expansion trains: the depthwise conv's input gradient has the shape of
+    its output gradient."""
+    return _mobile_program(quantized=True, stride=1, weights=(1, 3))
 
 
 def with_memory(program, **flags):
@@ -100,10 +109,14 @@ def test_turning_a_memory_pass_off_changes_no_number(int8_program, flag):
     np.testing.assert_array_equal(on[2], off[2])
 
 
-@pytest.mark.parametrize("flag", ["fuse_depthwise", "fuse_updates"])
+@pytest.mark.parametrize("flag", ["fuse_depthwise", "fuse_updates", "inplace_depthwise"])
 @pytest.mark.parametrize("quantized", [True, False], ids=["int8", "float"])
-def test_fusions_change_no_number_on_an_inverted_residual_block(mobile_program, flag, quantized):
-    program = mobile_program if quantized else _mobile_program(quantized=False)
+def test_fusions_change_no_number_on_an_inverted_residual_block(mobile_program, depthwise_backward_program,
+                                                                flag, quantized):
+    if flag == "inplace_depthwise":
+        program = depthwise_backward_program if quantized else _mobile_program(False, 1, (1, 3))
+    else:
+        program = mobile_program if quantized else _mobile_program(quantized=False)
     on, off = train_on_vm(program), train_on_vm(with_memory(program, **{flag: False}))
     assert on[0] == off[0]
     for name in program.params:
@@ -174,8 +187,8 @@ def test_int8_activations_keep_int8_between_kernels(int8_program):
 def test_fuse_kernels_removes_intermediates(int8_program):
     """Before: padding and float32 copies are kernel workspaces and separate kernels. After:
     fewer kernels and no workspace beyond a few bytes."""
-    on, _ = _buffers(int8_program)
-    off, _ = _buffers(int8_program, fuse_kernels=False)
+    on, _ = _buffers(int8_program, inplace_depthwise=False)  # which stages a channel in a workspace
+    off, _ = _buffers(int8_program, fuse_kernels=False, inplace_depthwise=False)
     calls_on, calls_off = (low.schedules["train_step"].calls for low in (on, off))
     assert len(calls_on) < len(calls_off) / 1.5
     assert max(c.workspace_bytes for c in calls_on) <= 128  # the loss kernel's few floats
@@ -215,9 +228,27 @@ def test_fuse_depthwise_computes_its_input_a_channel_at_a_time(mobile_program, q
     assert expansion in arena(fuse_depthwise=False)[0]
 
 
-def test_fused_kernels_in_c_match_the_vm(mobile_program, tmp_path):
+def test_inplace_depthwise_writes_the_input_gradient_over_the_output_gradient(depthwise_backward_program):
+    """Before: the depthwise conv's output gradient and input gradient are two arena
+    tensors. After: its kernel stages one channel at a time and writes over its input."""
+    def schedule(**flags):
+        return lower(with_memory(depthwise_backward_program, **flags)).schedules["train_step"]
+
+    s = schedule()
+    inplace = [i for i, c in enumerate(s.calls) if c.kernel.endswith("_inplace")]
+    assert inplace and all(s.calls[i].outputs[0] in s.calls[i].inputs for i in inplace)
+    backward = [s.calls[i] for i in inplace if i >= s.loss_index and "conv2d_transpose" in s.calls[i].kernel]
+    assert backward and backward[0].outputs[0].shape == (1, 16, 8, 8)
+    assert 8 * 8 * 4 <= backward[0].workspace_bytes < 2 * 8 * 8 * 4  # one float32 plane
+    assert not any(c.kernel.endswith("_inplace") for c in schedule(inplace_depthwise=False).calls)
+
+
+@pytest.mark.parametrize("which", ["frozen depthwise", "depthwise backward"])
+def test_fused_kernels_in_c_match_the_vm(mobile_program, depthwise_backward_program, which, tmp_path):
     """The generated C of the fused kernels (depthwise with its expansion, gradients with
-    their updates) on the host: the unfused Relax VM's losses and integers, exactly."""
+    their updates, the in-place depthwise backward) on the host: the unfused Relax VM's
+    losses and integers, exactly."""
+    mobile_program = mobile_program if which == "frozen depthwise" else depthwise_backward_program
     from tvm_tinytrain.session import run_stream
     from tvm_tinytrain.targets.boards import get_board
     from tvm_tinytrain.targets.harness import DUMP, TRAIN, Record
@@ -299,6 +330,7 @@ def test_mcunet_memory_report_names_its_peak(zoo_dir, tmp_path):
     assert step["peak_call"].startswith(f"call {step['peak_step']} of ")
     ram = report["ram_at_peak"]
     assert sum(ram.values()) == report["planned"]["ram_total_bytes"] <= 173 * 1024  # the paper's
-    # the peak is in the backward pass: activation gradients, and what the forward kept for them
-    assert "(backward)" in step["peak_call"]
-    assert {"gradients", "activations kept for backward", "trainable weights", "stack (reserved)"} <= set(ram)
+    # the peak is the first kernel: the sample and the stem's output (with the depthwise
+    # conv fused in, one channel plane of workspace)
+    assert step["peak_call"].startswith("call 0 of ") and "(forward)" in step["peak_call"]
+    assert {"input sample", "activations", "kernel workspaces", "trainable weights", "stack (reserved)"} <= set(ram)

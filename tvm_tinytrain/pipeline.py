@@ -57,7 +57,8 @@ class MemoryOptions:
     fuse_depthwise: bool = True    # FuseKernels: a depthwise conv computes its input a channel at a time
     bit_masks: bool = True         # PackBackwardMasks: 1-bit masks kept for backward, not activations
     split_channels: bool = True    # SplitTrainedChannels: only the trained channels of a weight in RAM
-    reorder: bool = True           # ApplyUpdatesEarly + ReorderForMemory: the paper's operator reordering
+    reorder: bool = True           # ReorderForMemory: the paper's operator reordering
+    inplace_depthwise: bool = True  # InplaceDepthwise: a depthwise kernel writes its result over its input
 
     @classmethod
     def none(cls) -> "MemoryOptions":
