@@ -41,7 +41,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import Schedule, ScheduleError
 
-from tvm_tinytrain.relax_utils import backward_start, op_name
+from tvm_tinytrain.relax_utils import backward_start, op_name, readers
 
 INJECTIVE = 2       # op_pattern kinds (AnnotateTIROpPattern): elemwise 0, broadcast 1, injective 2,
 REDUCTIONS = (3, 4)  # comm-reduce 3, out-elemwise-fusable 4 (conv, matmul), opaque 8
@@ -110,10 +110,7 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str, update
         return
     bindings = list(func.body.blocks[0].bindings)
     index = {b.var: i for i, b in enumerate(bindings)}
-    uses: dict = {}
-    for i, b in enumerate(bindings):
-        for v in relax.analysis.free_vars(b.value):
-            uses.setdefault(v, []).append(i)
+    uses = readers(bindings)
     for v in relax.analysis.free_vars(func.body.body):
         uses.setdefault(v, []).append(len(bindings))
     inplace_writes = {}  # binding index -> vars it mutates

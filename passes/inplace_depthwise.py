@@ -30,7 +30,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import Schedule, ScheduleError
 
-from tvm_tinytrain.relax_utils import op_name
+from tvm_tinytrain.relax_utils import op_name, readers
 
 CHANNEL_AXIS = 1  # NCHW
 
@@ -56,10 +56,7 @@ def _rewrite(bb: relax.BlockBuilder, mod: tvm.IRModule, func: relax.Function, ke
         return func
     bindings = list(func.body.blocks[0].bindings)
     defined = {b.var: i for i, b in enumerate(bindings)}
-    readers: dict = {}
-    for i, b in enumerate(bindings):
-        for v in relax.analysis.free_vars(b.value):
-            readers.setdefault(v, []).append(i)
+    reads = readers(bindings)
     escaping = set(relax.analysis.free_vars(func.body.body))
     new = []
     for i, b in enumerate(bindings):
@@ -67,7 +64,7 @@ def _rewrite(bb: relax.BlockBuilder, mod: tvm.IRModule, func: relax.Function, ke
         if op_name(value) == "relax.call_tir" and isinstance(b.var.ty, relax.TensorType):
             args = list(value.args[1].fields)
             for k, arg in enumerate(args):
-                if (arg not in defined or arg in escaping or max(readers[arg]) != i or readers[arg].count(i) != 1
+                if (arg not in defined or arg in escaping or max(reads[arg]) != i or reads[arg].count(i) != 1
                         or not _same_type(arg.ty, b.var.ty)):
                     continue
                 gv = _inplace_kernel(bb, mod, value.args[0], k, kernels)
@@ -109,12 +106,12 @@ def channelwise_inplace(func: tvm.tirx.PrimFunc, k: int) -> tvm.tirx.PrimFunc | 
     if (len(writes) != 1 or not writes[0].source.same_as(out) or len(loops) != len(out_shape)
             or [int(sch.get(loop).extent) for loop in loops] != out_shape):
         return None  # the last block must write each element of `out` once, in its loop order
-    readers = [(b, j) for b in _all_blocks(sch, root) for j, r in enumerate(sch.get(b).reads)
+    reading = [(b, j) for b in _all_blocks(sch, root) for j, r in enumerate(sch.get(b).reads)
                if r.source.same_as(data)]
-    if len(readers) != 1:
+    if len(reading) != 1:
         return None
     try:
-        plane = sch.cache_read(readers[0][0], readers[0][1], "global")
+        plane = sch.cache_read(*reading[0], "global")
         sch.compute_at(plane, loops[CHANNEL_AXIS], preserve_unit_loops=True)
     except ScheduleError:
         return None

@@ -20,6 +20,15 @@ def backward_start(func: relax.Function, bindings, label: str = "label") -> int:
                 len(bindings))
 
 
+def readers(bindings) -> dict:
+    """Each variable -> the indices of the bindings that read it, in order."""
+    found: dict = {}
+    for i, b in enumerate(bindings):
+        for v in relax.analysis.free_vars(b.value):
+            found.setdefault(v, []).append(i)
+    return found
+
+
 def map_functions(mod: tvm.IRModule, names, rewrite) -> tvm.IRModule:
     """A copy of `mod` with each Relax function named in `names` replaced by `rewrite(func)`."""
     mod = tvm.IRModule(dict(mod.functions))
