@@ -143,8 +143,9 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str, update
             if j is None or j not in patterns or j in inplace_writes or uses.get(arg) != [i]:
                 continue
             update = i in inplace_writes  # reads its gradient element by element, once
-            if update and not updates:
-                continue
+            if update and not (updates and _elementwise_after_reduction(find(j), j, find, patterns, bindings)
+                               and not _group_reads(find(j), j, find, bindings, inplace_writes[i])):
+                continue  # (a gradient masked by the old weight, as with float masters, stays apart)
             pj, gi, gj = patterns[j], find(i), find(j)
             if gi == gj or reductions[gi] + reductions[gj] > 1 or (j < start <= i):
                 continue
@@ -182,6 +183,26 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str, update
                 elif i not in grouped:
                     bb.emit_normalized(b)
         bb.emit_func_output(func.body.body)
+
+
+def _elementwise_after_reduction(group, last, find, patterns, bindings) -> bool:
+    """Whether the gradient `last` is its group's reduction followed only by same-size
+    elementwise work (QAS, reshapes): then the update can take each element as the
+    reduction sums it.
+    A slice or mask in between (float master copies) would leave the whole reduction result
+    as a workspace of the fused kernel, larger than the gradient it replaces."""
+    members = [m for m in range(last + 1) if find(m) == group]
+    reductions = [m for m in members if patterns.get(m) in REDUCTIONS]
+    if not reductions:
+        return True  # injective work only: all of it inlines
+    size = _elements(bindings[reductions[0]])
+    return all(patterns.get(m, 0) <= INJECTIVE and _elements(bindings[m]) == size
+               for m in members if m > reductions[0])
+
+
+def _group_reads(group, last, find, bindings, variables) -> bool:
+    return any(set(relax.analysis.free_vars(bindings[m].value)) & variables
+               for m in range(last + 1) if find(m) == group)
 
 
 def _channelwise_pairs(mod, bindings, groups, patterns, uses, index, start):

@@ -78,17 +78,21 @@ def _reorder(func: relax.Function) -> relax.Function:
         for j in d:
             users[j].add(i)
 
+    def priority(i):  # update paths first, and among them the updates themselves: an
+        # update allocates nothing and may free its inputs (a fused gradient's operands)
+        return (0 if on_path[i] else 1), (0 if _is_update(bindings[i]) else 1), i
+
     remaining = [len(d) for d in deps]
-    ready = [((0 if on_path[i] else 1), i) for i in range(n) if remaining[i] == 0]
+    ready = [priority(i) for i in range(n) if remaining[i] == 0]
     heapq.heapify(ready)
     order = []
     while ready:
-        _, i = heapq.heappop(ready)
+        i = heapq.heappop(ready)[-1]
         order.append(i)
         for u in users[i]:
             remaining[u] -= 1
             if remaining[u] == 0:
-                heapq.heappush(ready, ((0 if on_path[u] else 1), u))
+                heapq.heappush(ready, priority(u))
     if len(order) != n:
         raise AssertionError("internal: ReorderForMemory found a cycle")
     new_block = relax.DataflowBlock([bindings[i] for i in order])

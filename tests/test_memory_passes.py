@@ -197,13 +197,15 @@ def test_fuse_kernels_removes_intermediates(int8_program):
 
 def test_fuse_updates_leaves_no_gradient_tensor(int8_program):
     """Before: each weight and bias gradient is a tensor in the arena that its update reads.
-    After: no update reads the arena; each gradient element is applied as it is summed."""
+    After: each gradient element is applied as it is summed, except where TVM computes a
+    larger weight gradient and slices it (a 3x3 stride-2 conv here): fusing that would keep
+    the whole unsliced sum as the kernel's workspace, so it stays a tensor."""
     def update_inputs(**flags):
         calls = lower(with_memory(int8_program, **flags)).schedules["train_step"].calls
-        return [t for c in calls if c.outputs[0].storage in ("param", "momentum") for t in c.inputs
+        return [t.name for c in calls if c.outputs[0].storage in ("param", "momentum") for t in c.inputs
                 if t.storage == "arena" and "grad" in t.name]
 
-    assert update_inputs() == []
+    assert update_inputs() == ["down_0_weight_grad_qas"]
     assert len(update_inputs(fuse_updates=False)) == len(int8_program.trainable.names)
 
 
