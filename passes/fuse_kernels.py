@@ -287,8 +287,8 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
 
     Every injective block is inlined into its readers, except, where a kernel holds two
     reductions, the narrowest tensor between them (the producer's result, int8 in an int8
-    model, which the depthwise conv reads). Then, from the last block backwards, each remaining block is computed
-    inside the loops of its reader: a reduction at the innermost loop (one accumulator),
+    model, which the depthwise conv reads). Then, from the last block backwards, each
+    remaining block is computed inside the loops of its reader: a reduction at the innermost loop (one accumulator),
     that kept tensor at the reader's channel loop (one channel at a time)."""
     if int(func.attrs.get("op_pattern", 0)) > REDUCTIONS[-1]:
         return func  # opaque: nothing to schedule
@@ -328,8 +328,13 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
             sch.decompose_reduction(block, sch.get_loops(block)[depth])
         except ScheduleError:
             pass
+    return scheduled(sch, func)
+
+
+def scheduled(sch: Schedule, func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """The PrimFunc `sch` made of `func`, without the "main" symbol Schedule gives it."""
     result = sch.mod["main"]
-    if func.attrs is None or "global_symbol" not in func.attrs:  # Schedule names it "main"
+    if func.attrs is None or "global_symbol" not in func.attrs:
         result = result.without_attr("global_symbol")
     return result
 

@@ -32,7 +32,7 @@ from tvm.s_tir import Schedule, ScheduleError
 
 from tvm_tinytrain.relax_utils import op_name, readers
 
-CHANNEL_AXIS = 1  # NCHW
+from .fuse_kernels import CHANNEL_AXIS, scheduled
 
 
 @tvm.transform.module_pass(opt_level=0, name="InplaceDepthwise")
@@ -118,10 +118,7 @@ def channelwise_inplace(func: tvm.tirx.PrimFunc, k: int) -> tvm.tirx.PrimFunc | 
     copy_loops = sch.get_loops(plane)[CHANNEL_AXIS + 1:]  # one loop per dimension of the copy
     if len(copy_loops) != len(out_shape) or int(sch.get(copy_loops[CHANNEL_AXIS]).extent) != 1:
         return None  # the kernel reads more than one input channel per output channel
-    result = sch.mod["main"].specialize({out: data})
-    if func.attrs is None or "global_symbol" not in func.attrs:  # Schedule names it "main"
-        result = result.without_attr("global_symbol")
-    return result
+    return scheduled(sch, func).specialize({out: data})
 
 
 def _all_blocks(sch, block) -> list:
