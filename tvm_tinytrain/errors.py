@@ -31,3 +31,20 @@ class BuildError(TinyTrainError):
 
 class RunError(TinyTrainError):
     """The program faulted, timed out or exited non-zero on its target."""
+
+
+def brief(value, limit: int = 80) -> str:
+    """A repr of a value from a user's file that is safe to put in a message: bounded in
+    length and in nesting (a hostile file may hold a huge or 10^5-deep value), never
+    raising (a 5,000-digit int or a self-referencing list must not hide the real error)."""
+    import reprlib
+
+    r = reprlib.Repr()  # Python 3.11: limits are attributes, not constructor arguments
+    r.maxlevel, r.maxstring, r.maxother, r.maxlong = 3, limit, limit, 40
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 6
+    try:
+        text = r.repr(value)
+    except Exception:  # noqa: BLE001 - a repr of hostile data may fail in any way
+        text = f"<{type(value).__name__}>"
+    text = " ".join(text.split())  # one line, whatever the value held
+    return text if len(text) <= limit else text[:limit - 3] + "..."
