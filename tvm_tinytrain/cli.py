@@ -29,11 +29,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TinyTrainError as err:
-        print(f"tinytrain: error: {err}", file=sys.stderr)
+        print(f"tinytrain: error: {_one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tinytrain: interrupted", file=sys.stderr)
         return 130
+
+
+MAX_ERROR_CHARS = 4000
+
+
+def _one_line(err: Exception) -> str:
+    """A last defence: an error's text on one line of at most MAX_ERROR_CHARS characters
+    (messages bound the values they quote themselves, with `errors.brief`)."""
+    try:
+        text = " ".join(str(err).split())
+    except Exception:  # noqa: BLE001 - never lose the error line
+        text = type(err).__name__
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,7 +125,7 @@ def config_from_args(args) -> SparseUpdateConfig:
     if getattr(args, "scheme", None):
         data = vars(SparseUpdateConfig.scheme(args.scheme)).copy()
     if args.config:
-        data |= vars(SparseUpdateConfig.from_file(args.config))
+        data |= SparseUpdateConfig.read_file(args.config)  # only the keys the file sets
     if args.param:
         data["params"] = tuple(data.get("params", ())) + tuple(args.param)
     if args.n_bias_update is not None:
@@ -134,8 +147,9 @@ def load_model(spec: str, input_shape: str | None, weights: str | None, num_clas
         return import_onnx(path)
     if path.endswith(".pkl") and not factory:
         from .frontend.zoo_frontend import import_zoo
-        if num_classes is not None and num_classes < 2:
-            raise TinyTrainError(f"--num-classes must be at least 2, got {num_classes}")
+        from .frontend.zoo_format import MAX_CHANNELS
+        if num_classes is not None and not 2 <= num_classes <= MAX_CHANNELS:
+            raise TinyTrainError(f"--num-classes must be in [2, {MAX_CHANNELS}], got {num_classes}")
         return import_zoo(path, num_classes=num_classes)
     if not path.endswith(".py") or not factory:
         raise TinyTrainError(f"model '{spec}': give an ONNX file (model.onnx), a tiny-training int8 "
@@ -158,11 +172,8 @@ def load_model(spec: str, input_shape: str | None, weights: str | None, num_clas
         raise TinyTrainError(f"{path} has no function '{factory}'")
     model = getattr(module, factory)()
     if weights:
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise TinyTrainError(f"cannot load weights {weights} (only plain tensors are accepted): {err}") from None
-        model.load_state_dict(state)
+        from .frontend.torch_frontend import load_weights
+        load_weights(model, weights)
     return import_torch(model, torch.zeros(shape), source=spec)
 
 

@@ -10,18 +10,52 @@ Two ways to say it, combinable:
 
 The classifier (the last conv or linear layer) always trains, weight and bias, unless
 `train_classifier: false`.
+
+Config files are untrusted input, read by `from_file` against a strict schema: exact types
+(a bool is a bool, an int is an int and not a bool, lists hold the right element type,
+ratios are int or float numbers), no duplicate keys, no YAML anchors or aliases (a config
+never needs them; they make alias bombs), UTF-8 text of at most 64 KiB, nesting depth at
+most 8, at most 10,000 list entries and integers at most 1,000,000 (a model has far fewer
+convs).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, brief
 from .layers import Layer
+
+MAX_CONFIG_BYTES = 64 << 10
+MAX_CONFIG_DEPTH = 8      # a config is a mapping of scalars and lists of scalars: depth 3
+MAX_LIST = 10_000
+MAX_INDEX = 1_000_000     # bound for n_bias_update and conv indices
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+    return _is_int(value) or isinstance(value, (float, np.floating))
+
+
+def _entries(value, key: str, kind: str, ok) -> tuple:
+    """`value` as a tuple, if it is a list or tuple of at most MAX_LIST entries passing `ok`."""
+    if type(value) not in (list, tuple):
+        raise ConfigError(f"{key} must be a list of {kind}, got {type(value).__name__} {brief(value)}")
+    if len(value) > MAX_LIST:
+        raise ConfigError(f"{key} has {len(value)} entries, more than {MAX_LIST}")
+    for v in value:
+        if not ok(v):
+            raise ConfigError(f"{key} must be a list of {kind}, got an entry {type(v).__name__} {brief(v)}")
+    return tuple(value)
 
 
 # The paper's sparse-update schemes for MCUNet-5FPS (DESIGN.md section 6) and
@@ -43,6 +77,51 @@ PAPER_SCHEMES = {
 }
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses anchors, aliases, merge keys, duplicate keys and
+    nesting deeper than MAX_CONFIG_DEPTH (checked while composing, before any recursion
+    gets deep)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        where = f"line {event.start_mark.line + 1}"
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise ConfigError(f"{where}: YAML anchors and aliases (&name, *name) are not allowed")
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                raise ConfigError(f"{where}: nested deeper than {MAX_CONFIG_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            where = f"line {key_node.start_mark.line + 1}"
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise ConfigError(f"{where}: YAML merge keys (<<) are not allowed")
+            key = self.construct_object(key_node, deep=True)
+            if type(key) is not str:
+                raise ConfigError(f"{where}: keys must be strings, got {type(key).__name__} {brief(key)}")
+            if key in seen:
+                raise ConfigError(f"{where}: duplicate key {brief(key)}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        """Refuse a 5,000-digit integer before Python's int() chokes on it."""
+        if len(str(node.value)) > 40:
+            raise ConfigError(f"line {node.start_mark.line + 1}: integer {brief(node.value, 30)} "
+                              f"is too large")
+        return super().construct_yaml_int(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
+
 @dataclass(frozen=True)
 class SparseUpdateConfig:
     params: tuple[str, ...] = ()
@@ -52,32 +131,48 @@ class SparseUpdateConfig:
     train_classifier: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "params", tuple(self.params))
-        object.__setattr__(self, "manual_weight_idx", tuple(int(i) for i in self.manual_weight_idx))
-        ratios = tuple(float(r) for r in self.weight_update_ratio) or (1.0,) * len(self.manual_weight_idx)
-        object.__setattr__(self, "weight_update_ratio", ratios)
-        if not isinstance(self.n_bias_update, int) or self.n_bias_update < 0:
-            raise ConfigError(f"n_bias_update must be a non-negative integer, got {self.n_bias_update!r}")
-        if len(ratios) != len(self.manual_weight_idx):
+        """Type-strict: `manual_weight_idx: "23"` or `train_classifier: "no"` is an error,
+        never a conversion (lists or tuples are both fine)."""
+        params = _entries(self.params, "params", "parameter names", lambda v: type(v) is str)
+        idx = _entries(self.manual_weight_idx, "manual_weight_idx", "conv indices (ints)", _is_int)
+        ratios = _entries(self.weight_update_ratio, "weight_update_ratio", "numbers", _is_number)
+        if not _is_int(self.n_bias_update) or not 0 <= self.n_bias_update <= MAX_INDEX:
+            raise ConfigError(f"n_bias_update must be a non-negative integer (at most {MAX_INDEX}), "
+                              f"got {type(self.n_bias_update).__name__} {brief(self.n_bias_update)}")
+        if not isinstance(self.train_classifier, (bool, np.bool_)):
+            raise ConfigError(f"train_classifier must be true or false, got "
+                              f"{type(self.train_classifier).__name__} {brief(self.train_classifier)}")
+        for i in idx:
+            if not 0 <= i <= MAX_INDEX:
+                raise ConfigError(f"manual_weight_idx entry {brief(i)} is out of range (conv indices "
+                                  f"count from 0, at most {MAX_INDEX})")
+        for r in ratios:
+            if not 0 < r <= 1 or not math.isfinite(r):  # compared before float(): 10**5000 is no float
+                raise ConfigError(f"weight_update_ratio entries must lie in (0, 1], got {brief(r)}")
+        idx = tuple(int(i) for i in idx)
+        ratios = tuple(float(r) for r in ratios) or (1.0,) * len(idx)
+        if len(ratios) != len(idx):
             raise ConfigError(
                 f"weight_update_ratio has {len(ratios)} entries but manual_weight_idx has "
-                f"{len(self.manual_weight_idx)}: give one ratio per conv index")
-        for r in ratios:
-            if not 0.0 < r <= 1.0:
-                raise ConfigError(f"weight_update_ratio entries must lie in (0, 1], got {r}")
-        if len(set(self.manual_weight_idx)) != len(self.manual_weight_idx):
-            raise ConfigError(f"manual_weight_idx lists a conv twice: {list(self.manual_weight_idx)}")
+                f"{len(idx)}: give one ratio per conv index")
+        if len(set(idx)) != len(idx):
+            raise ConfigError(f"manual_weight_idx lists a conv twice: {brief(list(idx))}")
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "manual_weight_idx", idx)
+        object.__setattr__(self, "weight_update_ratio", ratios)
+        object.__setattr__(self, "n_bias_update", int(self.n_bias_update))
+        object.__setattr__(self, "train_classifier", bool(self.train_classifier))
 
     @classmethod
     def from_dict(cls, data: dict) -> "SparseUpdateConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a mapping of sparse-update keys, got {type(data).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in data if k not in known]
         if unknown:
-            raise ConfigError(f"unknown sparse-update key(s) {unknown}; known keys: {sorted(known)}")
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"invalid sparse-update config: {err}") from None
+            raise ConfigError(f"unknown sparse-update key(s) {brief(unknown, 200)}; known keys: "
+                              f"{sorted(known)}")
+        return cls(**data)
 
     @classmethod
     def scheme(cls, name: str) -> "SparseUpdateConfig":
@@ -91,14 +186,41 @@ class SparseUpdateConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "SparseUpdateConfig":
-        """Read YAML or JSON (JSON is YAML, so one parser reads both)."""
+        """Read YAML or JSON (JSON is YAML, so one parser reads both) with `_StrictLoader`."""
+        return cls.from_dict(cls.read_file(path))
+
+    @classmethod
+    def read_file(cls, path: str | Path) -> dict:
+        """The keys a config file sets, checked: what to lay over a `--scheme`."""
+        path = Path(path)
         try:
-            data = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"cannot read sparse-update config {path}: {err}") from None
+            with open(path, "rb") as f:
+                raw = f.read(MAX_CONFIG_BYTES + 1)
+        except OSError as err:
+            raise ConfigError(f"cannot read sparse-update config {path}: {err.strerror or err}") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES} bytes; a sparse-update config "
+                              "is a few lines")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
+                              f"{err.start})") from None
+        try:
+            data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        except (yaml.YAMLError, ValueError, RecursionError) as err:
+            msg = " ".join(str(err).split())
+            raise ConfigError(f"cannot read sparse-update config {path}: "
+                              f"{msg if len(msg) <= 300 else msg[:297] + '...'}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sparse-update keys, got {type(data).__name__}")
-        return cls.from_dict(data)
+        try:
+            cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        return data
 
     def to_json(self) -> str:
         return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})
@@ -111,7 +233,7 @@ class SparseUpdateConfig:
         ratios: dict[str, float] = {}
         for name in self.params:
             if name not in param_names:
-                raise ConfigError(f"parameter '{name}' does not exist; the model's parameters are: "
+                raise ConfigError(f"parameter {brief(name)} does not exist; the model's parameters are: "
                                   f"{', '.join(param_names)}")
             ratios[name] = 1.0
         if self.n_bias_update > len(convs):

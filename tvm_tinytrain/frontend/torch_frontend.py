@@ -17,7 +17,7 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.torch import from_exported_program
 
-from ..errors import TinyTrainError, UnsupportedOpError
+from ..errors import TinyTrainError, UnsupportedOpError, brief
 from ..relax_utils import substitute_vars
 from .imported import ImportedModel
 
@@ -135,3 +135,49 @@ def _rename_params(mod: tvm.IRModule, exported: torch.export.ExportedProgram):
     new_func = relax.Function(new_params, substitute_vars(func.body, mapping), func.ret_ty)
     new_func = new_func.with_attr("global_symbol", "main").with_attr("num_input", 1)
     return tvm.IRModule({"main": new_func}), params
+
+
+def load_weights(model: torch.nn.Module, weights: str) -> None:
+    """Load a state_dict file (`torch.load(weights_only=True)`: never unpickled), refusing
+    anything but a dict of dense CPU tensors with exactly the model's names and shapes,
+    finite real floats where the model has floats, BatchNorm variances >= 0."""
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types on bad files
+        text = " ".join(str(err).split())
+        raise TinyTrainError(f"cannot load weights {weights} (only plain tensors are accepted): "
+                             f"{type(err).__name__}: {text[:300]}") from None
+    if not isinstance(state, dict):
+        raise TinyTrainError(f"weights {weights}: expected a state_dict (a dict of tensors), "
+                             f"got {type(state).__name__}")
+    expected = model.state_dict()
+    names = lambda keys: brief(sorted(keys, key=str), 300)  # noqa: E731
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        raise TinyTrainError(f"weights {weights} do not match the model: missing {names(missing)}, "
+                             f"unexpected {names(extra)}")
+    for name, value in state.items():
+        want = expected[name]
+        if (not isinstance(value, torch.Tensor) or value.layout != torch.strided
+                or value.is_quantized or value.device.type != "cpu"):
+            raise TinyTrainError(f"weights {weights}: {brief(name)} is a {type(value).__name__}, "
+                                 "not a plain dense tensor")
+        if value.shape != want.shape:
+            raise TinyTrainError(f"weights {weights}: {brief(name)} has shape {tuple(value.shape)}, "
+                                 f"the model's is {tuple(want.shape)}")
+        if want.is_floating_point() and (not value.is_floating_point() or value.is_complex()):
+            raise TinyTrainError(f"weights {weights}: {brief(name)} has dtype {value.dtype}, "
+                                 "expected a real float tensor")
+        if value.dtype != want.dtype and not want.is_floating_point():
+            raise TinyTrainError(f"weights {weights}: {brief(name)} has dtype {value.dtype}, "
+                                 f"the model's is {want.dtype}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise TinyTrainError(f"weights {weights}: {brief(name)} holds NaN or Inf values")
+        if str(name).endswith("running_var") and bool((value < 0).any()):
+            raise TinyTrainError(f"weights {weights}: {brief(name)} holds negative variances")
+    try:
+        model.load_state_dict(state)
+    except Exception as err:  # noqa: BLE001 - anything the checks above did not foresee
+        text = " ".join(str(err).split())
+        raise TinyTrainError(f"weights {weights} do not fit the model: {text[:300]}") from None
