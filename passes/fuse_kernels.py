@@ -20,7 +20,8 @@ This pass groups kernels (on the legalized module, before `FuseTIR`):
   that conv, which then computes its input one channel at a time (the expansion of
   an inverted-residual block, the widest tensor of the forward pass, becomes one plane);
 
-at most one reduction per group (two for a depthwise pair), never across an in-place
+at most one reduction per group (two for a depthwise pair), at most `MAX_GROUP_OPS` ops,
+never across an in-place
 update of an input, never from the forward into the backward pass (what the backward
 reads is what the forward stored), and never across a widening cast: an int8 (or bool)
 tensor read as float32 stays the tensor kept between kernels. TVM's `FuseTIR` merges each
@@ -43,6 +44,10 @@ from tvm.s_tir import Schedule, ScheduleError
 
 from tvm_tinytrain.relax_utils import backward_start, op_name, readers
 
+# Ops one kernel may hold. Scheduling a fused kernel costs time quadratic in its ops (each
+# compute_inline walks the whole kernel), so a model with a long chain of elementwise ops
+# (a hostile file: 4,000 ReLUs) would take hours to compile; the zoo models need at most 27.
+MAX_GROUP_OPS = 64
 INJECTIVE = 2       # op_pattern kinds (AnnotateTIROpPattern): elemwise 0, broadcast 1, injective 2,
 REDUCTIONS = (3, 4)  # comm-reduce 3, out-elemwise-fusable 4 (conv, matmul), opaque 8
 
@@ -130,6 +135,7 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str, update
 
     reductions = {}
     patterns = {}
+    size = {i: 1 for i in range(len(bindings))}  # ops per group, by root
     for i, b in enumerate(bindings):
         prim = _prim(mod, b)
         if prim is not None:
@@ -147,7 +153,8 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str, update
                                and not _group_reads(find(j), j, find, bindings, inplace_writes[i])):
                 continue  # (a gradient masked by the old weight, as with float masters, stays apart)
             pj, gi, gj = patterns[j], find(i), find(j)
-            if gi == gj or reductions[gi] + reductions[gj] > 1 or (j < start <= i):
+            if gi == gj or reductions[gi] + reductions[gj] > 1 or (j < start <= i) \
+                    or size[gi] + size[gj] > MAX_GROUP_OPS:
                 continue
             prologue = pj <= INJECTIVE and not reductions[gj]
             epilogue = patterns[i] <= INJECTIVE and not reductions[gi] and (
@@ -159,6 +166,7 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str, update
                 continue
             parent[gj] = gi
             reductions[gi] += reductions[gj]
+            size[gi] += size[gj]
 
     groups: dict[int, list[int]] = {}
     for i in patterns:

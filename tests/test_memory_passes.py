@@ -336,3 +336,17 @@ def test_mcunet_memory_report_names_its_peak(zoo_dir, tmp_path):
     # conv fused in, one channel plane of workspace)
     assert step["peak_call"].startswith("call 0 of ") and "(forward)" in step["peak_call"]
     assert {"input sample", "activations", "kernel workspaces", "trainable weights", "stack (reserved)"} <= set(ram)
+
+
+def test_a_long_elementwise_chain_is_cut_into_bounded_kernels():
+    """A model with 300 ReLUs in a row (what a hostile file can ask for) compiles into kernels
+    of at most MAX_GROUP_OPS ops: scheduling a kernel costs time quadratic in its ops."""
+    from tvm_tinytrain.passes.fuse_kernels import MAX_GROUP_OPS
+
+    chain = 300
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), *[torch.nn.ReLU() for _ in range(chain)],
+                              torch.nn.Flatten(), torch.nn.Linear(2 * 8 * 8, 3)).eval()
+    program = build_training_program(import_torch(net, torch.zeros(INPUT_SHAPE)), SparseUpdateConfig(),
+                                     TrainOptions())
+    calls = lower(program).schedules["predict"].calls
+    assert len(calls) >= chain // MAX_GROUP_OPS
