@@ -3,8 +3,9 @@
 Everything target-specific lives here and in the C/linker files beside this module:
 
 - ``host/board.h``        the one C API every board implements (see that file)
-- ``host/board.c``        host implementation (stdio)
-- ``qemu/board.c``        MCU implementation: semihosting input, stack painting, markers
+- ``host/board.c``        host implementation (stdio; --persist flash backed by flash_state.bin)
+- ``qemu/board.c``        MCU implementation: semihosting input, stack painting, markers,
+                          --persist flash backed by flash_state.bin through semihosting
 - ``qemu/board.ld.in``    linker-script template; the RAM/flash budget lives there
 - ``arm/``, ``riscv/``    fault handlers and the MPU/PMP memory guard per architecture
 - ``qemu/insn_count.c``   QEMU TCG plugin counting executed instructions
@@ -72,6 +73,10 @@ STACK_GUARD_BYTES = 32
 RAM_GUARD_GRANULE = {"arm": 32, "riscv": 4}
 #: Prefix of the one-line fault report printed by the MCU fault handlers.
 FAULT_MARKER = "*** FAULT:"
+#: Flash sector (erase unit) assumed for the --persist area (board.h BOARD_FLASH_SECTOR_BYTES).
+FLASH_SECTOR_BYTES = 4096
+#: QEMU's exit code when the instruction-count plugin cut the run (run(stop_after=...)).
+CUT_EXIT_CODE = 86
 
 # Which Debian package installs which executable (for ToolchainMissingError).
 _DEBIAN_PACKAGE = {
@@ -265,16 +270,46 @@ def _render_makefile(board: Board) -> str:
         run_note=run_note, ld_dep=ld_dep)
 
 
+def persist_area_origin(board: Board, flash_bytes: int, persist_bytes: int) -> int:
+    """Address of the --persist flash area: the end of the flash budget, rounded down to a
+    flash sector, minus the area."""
+    end = board.flash_origin + flash_bytes
+    return end - end % FLASH_SECTOR_BYTES - persist_bytes
+
+
 def _render_linker_script(board: Board, ram_bytes: int, flash_bytes: int,
-                          stack_bytes: int, heap_bytes: int) -> str:
+                          stack_bytes: int, heap_bytes: int, persist_bytes: int = 0) -> str:
     text = (TARGETS_DIR / "qemu" / "board.ld.in").read_text()
     granule = RAM_GUARD_GRANULE[board.arch]
     guarded = ram_bytes - ram_bytes % granule
     rounding = (f"here {ram_bytes} requested, {guarded} usable" if guarded != ram_bytes
                 else f"here {ram_bytes} bytes, no rounding")
+    code_bytes, persist = flash_bytes, {"PERSIST_MEMORY": "", "PERSIST_PHDR": "",
+                                        "PERSIST_SECTION": "",
+                                        "PERSIST_NOTE": "This program does not persist."}
+    if persist_bytes:
+        origin = persist_area_origin(board, flash_bytes, persist_bytes)
+        code_bytes = origin - board.flash_origin
+        persist = {
+            "PERSIST_MEMORY": f"    PERSIST (r) : ORIGIN = 0x{origin:08x}, LENGTH = {persist_bytes}\n",
+            "PERSIST_PHDR": "    persist PT_LOAD FLAGS(4);  /* R: the --persist area (no file contents) */\n",
+            "PERSIST_SECTION": (
+                "    /* --persist: the learned state's two flash slots (tt_persist.h).  NOLOAD: the\n"
+                "     * board fills it at run time (board_flash_open), from flash_state.bin on QEMU. */\n"
+                "    .tt_persist (NOLOAD) : {\n"
+                "        __tt_persist_start = .;\n"
+                "        KEEP(*(.tt_persist))\n"
+                "        __tt_persist_end = .;\n"
+                "    } >PERSIST :persist\n"
+                "    ASSERT(__tt_persist_end - __tt_persist_start == LENGTH(PERSIST),\n"
+                "           \"board.ld: .tt_persist does not fill the PERSIST region (rebuild the project)\")\n\n"),
+            "PERSIST_NOTE": (f"Here: PERSIST is {persist_bytes} bytes\n * at 0x{origin:08x}, "
+                             f"code and data get the {code_bytes} bytes before it."),
+        }
     values = {
         "BOARD": board.name, "DESCRIPTION": board.description,
         "FLASH_ORIGIN": f"0x{board.flash_origin:08x}", "FLASH_BYTES": str(flash_bytes),
+        "FLASH_CODE_BYTES": str(code_bytes), **persist,
         "RAM_ORIGIN": f"0x{board.ram_origin:08x}", "RAM_BYTES": str(guarded),
         "RAM_GRANULE": str(granule), "RAM_ROUNDING": rounding,
         "HEAP_BYTES": str(heap_bytes), "STACK_BYTES": str(stack_bytes),
@@ -288,7 +323,7 @@ def _render_linker_script(board: Board, ram_bytes: int, flash_bytes: int,
 
 def write_board_files(board: Board, project_dir: Path, *, ram_bytes: int = 256 * 1024,
                       flash_bytes: int = 1024 * 1024, stack_bytes: int = 8 * 1024,
-                      heap_bytes: int = 0) -> None:
+                      heap_bytes: int = 0, persist_bytes: int = 0) -> None:
     """Copy board.h, board sources, a linker script (MCUs) and a Makefile into project_dir.
 
     The folder then builds standalone with ``make`` (and runs with ``make run``).  On
@@ -296,17 +331,23 @@ def write_board_files(board: Board, project_dir: Path, *, ram_bytes: int = 256 *
     the `heap_bytes` heap and the `stack_bytes` stack (its lowest 32 bytes are a guard),
     so an over-budget program fails to link.  At run time the MPU/PMP makes every access
     outside flash and the RAM budget fault.  On Arm the MPU bounds RAM in 32-byte steps, so
-    a `ram_bytes` that is not a multiple of 32 is rounded down to one in board.ld.  The
+    a `ram_bytes` that is not a multiple of 32 is rounded down to one in board.ld.
+    `persist_bytes` (a multiple of FLASH_SECTOR_BYTES; programs compiled with --persist)
+    reserves the flash area of the learned state at the end of the flash budget.  The
     sizes are ignored on the host.
     """
     project_dir = Path(project_dir)
     if board.is_emulated:
         sizes = [("ram_bytes", ram_bytes, 8), ("flash_bytes", flash_bytes, 8),
-                 ("stack_bytes", stack_bytes, 16), ("heap_bytes", heap_bytes, 8)]
+                 ("stack_bytes", stack_bytes, 16), ("heap_bytes", heap_bytes, 8),
+                 ("persist_bytes", persist_bytes, FLASH_SECTOR_BYTES)]
         for what, value, multiple in sizes:
             if not isinstance(value, int) or value < 0 or value % multiple:
                 raise TinyTrainError(
                     f"{what} must be a non-negative multiple of {multiple}, got {value!r}")
+        if persist_bytes and persist_area_origin(board, flash_bytes, persist_bytes) < board.flash_origin:
+            raise TinyTrainError(f"the {persist_bytes}-byte persistence area does not fit the "
+                                 f"{flash_bytes}-byte flash budget")
         if stack_bytes < 1024:
             raise TinyTrainError(f"stack_bytes must be at least 1024, got {stack_bytes}")
         if ram_bytes > board.max_ram_bytes or flash_bytes > board.max_flash_bytes:
@@ -322,7 +363,8 @@ def write_board_files(board: Board, project_dir: Path, *, ram_bytes: int = 256 *
         shutil.copyfile(src, project_dir / dest)
     if board.is_emulated:
         (project_dir / "board.ld").write_text(
-            _render_linker_script(board, ram_bytes, flash_bytes, stack_bytes, heap_bytes))
+            _render_linker_script(board, ram_bytes, flash_bytes, stack_bytes, heap_bytes,
+                                  persist_bytes))
     (project_dir / "Makefile").write_text(_render_makefile(board))
 
 
@@ -358,10 +400,11 @@ class BuildResult:
     """A linked program and its static memory footprint."""
 
     elf: Path
-    flash_bytes: int  # text + rodata + data load image (PT_LOAD file sizes)
+    flash_bytes: int  # text + rodata + data load image (PT_LOAD file sizes) + the --persist area
     static_ram_bytes: int  # .data + .bss (+ TLS); not the reserved heap/stack
     stack_reserved_bytes: int  # the .stack section (0 on the host)
     map_file: Path | None
+    persist_flash_bytes: int = 0  # the --persist area (.tt_persist: two state slots), MCUs
 
 
 # Variables our Makefile reads: keep a caller's environment (e.g. conda's CFLAGS) out.
@@ -414,6 +457,15 @@ def _elf_sizes(board: Board, elf: Path) -> tuple[int, int, int]:
     return flash, ram, stack
 
 
+def _section_size(elf: Path, name: str) -> int:
+    """Size of an ELF section, 0 if absent."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(elf, "rb") as f:
+        sec = ELFFile(f).get_section_by_name(name)
+        return int(sec["sh_size"]) if sec is not None else 0
+
+
 def _budget_message(project_dir: Path, region: str, excess: int) -> str:
     """'RAM: needs 1234 bytes more than its 262144-byte budget (...)', sizes from board.ld."""
     budget = "its"
@@ -450,8 +502,10 @@ def build(board: Board, project_dir: Path, *, jobs: int = 2) -> BuildResult:
         raise BuildError(f"{board.name}: build failed in {project_dir}:\n{message}")
     elf = project_dir / board.firmware_name
     flash, ram, stack = _elf_sizes(board, elf)
+    persist = _section_size(elf, ".tt_persist") if board.is_emulated else 0
     map_file = project_dir / "build" / "firmware.map"
-    return BuildResult(elf=elf, flash_bytes=flash, static_ram_bytes=ram,
+    return BuildResult(elf=elf, flash_bytes=flash + persist, persist_flash_bytes=persist,
+                       static_ram_bytes=ram,
                        stack_reserved_bytes=stack, map_file=map_file if map_file.exists() else None)
 
 
@@ -464,8 +518,16 @@ class RunResult:
     exit_code: int
     lines: list[str]  # program stdout lines
     region_instructions: list[int] = field(default_factory=list)  # per begin..end; [] on host
+    # with run(split_at=...): per region, the instruction offsets (from the region's start)
+    # at which the split function ran, e.g. the start of every kernel call
+    region_splits: list[list[int]] = field(default_factory=list)
     total_instructions: int | None = None  # None on host
     ran_on: str = "host"  # e.g. "qemu-system-arm mps2-an500 (Cortex-M7)"
+    # per region: the instructions executed before it began (absolute position in the run)
+    region_starts: list[int] = field(default_factory=list)
+    # run(stop_after=N) and the run was cut after N instructions: N (else None); then
+    # total_instructions is N too and exit_code is CUT_EXIT_CODE
+    cut_at: int | None = None
 
 
 def _cache_dir() -> Path:
@@ -514,8 +576,10 @@ def symbol_size(elf: Path, name: str) -> int:
     return 0
 
 
-def _marker_addresses(board: Board, elf: Path) -> dict[str, int]:
-    """Addresses of board_mark_begin/end from the ELF symbol table (Thumb bit cleared)."""
+def _marker_addresses(board: Board, elf: Path,
+                      names: tuple[str, ...] = ("board_mark_begin", "board_mark_end")) -> dict[str, int]:
+    """Addresses of functions (by default board_mark_begin/end) from the ELF symbol table
+    (Thumb bit cleared)."""
     from elftools.elf.elffile import ELFFile
     from elftools.elf.sections import SymbolTableSection
 
@@ -523,7 +587,7 @@ def _marker_addresses(board: Board, elf: Path) -> dict[str, int]:
     with open(elf, "rb") as f:
         for sec in ELFFile(f).iter_sections():
             if isinstance(sec, SymbolTableSection):
-                for name in ("board_mark_begin", "board_mark_end"):
+                for name in names:
                     for sym in sec.get_symbol_by_name(name) or []:
                         if sym["st_info"]["type"] == "STT_FUNC":
                             found[name] = sym["st_value"] & ~1 if board.thumb else sym["st_value"]
@@ -590,18 +654,29 @@ def _tail(lines: list[str], n: int = 8) -> str:
 
 
 def run(board: Board, build: BuildResult, *, cwd: Path, timeout_s: float = 600,
-        on_line: Callable[[str], None] | None = None) -> RunResult:
+        on_line: Callable[[str], None] | None = None, split_at: str | None = None,
+        stop_after: int | None = None) -> RunResult:
     """Run a built program in cwd (host directly, MCUs in QEMU) and collect its output.
 
     On QEMU the instruction-count plugin reports the instructions executed in every
     board_mark_begin()..board_mark_end() region and in total (-icount shift=0 makes
-    them repeatable).  Each stdout line goes to on_line as it arrives.  A non-zero exit,
+    them repeatable); with `split_at` (a function name, e.g. "tt_workspace_set"), also the
+    instruction offsets inside each region at which that function was called.  Each stdout
+    line goes to on_line as it arrives.  A non-zero exit,
     a fault or a timeout raises RunError (QEMU is killed on timeout).
+
+    `stop_after` (QEMU only): end the run, like a power cut, right when that many
+    instructions have executed (exact; a callback per instruction slows QEMU down, so
+    only when given).  A cut run is no error: it returns with `cut_at` set.  Files the
+    program wrote through semihosting (e.g. flash_state.bin) stay as far as it got.
     """
     elf = Path(build.elf).resolve()
+    if stop_after is not None and not board.is_emulated:
+        raise TinyTrainError("stop_after (a cut after N instructions) needs an emulated board")
     if not board.is_emulated:
         code, lines, err = _stream([str(elf)], Path(cwd), timeout_s, on_line)
-        regions, total, ran_on = [], None, "host"
+        regions, total, splits, ran_on = [], None, [], "host"
+        starts, cut_at = [], None
     else:
         _require(board, (board.qemu, "gcc"))  # gcc builds the counting plugin
         tmpdir = tempfile.mkdtemp(prefix="tinytrain-run-")
@@ -611,23 +686,44 @@ def run(board: Board, build: BuildResult, *, cwd: Path, timeout_s: float = 600,
         if len(marks) == 2:
             plugin += [f"begin=0x{marks['board_mark_begin']:x}",
                        f"end=0x{marks['board_mark_end']:x}"]
+        if split_at:
+            split = _marker_addresses(board, elf, (split_at,))
+            if not split:
+                raise RunError(f"{elf.name} has no function {split_at} to split the count at")
+            plugin.append(f"split=0x{split[split_at]:x}")
+        if stop_after is not None:
+            plugin.append(f"stop={int(stop_after)}")
         plugin.append(f"out={_plugin_arg(counts_file)}")
         argv = _qemu_argv(board, str(elf)) + ["-plugin", ",".join(plugin)]
         ran_on = f"{board.qemu} {board.qemu_machine} ({board.cpu_label})"
         try:
             code, lines, err = _stream(argv, Path(cwd), timeout_s, on_line)
-            regions, total = [], None
+            regions, total, splits, pending = [], None, [], []
+            starts, begun, cut_at = [], None, None
             if counts_file.exists():
                 for ln in counts_file.read_text().splitlines():
                     key, _, value = ln.partition(" ")
-                    if key == "region":
+                    if key == "begin":
+                        begun = int(value)
+                    elif key == "cut":
+                        cut_at = total = int(value)
+                    elif key == "split":
+                        pending.append(int(value))
+                    elif key == "region":
                         regions.append(int(value))
+                        starts.append(begun)
+                        splits.append(pending)
+                        pending = []
                     elif key == "total":
                         total = int(value)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
     where = f"{board.name} ({ran_on})"
+    if cut_at is not None and code == CUT_EXIT_CODE:
+        return RunResult(exit_code=code, lines=lines, region_instructions=regions,
+                         total_instructions=total, ran_on=ran_on, region_starts=starts,
+                         region_splits=splits if split_at else [], cut_at=cut_at)
     if code is None:
         raise RunError(f"{where}: program timed out after {timeout_s:g} s and was killed "
                        f"(an endless loop, or far more work than expected); {_tail(lines)}")
@@ -646,4 +742,5 @@ def run(board: Board, build: BuildResult, *, cwd: Path, timeout_s: float = 600,
         raise RunError(f"{where}: the instruction-count plugin wrote no total "
                        f"(stderr: {err.strip()[-1500:] or 'empty'})")
     return RunResult(exit_code=code, lines=lines, region_instructions=regions,
-                     total_instructions=total, ran_on=ran_on)
+                     total_instructions=total, ran_on=ran_on, region_starts=starts,
+                     region_splits=splits if split_at else [])

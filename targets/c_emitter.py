@@ -8,6 +8,8 @@ program gives the same bytes.
 
 from __future__ import annotations
 
+import json
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +39,27 @@ class EmittedProgram:
     momentum_bytes: int             # RAM: momentum buffers (.bss)
     frozen_bytes: int               # flash: frozen parameters and constants
     peak_call: str = ""             # the train_step kernel call at the arena's peak
+    persist: "PersistLayout | None" = None  # emitted with persist=True: the state's flash layout
+
+
+# --persist: the flash layout of the learned state (see runtime/tt_persist.h).
+PERSIST_FORMAT = 1
+PERSIST_HEADER_BYTES = 24
+PERSIST_SECTOR_BYTES = 4096  # flash erase unit assumed (board.h BOARD_FLASH_SECTOR_BYTES)
+
+
+@dataclass(frozen=True)
+class PersistLayout:
+    """Where the learned state goes: two slots of `slot_bytes` in a flash area of `area_bytes`."""
+
+    regions: tuple[tuple[str, int], ...]  # (C object, bytes) in payload order
+    payload_bytes: int                    # step count + trainable tensors + momentum
+    slot_bytes: int                       # header + payload, rounded up to a flash sector
+    fingerprint: int                      # 32 bits of the model's hash: other programs' state is refused
+
+    @property
+    def area_bytes(self) -> int:
+        return 2 * self.slot_bytes
 
 
 
@@ -77,7 +100,8 @@ def _ws_name(schedule: Schedule, i: int) -> str:
     return f"{schedule.name}#workspace{i}"
 
 
-def emit(program: TrainingProgram, lowered: LoweredProgram) -> EmittedProgram:
+def emit(program: TrainingProgram, lowered: LoweredProgram, *, persist: bool = False) -> EmittedProgram:
+    """`persist`: also emit tt_save/tt_restore, keeping the learned state in flash (--persist)."""
     # the caller writes the sample into the arena (tt_input): one offset for both functions
     step, predict = lowered.schedules["train_step"], lowered.schedules["predict"]
     plans = {"train_step": plan(schedule_buffers(step))}
@@ -90,19 +114,107 @@ def emit(program: TrainingProgram, lowered: LoweredProgram) -> EmittedProgram:
     momenta = [t for t in lowered.tensors if t.storage == "momentum"]
     consts = [t for t in lowered.tensors if t.storage == "const"]
     frozen_bytes = sum(t.nbytes for t in params if t not in trainable) + sum(t.nbytes for t in consts)
+    layout = persist_layout(program, lowered) if persist else None
     files = {
-        "tinytrain_model.h": _header(program, arena, len(_logical(params)), lowered.input_quantization),
+        "tinytrain_model.h": _header(program, arena, len(_logical(params)), lowered.input_quantization, layout),
         "tinytrain_params.h": _params_header(params, momenta),
         "tinytrain_params.c": _params_source(program, lowered.params, params, momenta),
         "tinytrain_model.c": _driver(program, lowered, plans, arena, params, trainable, momenta, consts,
-                                     input_offset),
+                                     input_offset, layout),
         "tinytrain_kernels.c": _kernels(program, lowered.kernels_c),
+        "kernel_calls.json": _call_table(lowered),
     }
     peak = plans["train_step"].peak_step
     phase = "backward" if step.loss_index is not None and peak >= step.loss_index else "forward"
     peak_call = f"call {peak} of {len(step.calls)} ({phase}): {step.calls[peak].kernel}" if step.calls else ""
     return EmittedProgram(files, plans, arena, sum(t.nbytes for t in trainable),
-                          sum(t.nbytes for t in momenta), frozen_bytes, peak_call)
+                          sum(t.nbytes for t in momenta), frozen_bytes, peak_call, layout)
+
+
+def persist_layout(program: TrainingProgram, lowered: LoweredProgram) -> PersistLayout:
+    """The state tt_train_step changes (step count, trainable tensors as held in RAM, float
+    master copies included, momentum) and a fingerprint of everything that makes the model:
+    shapes, dtypes, storage, every parameter's and constant's compiled value, optimizer."""
+    state = [t for t in lowered.tensors if (t.storage == "param" and t.trainable) or t.storage == "momentum"]
+    regions = (("tt_steps", 4),) + tuple((t.name, t.nbytes) for t in state)
+    payload = sum(n for _, n in regions)
+    slot = -(-(PERSIST_HEADER_BYTES + -(-payload // 4) * 4) // PERSIST_SECTOR_BYTES) * PERSIST_SECTOR_BYTES
+    h = hashlib.sha256(f"tinytrain-persist {PERSIST_FORMAT} {program.input_shape} {program.num_classes} "
+                       f"{program.options}".encode())
+    for t in lowered.tensors:
+        if t.storage in ("param", "momentum", "const"):
+            h.update(f"|{t.name} {t.storage} {t.dtype} {tuple(t.shape)} {int(t.trainable)}|".encode())
+            value = t.value if t.storage == "const" else lowered.params.get(t.param) if t.storage == "param" else None
+            if value is not None:
+                h.update(np.ascontiguousarray(value).tobytes())
+    return PersistLayout(regions, payload, slot, int.from_bytes(h.digest()[:4], "little"))
+
+
+def _persist_api(layout: PersistLayout | None) -> str:
+    if layout is None:
+        return ""
+    return f"""
+/* ---- Persistence (compiled with --persist): the learned state survives a reset ----
+ * The state (step count, trainable weights and biases as held in RAM, momentum) is kept
+ * in two flash slots at the end of the flash budget (board.ld), each with a header (magic,
+ * format, sequence number, length, model fingerprint, CRC-32); the newest valid slot wins.
+ * The board provides board_flash_open/erase/program (board.h). */
+#define TT_PERSIST 1
+#define TT_PERSIST_FORMAT {PERSIST_FORMAT}u
+#define TT_PERSIST_FINGERPRINT 0x{layout.fingerprint:08x}u /* this model; other programs' state is refused */
+#define TT_PERSIST_REGIONS {len(layout.regions)}u
+#define TT_PERSIST_PAYLOAD_BYTES {layout.payload_bytes}u /* step count + trainable tensors + momentum */
+#define TT_PERSIST_SLOT_BYTES {layout.slot_bytes}u /* 24-byte header + payload, whole {PERSIST_SECTOR_BYTES}-byte sectors */
+#define TT_PERSIST_AREA_BYTES (2u * TT_PERSIST_SLOT_BYTES)
+#define TT_ERR_FLASH (-4)
+
+/* Load the newest valid saved state, if any, over the compiled weights and the momentum
+ * (call after tt_init). Returns 1 if a state was restored, 0 if there was none (the flash
+ * is empty, corrupted or holds another program's state), TT_ERR_FLASH if the flash failed. */
+int tt_restore(void);
+
+/* Save the state now, into the slot NOT holding the newest valid state: erase it, program
+ * the payload, then the header, its first word last (the commit). Interrupted anywhere
+ * (reset, power cut), the previous state stays valid. Returns 0 or TT_ERR_FLASH. */
+int tt_save(void);
+
+/* Successful training steps since tt_init, restored and saved with the state. */
+uint32_t tt_step_count(void);
+
+/* Sequence number of the newest valid state in flash (1 for the first save), 0 if none. */
+uint32_t tt_state_seq(void);
+
+/* CRC-32 of the state as it is in RAM now (equal to the payload CRC of a save made now). */
+uint32_t tt_state_crc(void);
+"""
+
+
+def _persist_source(layout: PersistLayout | None) -> list[str]:
+    if layout is None:
+        return []
+    out = ["/* ---- Persistence (--persist, runtime in tt_persist.c) ---- */",
+           "uint32_t tt_step_count(void) {", "  return tt_steps;", "}", "",
+           "/* The state, in the order of a slot's payload. */",
+           "const tt_state_region_t tt_state_regions[TT_PERSIST_REGIONS] = {"]
+    out += [f"    {{(void *){'&' if name == 'tt_steps' else ''}{name}, {n}u}}," for name, n in layout.regions]
+    out += ["};", "",
+            "/* The two slots. On an MCU this is flash: board.ld places section .tt_persist (NOLOAD) at",
+            " * the end of the flash budget, and the program changes it only through the board's flash",
+            " * functions. On the host it is plain memory backed by flash_state.bin. */",
+            "#ifdef BOARD_MCU",
+            "__attribute__((section(\".tt_persist\")))",
+            "#endif",
+            "uint8_t tt_persist_area[TT_PERSIST_AREA_BYTES] __attribute__((aligned(8)));", ""]
+    return out
+
+
+def _call_table(lowered: LoweredProgram) -> str:
+    """Every kernel call of each function, in the driver's order, with its phase, kind and
+    MACs: what `tinytrain profile` puts beside each call's measured instructions."""
+    table = {name: [{"index": i, "kernel": c.kernel, "phase": s.phase(i), "kind": c.kind, "macs": c.macs,
+                     "outputs": [t.name for t in c.outputs]} for i, c in enumerate(s.calls)]
+             for name, s in lowered.schedules.items()}
+    return json.dumps(table, indent=1) + "\n"
 
 
 def _banner(program: TrainingProgram, what: str, details: str = "") -> str:
@@ -137,7 +249,7 @@ static inline tt_input_t tt_input_from_float(float x) {{
 }}"""
 
 
-def _header(program: TrainingProgram, arena: int, n_params: int, quant) -> str:
+def _header(program: TrainingProgram, arena: int, n_params: int, quant, persist: PersistLayout | None = None) -> str:
     n_in = int(np.prod(program.input_shape))
     shape = "x".join(map(str, program.input_shape))
     return _banner(program, "Public API of the generated training program.") + f"""#ifndef TINYTRAIN_MODEL_H
@@ -189,7 +301,7 @@ int tt_train_step(int32_t label, float *loss);
 
 /* Class scores (logits) for the sample in tt_input() with the current weights. Returns 0. */
 int tt_predict(float logits[TT_NUM_CLASSES]);
-
+{_persist_api(persist)}
 #endif /* TINYTRAIN_MODEL_H */
 """
 
@@ -250,7 +362,8 @@ def _dl_dtype(dtype: str) -> str:
     return f"{DL_CODES[base]}, {bits}"
 
 
-def _driver(program, lowered, plans, arena, params, trainable, momenta, consts, input_offset) -> str:
+def _driver(program, lowered, plans, arena, params, trainable, momenta, consts, input_offset,
+            persist: PersistLayout | None = None) -> str:
     offsets = {name: off for p in plans.values() for name, off in p.offsets.items()}
     o = program.options
     details = (f" *\n * Optimizer: SGD, learning rate {o.lr:g}, momentum {o.momentum:g}; "
@@ -262,6 +375,7 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts, 
                    details).rstrip("\n")]
     out += ['#include <math.h>', '#include <stddef.h>', '#include <stdint.h>', '',
             '#include "tinytrain_model.h"', '#include "tinytrain_params.h"', '#include "tt_runtime.h"',
+            *(['#include "tt_persist.h"'] if persist else []),
             '#include "tvm/ffi/c_api.h"', '',
             f"static uint8_t tt_arena[TT_ARENA_BYTES] __attribute__((aligned(16)));",
             "static int64_t tt_label[1];", "",
@@ -300,11 +414,17 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts, 
             args = ", ".join(f"TT_ARG(T_{a.name})" for a in call.args)
             out.append(f"static const TVMFFIAny args_{name}_{i}[] = {{{args}}};")
     out += ["", "tt_input_t *tt_input(void) {", f"  return (tt_input_t *)(tt_arena + {input_offset});", "}",
-            "", "void tt_init(void) {"]
+            ""]
+    if persist:
+        out += ["static uint32_t tt_steps; /* successful training steps since tt_init (--persist) */", ""]
+    out.append("void tt_init(void) {")
+    if persist:
+        out.append("  tt_steps = 0;")
     for t in momenta:
         out.append(f"  for (uint32_t i = 0; i < {int(np.prod(t.shape))}u; ++i) {{\n    {t.name}[i] = 0.0f;\n  }}")
     out += ["}", ""]
-    out += _function_body(lowered.schedules["train_step"], plans["train_step"], offsets)
+    out += _function_body(lowered.schedules["train_step"], plans["train_step"], offsets,
+                          count_steps=persist is not None)
     out += _function_body(lowered.schedules["predict"], plans["predict"], offsets)
     out += ["const tt_param_t tt_params[TT_NUM_PARAMS] = {"]
     by_param = {t.param: t for t in params}
@@ -321,6 +441,7 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts, 
         out.append(f'    {{"{t.param}", {t.name}, {frozen.name}, {size}u, {trained_block}u, {frozen_block}u, '
                    f'{TT_DTYPES[t.dtype]}, {int(t.trainable)}u}},')
     out += ["};", ""]
+    out += _persist_source(persist)
     return "\n".join(out)
 
 
@@ -341,7 +462,7 @@ def _layout_comment(plans, arena) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _function_body(schedule: Schedule, p: Plan, offsets: dict[str, int]) -> list[str]:
+def _function_body(schedule: Schedule, p: Plan, offsets: dict[str, int], count_steps: bool = False) -> list[str]:
     if schedule.name == "train_step":
         out = ["int tt_train_step(int32_t label, float *loss) {",
                "  if (label < 0 || label >= (int32_t)TT_NUM_CLASSES) {", "    return TT_ERR_LABEL;", "  }",
@@ -353,7 +474,8 @@ def _function_body(schedule: Schedule, p: Plan, offsets: dict[str, int]) -> list
         ins = ", ".join(t.name for t in call.inputs)
         if i == schedule.loss_index:
             out.append("  /* ---- backward ---- */")
-        out.append(f"  /* {i}: {outs} = {call.kernel}({ins}) */")
+        work = f"{call.macs} MACs" if call.macs else "no MACs"
+        out.append(f"  /* {i}: {outs} = {call.kernel}({ins}) [{schedule.phase(i)}, {call.kind}, {work}] */")
         ws = _ws_name(schedule, i)
         if ws in p.offsets:
             out.append(f"  tt_workspace_set(tt_arena + {p.offsets[ws]}, {call.workspace_bytes}u);")
@@ -367,6 +489,8 @@ def _function_body(schedule: Schedule, p: Plan, offsets: dict[str, int]) -> list
     result = schedule.outputs[0]
     if schedule.name == "train_step":
         out.append(f"  *loss = *(const float *)(tt_arena + {offsets[result.name]});")
+        if count_steps:
+            out.append("  ++tt_steps;")
     else:
         out.append(f"  const float *out = (const float *)(tt_arena + {offsets[result.name]});")
         out.append("  for (uint32_t c = 0; c < TT_NUM_CLASSES; ++c) {\n    logits[c] = out[c];\n  }")

@@ -10,13 +10,13 @@ import numpy as np
 
 from tvm_tinytrain.errors import RunError, TinyTrainError
 
-TRAIN, PREDICT, DUMP = ord("T"), ord("P"), ord("D")
+TRAIN, PREDICT, DUMP, SAVE = ord("T"), ord("P"), ord("D"), ord("S")
 _INT_TYPES = {"i8": np.int8, "i32": np.int32}
 
 
 @dataclass(frozen=True)
 class Record:
-    op: int                     # TRAIN | PREDICT | DUMP
+    op: int                     # TRAIN | PREDICT | DUMP | SAVE (--persist programs)
     x: np.ndarray | None = None
     label: int = 0
 
@@ -40,6 +40,10 @@ class HarnessOutput:
     params: list[dict[str, np.ndarray]] = field(default_factory=list)  # one dict per DUMP record
     stack_bytes: int = 0
     workspace_bytes: int = 0
+    # --persist programs: the state restored at start, None if none ("restored none") or if
+    # the program does not persist; and one entry per SAVE record; each (seq, steps, crc)
+    restored: tuple[int, int, int] | None = None
+    saves: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def _floats(words: list[str]) -> np.ndarray:
@@ -63,6 +67,10 @@ def parse_output(lines: list[str], records: list[Record]) -> HarnessOutput:
             out.stack_bytes = int(words[1])
         elif tag == "workspace":
             out.workspace_bytes = int(words[1])
+        elif tag == "restored" and len(words) == 4:
+            out.restored = (int(words[1]), int(words[2]), int(words[3], 16))
+        elif tag == "saved":
+            out.saves.append((int(words[1]), int(words[2]), int(words[3], 16)))
         elif tag == "done":
             done = True
         elif tag == "error":

@@ -50,6 +50,13 @@ class KernelCall:
     inputs: list[Tensor]
     outputs: list[Tensor]       # the tensors this call defines (in-place: the updated inputs)
     workspace_bytes: int        # upper bound of what the kernel asks TVMBackendAllocWorkspace for
+    macs: int = 0               # multiply-accumulates (executions of its reduction bodies)
+    kind: str = "elementwise"   # conv | pointwise | depthwise | weight-grad | matmul | pool | reduce | elementwise
+
+    @property
+    def is_update(self) -> bool:
+        """Writes a trainable parameter or a momentum buffer in place (an SGD update)."""
+        return any(t.trainable or t.storage == "momentum" for t in self.outputs)
 
 
 @dataclass
@@ -61,6 +68,12 @@ class Schedule:
     inputs: list[Tensor]        # x (and label for train_step)
     outputs: list[Tensor]       # logits, or the loss
     loss_index: int | None = None  # index of the first call after the loss (train_step only)
+
+    def phase(self, i: int) -> str:
+        """forward (up to the loss), backward, or update (writes a parameter or momentum)."""
+        if self.loss_index is None or i < self.loss_index:
+            return "forward"
+        return "update" if self.calls[i].is_update else "backward"
 
 
 @dataclass
@@ -207,6 +220,51 @@ def _workspace_bytes(func: tvm.tirx.PrimFunc) -> int:
     return total
 
 
+def kernel_work(func: tvm.tirx.PrimFunc) -> tuple[int, str]:
+    """(MACs, kind) of a kernel. MACs are the executions of its reduction blocks' bodies
+    (the product of the loops around each), so a fused kernel counts the reductions it
+    really runs, padded taps included. The kind is that of its largest reduction, from its
+    name (pool, matmul) or its shape: a reduction over (channels, kh, kw) is a conv, pointwise
+    when 1x1, depthwise when over one channel."""
+    found: list[tuple[int, str, list[int]]] = []  # (executions, block name, reduction extents)
+
+    def walk(node, mult: int) -> None:
+        if isinstance(node, tvm.tirx.For):
+            extent = node.extent
+            walk(node.body, mult * (int(extent) if isinstance(extent, tvm.tirx.IntImm) else 1))
+        elif isinstance(node, tvm.s_tir.SBlockRealize):
+            walk(node.block, mult)
+        elif isinstance(node, tvm.s_tir.SBlock):
+            reduce = [int(v.dom.extent) for v in node.iter_vars if v.iter_type == _REDUCE_ITER]
+            if reduce:
+                found.append((mult, node.name_hint, reduce))
+            walk(node.body, mult)
+        else:
+            for child in [*(getattr(node, "seq", None) or []),
+                          *(getattr(node, a, None) for a in ("body", "then_case", "else_case"))]:
+                if isinstance(child, (tvm.tirx.Stmt, tvm.s_tir.SBlock)):
+                    walk(child, mult)
+
+    walk(func.body, 1)
+    if not found:
+        return 0, "elementwise"
+    macs = sum(n for n, _, _ in found)
+    _, name, reduce = max(found)
+    if "pool" in name:
+        kind = "pool"
+    elif "matmul" in name:
+        kind = "matmul"
+    elif len(reduce) == 3:  # (channels, kh, kw): a conv, or a conv's input gradient (TVM names it "compute")
+        kind = "pointwise" if reduce[1] * reduce[2] == 1 else "depthwise" if reduce[0] == 1 else "conv"
+    else:
+        kind = "reduce"
+    return macs, kind
+
+
+_REDUCE_ITER = 2  # tvm IterVar.CommReduce
+CONV_KINDS = ("conv", "pointwise", "depthwise")
+
+
 def _tensor_type(ty) -> tuple[tuple[int, ...], str]:
     return tuple(int(d) for d in ty.shape), str(ty.dtype)
 
@@ -255,7 +313,11 @@ def _schedule(func, name, prims, params, momenta, namer) -> Schedule:
                     tys = list(ty.fields) if isinstance(ty, relax.TupleType) else [ty]
                     outs = [Tensor(namer(var.name), *_tensor_type(t), "arena") for t in tys]
                     args = ins + outs
-                calls.append(KernelCall(kernel, args, ins, outs, _workspace_bytes(prims[kernel])))
+                call = KernelCall(kernel, args, ins, outs, _workspace_bytes(prims[kernel]),
+                                  *kernel_work(prims[kernel]))
+                if call.kind in CONV_KINDS and (call.is_update or outs[0].shape[:1] != (1,)):
+                    call.kind = "weight-grad"  # a conv-shaped reduction whose result is a weight's
+                calls.append(call)
                 env[var] = outs if len(outs) > 1 or isinstance(var.ty, relax.TupleType) else outs[0]
             elif isinstance(value, (relax.Var, relax.Tuple, relax.TupleGetItem, tvm.ir.expr.Constant)):
                 env[var] = value_of(value)

@@ -18,11 +18,11 @@ from pathlib import Path
 import tvm
 import tvm_ffi
 
-from tvm_tinytrain.errors import BudgetError
+from tvm_tinytrain.errors import BudgetError, TinyTrainError
 from tvm_tinytrain.pipeline import TrainingProgram
 
 from .boards import Board, write_board_files
-from .c_emitter import EmittedProgram, emit
+from .c_emitter import PERSIST_SECTOR_BYTES, EmittedProgram, emit
 from .lower import lower
 
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
@@ -48,6 +48,7 @@ class MemoryEstimate:
     io_bytes: int
     stack_bytes: int
     frozen_flash_bytes: int
+    persist_flash_bytes: int = 0    # --persist: the two state slots, at the end of the flash budget
 
     @property
     def ram_bytes(self) -> int:
@@ -56,13 +57,19 @@ class MemoryEstimate:
 
 def write_project(program: TrainingProgram, out_dir: Path, board: Board, *, ram_bytes: int = 256 * 1024,
                   flash_bytes: int = 1024 * 1024, stack_bytes: int = 8 * 1024,
-                  emitted: EmittedProgram | None = None) -> tuple[EmittedProgram, MemoryEstimate]:
-    """`emitted`: the program's C sources if the caller already has them (lowering is slow)."""
-    emitted = emitted or emit(program, lower(program))
+                  emitted: EmittedProgram | None = None,
+                  persist: bool = False) -> tuple[EmittedProgram, MemoryEstimate]:
+    """`emitted`: the program's C sources if the caller already has them (lowering is slow).
+    `persist`: the program can keep its learned state in flash across resets (tt_save,
+    tt_restore; off by default, then it costs nothing)."""
+    emitted = emitted or emit(program, lower(program), persist=persist)
+    if (emitted.persist is not None) != persist:
+        raise TinyTrainError(f"the given emitted program was emitted with persist={not persist}")
+    persist_bytes = emitted.persist.area_bytes if emitted.persist else 0
     io = 4 * program.num_classes  # logits; the sample itself lives in the arena (tt_input)
     estimate = MemoryEstimate(emitted.arena_bytes, emitted.plans["train_step"].live_at_peak, emitted.peak_call,
                               emitted.trainable_bytes, emitted.momentum_bytes,
-                              io + HARNESS_RAM_ESTIMATE, stack_bytes, emitted.frozen_bytes)
+                              io + HARNESS_RAM_ESTIMATE, stack_bytes, emitted.frozen_bytes, persist_bytes)
     if board.is_emulated:  # the host has no budget to keep: it builds the reference
         _check_budget(estimate, ram_bytes, flash_bytes, board)
     out_dir = Path(out_dir)
@@ -72,13 +79,14 @@ def write_project(program: TrainingProgram, out_dir: Path, board: Board, *, ram_
         for name, text in emitted.files.items():
             (tmp / name).write_text(text)
         for src in sorted(RUNTIME_DIR.iterdir()):
-            if src.suffix in (".c", ".h"):
+            if src.suffix in (".c", ".h") and (persist or not src.stem == "tt_persist"):
                 shutil.copy(src, tmp / src.name)
         for root, headers in TVM_HEADERS.items():
             for h in headers:
                 (tmp / "include" / h).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(root / h, tmp / "include" / h)
-        write_board_files(board, tmp, ram_bytes=ram_bytes, flash_bytes=flash_bytes, stack_bytes=stack_bytes)
+        write_board_files(board, tmp, ram_bytes=ram_bytes, flash_bytes=flash_bytes, stack_bytes=stack_bytes,
+                          persist_bytes=persist_bytes)
         report = memory_report(emitted, estimate, board, ram_bytes, flash_bytes)
         report["model"] = {"source": program.source, "input_shape": list(program.input_shape),
                            "num_classes": program.num_classes, "trainable": list(program.trainable.names)}
@@ -109,12 +117,14 @@ def _check_budget(est: MemoryEstimate, ram_bytes: int, flash_bytes: int, board: 
             f"{ram_bytes}: arena {est.arena_bytes} ({_kinds(est.arena_at_peak)}; {est.peak_call}), trainable weights "
             f"{est.trainable_bytes}, momentum {est.momentum_bytes}, input/output buffers {est.io_bytes}, "
             f"stack {est.stack_bytes}. Train fewer layers, or raise --ram-kb.")
-    flash_needed = est.frozen_flash_bytes + est.trainable_bytes
+    flash_needed = est.frozen_flash_bytes + est.trainable_bytes + est.persist_flash_bytes
     if flash_needed > flash_bytes:
+        persist = (f", persistence area (2 state slots) {est.persist_flash_bytes}"
+                   if est.persist_flash_bytes else "")
         raise BudgetError(
             f"the weights alone need {flash_needed} bytes of flash but {board.name} has a budget of "
             f"{flash_bytes}: frozen weights {est.frozen_flash_bytes}, initial trainable weights "
-            f"{est.trainable_bytes}, before any code. Use a smaller model, or raise --flash-kb.")
+            f"{est.trainable_bytes}{persist}, before any code. Use a smaller model, or raise --flash-kb.")
 
 
 KIND_NAMES = {"input": "input sample", "forward": "activations", "saved for backward": "activations kept for backward",
@@ -150,4 +160,12 @@ def memory_report(emitted: EmittedProgram, est: MemoryEstimate, board: Board, ra
             "stack (reserved)": est.stack_bytes,
         },
         "predict": {"arena_bytes": emitted.plans["predict"].arena_bytes},
+        "persist": None if emitted.persist is None else {
+            "flash_area_bytes": emitted.persist.area_bytes,
+            "slot_bytes": emitted.persist.slot_bytes,
+            "payload_bytes": emitted.persist.payload_bytes,
+            "sector_bytes": PERSIST_SECTOR_BYTES,
+            "fingerprint": f"0x{emitted.persist.fingerprint:08x}",
+            "file": "flash_state.bin (emulated boards and host)",
+        },
     }

@@ -1,4 +1,4 @@
-"""The `tinytrain` command: compile, run, demo, targets.
+"""The `tinytrain` command: compile, run, profile, demo, targets.
 
 Every user error ends as one line `tinytrain: error: ...` and exit status 1; a traceback
 means a bug in tvm-tinytrain.
@@ -13,8 +13,6 @@ import json
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 from .config import PAPER_SCHEMES, SparseUpdateConfig
 from .errors import ConfigError, TinyTrainError
@@ -63,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", help="a state_dict saved with torch.save (loaded with weights_only=True)")
     _add_config_args(c)
     _add_build_args(c)
+    c.add_argument("--persist", action="store_true",
+                   help="keep the learned state in flash across resets: tt_save()/tt_restore(), two "
+                        "sector-aligned slots at the end of the flash budget (off: no code, no flash)")
     c.add_argument("-o", "--output", required=True, help="project folder to write (replaced atomically)")
     c.set_defaults(func=_cmd_compile)
 
@@ -74,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, default=1800, help="seconds before the run is stopped")
     r.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
     r.set_defaults(func=_cmd_run)
+
+    f = sub.add_parser("profile", help="instructions of every kernel call of one training step, on the board")
+    f.add_argument("project", help="a folder written by `tinytrain compile` for an emulated board")
+    f.add_argument("--data", help=".npz whose first x_train / y_train sample to step on (default: a fixed "
+                                  "random sample)")
+    f.add_argument("--top", type=int, default=15, help="how many of the dearest calls to list")
+    f.add_argument("--plot", help="write a bar chart of the calls to this PNG (needs matplotlib)")
+    f.add_argument("--json", action="store_true", help="print the whole profile as one JSON object")
+    f.add_argument("--timeout", type=float, default=600, help="seconds before the run is stopped")
+    f.set_defaults(func=_cmd_profile)
 
     d = sub.add_parser("demo", help="learn new digits on an emulated MCU (real data, real emulator)")
     d.add_argument("--target", default=DEFAULT_TARGET, choices=sorted(BOARDS))
@@ -179,7 +190,7 @@ def load_model(spec: str, input_shape: str | None, weights: str | None, num_clas
 
 def compile_to_project(model, config: SparseUpdateConfig, options: TrainOptions, target: str, out: Path,
                        *, ram_kb: int = 256, flash_kb: int = 1024, stack_kb: int = 8,
-                       memory: MemoryOptions = MemoryOptions()):
+                       memory: MemoryOptions = MemoryOptions(), persist: bool = False):
     from .pipeline import build_training_program
     from .targets.boards import check_toolchain, get_board
     from .targets.project import write_project
@@ -188,7 +199,8 @@ def compile_to_project(model, config: SparseUpdateConfig, options: TrainOptions,
     check_toolchain(board)
     program = dataclasses.replace(build_training_program(model, config, options), memory=memory)
     emitted, estimate = write_project(program, out, board, ram_bytes=ram_kb * 1024,
-                                      flash_bytes=flash_kb * 1024, stack_bytes=stack_kb * 1024)
+                                      flash_bytes=flash_kb * 1024, stack_bytes=stack_kb * 1024,
+                                      persist=persist)
     return board, program, emitted, estimate
 
 
@@ -200,42 +212,69 @@ def _cmd_compile(args) -> int:
     board, program, emitted, est = compile_to_project(
         model, config, options, args.target, Path(args.output),
         ram_kb=args.ram_kb, flash_kb=args.flash_kb, stack_kb=args.stack_kb,
-        memory=dataclasses.replace(MemoryOptions(), **{name: False for name in args.no_memory_pass}))
+        memory=dataclasses.replace(MemoryOptions(), **{name: False for name in args.no_memory_pass}),
+        persist=args.persist)
     print(f"wrote {args.output} for {board.description}")
     print(f"  trains {len(program.trainable.names)} tensors: {', '.join(program.trainable.names)}")
     print(f"  planned RAM {est.ram_bytes} bytes (arena {est.arena_bytes}, trainable {est.trainable_bytes}, "
           f"momentum {est.momentum_bytes}, stack {est.stack_bytes}); frozen weights in flash "
           f"{est.frozen_flash_bytes} bytes")
     print(f"  arena peak at {est.peak_call}; memory_report.json has the breakdown")
+    if emitted.persist:
+        print(f"  persistence: {est.persist_flash_bytes} bytes of flash at the end of the budget (2 slots of "
+              f"{emitted.persist.slot_bytes}, state {emitted.persist.payload_bytes} bytes); tt_save()/tt_restore()")
     print(f"  build it: make -C {args.output}   (or: tinytrain run {args.output} --data DATA.npz)")
     return 0
 
 
-def _load_npz(path: str):
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except KeyError as err:
-        raise TinyTrainError(f"{path} lacks the array {err}: expected x_train, y_train, x_test, y_test") from None
-    except (OSError, ValueError) as err:
-        raise TinyTrainError(f"cannot read {path} as a .npz of arrays: {err}") from None
-    return arrays
-
-
 def _cmd_run(args) -> int:
+    from .data import check_against_model, load_npz
     from .session import train_and_evaluate
     from .targets.boards import get_board
 
     project = Path(args.project)
-    report = project / "memory_report.json"
-    if not report.is_file():
-        raise TinyTrainError(f"{project} is not a project written by `tinytrain compile` (no memory_report.json)")
-    board = get_board(json.loads(report.read_text())["board"])
-    d = _load_npz(args.data)
+    report = _project_report(project)
+    board = get_board(report["board"])
+    d = load_npz(args.data)
+    check_against_model(args.data, d, report["model"])  # before the build, one clear message
     result = train_and_evaluate(board, project, d["x_train"], d["y_train"], d["x_test"], d["y_test"],
                                 epochs=args.epochs, progress=not args.json, timeout_s=args.timeout)
     _report(result, args.json)
     return 0
+
+
+def _cmd_profile(args) -> int:
+    from .data import load_npz
+    from .profile import format_table, plot, profile_project, pyplot
+    from .targets.boards import get_board
+
+    if args.plot:
+        pyplot()  # fail before the run if matplotlib is missing
+    project = Path(args.project)
+    board = get_board(_project_report(project)["board"])
+    sample, label = None, 0
+    if args.data:
+        d = load_npz(args.data)
+        sample, label = d["x_train"][0], int(d["y_train"][0])
+    prof = profile_project(board, project, sample, label, timeout_s=args.timeout)
+    if args.plot:
+        plot(prof, Path(args.plot))
+    print(json.dumps(prof) if args.json else format_table(prof, args.top))
+    return 0
+
+
+def _project_report(project: Path) -> dict:
+    report = project / "memory_report.json"
+    if not report.is_file():
+        raise TinyTrainError(f"{project} is not a project written by `tinytrain compile` (no memory_report.json)")
+    try:
+        data = json.loads(report.read_text())
+        intact = isinstance(data["board"], str) and {"input_shape", "num_classes"} <= set(data["model"])
+    except (OSError, ValueError, TypeError, KeyError):
+        intact = False
+    if not intact:
+        raise TinyTrainError(f"{report} is damaged: compile the project again")
+    return data
 
 
 def _cmd_demo(args) -> int:

@@ -8,14 +8,14 @@ report what happened with the memory and instruction numbers of the real program
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import TinyTrainError
+from .errors import TinyTrainError, brief
 from .targets.boards import Board, BuildResult, build, run
-from .targets.harness import DUMP, PREDICT, TRAIN, HarnessOutput, Record, parse_output, write_input
+from .targets.harness import DUMP, PREDICT, SAVE, TRAIN, HarnessOutput, Record, parse_output, write_input
 
 
 @dataclass
@@ -25,12 +25,19 @@ class StreamResult:
     ran_on: str
     train_instructions: list[int]    # one per training step (empty on host)
     predict_instructions: list[int]
+    save_instructions: list[int] = field(default_factory=list)  # --persist: one per SAVE record
+    restore_instructions: int | None = None                     # --persist: the restore at start
+    # with split_at: per step (prediction), the instruction offsets at which each kernel began
+    train_splits: list[list[int]] = field(default_factory=list)
+    predict_splits: list[list[int]] = field(default_factory=list)
 
 
 def run_stream(board: Board, project_dir: Path, records: list[Record], *, timeout_s: float = 1800,
-               progress: bool = False, built: BuildResult | None = None) -> StreamResult:
-    """Build the project (unless given) and run it on `records`."""
-    model = json.loads((project_dir / "memory_report.json").read_text())["model"]
+               progress: bool = False, built: BuildResult | None = None,
+               split_at: str | None = None) -> StreamResult:
+    """Build the project (unless given) and run it on `records` (`split_at`: see boards.run)."""
+    report = json.loads((project_dir / "memory_report.json").read_text())
+    model, persist = report["model"], report.get("persist") is not None
     _check_records(records, model)
     built = built or build(board, project_dir)
     write_input(project_dir / "input.bin", records, int(np.prod(model["input_shape"])))
@@ -45,26 +52,42 @@ def run_stream(board: Board, project_dir: Path, records: list[Record], *, timeou
             if line.startswith(("loss ", "pred ")):
                 bar.update(1)
     try:
-        result = run(board, built, cwd=project_dir, timeout_s=timeout_s, on_line=on_line)
+        result = run(board, built, cwd=project_dir, timeout_s=timeout_s, on_line=on_line, split_at=split_at)
     finally:
         if bar is not None:
             bar.close()
     output = parse_output(result.lines, records)
     regions = list(result.region_instructions)
-    ops = [r.op for r in records if r.op in (TRAIN, PREDICT)]
-    train_ins = [n for op, n in zip(ops, regions) if op == TRAIN] if regions else []
-    pred_ins = [n for op, n in zip(ops, regions) if op == PREDICT] if regions else []
-    return StreamResult(output, built, result.ran_on, train_ins, pred_ins)
+    # one region per step, prediction and save, after the restore of a --persist program
+    ops = ["restore"] * persist + [r.op for r in records if r.op in (TRAIN, PREDICT, SAVE)]
+
+    def of(kind, values):
+        return [v for op, v in zip(ops, values) if op == kind]
+
+    splits = result.region_splits
+    return StreamResult(output, built, result.ran_on, of(TRAIN, regions), of(PREDICT, regions),
+                        of(SAVE, regions), regions[0] if persist and regions else None,
+                        of(TRAIN, splits), of(PREDICT, splits))
 
 
 def _check_records(records: list[Record], model: dict) -> None:
-    """Refuse data that does not fit the compiled model, before anything runs."""
+    """Refuse data that does not fit the compiled model, before anything is built or runs:
+    sample sizes, finite real samples, integer labels within the classes."""
     shape, classes = tuple(model["input_shape"]), model["num_classes"]
     for i, r in enumerate(records):
-        if r.x is not None and np.asarray(r.x).size != int(np.prod(shape)):
-            raise TinyTrainError(f"sample {i} has shape {np.asarray(r.x).shape}, the model takes {shape}")
-        if r.op == TRAIN and not 0 <= int(r.label) < classes:
-            raise TinyTrainError(f"sample {i} has label {r.label}, the model has classes 0..{classes - 1}")
+        if r.x is not None:
+            x = np.asarray(r.x)
+            if x.size != int(np.prod(shape)):
+                raise TinyTrainError(f"sample {i} has shape {x.shape}, the model takes {shape}")
+            with np.errstate(over="ignore", invalid="ignore"):
+                finite = x.dtype.kind in "biuf" and np.isfinite(x.astype(np.float32)).all()
+            if not finite:
+                raise TinyTrainError(f"sample {i} is not finite real numbers (dtype {x.dtype})")
+        label = r.label
+        if r.op == TRAIN and (isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer))
+                              or not 0 <= label < classes):
+            raise TinyTrainError(f"sample {i} has label {brief(label)}, the model has classes "
+                                 f"0..{classes - 1}")
 
 
 def train_and_evaluate(board: Board, project_dir: Path, x_train: np.ndarray, y_train: np.ndarray,

@@ -37,6 +37,32 @@ void board_mark_end(void);
  * frames of main and of the C start-up code); 0 on the host. */
 uint32_t board_stack_high_water(void);
 
+/* Flash for persistent state (used only by programs compiled with --persist, through
+ * tt_persist.c).  The program owns a flash area (board.ld places it at the end of the flash
+ * budget, aligned to BOARD_FLASH_SECTOR_BYTES) and reads it as plain memory; it changes
+ * it only through these functions, which a real board implements with its flash
+ * controller (unlock, erase sectors, program words, wait, lock):
+ *
+ *   board_flash_open(area, n)          once, before the area is read: [area, area + n) is the
+ *                                      whole area.  The emulated boards load the backing file
+ *                                      "flash_state.bin" into it (erased, 0xFF, where the
+ *                                      file has nothing); a real board may do nothing.
+ *   board_flash_erase(addr, n)         set [addr, addr + n) to 0xFF; addr and n are multiples
+ *                                      of BOARD_FLASH_SECTOR_BYTES (from the area's start).
+ *   board_flash_program(addr, src, n)  program n bytes at addr, one 32-bit word after the
+ *                                      other in increasing addresses (addr and n multiples
+ *                                      of 4); like real flash a bit only goes from 1 to 0
+ *                                      (the word becomes old & new), so program erased words.
+ *
+ * Each returns 0 on success, -1 on failure (out of the area, misaligned, I/O error).  The
+ * emulated boards are file-backed, synchronously: every erase or programmed word is written
+ * to flash_state.bin at its offset in the area before the call goes on, so a run cut at any
+ * instruction (a power cut) leaves the file exactly as far as the program got. */
+#define BOARD_FLASH_SECTOR_BYTES 4096u
+int board_flash_open(uintptr_t area, uint32_t n);
+int board_flash_erase(uintptr_t addr, uint32_t n);
+int board_flash_program(uintptr_t addr, const void *src, uint32_t n);
+
 #ifdef BOARD_MCU
 /* MCU builds only (the generated Makefile defines BOARD_MCU): the RAM budget from
  * board.ld, [BOARD_RAM_START, BOARD_RAM_END).  The stack, .data, .bss and the heap

@@ -11,6 +11,8 @@
  * so the harness keeps no copy of it.
  *            op 'T' = one training step on (x, label), 'P' = predict x,
  *            op 'D' = dump all parameters (x and label unused)
+ *            op 'S' = save the learned state to flash now (programs compiled with --persist;
+ *                     x and label unused)
  *
  * and prints one line per result, floats as the hex of their IEEE-754 bits so that the
  * host reads them back exactly:
@@ -19,8 +21,14 @@
  *   param <name> <f32|i8|i32> <offset> <bits> ...   (integers as 32-bit two's complement)
  *   stack <bytes>              workspace <bytes>                 done <records>
  *
- * Each train step and prediction is bracketed by board_mark_begin/end so the runner can
- * count its instructions.
+ * A program compiled with --persist first restores the newest valid state from flash (after
+ * tt_init, before reading input.bin) and prints one line, then one line per 'S' record:
+ *
+ *   restored <seq> <steps> <crc>   or   restored none
+ *   saved <seq> <steps> <crc>      (crc: tt_state_crc(), the state in RAM, hex)
+ *
+ * Each train step, prediction, save and that restore is bracketed by board_mark_begin/end
+ * so the runner can count its instructions.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -97,6 +105,26 @@ static void dump_params(void) {
   }
 }
 
+#ifdef TT_PERSIST
+/* Load the newest valid state from flash, if any, and say which. */
+static int restore_state(void) {
+  board_mark_begin();
+  int status = tt_restore();
+  board_mark_end();
+  if (status < 0) {
+    printf("error restoring the state from flash failed with status %d\n", status);
+    return -1;
+  }
+  if (status == 0) {
+    printf("restored none\n");
+  } else {
+    printf("restored %lu %lu %08lx\n", (unsigned long)tt_state_seq(), (unsigned long)tt_step_count(),
+           (unsigned long)tt_state_crc());
+  }
+  return 0;
+}
+#endif
+
 int main(void) {
   board_init();
   if (board_open_input("input.bin") != 0) {
@@ -114,6 +142,11 @@ int main(void) {
     return 2;
   }
   tt_init();
+#ifdef TT_PERSIST
+  if (restore_state() != 0) {
+    return 3;
+  }
+#endif
   for (uint32_t r = 0; r < header.n_records; ++r) {
     struct {
       uint32_t op;
@@ -159,6 +192,22 @@ int main(void) {
       printf("\n");
     } else if (rec.op == 'D') {
       dump_params();
+    } else if (rec.op == 'S') {
+#ifdef TT_PERSIST
+      board_mark_begin();
+      int status = tt_save();
+      board_mark_end();
+      if (status != 0) {
+        printf("error saving the state to flash failed with status %d at record %lu\n", status,
+               (unsigned long)r);
+        return 3;
+      }
+      printf("saved %lu %lu %08lx\n", (unsigned long)tt_state_seq(), (unsigned long)tt_step_count(),
+             (unsigned long)tt_state_crc());
+#else
+      printf("error record %lu saves the state: compile the program with --persist\n", (unsigned long)r);
+      return 2;
+#endif
     } else {
       printf("error unknown op %lu in record %lu\n", (unsigned long)rec.op, (unsigned long)r);
       return 2;
