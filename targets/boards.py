@@ -108,6 +108,7 @@ class Board:
     max_flash_bytes: int = 0  # what the emulated board can hold
     max_ram_bytes: int = 0
     thumb: bool = False  # Arm Thumb: symbol addresses carry bit 0
+    fpu_rounds: bool = False  # the FPU rounds floats to integers in one instruction (tt_math.h)
 
     @property
     def is_emulated(self) -> bool:
@@ -152,7 +153,7 @@ BOARDS: dict[str, Board] = {
               arch="arm", cc="arm-none-eabi-gcc",
               arch_flags=("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard"),
               picolibc_package="picolibc-arm-none-eabi", qemu="qemu-system-arm",
-              qemu_machine="mps2-an500", cpu_label="Cortex-M7", **_MPS2),
+              qemu_machine="mps2-an500", cpu_label="Cortex-M7", fpu_rounds=True, **_MPS2),  # VRINTR
         Board(name="riscv32", description="RV32IMAFC (hard float) on QEMU virt", arch="riscv",
               cc="riscv64-unknown-elf-gcc",
               arch_flags=("-march=rv32imafc", "-mabi=ilp32f", "-mcmodel=medany"),
@@ -215,8 +216,14 @@ SRCS     ?= $(wildcard *.c)
 ASRCS    ?= $(wildcard *.S)
 TARGET    = {target}
 
+# The kernels (TVM's loops, nearly all the instructions of a step) get their own flags,
+# chosen by measurement (bench/speed.py): unrolled -O3, and no errno or FP-trap semantics
+# (the kernels read neither), which gives the same bits as -O2; never -ffast-math, whose
+# finite-math assumption would delete the driver's divergence check and tt_math.h's rounding.
+KERNEL_OPT ?= -O3 -funroll-loops -fno-math-errno -fno-trapping-math
+
 # -ffp-contract=off: no fused multiply-add, so float results match the host build bit for bit.
-CFLAGS_ALL  = $(ARCH){specs} $(OPT) -Wall -Wextra -ffp-contract=off \\
+CFLAGS_ALL  = $(ARCH){specs}{defines} $(OPT) -Wall -Wextra -ffp-contract=off \\
               -ffunction-sections -fdata-sections -fstack-usage -I. $(INCLUDES) $(CFLAGS)
 LDFLAGS_ALL = $(ARCH){ldflags} -Wl,--gc-sections -Wl,-Map=build/firmware.map $(LDFLAGS)
 LDLIBS      = -lm
@@ -231,6 +238,8 @@ $(TARGET): $(OBJS){ld_dep}
 
 # Objects depend on this Makefile too: a board change (new flags) rebuilds everything.
 $(OBJS): Makefile
+
+build/tinytrain_kernels.c.o: OPT = $(KERNEL_OPT)
 
 build/%.c.o: %.c | build
 \t$(CC) $(CFLAGS_ALL) -MMD -MP -c -o $@ $<
@@ -263,8 +272,9 @@ def _render_makefile(board: Board) -> str:
     else:
         specs, ldflags, ld_dep = "", "", ""
         run, run_note = "./$(TARGET)", ""
+    defines = " -DTT_FPU_ROUNDS=1" if board.fpu_rounds else ""
     return _MAKEFILE.format(
-        name=board.name, description=board.description, target=board.firmware_name,
+        defines=defines, name=board.name, description=board.description, target=board.firmware_name,
         packages=" ".join(board.debian_packages), cc=board.cc,
         arch_flags=" ".join(board.arch_flags), specs=specs, ldflags=ldflags, run=run,
         run_note=run_note, ld_dep=ld_dep)

@@ -504,4 +504,5 @@ def _kernels(program: TrainingProgram, source: str) -> str:
                             " * arguments and reads fields some kernels do not use, hence the two\n"
                             " * warnings silenced for this file only.") + (
         "#pragma GCC diagnostic ignored \"-Wunused-parameter\"\n"
-        "#pragma GCC diagnostic ignored \"-Wunused-variable\"\n\n" + source)
+        "#pragma GCC diagnostic ignored \"-Wunused-variable\"\n\n"
+        "#include \"tt_math.h\" /* nearbyintf inline, expf and logf the same on every target */\n\n" + source)
