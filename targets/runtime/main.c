@@ -162,6 +162,7 @@ int main(void) {
       int status = tt_train_step(rec.label, &loss);
       board_mark_end();
       if (status == TT_ERR_NONFINITE) {
+        dump_params(); /* the weights kept (as before this step), as a 'D' record prints them */
         printf("error the loss became NaN or Inf at record %lu (training diverged: lower the learning "
                "rate); the weights were left as they were before this step\n", (unsigned long)r);
         return 3;
