@@ -77,3 +77,10 @@ def test_hostile_config_through_the_cli(model_file, tmp_path):  # noqa: F811 - f
                      tmp_path / "bomb.yaml", "--target", "host", "-o", tmp_path / "p", timeout=120)
     assert_clean_error(proc, "bomb.yaml", "anchors and aliases")
     assert not (tmp_path / "p").exists()
+
+
+def test_names_from_tvm_are_names(small_imported):
+    """Code may pass the Relax function's parameter names (tvm_ffi String, a str subclass)."""
+    names = [p.name for p in small_imported.mod["main"].params[1:]]
+    cfg = SparseUpdateConfig(params=names)
+    assert cfg.params == tuple(str(n) for n in names) and all(type(n) is str for n in cfg.params)

@@ -133,7 +133,8 @@ class SparseUpdateConfig:
     def __post_init__(self):
         """Type-strict: `manual_weight_idx: "23"` or `train_classifier: "no"` is an error,
         never a conversion (lists or tuples are both fine)."""
-        params = _entries(self.params, "params", "parameter names", lambda v: type(v) is str)
+        params = tuple(str(v) for v in _entries(self.params, "params", "parameter names",
+                                                 lambda v: isinstance(v, str)))  # TVM's names too
         idx = _entries(self.manual_weight_idx, "manual_weight_idx", "conv indices (ints)", _is_int)
         ratios = _entries(self.weight_update_ratio, "weight_update_ratio", "numbers", _is_number)
         if not _is_int(self.n_bias_update) or not 0 <= self.n_bias_update <= MAX_INDEX:
