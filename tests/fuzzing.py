@@ -1806,9 +1806,12 @@ class _StopBeforeBuild(Exception):
     checked and written to input.bin; the C build is skipped): the data got through."""
 
 
+_REPO = str(Path(__file__).resolve().parents[1]) + "/"
+
+
 def _frame(tb_list, project_only=False):
     for fr in reversed(tb_list):
-        if not project_only or ("tvm_tinytrain" in fr.filename or "/work/main/" in fr.filename
+        if not project_only or ("tvm_tinytrain" in fr.filename or fr.filename.startswith(_REPO)
                                 and "/tests/" not in fr.filename):
             return f"{Path(fr.filename).name}:{fr.lineno} in {fr.name}"
     return None
