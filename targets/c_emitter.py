@@ -8,8 +8,8 @@ program gives the same bytes.
 
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +21,7 @@ from tvm_tinytrain.planner import Buffer, Plan, plan
 
 from tvm_tinytrain.passes.split_trained_channels import FROZEN_SUFFIX
 
+from .boards import FLASH_SECTOR_BYTES
 from .lower import LoweredProgram, Schedule, Tensor
 
 DL_CODES = {"float": "kDLFloat", "int": "kDLInt", "uint": "kDLUInt", "bool": "kDLBool"}
@@ -45,7 +46,6 @@ class EmittedProgram:
 # --persist: the flash layout of the learned state (see runtime/tt_persist.h).
 PERSIST_FORMAT = 1
 PERSIST_HEADER_BYTES = 24
-PERSIST_SECTOR_BYTES = 4096  # flash erase unit assumed (board.h BOARD_FLASH_SECTOR_BYTES)
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def persist_layout(program: TrainingProgram, lowered: LoweredProgram) -> Persist
     state = [t for t in lowered.tensors if (t.storage == "param" and t.trainable) or t.storage == "momentum"]
     regions = (("tt_steps", 4),) + tuple((t.name, t.nbytes) for t in state)
     payload = sum(n for _, n in regions)
-    slot = -(-(PERSIST_HEADER_BYTES + -(-payload // 4) * 4) // PERSIST_SECTOR_BYTES) * PERSIST_SECTOR_BYTES
+    slot = -(-(PERSIST_HEADER_BYTES + -(-payload // 4) * 4) // FLASH_SECTOR_BYTES) * FLASH_SECTOR_BYTES
     h = hashlib.sha256(f"tinytrain-persist {PERSIST_FORMAT} {program.input_shape} {program.num_classes} "
                        f"{program.options}".encode())
     for t in lowered.tensors:
@@ -164,7 +164,7 @@ def _persist_api(layout: PersistLayout | None) -> str:
 #define TT_PERSIST_FINGERPRINT 0x{layout.fingerprint:08x}u /* this model; other programs' state is refused */
 #define TT_PERSIST_REGIONS {len(layout.regions)}u
 #define TT_PERSIST_PAYLOAD_BYTES {layout.payload_bytes}u /* step count + trainable tensors + momentum */
-#define TT_PERSIST_SLOT_BYTES {layout.slot_bytes}u /* 24-byte header + payload, whole {PERSIST_SECTOR_BYTES}-byte sectors */
+#define TT_PERSIST_SLOT_BYTES {layout.slot_bytes}u /* 24-byte header + payload, whole {FLASH_SECTOR_BYTES}-byte sectors */
 #define TT_PERSIST_AREA_BYTES (2u * TT_PERSIST_SLOT_BYTES)
 #define TT_ERR_FLASH (-4)
 

@@ -21,8 +21,8 @@ import tvm_ffi
 from tvm_tinytrain.errors import BudgetError, TinyTrainError
 from tvm_tinytrain.pipeline import TrainingProgram
 
-from .boards import Board, write_board_files
-from .c_emitter import PERSIST_SECTOR_BYTES, EmittedProgram, emit
+from .boards import FLASH_SECTOR_BYTES, Board, write_board_files
+from .c_emitter import EmittedProgram, emit
 from .lower import lower
 
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
@@ -164,7 +164,7 @@ def memory_report(emitted: EmittedProgram, est: MemoryEstimate, board: Board, ra
             "flash_area_bytes": emitted.persist.area_bytes,
             "slot_bytes": emitted.persist.slot_bytes,
             "payload_bytes": emitted.persist.payload_bytes,
-            "sector_bytes": PERSIST_SECTOR_BYTES,
+            "sector_bytes": FLASH_SECTOR_BYTES,
             "fingerprint": f"0x{emitted.persist.fingerprint:08x}",
             "file": "flash_state.bin (emulated boards and host)",
         },
