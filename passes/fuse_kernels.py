@@ -295,19 +295,24 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
 
     Every injective block is inlined into its readers, except, where a kernel holds two
     reductions, the narrowest tensor between them (the producer's result, int8 in an int8
-    model, which the depthwise conv reads). Then, from the last block backwards, each
-    remaining block is computed inside the loops of its reader: a reduction at the innermost loop (one accumulator),
-    that kept tensor at the reader's channel loop (one channel at a time)."""
+    model, which the depthwise conv reads), and the int8 operands of a pointwise conv (see
+    `_staged_operands`). Then, from the last block backwards, each remaining block is
+    computed inside the loops of its reader: a reduction at the innermost loop (one
+    accumulator; a row for a pointwise conv), that kept tensor at the reader's channel loop
+    (one channel at a time), a staged weight at the conv's output-channel loop, a staged
+    input at the conv's row loop (the kernel then walks rows outside output channels), or
+    whole before the conv where channels must stay outside (a depthwise pair)."""
     if int(func.attrs.get("op_pattern", 0)) > REDUCTIONS[-1]:
         return func  # opaque: nothing to schedule
     sch = Schedule(func)
     root = sch.get_sblock("root")
     kept = _between_reductions(sch, sch.get_child_blocks(root))
+    staged = _staged_operands(sch, sch.get_child_blocks(root))
     changed = True
     while changed:  # inline every injective block into its readers (and epilogues into the last)
         changed = False
         for block in sch.get_child_blocks(root)[:-1]:
-            if sch.get(block).name_hint in kept:
+            if sch.get(block).name_hint in kept or sch.get(block).name_hint in staged:
                 continue
             try:
                 sch.compute_inline(block)
@@ -315,20 +320,32 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
                 break
             except ScheduleError:
                 continue
+    rows_outside = False
+    if INPUT in staged.values() and not kept:  # rows outside output channels: the input staged a row at a time
+        last = sch.get_loops(sch.get_child_blocks(root)[-1])
+        if len(last) == 4:
+            sch.reorder(last[2], last[1])
+            rows_outside = True
     reductions = []
     for block in reversed(sch.get_child_blocks(root)[:-1]):
+        name = sch.get(block).name_hint
         consumers = sch.get_consumers(block)
-        if len(consumers) != 1:
+        if len(consumers) != 1 or (staged.get(name) == INPUT and not rows_outside):
             continue
         outer = sch.get_loops(consumers[0])
         reduction = _is_reduction(sch, block)
-        per_channel = sch.get(block).name_hint in kept and len(outer) > CHANNEL_AXIS
+        if staged.get(name) == INPUT:
+            at = ROW_AXIS
+        elif (name in kept or staged.get(name) == WEIGHT) and len(outer) > CHANNEL_AXIS:
+            at = CHANNEL_AXIS
+        else:
+            at = len(outer) - (2 if len(outer) > 1 and _is_pointwise(sch, block) else 1)
         try:
-            sch.compute_at(block, outer[CHANNEL_AXIS] if per_channel else outer[-1], preserve_unit_loops=True)
+            sch.compute_at(block, outer[at], preserve_unit_loops=True)
         except ScheduleError:
             continue
         if reduction:
-            reductions.append((block, len(outer)))
+            reductions.append((block, at + 1))
     for block, depth in reductions:
         # the accumulator's zeroing before its loop nest, not inside it (clearer C, and
         # gcc can see the accumulator is initialised)
@@ -337,6 +354,36 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
         except ScheduleError:
             pass
     return scheduled(sch, func)
+
+
+INPUT, WEIGHT = "input", "weight"
+
+
+def _staged_operands(sch, blocks) -> dict[str, str]:
+    """The int8 operands of pointwise convs that the kernel computes itself: block name ->
+    INPUT or WEIGHT. An int8 input computed in the kernel (a requantized residual sum, the
+    rounding of a float tensor kept for backward) or weights concatenated from a trained and
+    a frozen part would, inlined, be recomputed for every multiply-accumulate; kept as a
+    small int8 buffer they are computed once per element, and the conv reads int8 tensors
+    only, the form `targets/tensorize.py` hands to a micro-kernel."""
+    staged = {}
+    for conv in blocks:
+        if not _is_pointwise(sch, conv):
+            continue
+        frontier, seen = list(sch.get_producers(conv)), set()
+        while frontier:  # back from the conv through injective blocks, up to the first int8 result
+            block = frontier.pop()
+            name = sch.get(block).name_hint
+            if name in seen or _is_reduction(sch, block):
+                continue
+            seen.add(name)
+            writes = sch.get(block).writes
+            if len(writes) == 1 and str(writes[0].source.ty.dtype) == "int8":
+                shape = [int(d) for d in writes[0].source.shape]
+                staged[name] = WEIGHT if len(shape) == 4 and shape[0] != 1 and shape[2:] == [1, 1] else INPUT
+                continue
+            frontier.extend(sch.get_producers(block))
+    return staged
 
 
 def scheduled(sch: Schedule, func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
@@ -348,6 +395,15 @@ def scheduled(sch: Schedule, func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
 
 
 CHANNEL_AXIS = 1  # NCHW: the loop of a reader over the channels of what it reads
+ROW_AXIS = 1      # a pointwise conv walking rows outside output channels: its row loop
+
+
+def _is_pointwise(sch, block) -> bool:
+    """A 1x1 conv: (n, f, y, x) spatial, (c, 1, 1) reduced. Its accumulator is a row, so that
+    lowering can hand the whole row to a micro-kernel (targets/tensorize.py)."""
+    ivs = sch.get(block).iter_vars
+    return (len(ivs) == 7 and [int(v.iter_type) for v in ivs] == [0] * 4 + [tvm.tirx.IterVar.CommReduce] * 3
+            and all(int(v.dom.extent) == 1 for v in ivs[5:]))
 
 
 def _is_reduction(sch, block) -> bool:

@@ -239,7 +239,7 @@ $(TARGET): $(OBJS){ld_dep}
 # Objects depend on this Makefile too: a board change (new flags) rebuilds everything.
 $(OBJS): Makefile
 
-build/tinytrain_kernels.c.o: OPT = $(KERNEL_OPT)
+build/tinytrain_kernels.c.o build/tt_kernels.c.o: OPT = $(KERNEL_OPT)
 
 build/%.c.o: %.c | build
 \t$(CC) $(CFLAGS_ALL) -MMD -MP -c -o $@ $<

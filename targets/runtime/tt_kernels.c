@@ -1,0 +1,176 @@
+/* tt_kernels.c: the micro-kernels that TVM's tensorized kernels call.
+ *
+ * targets/tensorize.py replaces a loop nest of a TIR kernel by a call of one of these
+ * functions (tir tensorize with a TensorIntrin whose implementation is the call), so
+ * each one computes exactly what the loop nest it replaces computed, bit for bit.
+ * TVM's C code generator declares them itself (every pointer as void *), hence no header.
+ *
+ * tt_pw_row_s8: one row of an int8 pointwise conv, for one output channel:
+ *
+ *     acc[x] += sum_i ((float)a[i * a_stride + x] - zx) * (float)w[i * w_stride]
+ *
+ * for x < width, i < k, the float32 sum taken term by term in increasing i, as the TIR
+ * does. Every term is an integer of magnitude at most 255 * 128 < 2^24, so exact in
+ * float32, and so is every partial sum while the sum of the terms' magnitudes is at most
+ * 2^24: within that bound the float32 loop computes the exact integer sum. The kernel
+ * checks the bound on the weights it is given, sum_i |w_i| * max|a - zx| <= 2^24, and
+ * that the accumulators start at zero (they do in our kernels: the accumulator is zeroed
+ * just before), then sums in int32, which is exact, with the zero point folded once:
+ * sum_i w_i * a_i - zx * sum_i w_i. Otherwise it runs the float32 loop itself. Either way
+ * the result is the TIR's, bit for bit; tests/test_micro_kernels.py checks both paths
+ * against the kernel TVM builds without tensorizing and against NumPy.
+ *
+ * With the Arm DSP extension (Cortex-M4, M7, M33: __ARM_FEATURE_DSP) the int32 sum takes
+ * 4 pixels x 4 input channels a step: one 32-bit load per input row and one for 4
+ * weights, SXTB16 to split bytes into 16-bit halves, and the 16-bit multiply-accumulates
+ * SMLABB/SMLABT/SMLATB/SMLATT, which pick the halves they multiply. Elsewhere (RISC-V, the
+ * host) a plain C loop blocked by 4 pixels, which any compiler keeps in registers.
+ */
+#include <stdint.h>
+#include <string.h>
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#endif
+
+#define TT_EXACT_FLOAT_INTEGERS 16777216 /* 2^24: float32 holds every integer up to here */
+
+/* The TIR's own arithmetic: the fallback when the int32 sum could differ from it. */
+static void pw_row_float(float *acc, const int8_t *a, int32_t a_stride, const int8_t *w, int32_t w_stride,
+                         int32_t k, int32_t width, float zx) {
+  for (int32_t x = 0; x < width; ++x) {
+    float s = acc[x];
+    for (int32_t i = 0; i < k; ++i) {
+      s = s + ((float)a[i * a_stride + x] - zx) * (float)w[i * w_stride];
+    }
+    acc[x] = s;
+  }
+}
+
+/* sum_i w_i * a[i * a_stride + x] for one pixel, in int32. */
+static int32_t pw_dot(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t w_stride, int32_t k) {
+  int32_t s = 0;
+  for (int32_t i = 0; i < k; ++i) {
+    s += (int32_t)w[i * w_stride] * a[i * a_stride];
+  }
+  return s;
+}
+
+#if defined(__ARM_FEATURE_DSP)
+static inline uint32_t load4(const int8_t *p) {
+  uint32_t v;
+  memcpy(&v, p, 4); /* one LDR: Cortex-M3 and up load unaligned words */
+  return v;
+}
+
+/* Bytes 1 and 3 of v as two sign-extended halfwords: one SXTB16 with its rotation. */
+static inline int32_t sxtb16_ror8(uint32_t v) {
+  int32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+}
+
+/* 4 pixels, weights contiguous (w_stride 1). Per 4 input channels: one load of 4
+ * weights, split into halfword pairs (w0, w2) and (w1, w3); per channel one load of 4
+ * pixels, split into (p0, p2) and (p1, p3); then the 16-bit multiplies SMLA<x><y> pick
+ * the halves, so nothing is repacked and 4 accumulators stay in registers. */
+static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k, int32_t s[4]) {
+  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int32_t i = 0;
+#pragma GCC unroll 1 /* unrolled, the 4 accumulators, 2 weight pairs and the row no longer fit the registers */
+  for (; i + 4 <= k; i += 4) {
+    uint32_t wv = load4(w + i);
+    int32_t w02 = __sxtb16(wv), w13 = sxtb16_ror8(wv);
+    uint32_t r = load4(a);
+    int32_t e = __sxtb16(r), o = sxtb16_ror8(r);
+    s0 = __smlabb(e, w02, s0), s2 = __smlatb(e, w02, s2), s1 = __smlabb(o, w02, s1), s3 = __smlatb(o, w02, s3);
+    r = load4(a + a_stride);
+    e = __sxtb16(r), o = sxtb16_ror8(r);
+    s0 = __smlabb(e, w13, s0), s2 = __smlatb(e, w13, s2), s1 = __smlabb(o, w13, s1), s3 = __smlatb(o, w13, s3);
+    r = load4(a + 2 * a_stride);
+    e = __sxtb16(r), o = sxtb16_ror8(r);
+    s0 = __smlabt(e, w02, s0), s2 = __smlatt(e, w02, s2), s1 = __smlabt(o, w02, s1), s3 = __smlatt(o, w02, s3);
+    r = load4(a + 3 * a_stride);
+    e = __sxtb16(r), o = sxtb16_ror8(r);
+    s0 = __smlabt(e, w13, s0), s2 = __smlatt(e, w13, s2), s1 = __smlabt(o, w13, s1), s3 = __smlatt(o, w13, s3);
+    a += 4 * a_stride;
+  }
+  for (; i < k; ++i, a += a_stride) {
+    int32_t wi = w[i];
+    s0 += wi * a[0];
+    s1 += wi * a[1];
+    s2 += wi * a[2];
+    s3 += wi * a[3];
+  }
+  s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+}
+#else
+static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k, int32_t s[4]) {
+  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (int32_t i = 0; i < k; ++i, a += a_stride) {
+    int32_t wi = w[i];
+    s0 += wi * a[0];
+    s1 += wi * a[1];
+    s2 += wi * a[2];
+    s3 += wi * a[3];
+  }
+  s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+}
+#endif
+
+/* sum_i w_i, 4 weights a step where the DSP extension and a contiguous row allow it. */
+static int32_t weights_sum(const int8_t *w, int32_t w_stride, int32_t k) {
+  int32_t s = 0, i = 0;
+#if defined(__ARM_FEATURE_DSP)
+  if (w_stride == 1) {
+    for (; i + 4 <= k; i += 4) {
+      uint32_t wv = load4(w + i);
+      s = __smlad(__sxtb16(wv), 0x00010001, s);
+      s = __smlad(sxtb16_ror8(wv), 0x00010001, s);
+    }
+  }
+#endif
+  for (; i < k; ++i) {
+    s += w[i * w_stride];
+  }
+  return s;
+}
+
+int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_stride, int32_t k, int32_t width,
+                     int32_t zx) {
+  float *acc = (float *)acc_;
+  const int8_t *a = (const int8_t *)a_, *w = (const int8_t *)w_;
+  int64_t max_dev = zx < 0 ? 127 - zx : 128 + zx; /* the largest |a - zx| for int8 a */
+  int exact = 1;
+  if (k * 128 * max_dev > TT_EXACT_FLOAT_INTEGERS) { /* |w| <= 128: only long rows need a look */
+    int64_t sum_abs_w = 0;
+    for (int32_t i = 0; i < k; ++i) {
+      int32_t wi = w[i * w_stride];
+      sum_abs_w += wi < 0 ? -wi : wi;
+    }
+    exact = sum_abs_w * max_dev <= TT_EXACT_FLOAT_INTEGERS;
+  }
+  for (int32_t x = 0; x < width && exact; ++x) {
+    uint32_t bits;
+    memcpy(&bits, &acc[x], sizeof bits);
+    exact = bits == 0; /* +0.0f */
+  }
+  if (!exact) {
+    pw_row_float(acc, a, a_stride, w, w_stride, k, width, (float)zx);
+    return 0;
+  }
+  int32_t fold = zx == 0 ? 0 : zx * weights_sum(w, w_stride, k);
+  int32_t x = 0;
+  if (w_stride == 1) {
+    for (; x + 4 <= width; x += 4) {
+      int32_t s[4];
+      pw_dot4(a + x, a_stride, w, k, s);
+      for (int j = 0; j < 4; ++j) {
+        acc[x + j] = (float)(s[j] - fold);
+      }
+    }
+  }
+  for (; x < width; ++x) {
+    acc[x] = (float)(pw_dot(a + x, a_stride, w, w_stride, k) - fold);
+  }
+  return 0;
+}
