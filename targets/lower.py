@@ -22,7 +22,7 @@ from tvm_tinytrain.passes import (ForwardTupleItems, FuseKernels, InplaceDepthwi
                                   ReorderForMemory, SplitTrainedChannels)
 from tvm_tinytrain.passes.split_trained_channels import FROZEN_SUFFIX, split_values, trained_channels
 from tvm_tinytrain.pipeline import TrainingProgram
-from .tensorize import tensorize
+from .tensorize import sblocks, tensorize
 
 DTYPE_BYTES = {"float32": 4, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
 
@@ -203,17 +203,7 @@ def _workspace_bytes(func: tvm.tirx.PrimFunc) -> int:
     passes = tvm.s_tir.transform
     mod = tvm.transform.Sequential([passes.LowerInitBlock(), passes.PlanAndUpdateBufferAllocationLocation(),
                                     passes.ConvertBlocksToOpaque(), passes.CompactBufferAllocation()])(mod)
-    buffers = []
-    stack = [mod["main"].body]
-    while stack:  # TVM 0.27 has no Python TIR visitor: walk the statement kinds blocks sit in
-        node = stack.pop()
-        if isinstance(node, tvm.s_tir.SBlock):
-            buffers.extend(node.alloc_buffers)
-        for attr in ("block", "body", "then_case", "else_case"):
-            child = getattr(node, attr, None)
-            if isinstance(child, (tvm.tirx.Stmt, tvm.s_tir.SBlock)):
-                stack.append(child)
-        stack.extend(getattr(node, "seq", None) or [])
+    buffers = [buf for block in sblocks(mod["main"].body) for buf in block.alloc_buffers]
     total = 0
     for buf in buffers:
         n = int(np.prod([int(d) for d in buf.shape], dtype=np.int64)) * DTYPE_BYTES[str(buf.dtype)]

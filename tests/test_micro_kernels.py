@@ -15,7 +15,7 @@ from tvm import relax
 from tvm_tinytrain.frontend import int8_ops
 from tvm_tinytrain.passes import FuseKernels
 from tvm_tinytrain.targets.boards import TARGETS_DIR, build, get_board, run, write_board_files
-from tvm_tinytrain.targets.tensorize import MICRO_KERNEL, tensorize
+from tvm_tinytrain.targets.tensorize import FLOAT_ROW, INT8_ROW, tensorize
 
 KERNELS_C = TARGETS_DIR / "runtime" / "tt_kernels.c"
 BOARDS = ["host", "cortex-m4", "cortex-m7", "riscv32"]
@@ -65,7 +65,7 @@ def test_tensorized_pointwise_equals_the_tir_kernel_and_numpy(host_kernels, chan
     func, scale = pointwise_kernel(channels, out_channels, h, w, x_zero, y_zero=-3)
     tensorized, replaced = tensorize(func)
     assert replaced == 1
-    assert MICRO_KERNEL in tensorized.script()
+    assert INT8_ROW in tensorized.script()
     rng = np.random.default_rng(channels)
     for trial in range(4):
         x = rng.integers(-128, 128, (1, channels, h, w)).astype(np.float32)
@@ -90,9 +90,41 @@ def test_tensorized_pointwise_equals_the_tir_kernel_and_numpy(host_kernels, chan
             assert not exact.all()  # the float fallback ran, and still equals the TIR
 
 
+def input_gradient_kernel(channels: int, out_channels: int, h: int, w: int):
+    """The fused PrimFunc of a pointwise conv's input gradient with int8 weights, as the
+    gradient pass writes it (a 1x1 transposed conv of the float32 output gradient)."""
+    bb = relax.BlockBuilder()
+    dy = relax.Var("dy", relax.TensorType((1, out_channels, h, w), "float32"))
+    wt = relax.Var("w", relax.TensorType((out_channels, channels, 1, 1), "int8"))
+    with bb.function("main", [dy, wt]):
+        with bb.dataflow():
+            dx = bb.emit(relax.op.nn.conv2d_transpose(dy, relax.op.astype(wt, "float32")))
+            out = bb.emit_output(relax.op.multiply(dx, relax.const(np.float32(0.25))))  # an epilogue (QAS)
+        bb.emit_func_output(out)
+    mod = FuseKernels(func_names=("main",))(relax.transform.LegalizeOps()(bb.get()))
+    prims = [f for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(prims) == 1
+    return prims[0]
+
+
+@pytest.mark.parametrize("channels, out_channels, h, w", [(8, 16, 4, 8), (5, 3, 3, 7), (160, 48, 2, 4)])
+def test_tensorized_input_gradient_equals_the_tir_kernel(host_kernels, channels, out_channels, h, w):
+    func = input_gradient_kernel(channels, out_channels, h, w)
+    tensorized, replaced = tensorize(func)
+    assert replaced == 1 and FLOAT_ROW in tensorized.script()
+    rng = np.random.default_rng(channels)
+    dy = (rng.standard_normal((1, out_channels, h, w)) * np.float32(1e-3)).astype(np.float32)
+    dy[0, 0, 0, 0] = np.float32(3e38)  # an overflow to inf must come out the same too
+    wt = rng.integers(-128, 128, (out_channels, channels, 1, 1)).astype(np.int8)
+    out = np.zeros((1, channels, h, w), np.float32)
+    plain = _run_llvm(func, [wt, dy, out])  # TVM puts the weights first
+    fast = _run_llvm(tensorized, [wt, dy, out.copy()])
+    assert np.array_equal(plain.view(np.uint32), fast.view(np.uint32))  # bit for bit, inf and NaN included
+
+
 def test_mcunet_pointwise_rows_are_tensorized(mcunet_49kb_lowered):
     """Every int8 pointwise conv whose input is an int8 tensor calls the micro-kernel."""
-    calls = re.findall(rf"\b{MICRO_KERNEL}\(\(", mcunet_49kb_lowered.kernels_c)
+    calls = re.findall(rf"\b{INT8_ROW}\(\(", mcunet_49kb_lowered.kernels_c)
     assert len(calls) >= 18
 
 
@@ -122,7 +154,10 @@ int32_t tt_pw_row_s8(void *acc, void *a, int32_t a_stride, void *w, int32_t w_st
 static uint32_t state = 12345u;
 static uint32_t next(void) { state ^= state << 13; state ^= state >> 17; state ^= state << 5; return state; }
 
+int32_t tt_pw_row_f32s8(void *acc, void *a, int32_t a_stride, void *w, int32_t w_stride, int32_t k, int32_t width);
+
 static int8_t a[600 * 40], w[600 * 3];
+static float fa[100 * 40];
 static float acc[40], ref[40];
 
 int main(void) {
@@ -147,6 +182,33 @@ int main(void) {
     }
     if (timed) board_mark_begin();
     tt_pw_row_s8(acc, a, a_stride, w, w_stride, k, width, zx);
+    if (timed) board_mark_end();
+    if (timed) continue;
+    if (memcmp(acc, ref, (size_t)width * sizeof(float)) != 0) ++bad;
+    for (int32_t x = 0; x < width; ++x) {
+      uint32_t u;
+      memcpy(&u, &acc[x], 4);
+      hash = (hash ^ u) * 16777619u;
+    }
+  }
+  /* tt_pw_row_f32s8 (input gradients) against its float32 loop, the same way */
+  for (int t = 0; t < 200; ++t) {
+    int32_t k = 1 + (int32_t)(next() % 100), width = 1 + (int32_t)(next() % 33);
+    int32_t a_stride = width + (int32_t)(next() % 4), w_stride = 1 + (int32_t)(next() % 3);
+    for (int32_t i = 0; i < k * a_stride; ++i) fa[i] = (float)(int32_t)next() * 1e-12f;
+    for (int32_t i = 0; i < k * w_stride; ++i) w[i] = (int8_t)next();
+    for (int32_t x = 0; x < width; ++x) acc[x] = ref[x] = (float)(int32_t)next() * 1e-10f;
+    for (int32_t x = 0; x < width; ++x) {
+      float s = ref[x];
+      for (int32_t i = 0; i < k; ++i) s = s + fa[i * a_stride + x] * (float)w[i * w_stride];
+      ref[x] = s;
+    }
+    int timed = t == 0;
+    if (timed) {  /* k = 64 channels, 16 pixels */
+      k = 64, width = 16, a_stride = 16, w_stride = 48;
+    }
+    if (timed) board_mark_begin();
+    tt_pw_row_f32s8(acc, fa, a_stride, w, w_stride, k, width);
     if (timed) board_mark_end();
     if (timed) continue;
     if (memcmp(acc, ref, (size_t)width * sizeof(float)) != 0) ++bad;
@@ -191,5 +253,14 @@ def test_micro_kernel_instructions_per_mac(checker_runs):
     2.65), at most 4.5 in plain C on RV32 (4.04). The TIR loop it replaces took 10-15."""
     for name, limit in (("cortex-m4", 3.0), ("cortex-m7", 3.0), ("riscv32", 4.5)):
         _, _, macs, result = checker_runs[name]
-        assert len(result.region_instructions) == 1
+        assert len(result.region_instructions) == 2
         assert result.region_instructions[0] / macs <= limit, (name, result.region_instructions[0] / macs)
+
+
+@pytest.mark.slow
+def test_float_micro_kernel_instructions_per_mac(checker_runs):
+    """The input-gradient row, 64 channels x 16 pixels (1,024 MACs): at most 4
+    instructions per MAC on every board (the TIR loop took about 7 on Cortex-M7)."""
+    for name in ("cortex-m4", "cortex-m7", "riscv32"):
+        result = checker_runs[name][3]
+        assert result.region_instructions[1] / 1024 <= 4.0, (name, result.region_instructions[1] / 1024)

@@ -5,7 +5,8 @@
  * each one computes exactly what the loop nest it replaces computed, bit for bit.
  * TVM's C code generator declares them itself (every pointer as void *), hence no header.
  *
- * tt_pw_row_s8: one row of an int8 pointwise conv, for one output channel:
+ * tt_pw_row_s8: one row of an int8 pointwise conv, for one output channel (the forward;
+ * tt_pw_row_f32s8, at the end, is its input gradient):
  *
  *     acc[x] += sum_i ((float)a[i * a_stride + x] - zx) * (float)w[i * w_stride]
  *
@@ -171,6 +172,59 @@ int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w
   }
   for (; x < width; ++x) {
     acc[x] = (float)(pw_dot(a + x, a_stride, w, w_stride, k) - fold);
+  }
+  return 0;
+}
+
+/* tt_pw_row_f32s8: one row of the input gradient of a pointwise conv (float32 output
+ * gradient a, int8 weights w), for one input channel:
+ *
+ *     acc[x] += a[i * a_stride + x] * (float)w[i * w_stride]    for i < k, x < width
+ *
+ * each sum taken in increasing i from acc[x], exactly as the TIR loop: the same float32
+ * products and additions in the same order (the build never contracts them into FMAs),
+ * so the same bits. What changes is where the sums live: 8 (then 4) pixels in registers,
+ * each weight converted once for them. */
+int32_t tt_pw_row_f32s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_stride, int32_t k,
+                        int32_t width) {
+  float *acc = (float *)acc_;
+  const float *a = (const float *)a_;
+  const int8_t *w = (const int8_t *)w_;
+  int32_t x = 0;
+  for (; x + 8 <= width; x += 8) {
+    float s[8];
+    for (int j = 0; j < 8; ++j) {
+      s[j] = acc[x + j];
+    }
+    const float *ap = a + x;
+    for (int32_t i = 0; i < k; ++i, ap += a_stride) {
+      float wi = (float)w[i * w_stride];
+      for (int j = 0; j < 8; ++j) {
+        s[j] = s[j] + ap[j] * wi;
+      }
+    }
+    for (int j = 0; j < 8; ++j) {
+      acc[x + j] = s[j];
+    }
+  }
+  for (; x + 4 <= width; x += 4) {
+    float s0 = acc[x], s1 = acc[x + 1], s2 = acc[x + 2], s3 = acc[x + 3];
+    const float *ap = a + x;
+    for (int32_t i = 0; i < k; ++i, ap += a_stride) {
+      float wi = (float)w[i * w_stride];
+      s0 = s0 + ap[0] * wi;
+      s1 = s1 + ap[1] * wi;
+      s2 = s2 + ap[2] * wi;
+      s3 = s3 + ap[3] * wi;
+    }
+    acc[x] = s0, acc[x + 1] = s1, acc[x + 2] = s2, acc[x + 3] = s3;
+  }
+  for (; x < width; ++x) {
+    float s = acc[x];
+    for (int32_t i = 0; i < k; ++i) {
+      s = s + a[i * a_stride + x] * (float)w[i * w_stride];
+    }
+    acc[x] = s;
   }
   return 0;
 }
