@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-TARGETS = ["host", "cortex-m4", "cortex-m7", "riscv32"]
+TARGETS = ["host", "cortex-m4", "cortex-m7", "cortex-m33", "riscv32"]
 KEYS = ["target", "ran_on", "precision", "steps", "loss_first_window_mean", "loss_last_window_mean", "accuracy_before",
         "accuracy_after", "peak_sram_bytes", "static_ram_bytes", "stack_high_water_bytes", "arena_bytes",
         "flash_bytes", "instructions_per_step", "instructions_per_prediction"]

@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 ZOO = Path(os.environ.get("TINYTRAIN_MODELS_DIR") or HERE.parent.parent / "shared" / "models" / "tiny-training")
 SCHEMES = {"mcunet-5fps": ["mcunet-49kb", "mcunet-74kb", "mcunet-99kb", "mcunet-124kb", "mcunet-148kb"],
            "mbv2-w0.35": ["mbv2-49kb", "mbv2-73kb", "mbv2-99kb", "mbv2-123kb", "mbv2-138kb"]}
-TARGETS = ["cortex-m4", "cortex-m7", "riscv32"]
+TARGETS = ["cortex-m4", "cortex-m7", "cortex-m33", "riscv32"]
 BASELINE = HERE / "results" / "speed_baseline.json"
 TINYENGINE = {"model": "mcunet-5fps", "scheme": "mcunet-49kb", "target": "cortex-m7",
               "instructions_per_step": 128.6e6, "forward": 65.4e6, "backward_and_update": 63.2e6,

@@ -93,7 +93,7 @@ _DEBIAN_PACKAGE = {
 class Board:
     """One build-and-run target.  Instances live in `BOARDS`; use `get_board`."""
 
-    name: str  # "host" | "cortex-m4" | "cortex-m7" | "riscv32"
+    name: str  # "host" | "cortex-m4" | "cortex-m7" | "cortex-m33" | "riscv32"
     description: str  # e.g. "Cortex-M4F on QEMU mps2-an386"
     arch: str  # "host" | "arm" | "riscv": picks the board sources
     cc: str  # C compiler executable
@@ -154,6 +154,14 @@ BOARDS: dict[str, Board] = {
               arch_flags=("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-d16", "-mfloat-abi=hard"),
               picolibc_package="picolibc-arm-none-eabi", qemu="qemu-system-arm",
               qemu_machine="mps2-an500", cpu_label="Cortex-M7", fpu_rounds=True, **_MPS2),  # VRINTR
+        Board(name="cortex-m33", description="Cortex-M33 (ARMv8-M, DSP, FPv5 single precision) on QEMU mps2-an505",
+              arch="arm", cc="arm-none-eabi-gcc",
+              arch_flags=("-mcpu=cortex-m33", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard"),
+              picolibc_package="picolibc-arm-none-eabi", qemu="qemu-system-arm",
+              qemu_machine="mps2-an505", cpu_label="Cortex-M33", fpu_rounds=True,  # VRINTR
+              # the secure aliases it boots in: SSRAM1 for code, SSRAM2+3 for data
+              flash_origin=0x1000_0000, ram_origin=0x3800_0000,
+              max_flash_bytes=4 << 20, max_ram_bytes=4 << 20, thumb=True),
         Board(name="riscv32", description="RV32IMAFC (hard float) on QEMU virt", arch="riscv",
               cc="riscv64-unknown-elf-gcc",
               arch_flags=("-march=rv32imafc", "-mabi=ilp32f", "-mcmodel=medany"),

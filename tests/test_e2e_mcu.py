@@ -15,7 +15,7 @@ from tvm_tinytrain.targets.boards import get_board
 from tvm_tinytrain.targets.project import write_project
 from tvm_tinytrain.session import run_stream
 
-MCUS = ["cortex-m4", "cortex-m7", "riscv32"]
+MCUS = ["cortex-m4", "cortex-m7", "cortex-m33", "riscv32"]
 pytestmark = pytest.mark.slow
 
 

@@ -1,5 +1,5 @@
 /*
- * Cortex-M (ARMv7-M) start-up and fault reports.
+ * Cortex-M (ARMv7-M: M4, M7; ARMv8-M Mainline: M33) start-up and fault reports.
  *
  * picolibc's crt0-hosted enables the FPU (CPACR) before main.  A constructor here
  * (run by crt0 before main, so even a main() that forgets board_init() is covered)
@@ -25,6 +25,11 @@
  *     start of RAM, no access (higher region numbers win where regions overlap).
  *     Below RAM nothing is mapped, so any stack overflow, however large the frame,
  *     faults.
+ *
+ * ARMv8-M (Cortex-M33) has another MPU: regions are [base, limit] in 32-byte steps, with
+ * no subregions, and may not overlap.  There, region 0 is the flash as above (its end
+ * rounded up to 32 bytes), region 1 the RAM budget above the stack guard
+ * [__stack_guard_end, __ram_end), and the guard, below it, is simply in no region.
  *
  * All of this is done once at start-up and costs nothing afterwards.
  *
@@ -77,6 +82,15 @@
 extern uint32_t __stack_limit[], __stack_guard_end[];
 extern uint32_t __flash_start[], __flash_end[], __ram_start[], __ram_end[];
 
+/* Report a guard that cannot be set up (never happens with a board.ld we generated). */
+static void guard_setup_failed(const char *what)
+{
+    printf("*** FAULT: MPU set-up failed at pc=unknown (%s; RAM budget [0x%08lx, 0x%08lx))\n",
+           what, (unsigned long)(uintptr_t)__ram_start, (unsigned long)(uintptr_t)__ram_end);
+    _exit(BOARD_FAULT_EXIT_CODE);
+}
+
+#if !defined(__ARM_ARCH_8M_MAIN__)
 static void mpu_region(uint32_t n, uint32_t base, uint32_t rasr)
 {
     MPU_RNR = n;
@@ -120,14 +134,39 @@ static uint64_t ram_cover(uint64_t at, uint64_t start, uint64_t end,
     return best;
 }
 
-/* Report a guard that cannot be set up (never happens with a board.ld we generated). */
-static void guard_setup_failed(const char *what)
+#endif
+
+#if defined(__ARM_ARCH_8M_MAIN__)
+#define MPU_RLAR REG(0xE000EDA0)
+#define MPU_MAIR0 REG(0xE000EDC0)
+#define RBAR_XN 1u
+#define RBAR_AP_RW (1u << 1)                  /* read-write, privileged and unprivileged */
+#define RBAR_AP_RO (3u << 1)                  /* read-only, privileged and unprivileged */
+#define RLAR_ENABLE 1u                        /* attribute index 0: MAIR0 byte 0 */
+
+/* [start, end) as region n: end rounded up to the 32-byte granule. */
+static void mpu8_region(uint32_t n, uint32_t start, uint32_t end, uint32_t rbar_flags)
 {
-    printf("*** FAULT: MPU set-up failed at pc=unknown (%s; RAM budget [0x%08lx, 0x%08lx))\n",
-           what, (unsigned long)(uintptr_t)__ram_start, (unsigned long)(uintptr_t)__ram_end);
-    _exit(BOARD_FAULT_EXIT_CODE);
+    MPU_RNR = n;
+    MPU_RBAR = (start & ~31u) | rbar_flags;
+    MPU_RLAR = ((end - 1u) & ~31u) | RLAR_ENABLE;
 }
 
+__attribute__((constructor)) static void board_arch_init(void)
+{
+    if (((MPU_TYPE >> 8) & 0xffu) < 2)
+        guard_setup_failed("the MPU has fewer than 2 regions");
+    MPU_CTRL = 0;
+    __asm__ volatile("dsb\n\tisb" ::: "memory");
+    MPU_MAIR0 = 0xffu;              /* attribute 0: normal memory, write-back cacheable */
+    mpu8_region(0, (uint32_t)(uintptr_t)__flash_start, (uint32_t)(uintptr_t)__flash_end, RBAR_AP_RO);
+    mpu8_region(1, (uint32_t)(uintptr_t)__stack_guard_end, (uint32_t)(uintptr_t)__ram_end,
+                RBAR_AP_RW | RBAR_XN);
+    MPU_CTRL = 1u;                   /* ENABLE; PRIVDEFENA = 0: no background map; HFNMIENA = 0 */
+    SCB_SHCSR |= (1u << 16) | (1u << 17) | (1u << 18); /* MemManage, BusFault, UsageFault */
+    __asm__ volatile("dsb\n\tisb" ::: "memory");
+}
+#else
 __attribute__((constructor)) static void board_arch_init(void)
 {
     uint32_t regions = (MPU_TYPE >> 8) & 0xffu;
@@ -177,6 +216,7 @@ __attribute__((constructor)) static void board_arch_init(void)
     SCB_SHCSR |= (1u << 16) | (1u << 17) | (1u << 18); /* MemManage, BusFault, UsageFault */
     __asm__ volatile("dsb\n\tisb" ::: "memory");
 }
+#endif
 
 static const char *fault_reason(uint32_t cfsr, uint32_t hfsr, uint32_t *addr, char *buf,
                                 size_t len)
