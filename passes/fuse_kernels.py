@@ -295,19 +295,20 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
 
     Every injective block is inlined into its readers, except, where a kernel holds two
     reductions, the narrowest tensor between them (the producer's result, int8 in an int8
-    model, which the depthwise conv reads), and the int8 operands of a pointwise conv (see
+    model, which the depthwise conv reads), and the int8 operands of a conv (see
     `_staged_operands`). Then, from the last block backwards, each remaining block is
     computed inside the loops of its reader: a reduction at the innermost loop (one
-    accumulator; a row for a pointwise conv), that kept tensor at the reader's channel loop
-    (one channel at a time), a staged weight at the conv's output-channel loop, a staged
-    input at the conv's row loop (the kernel then walks rows outside output channels), or
-    whole before the conv where channels must stay outside (a depthwise pair)."""
+    accumulator; a row for a pointwise conv, a plane for a small depthwise conv), that kept
+    tensor at the reader's channel loop (one channel at a time), a staged weight or
+    depthwise input plane at the conv's output-channel loop, a staged pointwise input at
+    the conv's row loop (the kernel then walks rows outside output channels), or whole
+    before the conv where channels must stay outside (a depthwise pair)."""
     if int(func.attrs.get("op_pattern", 0)) > REDUCTIONS[-1]:
         return func  # opaque: nothing to schedule
     sch = Schedule(func)
     root = sch.get_sblock("root")
     kept = _between_reductions(sch, sch.get_child_blocks(root))
-    staged = _staged_operands(sch, sch.get_child_blocks(root))
+    staged = {n: k for n, k in _staged_operands(sch, sch.get_child_blocks(root)).items() if n not in kept}
     changed = True
     while changed:  # inline every injective block into its readers (and epilogues into the last)
         changed = False
@@ -336,7 +337,8 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
         reduction = _is_reduction(sch, block)
         if staged.get(name) == INPUT:
             at = ROW_AXIS
-        elif (name in kept or staged.get(name) == WEIGHT) and len(outer) > CHANNEL_AXIS:
+        elif (name in kept or staged.get(name) in (WEIGHT, PLANE) or _small_depthwise(sch, block)) \
+                and len(outer) > CHANNEL_AXIS:
             at = CHANNEL_AXIS
         else:
             at = len(outer) - (2 if len(outer) > 1 and _is_pointwise(sch, block) else 1)
@@ -356,19 +358,22 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     return scheduled(sch, func)
 
 
-INPUT, WEIGHT = "input", "weight"
+INPUT, WEIGHT, PLANE = "input", "weight", "plane"
 
 
 def _staged_operands(sch, blocks) -> dict[str, str]:
-    """The int8 operands of pointwise convs that the kernel computes itself: block name ->
-    INPUT or WEIGHT. An int8 input computed in the kernel (a requantized residual sum, the
-    rounding of a float tensor kept for backward) or weights concatenated from a trained and
-    a frozen part would, inlined, be recomputed for every multiply-accumulate; kept as a
-    small int8 buffer they are computed once per element, and the conv reads int8 tensors
-    only, the form `targets/tensorize.py` hands to a micro-kernel."""
+    """The int8 operands of pointwise and depthwise convs that the kernel computes itself:
+    block name -> INPUT or WEIGHT (pointwise), PLANE (depthwise). An int8 input computed in
+    the kernel (a requantized residual sum, the rounding of a float tensor kept for
+    backward) or weights concatenated from a trained and a frozen part would, inlined, be
+    recomputed for every multiply-accumulate; kept as a small int8 buffer they are computed
+    once per element, and a pointwise conv reads int8 tensors only, the form
+    `targets/tensorize.py` hands to a micro-kernel. A depthwise conv's input is staged a
+    channel plane at a time (computed once instead of once per window tap)."""
     staged = {}
     for conv in blocks:
-        if not _is_pointwise(sch, conv):
+        depthwise = _is_depthwise_conv(sch, conv)
+        if not (depthwise or _is_pointwise(sch, conv)):
             continue
         frontier, seen = list(sch.get_producers(conv)), set()
         while frontier:  # back from the conv through injective blocks, up to the first int8 result
@@ -380,7 +385,10 @@ def _staged_operands(sch, blocks) -> dict[str, str]:
             writes = sch.get(block).writes
             if len(writes) == 1 and str(writes[0].source.ty.dtype) == "int8":
                 shape = [int(d) for d in writes[0].source.shape]
-                staged[name] = WEIGHT if len(shape) == 4 and shape[0] != 1 and shape[2:] == [1, 1] else INPUT
+                if depthwise:  # its window reads each input element kh x kw times
+                    staged[name] = PLANE
+                else:
+                    staged[name] = WEIGHT if len(shape) == 4 and shape[0] != 1 and shape[2:] == [1, 1] else INPUT
                 continue
             frontier.extend(sch.get_producers(block))
     return staged
@@ -398,12 +406,38 @@ CHANNEL_AXIS = 1  # NCHW: the loop of a reader over the channels of what it read
 ROW_AXIS = 1      # a pointwise conv walking rows outside output channels: its row loop
 
 
-def _is_pointwise(sch, block) -> bool:
-    """A 1x1 conv: (n, f, y, x) spatial, (c, 1, 1) reduced. Its accumulator is a row, so that
-    lowering can hand the whole row to a micro-kernel (targets/tensorize.py)."""
+def _conv_reduction(sch, block) -> tuple[int, ...] | None:
+    """The reduced extents (channels, kh, kw) of an NCHW conv block, (n, f, y, x) spatial."""
     ivs = sch.get(block).iter_vars
-    return (len(ivs) == 7 and [int(v.iter_type) for v in ivs] == [0] * 4 + [tvm.tirx.IterVar.CommReduce] * 3
-            and all(int(v.dom.extent) == 1 for v in ivs[5:]))
+    if len(ivs) != 7 or [int(v.iter_type) for v in ivs] != [0] * 4 + [tvm.tirx.IterVar.CommReduce] * 3:
+        return None
+    return tuple(int(v.dom.extent) for v in ivs[4:])
+
+
+def _is_pointwise(sch, block) -> bool:
+    """A 1x1 conv. Its accumulator is a row, so that lowering can hand the whole row to a
+    micro-kernel (targets/tensorize.py)."""
+    reduced = _conv_reduction(sch, block)
+    return reduced is not None and reduced[1:] == (1, 1)
+
+
+# A depthwise conv whose output plane is at most this many bytes of float32 keeps a plane
+# accumulator (computed at its reader's channel loop), which lowering hands to a
+# micro-kernel whole (targets/tensorize.py); larger ones keep one accumulator per pixel.
+PLANE_ACCUMULATOR_BYTES = 4096
+
+
+def _small_depthwise(sch, block) -> bool:
+    if not _is_depthwise_conv(sch, block):
+        return False
+    ivs = sch.get(block).iter_vars
+    return int(ivs[2].dom.extent) * int(ivs[3].dom.extent) * 4 <= PLANE_ACCUMULATOR_BYTES
+
+
+def _is_depthwise_conv(sch, block) -> bool:
+    """A conv over one input channel per output channel with a real window (kh x kw > 1)."""
+    reduced = _conv_reduction(sch, block)
+    return reduced is not None and reduced[0] == 1 and reduced[1] * reduced[2] > 1
 
 
 def _is_reduction(sch, block) -> bool:

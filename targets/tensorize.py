@@ -28,6 +28,7 @@ from tvm_tinytrain.passes.fuse_kernels import scheduled
 
 INT8_ROW = "tt_pw_row_s8"      # acc[x] += (float(a[i, x]) - zx) * float(w[i]), int8 a
 FLOAT_ROW = "tt_pw_row_f32s8"  # acc[x] += a[i, x] * float(w[i]), float32 a
+DEPTHWISE_PLANE = "tt_dw_plane_s8"  # one channel of an int8 depthwise conv, padding included
 _REDUCE = 2  # IterVar.CommReduce
 
 
@@ -39,7 +40,7 @@ def pointwise_row_intrin(kernel: str, channels: int, width: int, zero: int = 0) 
     K, W, zx, one = T.int64(channels), T.int64(width), T.float32(zero), T.int64(1)
     a_dtype = "int8" if kernel == INT8_ROW else "float32"
 
-    # The descriptions: one per form of the sum (TVM drops a "- 0" zero point).
+    # The descriptions. A zero point of 0 folds away as it does in the kernels ("x - 0.0" is x).
     @T.prim_func(s_tir=True)
     def int8_desc(a: T.handle, b: T.handle, c: T.handle):
         A = T.match_buffer(a, (one, K, one, W), "int8", offset_factor=1)
@@ -52,20 +53,6 @@ def pointwise_row_intrin(kernel: str, channels: int, width: int, zero: int = 0) 
                 with T.sblock("update"):
                     vx, vk = T.axis.remap("SR", [x, k])
                     C[0, 0, 0, vx] = C[0, 0, 0, vx] + (T.Cast("float32", A[0, vk, 0, vx]) - zx) * T.Cast(
-                        "float32", B[0, vk, 0, 0])
-
-    @T.prim_func(s_tir=True)
-    def int8_desc_zero(a: T.handle, b: T.handle, c: T.handle):
-        A = T.match_buffer(a, (one, K, one, W), "int8", offset_factor=1)
-        B = T.match_buffer(b, (one, K, one, one), "int8", offset_factor=1)
-        C = T.match_buffer(c, (one, one, one, W), "float32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0, 0, 0, 0:W], A[0, 0:K, 0, 0:W], B[0, 0:K, 0, 0])
-            T.writes(C[0, 0, 0, 0:W])
-            for n, f, y, x, k, ry, rx in T.grid(one, one, one, W, K, one, one):
-                with T.sblock("update"):
-                    vx, vk = T.axis.remap("SR", [x, k])
-                    C[0, 0, 0, vx] = C[0, 0, 0, vx] + T.Cast("float32", A[0, vk, 0, vx]) * T.Cast(
                         "float32", B[0, vk, 0, 0])
 
     @T.prim_func(s_tir=True)
@@ -116,11 +103,66 @@ def pointwise_row_intrin(kernel: str, channels: int, width: int, zero: int = 0) 
                                      channels, width))
 
     if kernel == INT8_ROW:
-        TensorIntrin.register(name, int8_desc_zero if zero == 0 else int8_desc, int8_impl)
+        TensorIntrin.register(name, int8_desc, int8_impl)
     else:
         assert a_dtype == "float32" and zero == 0
         TensorIntrin.register(name, float_desc, float_impl)
     return name
+
+
+def depthwise_plane_intrin(h: int, w: int, kh: int, kw: int, stride: int, pad: int, zero: int) -> str:
+    """The registered name of the intrinsic for one channel of an int8 depthwise conv: an
+    h x w input plane, a kh x kw window, `stride`, `pad` zeros on every side, zero point."""
+    out_h, out_w = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    name = f"tinytrain.{DEPTHWISE_PLANE}.{h}x{w}.k{kh}x{kw}.s{stride}.p{pad}.z{zero}"
+    if TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    # The conv reads the window's bounding box, padding included: rows -pad .. -pad + AH.
+    H, Wd, KH, KW, OH, OW = (T.int64(v) for v in (h, w, kh, kw, out_h, out_w))
+    AH, AW = T.int64((out_h - 1) * stride + kh), T.int64((out_w - 1) * stride + kw)
+    s, p, zx, one = T.int64(stride), T.int64(pad), T.float32(zero), T.int64(1)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle):
+        A = T.match_buffer(a, (one, one, AH, AW), "int8", offset_factor=1)
+        B = T.match_buffer(b, (one, one, KH, KW), "int8", offset_factor=1)
+        C = T.match_buffer(c, (one, one, OH, OW), "float32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0, 0, 0:OH, 0:OW], A[0, 0, 0:AH, 0:AW], B[0, 0, 0:KH, 0:KW])
+            T.writes(C[0, 0, 0:OH, 0:OW])
+            for n, f, y, x, r, ky, kx in T.grid(one, one, OH, OW, one, KH, KW):
+                with T.sblock("update"):
+                    vy, vx, vky, vkx = T.axis.remap("SSRR", [y, x, ky, kx])
+                    C[0, 0, vy, vx] = C[0, 0, vy, vx] + T.if_then_else(
+                        p <= vy * s + vky and vy * s + vky < H + p and p <= vx * s + vkx and vx * s + vkx < Wd + p,
+                        T.Cast("float32", A[0, 0, vy * s + vky, vx * s + vkx]) - zx,
+                        T.float32(0.0)) * T.Cast("float32", B[0, 0, vky, vkx])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle):
+        a_row = T.int64()
+        b_row = T.int64()
+        A = T.match_buffer(a, (one, one, AH, AW), "int8", offset_factor=1,
+                           strides=[T.int64(), T.int64(), a_row, one])
+        B = T.match_buffer(b, (one, one, KH, KW), "int8", offset_factor=1,
+                           strides=[T.int64(), T.int64(), b_row, one])
+        C = T.match_buffer(c, (one, one, OH, OW), "float32", offset_factor=1,
+                           strides=[T.int64(), T.int64(), OW, one])
+        with T.sblock("root"):
+            T.reads(C[0, 0, 0:OH, 0:OW], A[0, 0, 0:AH, 0:AW], B[0, 0, 0:KH, 0:KW])
+            T.writes(C[0, 0, 0:OH, 0:OW])
+            # the plane's element (0, 0): `pad` rows and columns into the box
+            T.evaluate(T.call_extern("int32", DEPTHWISE_PLANE, C.access_ptr("rw"),
+                                     A.access_ptr("r", offset=p * a_row + p),
+                                     T.Cast("int32", a_row), B.access_ptr("r"), T.Cast("int32", b_row),
+                                     h, w, kh, kw, stride, pad, out_h, out_w, zero))
+
+    TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def _iter_types(block) -> list[int]:
+    return [int(v.iter_type) for v in block.iter_vars]
 
 
 def _loaded(expr, dtype: str) -> bool:
@@ -155,6 +197,43 @@ def _row_form(block) -> tuple[str, int] | None:
     return INT8_ROW, int(zero.value)
 
 
+def _depthwise_form(block, loops_extents) -> str | None:
+    """The intrinsic for `block` when it is one channel plane of an int8 depthwise conv,
+    `acc += if_then_else(inside, float(a) - zx, 0) * float(w)`; else None. The shape
+    (stride, padding) is read off the access: TVM's structural match then confirms it."""
+    ivs = block.iter_vars
+    if len(ivs) != 7 or [int(v.iter_type) == _REDUCE for v in ivs] != [False] * 4 + [True] * 3:
+        return None
+    if int(ivs[4].dom.extent) != 1 or int(ivs[5].dom.extent) * int(ivs[6].dom.extent) <= 1:
+        return None
+    store = block.body
+    if not isinstance(store, tvm.tirx.BufferStore) or not isinstance(store.value, tvm.tirx.Add):
+        return None
+    mul = store.value.b
+    if not isinstance(mul, tvm.tirx.Mul) or not _int8_cast(mul.b) or not isinstance(mul.a, tvm.ir.expr.Call):
+        return None
+    if mul.a.op.name != "prim.if_then_else" or len(mul.a.args) != 3:
+        return None
+    value = mul.a.args[1]
+    a, zero = (value.a, value.b) if isinstance(value, tvm.tirx.Sub) else (value, tvm.tirx.FloatImm("float32", 0.0))
+    if not _int8_cast(a) or not isinstance(zero, tvm.tirx.FloatImm) or zero.value != int(zero.value):
+        return None
+    cond = mul.a.args[0]
+    while isinstance(cond, tvm.tirx.And):  # the first test is "pad <= y * stride + ky"
+        cond = cond.a
+    if not (isinstance(cond, tvm.tirx.LE) and isinstance(cond.a, tvm.tirx.IntImm)):
+        return None
+    pad, shape = int(cond.a.value), [int(d) for d in a.value.source.shape]
+    out_h, out_w, kh, kw = (loops_extents[i] for i in (2, 3, 5, 6))
+    if len(shape) != 4:
+        return None
+    h, w = shape[2], shape[3]
+    for stride in range(1, kh + 1):
+        if (h + 2 * pad - kh) // stride + 1 == out_h and (w + 2 * pad - kw) // stride + 1 == out_w:
+            return depthwise_plane_intrin(h, w, kh, kw, stride, pad, int(zero.value))
+    return None
+
+
 def sblocks(stmt) -> list:
     """Every SBlock under a TIR statement (TVM 0.27 has no Python TIR visitor: this walks the
     statement kinds blocks sit in)."""
@@ -177,15 +256,17 @@ def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
     sch, replaced = Schedule(func), 0
     for block in sblocks(func.body):
         form = _row_form(block)
-        if form is None:
-            continue
-        loops = sch.get_loops(sch.get_sblock(block.name_hint))
+        loops = sch.get_loops(sch.get_sblock(block.name_hint)) if form or _REDUCE in _iter_types(block) else []
         if len(loops) < 7:
             continue
-        width, channels = (int(sch.get(loop).extent) for loop in loops[-4:-2])
+        extents = [int(sch.get(loop).extent) for loop in loops[-7:]]
+        intrin = (pointwise_row_intrin(form[0], extents[4], extents[3], form[1]) if form
+                  else _depthwise_form(block, extents))
+        if intrin is None:
+            continue
         try:
-            sch.tensorize(loops[-7], pointwise_row_intrin(form[0], channels, width, form[1]))
+            sch.tensorize(loops[-7], intrin)
             replaced += 1
         except ScheduleError:
-            continue  # not a row of a stride-1 pointwise conv: keep the loop nest
+            continue  # not the loop nest the intrinsic describes: keep it
     return (scheduled(sch, func) if replaced else func), replaced

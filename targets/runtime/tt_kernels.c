@@ -34,6 +34,18 @@
 #endif
 
 #define TT_EXACT_FLOAT_INTEGERS 16777216 /* 2^24: float32 holds every integer up to here */
+#define TT_DW_MAX_TAPS 49 /* windows up to 7x7 take the int32 path (their sums stay far below 2^24) */
+
+/* Whether n accumulators all hold +0.0f (all bits zero): the int32 paths' precondition. */
+static int all_positive_zero(const float *acc, int32_t n) {
+  uint32_t any = 0;
+  for (int32_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    memcpy(&bits, &acc[i], sizeof bits);
+    any |= bits;
+  }
+  return any == 0;
+}
 
 /* The TIR's own arithmetic: the fallback when the int32 sum could differ from it. */
 static void pw_row_float(float *acc, const int8_t *a, int32_t a_stride, const int8_t *w, int32_t w_stride,
@@ -150,12 +162,7 @@ int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w
     }
     exact = sum_abs_w * max_dev <= TT_EXACT_FLOAT_INTEGERS;
   }
-  for (int32_t x = 0; x < width && exact; ++x) {
-    uint32_t bits;
-    memcpy(&bits, &acc[x], sizeof bits);
-    exact = bits == 0; /* +0.0f */
-  }
-  if (!exact) {
+  if (!exact || !all_positive_zero(acc, width)) {
     pw_row_float(acc, a, a_stride, w, w_stride, k, width, (float)zx);
     return 0;
   }
@@ -225,6 +232,139 @@ int32_t tt_pw_row_f32s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_
       s = s + a[i * a_stride + x] * (float)w[i * w_stride];
     }
     acc[x] = s;
+  }
+  return 0;
+}
+
+/* tt_dw_plane_s8: one channel of an int8 depthwise conv (kh x kw window, stride, zero
+ * padding of `pad` on every side), all out_h x out_w outputs:
+ *
+ *     acc[oy][ox] += sum_{ky, kx} (inside ? (float)a[iy][ix] - zx : 0.0f) * (float)w[ky][kx]
+ *
+ * with iy = oy * stride + ky - pad, ix = ox * stride + kx - pad, in the TIR's order (ky, then
+ * kx). Every tap is an integer of magnitude below 2^15, so for windows of up to 514 taps,
+ * with the accumulator starting at +0.0, every float32 partial sum is an exact integer: the
+ * int32 sum (zero point folded, padded taps skipped since they add zero) gives the same
+ * bits. It is taken for windows up to TT_DW_MAX_TAPS (7x7, whose weights it copies to the
+ * stack as int32); otherwise (larger windows, an accumulator not at zero) the float32 loop
+ * runs. Windows inside the plane need no bounds tests and take an unrolled path for 3x3,
+ * 5x5 and 7x7; those on the border add the taps inside the plane only. */
+static void dw_plane_float(float *acc, const int8_t *a, int32_t a_row, const int8_t *w, int32_t w_row, int32_t h,
+                           int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h,
+                           int32_t out_w, float zx) {
+  for (int32_t oy = 0; oy < out_h; ++oy) {
+    for (int32_t ox = 0; ox < out_w; ++ox) {
+      float s = acc[oy * out_w + ox];
+      for (int32_t ky = 0; ky < kh; ++ky) {
+        for (int32_t kx = 0; kx < kw; ++kx) {
+          int32_t iy = oy * stride + ky - pad, ix = ox * stride + kx - pad;
+          float v = (iy >= 0 && iy < h && ix >= 0 && ix < wd) ? (float)a[iy * a_row + ix] - zx : 0.0f;
+          s = s + v * (float)w[ky * w_row + kx];
+        }
+      }
+      acc[oy * out_w + ox] = s;
+    }
+  }
+}
+
+/* sum of a full kh x kw window, weights times inputs (the zero point folded by the caller);
+ * inlined with constant sizes for the usual windows so that the compiler unrolls it. The
+ * weights come from a local int32 copy: no store through `out` can alias them, so they
+ * stay in registers. */
+static inline __attribute__((always_inline)) int32_t dw_window(const int8_t *row, int32_t a_row, const int32_t *w,
+                                                             int32_t kh, int32_t kw) {
+  int32_t s = 0;
+  for (int32_t ky = 0; ky < kh; ++ky, row += a_row, w += kw) {
+    for (int32_t kx = 0; kx < kw; ++kx) {
+      s += w[kx] * row[kx];
+    }
+  }
+  return s;
+}
+
+/* Outputs [ox0, ox1) of one row whose windows lie inside the plane. */
+static inline __attribute__((always_inline)) void dw_inside(float *out, const int8_t *row, int32_t a_row,
+                                                          const int32_t *w, int32_t kh, int32_t kw, int32_t stride,
+                                                          int32_t ox0, int32_t ox1, int32_t fold) {
+  for (int32_t ox = ox0; ox < ox1; ++ox) {
+    out[ox] = (float)(dw_window(row + ox * stride, a_row, w, kh, kw) - fold);
+  }
+}
+
+/* Outputs [ox0, ox1) of a row whose 3x3 windows lie inside the plane (the commonest
+ * window), its 9 weights in registers. */
+static __attribute__((noinline)) void dw_inside_3x3(float *out, const int8_t *row, int32_t a_row, const int32_t *w,
+                                                   int32_t stride, int32_t ox0, int32_t ox1, int32_t fold) {
+  const int32_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8];
+  const int8_t *r0 = row + ox0 * stride, *r1 = r0 + a_row, *r2 = r1 + a_row;
+#pragma GCC unroll 1 /* 9 weights, 3 row pointers and the sum fill the registers */
+  for (int32_t ox = ox0; ox < ox1; ++ox, r0 += stride, r1 += stride, r2 += stride) {
+    int32_t s = w0 * r0[0] + w1 * r0[1] + w2 * r0[2] + w3 * r1[0] + w4 * r1[1] + w5 * r1[2] + w6 * r2[0] +
+                w7 * r2[1] + w8 * r2[2];
+    out[ox] = (float)(s - fold);
+  }
+}
+
+/* One output on the border: the taps inside the plane only (the padding adds zero). */
+static int32_t dw_border(const int8_t *a, int32_t a_row, const int32_t *w, int32_t h, int32_t wd, int32_t kh,
+                         int32_t kw, int32_t iy0, int32_t ix0, int32_t zx) {
+  int32_t s = 0;
+  int32_t ky0 = iy0 < 0 ? -iy0 : 0, ky1 = iy0 + kh > h ? h - iy0 : kh;
+  int32_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = ix0 + kw > wd ? wd - ix0 : kw;
+  for (int32_t ky = ky0; ky < ky1; ++ky) {
+    const int8_t *row = a + (iy0 + ky) * a_row + ix0;
+    for (int32_t kx = kx0; kx < kx1; ++kx) {
+      s += w[ky * kw + kx] * (row[kx] - zx);
+    }
+  }
+  return s;
+}
+
+int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_row, int32_t h, int32_t wd,
+                       int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w, int32_t zx) {
+  float *acc = (float *)acc_;
+  const int8_t *a = (const int8_t *)a_, *w8 = (const int8_t *)w_;
+  if (kh * kw > TT_DW_MAX_TAPS || !all_positive_zero(acc, out_h * out_w)) {
+    dw_plane_float(acc, a, a_row, w8, w_row, h, wd, kh, kw, stride, pad, out_h, out_w, (float)zx);
+    return 0;
+  }
+  int32_t w[TT_DW_MAX_TAPS], fold = 0;
+  for (int32_t ky = 0; ky < kh; ++ky) {
+    for (int32_t kx = 0; kx < kw; ++kx) {
+      w[ky * kw + kx] = w8[ky * w_row + kx];
+      fold += w[ky * kw + kx];
+    }
+  }
+  fold *= zx;
+  /* the outputs whose windows lie inside the plane across: [ox_lo, ox_hi) */
+  int32_t ox_lo = (pad + stride - 1) / stride;
+  int32_t ox_hi = wd + pad < kw ? 0 : (wd + pad - kw) / stride + 1;
+  if (ox_hi > out_w) {
+    ox_hi = out_w;
+  }
+  for (int32_t oy = 0; oy < out_h; ++oy) {
+    int32_t iy0 = oy * stride - pad, lo = 0, hi = 0;
+    float *out = acc + oy * out_w;
+    if (iy0 >= 0 && iy0 + kh <= h && ox_lo < ox_hi) { /* windows inside the plane: no tests */
+      const int8_t *row = a + iy0 * a_row - pad;
+      lo = ox_lo, hi = ox_hi;
+      if (kh == 3 && kw == 3) {
+        dw_inside_3x3(out, row, a_row, w, stride, lo, hi, fold);
+      } else if (kh == 5 && kw == 5) {
+        dw_inside(out, row, a_row, w, 5, 5, stride, lo, hi, fold);
+      } else if (kh == 7 && kw == 7) {
+        dw_inside(out, row, a_row, w, 7, 7, stride, lo, hi, fold);
+      } else {
+        dw_inside(out, row, a_row, w, kh, kw, stride, lo, hi, fold);
+      }
+    }
+    for (int32_t ox = 0; ox < out_w; ++ox) {
+      if (ox == lo && hi > lo) {
+        ox = hi - 1;
+        continue;
+      }
+      out[ox] = (float)dw_border(a, a_row, w, h, wd, kh, kw, iy0, ox * stride - pad, zx);
+    }
   }
   return 0;
 }
