@@ -81,8 +81,8 @@ def pointwise_row_intrin(kernel: str, channels: int, width: int, zero: int = 0) 
         with T.sblock("root"):
             T.reads(C[0, 0, 0, 0:W], A[0, 0:K, 0, 0:W], B[0, 0:K, 0, 0])
             T.writes(C[0, 0, 0, 0:W])
-            T.evaluate(T.call_extern("int32", INT8_ROW, C.access_ptr("rw"), A.access_ptr("r"),
-                                     T.Cast("int32", a_stride), B.access_ptr("r"), T.Cast("int32", b_stride),
+            T.evaluate(T.call_extern("int32", INT8_ROW, T.address_of(C[0, 0, 0, 0]), T.address_of(A[0, 0, 0, 0]),
+                                     T.Cast("int32", a_stride), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_stride),
                                      channels, width, zero))
 
     @T.prim_func(s_tir=True)
@@ -98,8 +98,8 @@ def pointwise_row_intrin(kernel: str, channels: int, width: int, zero: int = 0) 
         with T.sblock("root"):
             T.reads(C[0, 0, 0, 0:W], A[0, 0:K, 0, 0:W], B[0:K, 0, 0, 0])
             T.writes(C[0, 0, 0, 0:W])
-            T.evaluate(T.call_extern("int32", FLOAT_ROW, C.access_ptr("rw"), A.access_ptr("r"),
-                                     T.Cast("int32", a_stride), B.access_ptr("r"), T.Cast("int32", b_stride),
+            T.evaluate(T.call_extern("int32", FLOAT_ROW, T.address_of(C[0, 0, 0, 0]), T.address_of(A[0, 0, 0, 0]),
+                                     T.Cast("int32", a_stride), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_stride),
                                      channels, width))
 
     if kernel == INT8_ROW:
@@ -151,10 +151,10 @@ def depthwise_plane_intrin(h: int, w: int, kh: int, kw: int, stride: int, pad: i
         with T.sblock("root"):
             T.reads(C[0, 0, 0:OH, 0:OW], A[0, 0, 0:AH, 0:AW], B[0, 0, 0:KH, 0:KW])
             T.writes(C[0, 0, 0:OH, 0:OW])
-            # the plane's element (0, 0): `pad` rows and columns into the box
-            T.evaluate(T.call_extern("int32", DEPTHWISE_PLANE, C.access_ptr("rw"),
-                                     A.access_ptr("r", offset=p * a_row + p),
-                                     T.Cast("int32", a_row), B.access_ptr("r"), T.Cast("int32", b_row),
+            # the plane's element (0, 0): `pad` rows and columns into the box (addresses, not
+            # access_ptr: TVM's storage rewrite may give an int8 buffer a float32 allocation)
+            T.evaluate(T.call_extern("int32", DEPTHWISE_PLANE, T.address_of(C[0, 0, 0, 0]), T.address_of(A[0, 0, p, p]),
+                                     T.Cast("int32", a_row), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_row),
                                      h, w, kh, kw, stride, pad, out_h, out_w, zero))
 
     TensorIntrin.register(name, desc, impl)

@@ -163,6 +163,23 @@ def test_mcunet_pointwise_rows_are_tensorized(mcunet_49kb_lowered):
     assert len(calls) >= 18
 
 
+def test_micro_kernel_operands_in_shared_storage_build(zoo_dir):
+    """A kernel whose int8 staging buffers TVM's storage rewrite places in a float32
+    allocation (MCUNet's 99 KB scheme without reordering) still lowers: the calls take
+    element addresses, not typed access pointers (found by bench/memory.py)."""
+    import dataclasses
+
+    from tvm_tinytrain.config import SparseUpdateConfig
+    from tvm_tinytrain.frontend.zoo_frontend import import_zoo
+    from tvm_tinytrain.pipeline import TrainOptions, build_training_program
+    from tvm_tinytrain.targets.lower import lower
+
+    imported = import_zoo(zoo_dir / "mcunet-5fps.pkl", num_classes=10)
+    program = build_training_program(imported, SparseUpdateConfig.scheme("mcunet-99kb"), TrainOptions(lr=0.002))
+    program = dataclasses.replace(program, memory=dataclasses.replace(program.memory, reorder=False))
+    assert DEPTHWISE_PLANE in lower(program).kernels_c
+
+
 @pytest.fixture(scope="module")
 def mcunet_49kb_lowered(zoo_dir):
     from tvm_tinytrain.config import SparseUpdateConfig
