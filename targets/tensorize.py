@@ -6,14 +6,16 @@ output channel and row, a float32 accumulator of one row is zeroed, then
     acc[x] += (float(a[i, x]) - zx) * float(w[i])     int8 a and w (the forward)
     acc[x] += a[i, x] * float(w[i])                    float32 a, int8 w (input gradients)
 
-for x < width, i < channels. Printed as C, such a loop converts its int8 operands to float
-on every multiply-accumulate and keeps nothing in registers. This step matches those loop
-nests with TVM's `tensorize` against a `TensorIntrin` whose description is that very
-computation and whose implementation calls a micro-kernel of `runtime/tt_kernels.c`
-(`tt_pw_row_s8`: int32 sums, SXTB16/SMLA on Cortex-M; `tt_pw_row_f32s8`: 4 pixels in
-registers), each giving the same bits as the loop it replaces (see there). Matching is TVM's
-structural comparison, so a loop that differs in any way (another operand expression, a
-strided or padded input) is left as it is.
+for x < width, i < channels; a small depthwise conv a channel plane at a time (the
+accumulator an out_h x out_w plane, TOPI's padding tests in the sum). Printed as C, such a
+loop converts its int8 operands to float on every multiply-accumulate and keeps nothing in
+registers. This step matches those loop nests with TVM's `tensorize` against a
+`TensorIntrin` whose description is that very computation and whose implementation calls a
+micro-kernel of `runtime/tt_kernels.c` (`tt_pw_row_s8`: int32 sums, SXTB16/SMLA on
+Cortex-M; `tt_pw_row_f32s8`: 8 pixels in registers; `tt_dw_plane_s8`: int32 sums, no
+bounds tests inside the plane), each giving the same bits as the loop it replaces (see
+there). Matching is TVM's structural comparison, so a loop that differs in any way
+(another operand expression, a strided input) is left as it is.
 
 It runs when lowering to C only: the Relax VM reference keeps the plain TIR.
 """
@@ -173,51 +175,54 @@ def _int8_cast(expr) -> bool:
     return isinstance(expr, tvm.tirx.Cast) and _loaded(expr.value, "int8")
 
 
-def _row_form(block) -> tuple[str, int] | None:
-    """(micro-kernel, zero point) when `block` is one of the module doc's sums over one 1x1
-    conv's (n, f, y, x | c, ky, kx); else None."""
-    ivs = block.iter_vars
-    if len(ivs) != 7 or [int(v.iter_type) == _REDUCE for v in ivs] != [False] * 4 + [True] * 3:
-        return None
-    if any(int(v.dom.extent) != 1 for v in ivs[5:]):
+def _conv_product(block):
+    """The product of `acc = acc + operand * float(int8 weight)` when `block` is the update
+    of an NCHW conv's accumulator, (n, f, y, x) spatial and (c, ky, kx) reduced; else None."""
+    if _iter_types(block) != [0] * 4 + [_REDUCE] * 3:
         return None
     store = block.body
     if not isinstance(store, tvm.tirx.BufferStore) or not isinstance(store.value, tvm.tirx.Add):
         return None
     mul = store.value.b
-    if not isinstance(mul, tvm.tirx.Mul) or not _int8_cast(mul.b):
-        return None
-    if _loaded(mul.a, "float32"):
-        return FLOAT_ROW, 0
-    a, zero = (mul.a.a, mul.a.b) if isinstance(mul.a, tvm.tirx.Sub) else (mul.a, tvm.tirx.FloatImm("float32", 0.0))
+    return mul if isinstance(mul, tvm.tirx.Mul) and _int8_cast(mul.b) else None
+
+
+def _zero_point(value):
+    """(int8 operand, zero point) of `float(a) - zx` (or `float(a)`, zx = 0), else None."""
+    a, zero = (value.a, value.b) if isinstance(value, tvm.tirx.Sub) else (value, tvm.tirx.FloatImm("float32", 0.0))
     if not _int8_cast(a) or not isinstance(zero, tvm.tirx.FloatImm):
         return None
     if zero.value != int(zero.value) or not -128 <= zero.value <= 127:
         return None
-    return INT8_ROW, int(zero.value)
+    return a, int(zero.value)
+
+
+def _row_form(block) -> tuple[str, int] | None:
+    """(micro-kernel, zero point) when `block` is one of the module doc's sums over one 1x1
+    conv; else None."""
+    mul = _conv_product(block)
+    if mul is None or any(int(v.dom.extent) != 1 for v in block.iter_vars[5:]):
+        return None
+    if _loaded(mul.a, "float32"):
+        return FLOAT_ROW, 0
+    operand = _zero_point(mul.a)
+    return None if operand is None else (INT8_ROW, operand[1])
 
 
 def _depthwise_form(block, loops_extents) -> str | None:
     """The intrinsic for `block` when it is one channel plane of an int8 depthwise conv,
     `acc += if_then_else(inside, float(a) - zx, 0) * float(w)`; else None. The shape
     (stride, padding) is read off the access: TVM's structural match then confirms it."""
+    mul = _conv_product(block)
     ivs = block.iter_vars
-    if len(ivs) != 7 or [int(v.iter_type) == _REDUCE for v in ivs] != [False] * 4 + [True] * 3:
+    if mul is None or int(ivs[4].dom.extent) != 1 or int(ivs[5].dom.extent) * int(ivs[6].dom.extent) <= 1:
         return None
-    if int(ivs[4].dom.extent) != 1 or int(ivs[5].dom.extent) * int(ivs[6].dom.extent) <= 1:
+    if not isinstance(mul.a, tvm.ir.expr.Call) or mul.a.op.name != "prim.if_then_else" or len(mul.a.args) != 3:
         return None
-    store = block.body
-    if not isinstance(store, tvm.tirx.BufferStore) or not isinstance(store.value, tvm.tirx.Add):
+    operand = _zero_point(mul.a.args[1])
+    if operand is None:
         return None
-    mul = store.value.b
-    if not isinstance(mul, tvm.tirx.Mul) or not _int8_cast(mul.b) or not isinstance(mul.a, tvm.ir.expr.Call):
-        return None
-    if mul.a.op.name != "prim.if_then_else" or len(mul.a.args) != 3:
-        return None
-    value = mul.a.args[1]
-    a, zero = (value.a, value.b) if isinstance(value, tvm.tirx.Sub) else (value, tvm.tirx.FloatImm("float32", 0.0))
-    if not _int8_cast(a) or not isinstance(zero, tvm.tirx.FloatImm) or zero.value != int(zero.value):
-        return None
+    a, zero = operand
     cond = mul.a.args[0]
     while isinstance(cond, tvm.tirx.And):  # the first test is "pad <= y * stride + ky"
         cond = cond.a
@@ -230,7 +235,7 @@ def _depthwise_form(block, loops_extents) -> str | None:
     h, w = shape[2], shape[3]
     for stride in range(1, kh + 1):
         if (h + 2 * pad - kh) // stride + 1 == out_h and (w + 2 * pad - kw) // stride + 1 == out_w:
-            return depthwise_plane_intrin(h, w, kh, kw, stride, pad, int(zero.value))
+            return depthwise_plane_intrin(h, w, kh, kw, stride, pad, zero)
     return None
 
 
@@ -251,12 +256,14 @@ def sblocks(stmt) -> list:
 
 
 def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
-    """`func` with every matching pointwise row computed by a micro-kernel, and how many
-    loop nests were replaced."""
+    """`func` with every matching pointwise row and depthwise plane computed by a
+    micro-kernel, and how many loop nests were replaced."""
     sch, replaced = Schedule(func), 0
     for block in sblocks(func.body):
+        if _conv_product(block) is None:
+            continue
         form = _row_form(block)
-        loops = sch.get_loops(sch.get_sblock(block.name_hint)) if form or _REDUCE in _iter_types(block) else []
+        loops = sch.get_loops(sch.get_sblock(block.name_hint))
         if len(loops) < 7:
             continue
         extents = [int(sch.get(loop).extent) for loop in loops[-7:]]

@@ -204,6 +204,15 @@ int32_t tt_pw_row_s8(void *acc, void *a, int32_t a_stride, void *w, int32_t w_st
                      int32_t zx);
 
 static uint32_t state = 12345u;
+/* FNV-1a over the bits of n floats: one number that every board must print alike */
+static uint32_t fnv(uint32_t hash, const float *x, int32_t n) {
+  for (int32_t i = 0; i < n; ++i) {
+    uint32_t u;
+    memcpy(&u, &x[i], 4);
+    hash = (hash ^ u) * 16777619u;
+  }
+  return hash;
+}
 static uint32_t next(void) { state ^= state << 13; state ^= state >> 17; state ^= state << 5; return state; }
 
 int32_t tt_pw_row_f32s8(void *acc, void *a, int32_t a_stride, void *w, int32_t w_stride, int32_t k, int32_t width);
@@ -223,7 +232,7 @@ int main(void) {
     int32_t a_stride = width + (int32_t)(next() % 4), w_stride = t % 3 == 2 ? 3 : 1;
     int32_t zx = t % 5 == 0 ? -128 : (int32_t)(next() % 256) - 128;
     for (int32_t i = 0; i < k * a_stride; ++i) a[i] = (int8_t)(t == 0 ? 127 : next());
-    for (int32_t i = 0; i < k * w_stride; ++i) w[i] = (int8_t)(t == 0 ? -128 : next());
+    for (int32_t i = 0; i < k * w_stride; ++i) w[i] = (int8_t)(t == 0 ? 0x80u : next());
     for (int32_t x = 0; x < width; ++x) acc[x] = ref[x] = t % 7 == 3 ? (float)x - 2.5f : 0.0f;
     for (int32_t x = 0; x < width; ++x) {
       float s = ref[x];
@@ -240,11 +249,7 @@ int main(void) {
     if (timed) board_mark_end();
     if (timed) continue;
     if (memcmp(acc, ref, (size_t)width * sizeof(float)) != 0) ++bad;
-    for (int32_t x = 0; x < width; ++x) {
-      uint32_t u;
-      memcpy(&u, &acc[x], 4);
-      hash = (hash ^ u) * 16777619u;
-    }
+    hash = fnv(hash, acc, width);
   }
   /* tt_pw_row_f32s8 (input gradients) against its float32 loop, the same way */
   for (int t = 0; t < 200; ++t) {
@@ -267,11 +272,7 @@ int main(void) {
     if (timed) board_mark_end();
     if (timed) continue;
     if (memcmp(acc, ref, (size_t)width * sizeof(float)) != 0) ++bad;
-    for (int32_t x = 0; x < width; ++x) {
-      uint32_t u;
-      memcpy(&u, &acc[x], 4);
-      hash = (hash ^ u) * 16777619u;
-    }
+    hash = fnv(hash, acc, width);
   }
   /* tt_dw_plane_s8 (depthwise) against the float32 loop with its padding tests */
   for (int t = 0; t < 150; ++t) {
@@ -299,11 +300,7 @@ int main(void) {
     tt_dw_plane_s8(plane, a, a_row, w, kw, h, wd, kh, kw, stride, pad, out_h, out_w, zx);
     if (timed) board_mark_end();
     if (memcmp(plane, ref_plane, (size_t)(out_h * out_w) * sizeof(float)) != 0) ++bad;
-    for (int32_t i = 0; i < out_h * out_w; ++i) {
-      uint32_t u;
-      memcpy(&u, &plane[i], 4);
-      hash = (hash ^ u) * 16777619u;
-    }
+    hash = fnv(hash, plane, out_h * out_w);
   }
   printf("bad %lu hash %08lx timed_macs %lu\n", (unsigned long)bad, (unsigned long)hash, (unsigned long)timed_macs);
   return 0;
