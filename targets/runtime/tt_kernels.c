@@ -68,6 +68,21 @@ static int32_t pw_dot(const int8_t *a, int32_t a_stride, const int8_t *w, int32_
   return s;
 }
 
+/* Adds sum_{from <= j < k} w_j * a[(j - from) * a_stride + p] to s[p], for 4 pixels p (a points
+ * at channel `from`): the plain C loop, and the DSP loop's tail. */
+static inline void pw_dot4_from(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t from, int32_t k,
+                                int32_t s[4]) {
+  int32_t s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+  for (int32_t i = from; i < k; ++i, a += a_stride) {
+    int32_t wi = w[i];
+    s0 += wi * a[0];
+    s1 += wi * a[1];
+    s2 += wi * a[2];
+    s3 += wi * a[3];
+  }
+  s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+}
+
 #if defined(__ARM_FEATURE_DSP)
 static inline uint32_t load4(const int8_t *p) {
   uint32_t v;
@@ -107,26 +122,13 @@ static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t 
     s0 = __smlabt(e, w13, s0), s2 = __smlatt(e, w13, s2), s1 = __smlabt(o, w13, s1), s3 = __smlatt(o, w13, s3);
     a += 4 * a_stride;
   }
-  for (; i < k; ++i, a += a_stride) {
-    int32_t wi = w[i];
-    s0 += wi * a[0];
-    s1 += wi * a[1];
-    s2 += wi * a[2];
-    s3 += wi * a[3];
-  }
   s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+  pw_dot4_from(a, a_stride, w, i, k, s);
 }
 #else
 static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k, int32_t s[4]) {
-  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  for (int32_t i = 0; i < k; ++i, a += a_stride) {
-    int32_t wi = w[i];
-    s0 += wi * a[0];
-    s1 += wi * a[1];
-    s2 += wi * a[2];
-    s3 += wi * a[3];
-  }
-  s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+  s[0] = s[1] = s[2] = s[3] = 0;
+  pw_dot4_from(a, a_stride, w, 0, k, s);
 }
 #endif
 
