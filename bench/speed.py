@@ -1,7 +1,7 @@
 """Benchmark: where the instructions of one training step go, per kernel kind and target.
 
     python bench/speed.py [--models mcunet-5fps mbv2-w0.35] [--schemes ...]
-                          [--targets cortex-m4 cortex-m7 riscv32]
+                          [--targets cortex-m4 cortex-m7 cortex-m33 riscv32]
         ->  bench/results/speed.json and bench/results/speed.png
 
 For tiny-training's int8 MCUNet-5FPS and MobileNetV2-w0.35 (new 10-class head) and each of
