@@ -428,10 +428,13 @@ PLANE_ACCUMULATOR_BYTES = 4096
 
 
 def _small_depthwise(sch, block) -> bool:
+    """An int8 depthwise conv (the form the micro-kernel takes) with a small output plane."""
     if not _is_depthwise_conv(sch, block):
         return False
-    ivs = sch.get(block).iter_vars
-    return int(ivs[2].dom.extent) * int(ivs[3].dom.extent) * 4 <= PLANE_ACCUMULATOR_BYTES
+    b = sch.get(block)
+    if any(str(r.source.ty.dtype) != "int8" for r in b.reads if not r.source.same_as(b.writes[0].source)):
+        return False
+    return int(b.iter_vars[2].dom.extent) * int(b.iter_vars[3].dom.extent) * 4 <= PLANE_ACCUMULATOR_BYTES
 
 
 def _is_depthwise_conv(sch, block) -> bool:
