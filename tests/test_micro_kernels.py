@@ -31,6 +31,14 @@ def host_kernels(tmp_path_factory):
     return ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
 
 
+def _one_fused_kernel(bb: relax.BlockBuilder) -> tvm.tirx.PrimFunc:
+    """The single kernel FuseKernels makes of the builder's legalized function."""
+    mod = FuseKernels(func_names=("main",))(relax.transform.LegalizeOps()(bb.get()))
+    prims = [f for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(prims) == 1
+    return prims[0]
+
+
 def conv_kernel(channels: int, out_channels: int, h: int, w: int, x_zero: int, y_zero: int, *,
                 kernel: int = 1, stride: int = 1, groups: int = 1):
     """The fused PrimFunc of one int8 conv with its requantization, as the project builds
@@ -47,10 +55,7 @@ def conv_kernel(channels: int, out_channels: int, h: int, w: int, x_zero: int, y
                                         padding=kernel // 2, groups=groups)
             out = bb.emit_output(relax.op.astype(y, "int8"))
         bb.emit_func_output(out)
-    mod = FuseKernels(func_names=("main",))(relax.transform.LegalizeOps()(bb.get()))
-    prims = [f for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert len(prims) == 1
-    return prims[0], scale
+    return _one_fused_kernel(bb), scale
 
 
 def _run_llvm(func, args):
@@ -136,10 +141,7 @@ def input_gradient_kernel(channels: int, out_channels: int, h: int, w: int):
             dx = bb.emit(relax.op.nn.conv2d_transpose(dy, relax.op.astype(wt, "float32")))
             out = bb.emit_output(relax.op.multiply(dx, relax.const(np.float32(0.25))))  # an epilogue (QAS)
         bb.emit_func_output(out)
-    mod = FuseKernels(func_names=("main",))(relax.transform.LegalizeOps()(bb.get()))
-    prims = [f for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert len(prims) == 1
-    return prims[0]
+    return _one_fused_kernel(bb)
 
 
 @pytest.mark.parametrize("channels, out_channels, h, w", [(8, 16, 4, 8), (5, 3, 3, 7), (160, 48, 2, 4)])
