@@ -228,7 +228,9 @@ TARGET    = {target}
 # chosen by measurement (bench/speed.py): unrolled -O3, and no errno or FP-trap semantics
 # (the kernels read neither), which gives the same bits as -O2; never -ffast-math, whose
 # finite-math assumption would delete the driver's divergence check and tt_math.h's rounding.
-KERNEL_OPT ?= -O3 -funroll-loops -fno-math-errno -fno-trapping-math
+# -fno-tree-loop-distribute-patterns keeps the zeroing of an accumulator row a few unrolled
+# stores where gcc would call memset (newlib's takes about twice the instructions).
+KERNEL_OPT ?= -O3 -funroll-loops -fno-math-errno -fno-trapping-math -fno-tree-loop-distribute-patterns
 
 # -ffp-contract=off: no fused multiply-add, so float results match the host build bit for bit.
 CFLAGS_ALL  = $(ARCH){specs}{defines} $(OPT) -Wall -Wextra -ffp-contract=off \\

@@ -35,6 +35,7 @@
 
 #define TT_EXACT_FLOAT_INTEGERS 16777216 /* 2^24: float32 holds every integer up to here */
 #define TT_DW_MAX_TAPS 49 /* windows up to 7x7 take the int32 path (their sums stay far below 2^24) */
+#define TT_DW_PADDED_BYTES 256 /* planes whose zero-point-padded copy fits here are copied (on the stack) */
 
 /* Whether n accumulators all hold +0.0f (all bits zero): the int32 paths' precondition. */
 static int all_positive_zero(const float *acc, int32_t n) {
@@ -101,7 +102,7 @@ static inline int32_t sxtb16_ror8(uint32_t v) {
  * weights, split into halfword pairs (w0, w2) and (w1, w3); per channel one load of 4
  * pixels, split into (p0, p2) and (p1, p3); then the 16-bit multiplies SMLA<x><y> pick
  * the halves, so nothing is repacked and 4 accumulators stay in registers. */
-static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k, int32_t s[4]) {
+static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k, int32_t fold, float *out) {
   int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   int32_t i = 0;
 #pragma GCC unroll 1 /* unrolled, the 4 accumulators, 2 weight pairs and the row no longer fit the registers */
@@ -122,32 +123,44 @@ static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t 
     s0 = __smlabt(e, w13, s0), s2 = __smlatt(e, w13, s2), s1 = __smlabt(o, w13, s1), s3 = __smlatt(o, w13, s3);
     a += 4 * a_stride;
   }
-  s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
-  pw_dot4_from(a, a_stride, w, i, k, s);
+  if (i < k) {
+    int32_t s[4] = {s0, s1, s2, s3};
+    pw_dot4_from(a, a_stride, w, i, k, s);
+    s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+  }
+  out[0] = (float)(s0 - fold), out[1] = (float)(s1 - fold), out[2] = (float)(s2 - fold), out[3] = (float)(s3 - fold);
 }
 #else
-static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k, int32_t s[4]) {
-  s[0] = s[1] = s[2] = s[3] = 0;
+static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k, int32_t fold, float *out) {
+  int32_t s[4] = {0, 0, 0, 0};
   pw_dot4_from(a, a_stride, w, 0, k, s);
+  for (int j = 0; j < 4; ++j) {
+    out[j] = (float)(s[j] - fold);
+  }
 }
 #endif
 
-/* sum_i w_i, 4 weights a step where the DSP extension and a contiguous row allow it. */
-static int32_t weights_sum(const int8_t *w, int32_t w_stride, int32_t k) {
-  int32_t s = 0, i = 0;
+/* sum_i w_i and sum_i |w_i| in one pass; with the DSP extension and a contiguous row 4
+ * weights a step: USADA8 sums absolute differences of unsigned bytes, so with the weights
+ * biased to w + 128 it sums w + 128 against 0 and |w| against 128. */
+static void weight_sums(const int8_t *w, int32_t w_stride, int32_t k, int32_t *sum, int32_t *sum_abs) {
+  int32_t s = 0, sa = 0, i = 0;
 #if defined(__ARM_FEATURE_DSP)
   if (w_stride == 1) {
+    uint32_t biased = 0, abs = 0;
     for (; i + 4 <= k; i += 4) {
-      uint32_t wv = load4(w + i);
-      s = __smlad(__sxtb16(wv), 0x00010001, s);
-      s = __smlad(sxtb16_ror8(wv), 0x00010001, s);
+      uint32_t wv = load4(w + i) ^ 0x80808080u;
+      biased = __usada8(wv, 0, biased);
+      abs = __usada8(wv, 0x80808080u, abs);
     }
+    s = (int32_t)biased - 128 * i, sa = (int32_t)abs;
   }
 #endif
   for (; i < k; ++i) {
-    s += w[i * w_stride];
+    int32_t wi = w[i * w_stride];
+    s += wi, sa += wi < 0 ? -wi : wi;
   }
-  return s;
+  *sum = s, *sum_abs = sa;
 }
 
 int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_stride, int32_t k, int32_t width,
@@ -155,28 +168,19 @@ int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w
   float *acc = (float *)acc_;
   const int8_t *a = (const int8_t *)a_, *w = (const int8_t *)w_;
   int64_t max_dev = zx < 0 ? 127 - zx : 128 + zx; /* the largest |a - zx| for int8 a */
-  int exact = 1;
-  if (k * 128 * max_dev > TT_EXACT_FLOAT_INTEGERS) { /* |w| <= 128: only long rows need a look */
-    int64_t sum_abs_w = 0;
-    for (int32_t i = 0; i < k; ++i) {
-      int32_t wi = w[i * w_stride];
-      sum_abs_w += wi < 0 ? -wi : wi;
-    }
-    exact = sum_abs_w * max_dev <= TT_EXACT_FLOAT_INTEGERS;
+  int32_t sum_w = 0, sum_abs_w = 0;
+  if (zx != 0 || k * 128 * max_dev > TT_EXACT_FLOAT_INTEGERS) { /* |w| <= 128: short rows are exact */
+    weight_sums(w, w_stride, k, &sum_w, &sum_abs_w);
   }
-  if (!exact || !all_positive_zero(acc, width)) {
+  if (sum_abs_w * max_dev > TT_EXACT_FLOAT_INTEGERS || !all_positive_zero(acc, width)) {
     pw_row_float(acc, a, a_stride, w, w_stride, k, width, (float)zx);
     return 0;
   }
-  int32_t fold = zx == 0 ? 0 : zx * weights_sum(w, w_stride, k);
+  int32_t fold = zx * sum_w;
   int32_t x = 0;
   if (w_stride == 1) {
     for (; x + 4 <= width; x += 4) {
-      int32_t s[4];
-      pw_dot4(a + x, a_stride, w, k, s);
-      for (int j = 0; j < 4; ++j) {
-        acc[x + j] = (float)(s[j] - fold);
-      }
+      pw_dot4(a + x, a_stride, w, k, fold, acc + x);
     }
   }
   for (; x < width; ++x) {
@@ -250,7 +254,9 @@ int32_t tt_pw_row_f32s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_
  * bits. It is taken for windows up to TT_DW_MAX_TAPS (7x7, whose weights it copies to the
  * stack as int32); otherwise (larger windows, an accumulator not at zero) the float32 loop
  * runs. Windows inside the plane need no bounds tests and take an unrolled path for 3x3,
- * 5x5 and 7x7; those on the border add the taps inside the plane only. */
+ * 5x5 and 7x7. A small plane (TT_DW_PADDED_BYTES with its padding) is first copied into a
+ * frame of zero points, so that all its windows are inside; in a larger one the windows on
+ * the border add the taps inside the plane only. */
 static void dw_plane_float(float *acc, const int8_t *a, int32_t a_row, const int8_t *w, int32_t w_row, int32_t h,
                            int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h,
                            int32_t out_w, float zx) {
@@ -322,6 +328,26 @@ static int32_t dw_border(const int8_t *a, int32_t a_row, const int32_t *w, int32
   return s;
 }
 
+/* The outputs of rows [oy0, oy1) whose windows lie inside the plane across, [ox0, ox1): `a`
+ * is the plane (or its padded copy), `off` the offset of the top left tap of output (0, 0). */
+static void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t off, const int32_t *w, int32_t kh,
+                           int32_t kw, int32_t stride, int32_t oy0, int32_t oy1, int32_t ox0, int32_t ox1,
+                           int32_t out_w, int32_t fold) {
+  for (int32_t oy = oy0; oy < oy1; ++oy) {
+    float *out = acc + oy * out_w;
+    const int8_t *row = a + oy * stride * a_row + off;
+    if (kh == 3 && kw == 3) {
+      dw_inside_3x3(out, row, a_row, w, stride, ox0, ox1, fold);
+    } else if (kh == 5 && kw == 5) {
+      dw_inside(out, row, a_row, w, 5, 5, stride, ox0, ox1, fold);
+    } else if (kh == 7 && kw == 7) {
+      dw_inside(out, row, a_row, w, 7, 7, stride, ox0, ox1, fold);
+    } else {
+      dw_inside(out, row, a_row, w, kh, kw, stride, ox0, ox1, fold);
+    }
+  }
+}
+
 int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_row, int32_t h, int32_t wd,
                        int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w, int32_t zx) {
   float *acc = (float *)acc_;
@@ -338,7 +364,21 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
     }
   }
   fold *= zx;
-  /* the outputs whose windows lie inside the plane across: [ox_lo, ox_hi) */
+  int32_t padded_row = wd + 2 * pad;
+  if ((h + 2 * pad) * padded_row <= TT_DW_PADDED_BYTES) {
+    /* A small plane (the late, low-resolution stages, where most windows overlap the
+     * border): copied once into a frame of zero points, a padded tap adds w * zx, which the
+     * fold takes back as for any other tap, so every window is inside. */
+    int8_t padded[TT_DW_PADDED_BYTES];
+    memset(padded, zx, (size_t)((h + 2 * pad) * padded_row));
+    for (int32_t y = 0; y < h; ++y) {
+      memcpy(padded + (y + pad) * padded_row + pad, a + y * a_row, (size_t)wd);
+    }
+    dw_rows_inside(acc, padded, padded_row, 0, w, kh, kw, stride, 0, out_h, 0, out_w, out_w, fold);
+    return 0;
+  }
+  /* a larger plane: the outputs whose windows lie inside it, [ox_lo, ox_hi) across, have no
+   * bounds tests; those on the border add the taps inside the plane only */
   int32_t ox_lo = (pad + stride - 1) / stride;
   int32_t ox_hi = wd + pad < kw ? 0 : (wd + pad - kw) / stride + 1;
   if (ox_hi > out_w) {
@@ -346,26 +386,16 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
   }
   for (int32_t oy = 0; oy < out_h; ++oy) {
     int32_t iy0 = oy * stride - pad, lo = 0, hi = 0;
-    float *out = acc + oy * out_w;
-    if (iy0 >= 0 && iy0 + kh <= h && ox_lo < ox_hi) { /* windows inside the plane: no tests */
-      const int8_t *row = a + iy0 * a_row - pad;
+    if (iy0 >= 0 && iy0 + kh <= h && ox_lo < ox_hi) {
       lo = ox_lo, hi = ox_hi;
-      if (kh == 3 && kw == 3) {
-        dw_inside_3x3(out, row, a_row, w, stride, lo, hi, fold);
-      } else if (kh == 5 && kw == 5) {
-        dw_inside(out, row, a_row, w, 5, 5, stride, lo, hi, fold);
-      } else if (kh == 7 && kw == 7) {
-        dw_inside(out, row, a_row, w, 7, 7, stride, lo, hi, fold);
-      } else {
-        dw_inside(out, row, a_row, w, kh, kw, stride, lo, hi, fold);
-      }
+      dw_rows_inside(acc, a, a_row, -pad * a_row - pad, w, kh, kw, stride, oy, oy + 1, lo, hi, out_w, fold);
     }
     for (int32_t ox = 0; ox < out_w; ++ox) {
       if (ox == lo && hi > lo) {
         ox = hi - 1;
         continue;
       }
-      out[ox] = (float)dw_border(a, a_row, w, h, wd, kh, kw, iy0, ox * stride - pad, zx);
+      acc[oy * out_w + ox] = (float)dw_border(a, a_row, w, h, wd, kh, kw, iy0, ox * stride - pad, zx);
     }
   }
   return 0;
