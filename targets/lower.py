@@ -22,6 +22,7 @@ from tvm_tinytrain.passes import (ForwardTupleItems, FuseKernels, InplaceDepthwi
                                   ReorderForMemory, SplitTrainedChannels)
 from tvm_tinytrain.passes.split_trained_channels import FROZEN_SUFFIX, split_values, trained_channels
 from tvm_tinytrain.pipeline import TrainingProgram
+from .invariant_loads import hoist_invariant_loads
 from .tensorize import sblocks, tensorize
 
 DTYPE_BYTES = {"float32": 4, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
@@ -111,13 +112,18 @@ def lower(program: TrainingProgram) -> LoweredProgram:
         "predict": _schedule(mod["main"], "predict", prims, params, momenta, namer),
     }
     with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
-        lib = tvm.tirx.build(tvm.IRModule({n: tensorize(f)[0] for n, f in prims.items()}), target="c")
+        lib = tvm.tirx.build(tvm.IRModule({n: _for_c(f) for n, f in prims.items()}), target="c")
     tensors = list(params.values()) + list(momenta.values())
     for s in schedules.values():
         for t in s.inputs + [t for c in s.calls for t in c.args]:
             if t not in tensors:
                 tensors.append(t)
     return LoweredProgram(lib.inspect_source(), schedules, tensors, input_quantization(mod), values, split)
+
+
+def _for_c(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """A kernel as built to C: micro-kernels where they match, invariant loads hoisted."""
+    return hoist_invariant_loads(tensorize(func)[0])[0]
 
 
 def memory_passes(program: TrainingProgram):

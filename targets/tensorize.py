@@ -237,20 +237,24 @@ def _depthwise_form(block, loops_extents) -> str | None:
     return None
 
 
-def sblocks(stmt) -> list:
-    """Every SBlock under a TIR statement (TVM 0.27 has no Python TIR visitor: this walks the
-    statement kinds blocks sit in)."""
+def tir_nodes(stmt) -> list:
+    """Every statement and SBlock under a TIR statement (TVM 0.27 has no Python TIR visitor:
+    this walks the statement kinds blocks sit in)."""
     found, stack = [], [stmt]
     while stack:
         node = stack.pop()
-        if isinstance(node, tvm.s_tir.SBlock):
-            found.append(node)
+        found.append(node)
         for attr in ("block", "body", "then_case", "else_case"):
             child = getattr(node, attr, None)
             if isinstance(child, (tvm.tirx.Stmt, tvm.s_tir.SBlock)):
                 stack.append(child)
         stack.extend(getattr(node, "seq", None) or [])
     return found
+
+
+def sblocks(stmt) -> list:
+    """Every SBlock under a TIR statement."""
+    return [node for node in tir_nodes(stmt) if isinstance(node, tvm.s_tir.SBlock)]
 
 
 def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:

@@ -15,6 +15,7 @@ from tvm import relax
 from tvm_tinytrain.frontend import int8_ops
 from tvm_tinytrain.passes import FuseKernels
 from tvm_tinytrain.targets.boards import TARGETS_DIR, build, get_board, run, write_board_files
+from tvm_tinytrain.targets.invariant_loads import hoist_invariant_loads
 from tvm_tinytrain.targets.tensorize import DEPTHWISE_PLANE, FLOAT_ROW, INT8_ROW, tensorize
 
 KERNELS_C = TARGETS_DIR / "runtime" / "tt_kernels.c"
@@ -157,6 +158,24 @@ def test_tensorized_input_gradient_equals_the_tir_kernel(host_kernels, channels,
     plain = _run_llvm(func, [wt, dy, out])  # TVM puts the weights first
     fast = _run_llvm(tensorized, [wt, dy, out.copy()])
     assert np.array_equal(plain.view(np.uint32), fast.view(np.uint32))  # bit for bit, inf and NaN included
+
+
+def test_hoisted_epilogue_loads_read_once_per_row_and_change_nothing(host_kernels):
+    """The requantization's bias and scale, read once per row instead of once per output
+    (a one-element array gcc keeps in a register), give the same bits as before."""
+    func, scale = conv_kernel(24, 6, 3, 10, x_zero=-6, y_zero=2, kernel=3, groups=24 // 4)
+    for base in (func, tensorize(func)[0]):
+        hoisted, n = hoist_invariant_loads(base)
+        assert n >= 2  # the bias and the scale
+        source = tvm.tirx.build(tvm.IRModule({"k": hoisted.with_attr("global_symbol", "k")}), target="c")
+        assert re.search(r"\w+_global_ptr\[1\];", source.inspect_source())  # a local array, not workspace
+        rng = np.random.default_rng(n)
+        x = rng.integers(-128, 128, (1, 24, 3, 10)).astype(np.int8)
+        wt = rng.integers(-128, 128, (6, 4, 3, 3)).astype(np.int8)
+        b = rng.integers(-20000, 20000, 6).astype(np.int32)
+        args = [x, wt, b, scale.reshape(1, -1, 1, 1)]
+        out = np.zeros((1, 6, 3, 10), np.int8)
+        assert np.array_equal(_run_llvm(base, args + [out]), _run_llvm(hoisted, args + [out.copy()]))
 
 
 def test_mcunet_pointwise_rows_are_tensorized(mcunet_49kb_lowered):
