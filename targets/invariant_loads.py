@@ -25,14 +25,18 @@ def _uses(expr, var) -> bool:
     return any(v.same_as(var) for v in undefined_vars(expr, []))
 
 
-def _invariant_reads(realize, inner) -> list[int]:
-    """Indices of the single-element reads of a spatial block that its innermost loop
-    variable `inner` does not move (the block's own output excluded)."""
+def _invariant_reads(realize, inner, constants) -> list[int]:
+    """Indices of the single-element reads of a spatial block, from the `constants` (inputs
+    the kernel never writes), that its innermost loop variable `inner` does not move. Only
+    values of at most 32 bits: TVM's storage rewrite never shares such small arrays with
+    another buffer, so the C never reinterprets one buffer's bytes as another type."""
     block = realize.block
     moving = [iv.var for iv, value in zip(block.iter_vars, realize.iter_values) if _uses(value, inner)]
     found = []
     for i, region in enumerate(block.reads):
-        if any(region.source.same_as(w.source) for w in block.writes):
+        if not any(region.source.same_as(c) for c in constants):
+            continue
+        if tvm.runtime.DataType(str(region.source.ty.dtype)).bits > 32:
             continue
         if not all(isinstance(r.extent, tvm.tirx.IntImm) and int(r.extent) == 1 for r in region.region):
             continue
@@ -45,7 +49,10 @@ def hoist_invariant_loads(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, i
     """`func` with the invariant single-element reads of its spatial blocks cached outside
     their innermost loop, and how many were."""
     sch, hoisted = Schedule(func), 0
-    for realize in tir_nodes(func.body):
+    nodes = tir_nodes(func.body)
+    written = [w.source for node in nodes if isinstance(node, tvm.s_tir.SBlock) for w in node.writes]
+    constants = [p for p in func.params if not any(p.same_as(w) for w in written)]
+    for realize in nodes:
         if not isinstance(realize, tvm.s_tir.SBlockRealize) or realize.block.name_hint == "root":
             continue
         name = realize.block.name_hint
@@ -54,7 +61,7 @@ def hoist_invariant_loads(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, i
         loops = sch.get_loops(sch.get_sblock(name))
         if len(loops) < 2:
             continue
-        for index in _invariant_reads(realize, sch.get(loops[-1]).loop_var):
+        for index in _invariant_reads(realize, sch.get(loops[-1]).loop_var, constants):
             trial = sch.copy()
             block = trial.get_sblock(name)
             try:  # "global": TVM prints a one-element array on the stack ("local" asks for workspace)

@@ -6,14 +6,17 @@ output channel and row, a float32 accumulator of one row is zeroed, then
     acc[x] += (float(a[i, x]) - zx) * float(w[i])     int8 a and w (the forward)
     acc[x] += a[i, x] * float(w[i])                    float32 a, int8 w (input gradients)
 
-for x < width, i < channels; a small depthwise conv a channel plane at a time (the
-accumulator an out_h x out_w plane, TOPI's padding tests in the sum). Printed as C, such a
+for x < width, i < channels (an input gradient two channels' rows at a time, the
+accumulator holding both, `_pair_channel_rows` in passes/fuse_kernels.py); a small
+depthwise conv a channel plane at a time (the accumulator an out_h x out_w plane, TOPI's
+padding tests in the sum). Printed as C, such a
 loop converts its int8 operands to float on every multiply-accumulate and keeps nothing in
 registers. This step matches those loop nests with TVM's `tensorize` against a
 `TensorIntrin` whose description is that very computation and whose implementation calls a
 micro-kernel of `runtime/tt_kernels.c` (`tt_pw_row_s8`: int32 sums, SXTB16/SMLA on
-Cortex-M; `tt_pw_row_f32s8`: 8 pixels in registers; `tt_dw_plane_s8`: int32 sums, no
-bounds tests inside the plane), each giving the same bits as the loop it replaces (see
+Cortex-M; `tt_pw_row_f32s8`: 8 pixels in registers; `tt_pw_rows2_f32s8`: the same for two
+rows, each gradient value loaded once for both; `tt_dw_plane_s8`: int32 sums, no bounds
+tests inside the plane), each giving the same bits as the loop it replaces (see
 there). Matching is TVM's structural comparison, so a loop that differs in any way
 (another operand expression, a strided input) is left as it is.
 
@@ -30,6 +33,7 @@ from tvm_tinytrain.passes.fuse_kernels import scheduled
 
 INT8_ROW = "tt_pw_row_s8"      # acc[x] += (float(a[i, x]) - zx) * float(w[i]), int8 a
 FLOAT_ROW = "tt_pw_row_f32s8"  # acc[x] += a[i, x] * float(w[i]), float32 a
+FLOAT_ROWS2 = "tt_pw_rows2_f32s8"  # the same for two channels' rows: acc[f, x] += a[i, x] * float(w[i, f])
 DEPTHWISE_PLANE = "tt_dw_plane_s8"  # one channel of an int8 depthwise conv, padding included
 _REDUCE = 2  # IterVar.CommReduce
 
@@ -107,6 +111,51 @@ def pointwise_row_intrin(kernel: str, channels: int, width: int, zero: int = 0) 
         TensorIntrin.register(name, int8_desc, int8_impl)
     else:  # FLOAT_ROW: no zero point
         TensorIntrin.register(name, float_desc, float_impl)
+    return name
+
+
+def float_rows2_intrin(channels: int, width: int) -> str:
+    """The registered name of the intrinsic computing two rows of an input gradient (two
+    channels, `_pair_channel_rows` in passes/fuse_kernels.py) over `channels` gradient
+    channels of `width` pixels."""
+    name = f"tinytrain.{FLOAT_ROWS2}.c{channels}.w{width}"
+    if TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    K, W, two, one = T.int64(channels), T.int64(width), T.int64(2), T.int64(1)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle):
+        A = T.match_buffer(a, (one, K, one, W), "float32", offset_factor=1)
+        B = T.match_buffer(b, (K, two, one, one), "int8", offset_factor=1)
+        C = T.match_buffer(c, (one, two, one, W), "float32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0, 0:2, 0, 0:W], A[0, 0:K, 0, 0:W], B[0:K, 0:2, 0, 0])
+            T.writes(C[0, 0:2, 0, 0:W])
+            for n, f, y, x, k, ry, rx in T.grid(one, two, one, W, K, one, one):
+                with T.sblock("update"):
+                    vf, vx, vk = T.axis.remap("SSR", [f, x, k])
+                    C[0, vf, 0, vx] = C[0, vf, 0, vx] + A[0, vk, 0, vx] * T.Cast("float32", B[vk, vf, 0, 0])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle):
+        a_stride = T.int64()
+        b_stride = T.int64()
+        b_pair = T.int64()
+        c_pair = T.int64()
+        A = T.match_buffer(a, (one, K, one, W), "float32", offset_factor=1,
+                           strides=[T.int64(), a_stride, T.int64(), one])
+        B = T.match_buffer(b, (K, two, one, one), "int8", offset_factor=1,
+                           strides=[b_stride, b_pair, T.int64(), T.int64()])
+        C = T.match_buffer(c, (one, two, one, W), "float32", offset_factor=1,
+                           strides=[T.int64(), c_pair, T.int64(), one])
+        with T.sblock("root"):
+            T.reads(C[0, 0:2, 0, 0:W], A[0, 0:K, 0, 0:W], B[0:K, 0:2, 0, 0])
+            T.writes(C[0, 0:2, 0, 0:W])
+            T.evaluate(T.call_extern("int32", FLOAT_ROWS2, T.address_of(C[0, 0, 0, 0]), T.address_of(A[0, 0, 0, 0]),
+                                     T.Cast("int32", a_stride), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_pair),
+                                     T.Cast("int32", b_stride), channels, width, T.Cast("int32", c_pair)))
+
+    TensorIntrin.register(name, desc, impl)
     return name
 
 
@@ -269,8 +318,12 @@ def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
         if len(loops) < 7:
             continue
         extents = [int(sch.get(loop).extent) for loop in loops[-7:]]
-        intrin = (pointwise_row_intrin(form[0], extents[4], extents[3], form[1]) if form
-                  else _depthwise_form(block, extents))
+        if form and extents[1] == 2:  # two channels' rows (an input gradient)
+            intrin = float_rows2_intrin(extents[4], extents[3]) if form[0] == FLOAT_ROW else None
+        elif form:
+            intrin = pointwise_row_intrin(form[0], extents[4], extents[3], form[1])
+        else:
+            intrin = _depthwise_form(block, extents)
         if intrin is None:
             continue
         try:

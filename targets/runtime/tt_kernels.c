@@ -6,7 +6,8 @@
  * TVM's C code generator declares them itself (every pointer as void *), hence no header.
  *
  * tt_pw_row_s8: one row of an int8 pointwise conv, for one output channel (the forward;
- * tt_pw_row_f32s8, at the end, is its input gradient):
+ * tt_pw_row_f32s8 is its input gradient, tt_pw_rows2_f32s8, at the end, the same for two
+ * channels' rows):
  *
  *     acc[x] += sum_i ((float)a[i * a_stride + x] - zx) * (float)w[i * w_stride]
  *
@@ -132,18 +133,20 @@ static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t 
 }
 #else
 static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k, int32_t fold, float *out) {
-  int32_t s[4] = {0, 0, 0, 0};
-  pw_dot4_from(a, a_stride, w, 0, k, s);
-  for (int j = 0; j < 4; ++j) {
-    out[j] = (float)(s[j] - fold);
+  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (int32_t i = 0; i < k; ++i, a += a_stride) {
+    int32_t wi = w[i];
+    s0 += wi * a[0], s1 += wi * a[1], s2 += wi * a[2], s3 += wi * a[3];
   }
+  out[0] = (float)(s0 - fold), out[1] = (float)(s1 - fold), out[2] = (float)(s2 - fold), out[3] = (float)(s3 - fold);
 }
 #endif
 
-/* sum_i w_i and sum_i |w_i| in one pass; with the DSP extension and a contiguous row 4
- * weights a step: USADA8 sums absolute differences of unsigned bytes, so with the weights
- * biased to w + 128 it sums w + 128 against 0 and |w| against 128. */
-static void weight_sums(const int8_t *w, int32_t w_stride, int32_t k, int32_t *sum, int32_t *sum_abs) {
+/* sum_i w_i, and sum_i |w_i| if `with_abs`, in one pass; with the DSP extension and a
+ * contiguous row 4 weights a step (both sums: USADA8 sums absolute differences of unsigned
+ * bytes, so with the weights biased to w + 128 it sums w + 128 against 0 and |w| against 128). */
+static inline __attribute__((always_inline)) void weight_sums(const int8_t *w, int32_t w_stride, int32_t k, int with_abs,
+                                                             int32_t *sum, int32_t *sum_abs) {
   int32_t s = 0, sa = 0, i = 0;
 #if defined(__ARM_FEATURE_DSP)
   if (w_stride == 1) {
@@ -158,7 +161,10 @@ static void weight_sums(const int8_t *w, int32_t w_stride, int32_t k, int32_t *s
 #endif
   for (; i < k; ++i) {
     int32_t wi = w[i * w_stride];
-    s += wi, sa += wi < 0 ? -wi : wi;
+    s += wi;
+    if (with_abs) {
+      sa += wi < 0 ? -wi : wi;
+    }
   }
   *sum = s, *sum_abs = sa;
 }
@@ -169,8 +175,9 @@ int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w
   const int8_t *a = (const int8_t *)a_, *w = (const int8_t *)w_;
   int64_t max_dev = zx < 0 ? 127 - zx : 128 + zx; /* the largest |a - zx| for int8 a */
   int32_t sum_w = 0, sum_abs_w = 0;
-  if (zx != 0 || k * 128 * max_dev > TT_EXACT_FLOAT_INTEGERS) { /* |w| <= 128: short rows are exact */
-    weight_sums(w, w_stride, k, &sum_w, &sum_abs_w);
+  int long_row = k * 128 * max_dev > TT_EXACT_FLOAT_INTEGERS; /* |w| <= 128: short rows are exact */
+  if (zx != 0 || long_row) {
+    weight_sums(w, w_stride, k, long_row, &sum_w, &sum_abs_w);
   }
   if (sum_abs_w * max_dev > TT_EXACT_FLOAT_INTEGERS || !all_positive_zero(acc, width)) {
     pw_row_float(acc, a, a_stride, w, w_stride, k, width, (float)zx);
@@ -400,3 +407,56 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
   }
   return 0;
 }
+
+/* tt_pw_rows2_f32s8: the same for two input channels at once (weights w and w + w_fstride,
+ * rows acc and acc + acc_stride): each gradient value is loaded once for both, and each
+ * row's sums are still taken in increasing i, the same operations as tt_pw_row_f32s8's. */
+int32_t tt_pw_rows2_f32s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
+                          int32_t k, int32_t width, int32_t acc_stride) {
+  float *acc0 = (float *)acc_, *acc1 = acc0 + acc_stride;
+  const float *a = (const float *)a_;
+  const int8_t *w0 = (const int8_t *)w_, *w1 = w0 + w_fstride;
+  int32_t x = 0;
+  for (; x + 8 <= width; x += 8) {
+    float s[8], t[8];
+    for (int j = 0; j < 8; ++j) {
+      s[j] = acc0[x + j], t[j] = acc1[x + j];
+    }
+    const float *ap = a + x;
+    for (int32_t i = 0; i < k; ++i, ap += a_stride) {
+      float wa = (float)w0[i * w_stride], wb = (float)w1[i * w_stride];
+      for (int j = 0; j < 8; ++j) {
+        float v = ap[j];
+        s[j] = s[j] + v * wa;
+        t[j] = t[j] + v * wb;
+      }
+    }
+    for (int j = 0; j < 8; ++j) {
+      acc0[x + j] = s[j], acc1[x + j] = t[j];
+    }
+  }
+  for (; x + 4 <= width; x += 4) {
+    float s[4], t[4];
+    for (int j = 0; j < 4; ++j) {
+      s[j] = acc0[x + j], t[j] = acc1[x + j];
+    }
+    const float *ap = a + x;
+    for (int32_t i = 0; i < k; ++i, ap += a_stride) {
+      float wa = (float)w0[i * w_stride], wb = (float)w1[i * w_stride];
+      for (int j = 0; j < 4; ++j) {
+        float v = ap[j];
+        s[j] = s[j] + v * wa;
+        t[j] = t[j] + v * wb;
+      }
+    }
+    for (int j = 0; j < 4; ++j) {
+      acc0[x + j] = s[j], acc1[x + j] = t[j];
+    }
+  }
+  if (x < width) {
+    tt_pw_row_f32s8(acc0 + x, (void *)(a + x), a_stride, w_, w_stride, k, width - x);
+    tt_pw_row_f32s8(acc1 + x, (void *)(a + x), a_stride, (void *)w1, w_stride, k, width - x);
+  }
+  return 0;
+}
+
