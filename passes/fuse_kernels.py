@@ -339,7 +339,7 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
         reduction = _is_reduction(sch, block)
         if staged.get(name) == INPUT:
             at = ROW_AXIS
-        elif (name in kept or staged.get(name) in (WEIGHT, PLANE) or _small_depthwise(sch, block)) \
+        elif (name in kept or staged.get(name) in (WEIGHT, PLANE) or _plane_accumulated(sch, block)) \
                 and len(outer) > CHANNEL_AXIS:
             at = CHANNEL_AXIS
         else:
@@ -425,9 +425,10 @@ def _is_pointwise(sch, block) -> bool:
     return reduced is not None and reduced[1:] == (1, 1)
 
 
-# A depthwise conv whose output plane is at most this many bytes of float32 keeps a plane
-# accumulator (computed at its reader's channel loop), which lowering hands to a
-# micro-kernel whole (targets/tensorize.py); larger ones keep one accumulator per pixel.
+# A depthwise conv (int8) or a conv with a window (float32) whose output plane is at most this
+# many bytes of float32 keeps a plane accumulator (computed at its reader's channel loop),
+# which lowering hands to a micro-kernel whole (targets/tensorize.py); larger ones keep one
+# accumulator per pixel.
 PLANE_ACCUMULATOR_BYTES = 4096
 
 
@@ -451,14 +452,27 @@ def _pair_channel_rows(sch, blocks) -> str | None:
     return conv.name_hint
 
 
-def _small_depthwise(sch, block) -> bool:
-    """An int8 depthwise conv (the form the micro-kernel takes) with a small output plane."""
-    if not _is_depthwise_conv(sch, block):
-        return False
+def _plane_accumulated(sch, block) -> bool:
+    """A conv whose output plane, at most PLANE_ACCUMULATOR_BYTES of float32, a micro-kernel
+    computes whole: an int8 depthwise conv, or a float32 conv with a window (float models;
+    `acc + if_then_else(inside, a, 0) * w`, TOPI's padded form, `a` possibly through a ReLU)."""
     b = sch.get(block)
-    if any(str(r.source.ty.dtype) != "int8" for r in b.reads if not r.source.same_as(b.writes[0].source)):
+    reduced = _conv_reduction(sch, block)
+    if reduced is None or reduced[1] * reduced[2] <= 1:
         return False
-    return int(b.iter_vars[2].dom.extent) * int(b.iter_vars[3].dom.extent) * 4 <= PLANE_ACCUMULATOR_BYTES
+    if int(b.iter_vars[2].dom.extent) * int(b.iter_vars[3].dom.extent) * 4 > PLANE_ACCUMULATOR_BYTES:
+        return False
+    operands = {str(r.source.ty.dtype) for r in b.reads if not r.source.same_as(b.writes[0].source)}
+    if operands == {"int8"}:
+        return _is_depthwise_conv(sch, block)
+    if operands != {"float32"}:
+        return False
+    term = b.body.value.b if isinstance(b.body, tvm.tirx.BufferStore) and isinstance(b.body.value, tvm.tirx.Add) else None
+    padded = getattr(term, "a", None) if isinstance(term, tvm.tirx.Mul) else None
+    if not (isinstance(padded, tvm.ir.expr.Call) and padded.op.name == "prim.if_then_else"):
+        return False
+    operand = padded.args[1]  # the input, or a ReLU of it fused in front of the conv
+    return isinstance(operand.a if isinstance(operand, tvm.tirx.Max) else operand, tvm.ir.expr.TensorLoad)
 
 
 def _is_depthwise_conv(sch, block) -> bool:

@@ -502,7 +502,7 @@ def _kernels(program: TrainingProgram, source: str) -> str:
     return _banner(program, "Kernels: TIR PrimFuncs printed as C by Apache TVM (tvm.tirx.build, target c).\n"
                             " * Loop nests that TVM's tensorize matched call the micro-kernels of\n"
                             " * tt_kernels.c (tt_pw_row_s8, tt_pw_row_f32s8, tt_pw_rows2_f32s8,\n"
-                            " * tt_dw_plane_s8).\n"
+                            " * tt_dw_plane_s8, tt_conv_plane_f32).\n"
                             " *\n * TVM's packed calling convention passes every kernel the same four\n"
                             " * arguments and reads fields some kernels do not use, hence the two\n"
                             " * warnings silenced for this file only.") + (

@@ -9,14 +9,16 @@ output channel and row, a float32 accumulator of one row is zeroed, then
 for x < width, i < channels (an input gradient two channels' rows at a time, the
 accumulator holding both, `_pair_channel_rows` in passes/fuse_kernels.py); a small
 depthwise conv a channel plane at a time (the accumulator an out_h x out_w plane, TOPI's
-padding tests in the sum). Printed as C, such a
+padding tests in the sum), and the same for a float32 conv with a window, over all its
+input channels (float models). Printed as C, such a
 loop converts its int8 operands to float on every multiply-accumulate and keeps nothing in
 registers. This step matches those loop nests with TVM's `tensorize` against a
 `TensorIntrin` whose description is that very computation and whose implementation calls a
 micro-kernel of `runtime/tt_kernels.c` (`tt_pw_row_s8`: int32 sums, SXTB16/SMLA on
 Cortex-M; `tt_pw_row_f32s8`: 8 pixels in registers; `tt_pw_rows2_f32s8`: the same for two
 rows, each gradient value loaded once for both; `tt_dw_plane_s8`: int32 sums, no bounds
-tests inside the plane), each giving the same bits as the loop it replaces (see
+tests inside the plane; `tt_conv_plane_f32`: a row's outputs in registers, the padding as
+zeros), each giving the same bits as the loop it replaces (see
 there). Matching is TVM's structural comparison, so a loop that differs in any way
 (another operand expression, a strided input) is left as it is.
 
@@ -35,6 +37,7 @@ INT8_ROW = "tt_pw_row_s8"      # acc[x] += (float(a[i, x]) - zx) * float(w[i]), 
 FLOAT_ROW = "tt_pw_row_f32s8"  # acc[x] += a[i, x] * float(w[i]), float32 a
 FLOAT_ROWS2 = "tt_pw_rows2_f32s8"  # the same for two channels' rows: acc[f, x] += a[i, x] * float(w[i, f])
 DEPTHWISE_PLANE = "tt_dw_plane_s8"  # one channel of an int8 depthwise conv, padding included
+FLOAT_CONV_PLANE = "tt_conv_plane_f32"  # one output channel of a float32 conv, padding included
 _REDUCE = 2  # IterVar.CommReduce
 
 
@@ -210,6 +213,75 @@ def depthwise_plane_intrin(h: int, w: int, kh: int, kw: int, stride: int, pad: i
     return name
 
 
+def float_conv_plane_intrin(c: int, h: int, w: int, kh: int, kw: int, stride: int, pad: int, relu: bool) -> str:
+    """The registered name of the intrinsic for one output channel of a float32 conv: `c`
+    input channels of h x w (1 for a depthwise conv), a kh x kw window, `stride`, `pad`
+    zeros on every side; its input through a ReLU when `relu` (one fused in front of it)."""
+    out_h, out_w = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    name = f"tinytrain.{FLOAT_CONV_PLANE}.c{c}.{h}x{w}.k{kh}x{kw}.s{stride}.p{pad}.r{int(relu)}"
+    if TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    C, H, Wd, KH, KW, OH, OW = (T.int64(v) for v in (c, h, w, kh, kw, out_h, out_w))
+    AH, AW = T.int64((out_h - 1) * stride + kh), T.int64((out_w - 1) * stride + kw)
+    s, p, one = T.int64(stride), T.int64(pad), T.int64(1)
+    op = (lambda v: T.max(v, T.float32(0.0))) if relu else (lambda v: v)  # the input as the conv reads it
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, o: T.handle):
+        A = T.match_buffer(a, (one, C, AH, AW), "float32", offset_factor=1)
+        B = T.match_buffer(b, (one, C, KH, KW), "float32", offset_factor=1)
+        O = T.match_buffer(o, (one, one, OH, OW), "float32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0:C, 0:AH, 0:AW], B[0, 0:C, 0:KH, 0:KW])
+            T.writes(O[0, 0, 0:OH, 0:OW])
+            for n, f, y, x, r, ky, kx in T.grid(one, one, OH, OW, C, KH, KW):
+                with T.sblock("update"):
+                    vy, vx, vr, vky, vkx = T.axis.remap("SSRRR", [y, x, r, ky, kx])
+                    O[0, 0, vy, vx] = O[0, 0, vy, vx] + T.if_then_else(
+                        p <= vy * s + vky and vy * s + vky < H + p and p <= vx * s + vkx and vx * s + vkx < Wd + p,
+                        op(A[0, vr, vy * s + vky, vx * s + vkx]), T.float32(0.0)) * B[0, vr, vky, vkx]
+
+    # one input channel (a depthwise conv): TVM drops the unit channel axis from the block it
+    # matches, so the description has none either
+    @T.prim_func(s_tir=True)
+    def depthwise_desc(a: T.handle, b: T.handle, o: T.handle):
+        A = T.match_buffer(a, (one, C, AH, AW), "float32", offset_factor=1)
+        B = T.match_buffer(b, (one, C, KH, KW), "float32", offset_factor=1)
+        O = T.match_buffer(o, (one, one, OH, OW), "float32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0:C, 0:AH, 0:AW], B[0, 0:C, 0:KH, 0:KW])
+            T.writes(O[0, 0, 0:OH, 0:OW])
+            for n, f, y, x, r, ky, kx in T.grid(one, one, OH, OW, C, KH, KW):
+                with T.sblock("update"):
+                    vy, vx, vky, vkx = T.axis.remap("SSRR", [y, x, ky, kx])
+                    O[0, 0, vy, vx] = O[0, 0, vy, vx] + T.if_then_else(
+                        p <= vy * s + vky and vy * s + vky < H + p and p <= vx * s + vkx and vx * s + vkx < Wd + p,
+                        op(A[0, 0, vy * s + vky, vx * s + vkx]), T.float32(0.0)) * B[0, 0, vky, vkx]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, o: T.handle):
+        a_chan = T.int64()
+        a_row = T.int64()
+        b_chan = T.int64()
+        b_row = T.int64()
+        A = T.match_buffer(a, (one, C, AH, AW), "float32", offset_factor=1,
+                           strides=[T.int64(), a_chan, a_row, one])
+        B = T.match_buffer(b, (one, C, KH, KW), "float32", offset_factor=1,
+                           strides=[T.int64(), b_chan, b_row, one])
+        O = T.match_buffer(o, (one, one, OH, OW), "float32", offset_factor=1,
+                           strides=[T.int64(), T.int64(), OW, one])
+        with T.sblock("root"):
+            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0:C, 0:AH, 0:AW], B[0, 0:C, 0:KH, 0:KW])
+            T.writes(O[0, 0, 0:OH, 0:OW])
+            T.evaluate(T.call_extern("int32", FLOAT_CONV_PLANE, T.address_of(O[0, 0, 0, 0]),
+                                     T.address_of(A[0, 0, p, p]), T.Cast("int32", a_chan), T.Cast("int32", a_row),
+                                     T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_chan), T.Cast("int32", b_row),
+                                     c, h, w, kh, kw, stride, pad, out_h, out_w, int(relu)))
+
+    TensorIntrin.register(name, depthwise_desc if c == 1 else desc, impl)
+    return name
+
+
 def _iter_types(block) -> list[int]:
     return [int(v.iter_type) for v in block.iter_vars]
 
@@ -301,9 +373,55 @@ def tir_nodes(stmt) -> list:
     return found
 
 
+def _float_conv_plane_form(block, loops_extents) -> str | None:
+    """The intrinsic for `block` when it is one output channel's plane of a float32 conv,
+    `acc += if_then_else(inside, a, 0.0) * w` with float32 a (or max(a, 0.0): a ReLU fused in
+    front) and w; else None."""
+    ivs = block.iter_vars
+    store = block.body
+    if [int(v.iter_type) for v in ivs] != [0] * 4 + [_REDUCE] * 3 or not isinstance(store, tvm.tirx.BufferStore):
+        return None
+    if not isinstance(store.value, tvm.tirx.Add) or not isinstance(store.value.b, tvm.tirx.Mul):
+        return None
+    padded, weight = store.value.b.a, store.value.b.b
+    if not _loaded(weight, "float32") or not isinstance(padded, tvm.ir.expr.Call):
+        return None
+    operand = padded.args[1] if padded.op.name == "prim.if_then_else" else None
+    relu = isinstance(operand, tvm.tirx.Max) and isinstance(operand.b, tvm.tirx.FloatImm) and operand.b.value == 0
+    load = operand.a if relu else operand
+    if not _loaded(load, "float32"):
+        return None
+    cond = padded.args[0]
+    while isinstance(cond, tvm.tirx.And):  # the first test is "pad <= y * stride + ky"
+        cond = cond.a
+    if not (isinstance(cond, tvm.tirx.LE) and isinstance(cond.a, tvm.tirx.IntImm)):
+        return None
+    pad, shape = int(cond.a.value), [int(d) for d in load.source.shape]
+    out_h, out_w, c, kh, kw = (loops_extents[i] for i in (2, 3, 4, 5, 6))
+    if len(shape) != 4 or kh * kw <= 1:
+        return None
+    h, w = shape[2], shape[3]
+    for stride in range(1, kh + 1):
+        if (h + 2 * pad - kh) // stride + 1 == out_h and (w + 2 * pad - kw) // stride + 1 == out_w:
+            return float_conv_plane_intrin(c, h, w, kh, kw, stride, pad, relu)
+    return None
+
+
 def sblocks(stmt) -> list:
     """Every SBlock under a TIR statement."""
     return [node for node in tir_nodes(stmt) if isinstance(node, tvm.s_tir.SBlock)]
+
+
+def _intrinsic(block, extents: list[int]) -> str | None:
+    """The tensor intrinsic for the loop nest of `block` (its 7 innermost loops' extents), if any."""
+    if _conv_product(block) is None:
+        return _float_conv_plane_form(block, extents)
+    form = _row_form(block)
+    if form and extents[1] == 2:  # two channels' rows (an input gradient)
+        return float_rows2_intrin(extents[4], extents[3]) if form[0] == FLOAT_ROW else None
+    if form:
+        return pointwise_row_intrin(form[0], extents[4], extents[3], form[1])
+    return _depthwise_form(block, extents)
 
 
 def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
@@ -311,19 +429,10 @@ def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
     micro-kernel, and how many loop nests were replaced."""
     sch, replaced = Schedule(func), 0
     for block in sblocks(func.body):
-        if _conv_product(block) is None:
-            continue
-        form = _row_form(block)
         loops = sch.get_loops(sch.get_sblock(block.name_hint))
         if len(loops) < 7:
             continue
-        extents = [int(sch.get(loop).extent) for loop in loops[-7:]]
-        if form and extents[1] == 2:  # two channels' rows (an input gradient)
-            intrin = float_rows2_intrin(extents[4], extents[3]) if form[0] == FLOAT_ROW else None
-        elif form:
-            intrin = pointwise_row_intrin(form[0], extents[4], extents[3], form[1])
-        else:
-            intrin = _depthwise_form(block, extents)
+        intrin = _intrinsic(block, [int(sch.get(loop).extent) for loop in loops[-7:]])
         if intrin is None:
             continue
         try:

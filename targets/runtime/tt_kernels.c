@@ -6,8 +6,8 @@
  * TVM's C code generator declares them itself (every pointer as void *), hence no header.
  *
  * tt_pw_row_s8: one row of an int8 pointwise conv, for one output channel (the forward;
- * tt_pw_row_f32s8 is its input gradient, tt_pw_rows2_f32s8, at the end, the same for two
- * channels' rows):
+ * tt_pw_row_f32s8 is its input gradient, tt_pw_rows2_f32s8 the same for two channels'
+ * rows; tt_dw_plane_s8 and, for float models, tt_conv_plane_f32 come after them):
  *
  *     acc[x] += sum_i ((float)a[i * a_stride + x] - zx) * (float)w[i * w_stride]
  *
@@ -411,6 +411,26 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
 /* tt_pw_rows2_f32s8: the same for two input channels at once (weights w and w + w_fstride,
  * rows acc and acc + acc_stride): each gradient value is loaded once for both, and each
  * row's sums are still taken in increasing i, the same operations as tt_pw_row_f32s8's. */
+static inline __attribute__((always_inline)) void rows2_block(float *acc0, float *acc1, const float *ap,
+                                                            int32_t a_stride, const int8_t *w0, const int8_t *w1,
+                                                            int32_t w_stride, int32_t k, const int n) {
+  float s[8], t[8]; /* n <= 8 pixels of both rows, in registers */
+  for (int j = 0; j < n; ++j) {
+    s[j] = acc0[j], t[j] = acc1[j];
+  }
+  for (int32_t i = 0; i < k; ++i, ap += a_stride) {
+    float wa = (float)w0[i * w_stride], wb = (float)w1[i * w_stride];
+    for (int j = 0; j < n; ++j) {
+      float v = ap[j];
+      s[j] = s[j] + v * wa;
+      t[j] = t[j] + v * wb;
+    }
+  }
+  for (int j = 0; j < n; ++j) {
+    acc0[j] = s[j], acc1[j] = t[j];
+  }
+}
+
 int32_t tt_pw_rows2_f32s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
                           int32_t k, int32_t width, int32_t acc_stride) {
   float *acc0 = (float *)acc_, *acc1 = acc0 + acc_stride;
@@ -418,40 +438,10 @@ int32_t tt_pw_rows2_f32s8(void *acc_, void *a_, int32_t a_stride, void *w_, int3
   const int8_t *w0 = (const int8_t *)w_, *w1 = w0 + w_fstride;
   int32_t x = 0;
   for (; x + 8 <= width; x += 8) {
-    float s[8], t[8];
-    for (int j = 0; j < 8; ++j) {
-      s[j] = acc0[x + j], t[j] = acc1[x + j];
-    }
-    const float *ap = a + x;
-    for (int32_t i = 0; i < k; ++i, ap += a_stride) {
-      float wa = (float)w0[i * w_stride], wb = (float)w1[i * w_stride];
-      for (int j = 0; j < 8; ++j) {
-        float v = ap[j];
-        s[j] = s[j] + v * wa;
-        t[j] = t[j] + v * wb;
-      }
-    }
-    for (int j = 0; j < 8; ++j) {
-      acc0[x + j] = s[j], acc1[x + j] = t[j];
-    }
+    rows2_block(acc0 + x, acc1 + x, a + x, a_stride, w0, w1, w_stride, k, 8);
   }
   for (; x + 4 <= width; x += 4) {
-    float s[4], t[4];
-    for (int j = 0; j < 4; ++j) {
-      s[j] = acc0[x + j], t[j] = acc1[x + j];
-    }
-    const float *ap = a + x;
-    for (int32_t i = 0; i < k; ++i, ap += a_stride) {
-      float wa = (float)w0[i * w_stride], wb = (float)w1[i * w_stride];
-      for (int j = 0; j < 4; ++j) {
-        float v = ap[j];
-        s[j] = s[j] + v * wa;
-        t[j] = t[j] + v * wb;
-      }
-    }
-    for (int j = 0; j < 4; ++j) {
-      acc0[x + j] = s[j], acc1[x + j] = t[j];
-    }
+    rows2_block(acc0 + x, acc1 + x, a + x, a_stride, w0, w1, w_stride, k, 4);
   }
   if (x < width) {
     tt_pw_row_f32s8(acc0 + x, (void *)(a + x), a_stride, w_, w_stride, k, width - x);
@@ -460,3 +450,229 @@ int32_t tt_pw_rows2_f32s8(void *acc_, void *a_, int32_t a_stride, void *w_, int3
   return 0;
 }
 
+/* tt_conv_plane_f32: one output channel of a float32 conv (c input channels, kh x kw
+ * window, stride, zero padding of `pad` on every side; c = 1 for a depthwise conv), all
+ * out_h x out_w outputs:
+ *
+ *     acc[oy][ox] += sum_{i, ky, kx} (inside ? a[i][iy][ix] : 0.0f) * w[i][ky][kx]
+ *
+ * with iy = oy * stride + ky - pad, ix = ox * stride + kx - pad (a[i][iy][ix] through a ReLU,
+ * x > 0 ? x : 0 as TVM prints it, when `relu`: a ReLU fused in front of the conv), each output's terms added
+ * one by one in the TIR's order (i, then ky, then kx), so the same float32 operations. A
+ * padded tap adds 0.0f * w, a zero, which changes no sum that is not -0.0; a sum that starts
+ * at anything but -0.0 never becomes -0.0 (x + (-x) is +0.0), so the taps outside the plane
+ * are skipped. The kernel checks the two conditions that argument needs, no accumulator at
+ * -0.0 and every weight finite (0.0f * inf is NaN), and otherwise runs the TIR's loop itself.
+ * Inside, 4 outputs of a row keep their sums in registers (8 for a 3-wide window at stride
+ * 1, which then loads each input once for the 3 taps that read it). */
+/* An input value, through the ReLU fused in front of the conv if any. */
+static inline __attribute__((always_inline)) float conv_in(const float *p, int relu) {
+  float x = *p;
+  return relu ? (x > 0.0f ? x : 0.0f) : x;
+}
+
+static void conv_plane_f32_loop(float *acc, const float *a, int32_t a_chan, int32_t a_row, const float *w,
+                                int32_t w_chan, int32_t w_row, int32_t c, int32_t h, int32_t wd, int32_t kh,
+                                int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w, int relu) {
+  for (int32_t oy = 0; oy < out_h; ++oy) {
+    for (int32_t ox = 0; ox < out_w; ++ox) {
+      float s = acc[oy * out_w + ox];
+      for (int32_t i = 0; i < c; ++i) {
+        for (int32_t ky = 0; ky < kh; ++ky) {
+          for (int32_t kx = 0; kx < kw; ++kx) {
+            int32_t iy = oy * stride + ky - pad, ix = ox * stride + kx - pad;
+            float v = (iy >= 0 && iy < h && ix >= 0 && ix < wd) ? conv_in(&a[i * a_chan + iy * a_row + ix], relu) : 0.0f;
+            s = s + v * w[i * w_chan + ky * w_row + kx];
+          }
+        }
+      }
+      acc[oy * out_w + ox] = s;
+    }
+  }
+}
+
+/* n outputs of a row (n = 4 or 8) of a 3-wide window with 1 column of padding, stride 1
+ * or 2: input columns x0 .. x0 + (n - 1) * stride + 2 of each window row (`a` at column 0
+ * of the first row inside, ky_n rows), of which the first is padding when `left` and the
+ * last when `right`: a zero there, which adds 0.0f * w, an exact no-op under the kernel's
+ * conditions (below). Sums and inputs stay in registers: each input is loaded once for
+ * the 3 (stride 1) or 1-2 (stride 2) taps that read it. */
+static inline __attribute__((always_inline)) void conv_row_k3(float *out, const float *a, int32_t a_chan,
+                                                            int32_t a_row, const float *w, int32_t w_chan,
+                                                            int32_t w_row, int32_t c, int32_t ky_n, int32_t x0,
+                                                            int left, int right, const int n, const int stride,
+                                                            const int relu) {
+  enum { MAX_IN = 7 * 2 + 3 };
+  const int m = (n - 1) * stride + 3;
+  float s[8];
+  for (int o = 0; o < n; ++o) {
+    s[o] = out[o];
+  }
+  for (int32_t i = 0; i < c; ++i, a += a_chan, w += w_chan) {
+#pragma GCC unroll 3
+    for (int32_t ky = 0; ky < ky_n; ++ky) {
+      const float *r = a + ky * a_row + x0 + 1, *wk = w + ky * w_row; /* column x0 + 1: inside the row */
+      float w0 = wk[0], w1 = wk[1], w2 = wk[2], v[MAX_IN];
+      v[0] = left ? 0.0f : conv_in(r - 1, relu);
+#pragma GCC unroll 16
+      for (int j = 1; j < m - 1; ++j) {
+        v[j] = conv_in(r + j - 1, relu);
+      }
+      v[m - 1] = right ? 0.0f : conv_in(r + m - 2, relu);
+#pragma GCC unroll 8
+      for (int o = 0; o < n; ++o) {
+        s[o] = s[o] + v[o * stride] * w0;
+        s[o] = s[o] + v[o * stride + 1] * w1;
+        s[o] = s[o] + v[o * stride + 2] * w2;
+      }
+    }
+  }
+  for (int o = 0; o < n; ++o) {
+    out[o] = s[o];
+  }
+}
+
+/* A row of a 3-wide window, padding 1, stride 1 or 2, in blocks of 8 then 4 outputs; returns
+ * the first output not done (fewer than 4 left). */
+static inline __attribute__((always_inline)) int32_t conv_row_k3_blocks_(float *out, const float *a, int32_t a_chan,
+                                                                       int32_t a_row, const float *w, int32_t w_chan,
+                                                                       int32_t w_row, int32_t c, int32_t ky_n,
+                                                                       int32_t wd, int32_t stride, int32_t out_w,
+                                                                       const int relu) {
+  int32_t ox = 0;
+  for (; ox + 8 <= out_w; ox += 8) {
+    int32_t x0 = ox * stride - 1, left = x0 < 0, right = x0 + 7 * stride + 2 >= wd;
+    if (stride == 1 && ky_n == 3) { /* rows inside: the window's 3 rows unrolled */
+      conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, c, 3, x0, left, right, 8, 1, relu);
+    } else if (stride == 1) {
+      conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, left, right, 8, 1, relu);
+    } else {
+      conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, left, right, 8, 2, relu);
+    }
+  }
+  for (; ox + 4 <= out_w; ox += 4) {
+    int32_t x0 = ox * stride - 1, left = x0 < 0, right = x0 + 3 * stride + 2 >= wd;
+    if (stride == 1) {
+      conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, left, right, 4, 1, relu);
+    } else {
+      conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, left, right, 4, 2, relu);
+    }
+  }
+  return ox;
+}
+
+static int32_t conv_row_k3_blocks(float *out, const float *a, int32_t a_chan, int32_t a_row, const float *w,
+                                  int32_t w_chan, int32_t w_row, int32_t c, int32_t ky_n, int32_t wd, int32_t stride,
+                                  int32_t out_w, int relu) {
+  return relu ? conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, wd, stride, out_w, 1)
+              : conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, wd, stride, out_w, 0);
+}
+
+/* 4 outputs of a row whose columns are inside, any window width and stride. */
+static void conv_row4(float *out, const float *a, int32_t a_chan, int32_t a_row, const float *w, int32_t w_chan,
+                      int32_t w_row, int32_t c, int32_t ky_n, int32_t kw, int32_t stride, int relu) {
+  float s0 = out[0], s1 = out[1], s2 = out[2], s3 = out[3];
+  for (int32_t i = 0; i < c; ++i, a += a_chan, w += w_chan) {
+    for (int32_t ky = 0; ky < ky_n; ++ky) {
+      const float *r = a + ky * a_row, *wk = w + ky * w_row;
+      for (int32_t kx = 0; kx < kw; ++kx) {
+        float wx = wk[kx];
+        s0 = s0 + conv_in(r + kx, relu) * wx;
+        s1 = s1 + conv_in(r + stride + kx, relu) * wx;
+        s2 = s2 + conv_in(r + 2 * stride + kx, relu) * wx;
+        s3 = s3 + conv_in(r + 3 * stride + kx, relu) * wx;
+      }
+    }
+  }
+  out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+}
+
+/* One output, its taps in a ky_n x kx_n box (a and w at the box's top left). */
+static float conv_one(float s, const float *a, int32_t a_chan, int32_t a_row, const float *w, int32_t w_chan,
+                      int32_t w_row, int32_t c, int32_t ky_n, int32_t kx_n, int relu) {
+  for (int32_t i = 0; i < c; ++i, a += a_chan, w += w_chan) {
+    for (int32_t ky = 0; ky < ky_n; ++ky) {
+      for (int32_t kx = 0; kx < kx_n; ++kx) {
+        s = s + conv_in(&a[ky * a_row + kx], relu) * w[ky * w_row + kx];
+      }
+    }
+  }
+  return s;
+}
+
+/* Whether every weight is finite and no accumulator holds -0.0: the conditions under which
+ * skipping the padded taps gives the TIR's bits. */
+static int conv_plane_f32_skips_padding(const float *acc, int32_t n, const float *w, int32_t w_chan, int32_t w_row,
+                                        int32_t c, int32_t kh, int32_t kw) {
+  for (int32_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    memcpy(&bits, &acc[i], sizeof bits);
+    if (bits == 0x80000000u) {
+      return 0;
+    }
+  }
+  for (int32_t i = 0; i < c; ++i) {
+    for (int32_t ky = 0; ky < kh; ++ky) {
+      for (int32_t kx = 0; kx < kw; ++kx) {
+        uint32_t bits;
+        memcpy(&bits, &w[i * w_chan + ky * w_row + kx], sizeof bits);
+        if ((bits & 0x7f800000u) == 0x7f800000u) {
+          return 0;
+        }
+      }
+    }
+  }
+  return 1;
+}
+
+int32_t tt_conv_plane_f32(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void *w_, int32_t w_chan,
+                          int32_t w_row, int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t stride,
+                          int32_t pad, int32_t out_h, int32_t out_w, int32_t relu) {
+  float *acc = (float *)acc_;
+  const float *a = (const float *)a_, *w = (const float *)w_;
+  if (!conv_plane_f32_skips_padding(acc, out_h * out_w, w, w_chan, w_row, c, kh, kw)) {
+    conv_plane_f32_loop(acc, a, a_chan, a_row, w, w_chan, w_row, c, h, wd, kh, kw, stride, pad, out_h, out_w, relu);
+    return 0;
+  }
+  /* the outputs whose windows lie inside the plane across: [ox_lo, ox_hi) */
+  int32_t ox_lo = (pad + stride - 1) / stride;
+  int32_t ox_hi = wd + pad < kw ? 0 : (wd + pad - kw) / stride + 1;
+  ox_hi = ox_hi > out_w ? out_w : ox_hi;
+  ox_hi = ox_hi < ox_lo ? ox_lo : ox_hi;
+  for (int32_t oy = 0; oy < out_h; ++oy) {
+    int32_t iy0 = oy * stride - pad;
+    int32_t ky0 = iy0 < 0 ? -iy0 : 0, ky1 = iy0 + kh > h ? h - iy0 : kh;
+    if (ky1 <= ky0) {
+      continue; /* no window row inside the plane: only zeros to add */
+    }
+    float *out = acc + oy * out_w;
+    const float *row = a + (iy0 + ky0) * a_row, *wr = w + ky0 * w_row; /* the first window row inside */
+    int32_t ky_n = ky1 - ky0;
+    if (kw == 3 && pad == 1 && stride <= 2 && (out_w - 1) * stride + 1 <= wd) {
+      /* the commonest conv: every column in blocks, its padding a zero in a register */
+      int32_t done = conv_row_k3_blocks(out, row, a_chan, a_row, wr, w_chan, w_row, c, ky_n, wd, stride, out_w, relu);
+      for (int32_t x = done; x < out_w; ++x) {
+        int32_t ix0 = x * stride - pad;
+        int32_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = ix0 + kw > wd ? wd - ix0 : kw;
+        out[x] = conv_one(out[x], row + ix0 + kx0, a_chan, a_row, wr + kx0, w_chan, w_row, c, ky_n, kx1 - kx0, relu);
+      }
+      continue;
+    }
+    int32_t ox = ox_lo;
+    for (; ox + 4 <= ox_hi; ox += 4) {
+      conv_row4(out + ox, row + ox * stride - pad, a_chan, a_row, wr, w_chan, w_row, c, ky_n, kw, stride, relu);
+    }
+    for (int32_t x = 0; x < out_w; ++x) {
+      if (x == ox_lo && ox > ox_lo) {
+        x = ox - 1; /* the inside outputs done above */
+        continue;
+      }
+      int32_t ix0 = x * stride - pad;
+      int32_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = ix0 + kw > wd ? wd - ix0 : kw;
+      if (kx1 > kx0) {
+        out[x] = conv_one(out[x], row + ix0 + kx0, a_chan, a_row, wr + kx0, w_chan, w_row, c, ky_n, kx1 - kx0, relu);
+      }
+    }
+  }
+  return 0;
+}
