@@ -1,19 +1,20 @@
 """Benchmark: where the instructions of one training step go, per kernel kind and target.
 
-    python bench/speed.py [--models mcunet-5fps mbv2-w0.35] [--schemes ...]
+    python bench/speed.py [--models mcunet-5fps mbv2-w0.35 resnet8-float] [--schemes ...]
                           [--targets cortex-m4 cortex-m7 cortex-m33 riscv32]
         ->  bench/results/speed.json and bench/results/speed.png
 
 For tiny-training's int8 MCUNet-5FPS and MobileNetV2-w0.35 (new 10-class head) and each of
-the paper's sparse-update schemes, the training step (SGD, batch 1, lr 0.002, the memory
-passes on) is compiled once and built for every target; `tinytrain profile`'s machinery runs
-one step on a fixed random int8 sample under QEMU with `-icount shift=0` and the counting
+the paper's sparse-update schemes, and for a float32 ResNet-style CNN at 32x32 (`resnet8-float`,
+its last block trained), the training step (SGD, batch 1, the memory passes on) is compiled
+once and built for every target; `tinytrain profile`'s machinery runs one step on a fixed
+random sample under QEMU with `-icount shift=0` and the counting
 plugin split at every kernel call. Instructions are guest instructions (deterministic), not
 time. Per row:
 
-  * `instructions_per_step`, and per phase (forward up to the loss, backward, update):
-    instructions, MACs (from each kernel's TIR: executions of its reduction bodies) and
-    instructions per MAC;
+  * `instructions_per_step` (and `instructions_per_prediction`, one inference), and per
+    phase (forward up to the loss, backward, update): instructions, MACs (from each
+    kernel's TIR: executions of its reduction bodies) and instructions per MAC;
   * per (phase, kind) group (pointwise, depthwise, conv, weight-grad, matmul, ...): the same;
   * `baseline_instructions_per_step`: the same row measured before the speed work of issue
     #9 (`bench/results/speed_baseline.json`: legalized TIR at -O2, libm rounding), and the
@@ -42,7 +43,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ZOO = Path(os.environ.get("TINYTRAIN_MODELS_DIR") or HERE.parent.parent / "shared" / "models" / "tiny-training")
 SCHEMES = {"mcunet-5fps": ["mcunet-49kb", "mcunet-74kb", "mcunet-99kb", "mcunet-124kb", "mcunet-148kb"],
-           "mbv2-w0.35": ["mbv2-49kb", "mbv2-73kb", "mbv2-99kb", "mbv2-123kb", "mbv2-138kb"]}
+           "mbv2-w0.35": ["mbv2-49kb", "mbv2-73kb", "mbv2-99kb", "mbv2-123kb", "mbv2-138kb"],
+           "resnet8-float": ["last-block"]}
 TARGETS = ["cortex-m4", "cortex-m7", "cortex-m33", "riscv32"]
 BASELINE = HERE / "results" / "speed_baseline.json"
 TINYENGINE = {"model": "mcunet-5fps", "scheme": "mcunet-49kb", "target": "cortex-m7",
@@ -51,11 +53,48 @@ TINYENGINE = {"model": "mcunet-5fps", "scheme": "mcunet-49kb", "target": "cortex
                         "QEMU mps2-an500 -icount shift=0 (DESIGN.md section 7)"}
 
 
+def resnet8_float():
+    """A float32 ResNet-style CNN at 32x32 as a user would write it (3x3 convs with batch norm,
+    three residual stages of 16, 32 and 64 channels, 17 M MACs forward): float models' convs."""
+    import torch
+    from torch import nn
+
+    def conv_bn(cin, cout, stride=1, relu=True):
+        layers = [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)]
+        return nn.Sequential(*layers, *([nn.ReLU()] if relu else []))
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.a, self.b = conv_bn(c, c), conv_bn(c, c, relu=False)
+
+        def forward(self, x):
+            return torch.relu(x + self.b(self.a(x)))
+
+    class ResNet8(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(conv_bn(3, 16), Block(16), conv_bn(16, 32, 2), Block(32), conv_bn(32, 64, 2),
+                                      Block(64))
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc(self.body(x).mean((2, 3)))
+
+    torch.manual_seed(0)
+    return ResNet8().eval(), torch.zeros(1, 3, 32, 32)
+
+
 def program_for(model: str, scheme: str):
     from tvm_tinytrain.config import SparseUpdateConfig
     from tvm_tinytrain.frontend.zoo_frontend import import_zoo
     from tvm_tinytrain.pipeline import TrainOptions, build_training_program
 
+    if model == "resnet8-float":  # scheme "last-block": the last block's second conv, the biases of the last 2 convs
+        from tvm_tinytrain.frontend.torch_frontend import import_torch
+
+        config = SparseUpdateConfig(n_bias_update=2, manual_weight_idx=(6,), weight_update_ratio=(1.0,))
+        return build_training_program(import_torch(*resnet8_float()), config, TrainOptions(lr=0.01, momentum=0.0))
     imported = import_zoo(ZOO / f"{model}.pkl", num_classes=10)
     return build_training_program(imported, SparseUpdateConfig.scheme(scheme), TrainOptions(lr=0.002, momentum=0.0))
 
@@ -83,7 +122,9 @@ def measure(model: str, scheme: str, targets: list[str], work: Path) -> list[dic
 
     program = program_for(model, scheme)
     emitted = emit(program, lower(program))
-    x = np.random.default_rng(0).integers(-128, 128, program.input_shape).astype(np.float32)
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(program.input_shape) if model == "resnet8-float"
+         else rng.integers(-128, 128, program.input_shape)).astype(np.float32)
     rows = []
     for target in targets:
         board = get_board(target)
@@ -93,6 +134,7 @@ def measure(model: str, scheme: str, targets: list[str], work: Path) -> list[dic
         step = prof["train_step"]
         row = {"model": model, "scheme": scheme, "target": target, "ran_on": prof["ran_on"],
                "instructions_per_step": step["instructions"], "macs_per_step": step["macs"],
+               "instructions_per_prediction": prof["predict"]["instructions"],
                "instructions_per_mac": round(step["instructions"] / step["macs"], 2),
                "phases": phases(step),
                "by_phase_and_kind": [g for g in step["by_phase_and_kind"] if g["kind"] != "all"],
@@ -130,7 +172,7 @@ def plot(rows: list[dict], path: Path) -> None:
                label="TinyEngine, MCUNet 49 KB, Cortex-M7 (128.6 M)")
     ax.set_xticks(range(len(rows)), labels, rotation=90, fontsize=7)
     ax.set_ylabel("instructions per training step (millions)")
-    ax.set_title("One int8 training step (batch 1) under QEMU, by phase")
+    ax.set_title("One training step (batch 1) under QEMU, by phase")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
