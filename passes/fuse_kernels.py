@@ -465,14 +465,28 @@ def _plane_accumulated(sch, block) -> bool:
     operands = {str(r.source.ty.dtype) for r in b.reads if not r.source.same_as(b.writes[0].source)}
     if operands == {"int8"}:
         return _is_depthwise_conv(sch, block)
-    if operands != {"float32"}:
-        return False
-    term = b.body.value.b if isinstance(b.body, tvm.tirx.BufferStore) and isinstance(b.body.value, tvm.tirx.Add) else None
-    padded = getattr(term, "a", None) if isinstance(term, tvm.tirx.Mul) else None
-    if not (isinstance(padded, tvm.ir.expr.Call) and padded.op.name == "prim.if_then_else"):
-        return False
-    operand = padded.args[1]  # the input, or a ReLU of it fused in front of the conv
-    return isinstance(operand.a if isinstance(operand, tvm.tirx.Max) else operand, tvm.ir.expr.TensorLoad)
+    return operands == {"float32"} and padded_float_conv(b) is not None
+
+
+def padded_float_conv(block):
+    """(padding condition, input load, relu, weight load) when `block` updates a float32
+    conv's accumulator in TOPI's padded form, `acc + if_then_else(inside, a, 0.0) * w` with
+    `a` possibly `max(a, 0.0)` (a ReLU fused in front of the conv); else None."""
+    store = block.body
+    if not isinstance(store, tvm.tirx.BufferStore) or not isinstance(store.value, tvm.tirx.Add):
+        return None
+    term = store.value.b
+    if not isinstance(term, tvm.tirx.Mul) or not isinstance(term.a, tvm.ir.expr.Call):
+        return None
+    padded, weight = term.a, term.b
+    if padded.op.name != "prim.if_then_else" or len(padded.args) != 3:
+        return None
+    operand = padded.args[1]
+    relu = isinstance(operand, tvm.tirx.Max) and isinstance(operand.b, tvm.tirx.FloatImm) and operand.b.value == 0
+    load = operand.a if relu else operand
+    if not all(isinstance(x, tvm.ir.expr.TensorLoad) and str(x.ty) == "float32" for x in (load, weight)):
+        return None
+    return padded.args[0], load, relu, weight
 
 
 def _is_depthwise_conv(sch, block) -> bool:

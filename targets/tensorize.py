@@ -31,7 +31,7 @@ import tvm
 from tvm.s_tir import Schedule, ScheduleError, TensorIntrin
 from tvm.script import tirx as T
 
-from tvm_tinytrain.passes.fuse_kernels import scheduled
+from tvm_tinytrain.passes.fuse_kernels import padded_float_conv, scheduled
 
 INT8_ROW = "tt_pw_row_s8"      # acc[x] += (float(a[i, x]) - zx) * float(w[i]), int8 a
 FLOAT_ROW = "tt_pw_row_f32s8"  # acc[x] += a[i, x] * float(w[i]), float32 a
@@ -328,34 +328,52 @@ def _row_form(block) -> tuple[str, int] | None:
     return None if operand is None else (INT8_ROW, operand[1])
 
 
-def _depthwise_form(block, loops_extents) -> str | None:
-    """The intrinsic for `block` when it is one channel plane of an int8 depthwise conv,
-    `acc += if_then_else(inside, float(a) - zx, 0) * float(w)`; else None. The shape
-    (stride, padding) is read off the access: TVM's structural match then confirms it."""
-    mul = _conv_product(block)
-    ivs = block.iter_vars
-    if mul is None or int(ivs[4].dom.extent) != 1 or int(ivs[5].dom.extent) * int(ivs[6].dom.extent) <= 1:
-        return None
-    if not isinstance(mul.a, tvm.ir.expr.Call) or mul.a.op.name != "prim.if_then_else" or len(mul.a.args) != 3:
-        return None
-    operand = _zero_point(mul.a.args[1])
-    if operand is None:
-        return None
-    a, zero = operand
-    cond = mul.a.args[0]
+def _window(cond, source, loops_extents) -> tuple[int, int, int, int] | None:
+    """(h, w, stride, pad) of a conv plane whose padding test is `cond` ("pad <= y * stride +
+    ky and ...") on an input buffer `source`, read off the access; TVM's structural match
+    then confirms it."""
     while isinstance(cond, tvm.tirx.And):  # the first test is "pad <= y * stride + ky"
         cond = cond.a
     if not (isinstance(cond, tvm.tirx.LE) and isinstance(cond.a, tvm.tirx.IntImm)):
         return None
-    pad, shape = int(cond.a.value), [int(d) for d in a.value.source.shape]
+    pad, shape = int(cond.a.value), [int(d) for d in source.shape]
     out_h, out_w, kh, kw = (loops_extents[i] for i in (2, 3, 5, 6))
-    if len(shape) != 4:
+    if len(shape) != 4 or kh * kw <= 1:
         return None
     h, w = shape[2], shape[3]
     for stride in range(1, kh + 1):
         if (h + 2 * pad - kh) // stride + 1 == out_h and (w + 2 * pad - kw) // stride + 1 == out_w:
-            return depthwise_plane_intrin(h, w, kh, kw, stride, pad, zero)
+            return h, w, stride, pad
     return None
+
+
+def _depthwise_form(block, loops_extents) -> str | None:
+    """The intrinsic for `block` when it is one channel plane of an int8 depthwise conv,
+    `acc += if_then_else(inside, float(a) - zx, 0) * float(w)`; else None."""
+    mul = _conv_product(block)
+    if mul is None or int(block.iter_vars[4].dom.extent) != 1:
+        return None
+    if not isinstance(mul.a, tvm.ir.expr.Call) or mul.a.op.name != "prim.if_then_else" or len(mul.a.args) != 3:
+        return None
+    operand = _zero_point(mul.a.args[1])
+    window = operand and _window(mul.a.args[0], operand[0].value.source, loops_extents)
+    if not window:
+        return None
+    h, w, stride, pad = window
+    return depthwise_plane_intrin(h, w, loops_extents[5], loops_extents[6], stride, pad, operand[1])
+
+
+def _float_conv_plane_form(block, loops_extents) -> str | None:
+    """The intrinsic for `block` when it is one output channel's plane of a float32 conv,
+    `acc += if_then_else(inside, a, 0.0) * w` (`padded_float_conv`); else None."""
+    if [int(v.iter_type) for v in block.iter_vars] != [0] * 4 + [_REDUCE] * 3:
+        return None
+    form = padded_float_conv(block)
+    window = form and _window(form[0], form[1].source, loops_extents)
+    if not window:
+        return None
+    h, w, stride, pad = window
+    return float_conv_plane_intrin(loops_extents[4], h, w, loops_extents[5], loops_extents[6], stride, pad, form[2])
 
 
 def tir_nodes(stmt) -> list:
@@ -371,40 +389,6 @@ def tir_nodes(stmt) -> list:
                 stack.append(child)
         stack.extend(getattr(node, "seq", None) or [])
     return found
-
-
-def _float_conv_plane_form(block, loops_extents) -> str | None:
-    """The intrinsic for `block` when it is one output channel's plane of a float32 conv,
-    `acc += if_then_else(inside, a, 0.0) * w` with float32 a (or max(a, 0.0): a ReLU fused in
-    front) and w; else None."""
-    ivs = block.iter_vars
-    store = block.body
-    if [int(v.iter_type) for v in ivs] != [0] * 4 + [_REDUCE] * 3 or not isinstance(store, tvm.tirx.BufferStore):
-        return None
-    if not isinstance(store.value, tvm.tirx.Add) or not isinstance(store.value.b, tvm.tirx.Mul):
-        return None
-    padded, weight = store.value.b.a, store.value.b.b
-    if not _loaded(weight, "float32") or not isinstance(padded, tvm.ir.expr.Call):
-        return None
-    operand = padded.args[1] if padded.op.name == "prim.if_then_else" else None
-    relu = isinstance(operand, tvm.tirx.Max) and isinstance(operand.b, tvm.tirx.FloatImm) and operand.b.value == 0
-    load = operand.a if relu else operand
-    if not _loaded(load, "float32"):
-        return None
-    cond = padded.args[0]
-    while isinstance(cond, tvm.tirx.And):  # the first test is "pad <= y * stride + ky"
-        cond = cond.a
-    if not (isinstance(cond, tvm.tirx.LE) and isinstance(cond.a, tvm.tirx.IntImm)):
-        return None
-    pad, shape = int(cond.a.value), [int(d) for d in load.source.shape]
-    out_h, out_w, c, kh, kw = (loops_extents[i] for i in (2, 3, 4, 5, 6))
-    if len(shape) != 4 or kh * kw <= 1:
-        return None
-    h, w = shape[2], shape[3]
-    for stride in range(1, kh + 1):
-        if (h + 2 * pad - kh) // stride + 1 == out_h and (w + 2 * pad - kw) // stride + 1 == out_w:
-            return float_conv_plane_intrin(c, h, w, kh, kw, stride, pad, relu)
-    return None
 
 
 def sblocks(stmt) -> list:
