@@ -409,8 +409,8 @@ def _intrinsic(block, extents: list[int]) -> str | None:
 
 
 def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
-    """`func` with every matching pointwise row and depthwise plane computed by a
-    micro-kernel, and how many loop nests were replaced."""
+    """`func` with every matching pointwise row, depthwise plane and float conv plane
+    computed by a micro-kernel, and how many loop nests were replaced."""
     sch, replaced = Schedule(func), 0
     for block in sblocks(func.body):
         loops = sch.get_loops(sch.get_sblock(block.name_hint))
