@@ -302,8 +302,8 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     tensor at the reader's channel loop (one channel at a time), a staged weight or
     depthwise input plane at the conv's output-channel loop, a staged pointwise input at
     the conv's row loop (the kernel then walks rows outside output channels), or whole
-    before the conv where channels must stay outside (a depthwise pair). An input gradient's
-    row accumulator holds two channels (`_pair_channel_rows`)."""
+    before the conv where channels must stay outside (a depthwise pair). A pointwise conv's
+    row accumulator holds two channels where the kernel ends with it (`_pair_channel_rows`)."""
     if int(func.attrs.get("op_pattern", 0)) > REDUCTIONS[-1]:
         return func  # opaque: nothing to schedule
     sch = Schedule(func)
@@ -328,7 +328,7 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
         if len(last) == 4:
             sch.reorder(last[2], last[1])
             rows_outside = True
-    paired = None if rows_outside else _pair_channel_rows(sch, sch.get_child_blocks(root))
+    paired = _pair_channel_rows(sch, sch.get_child_blocks(root), rows_outside)
     reductions = []
     for block in reversed(sch.get_child_blocks(root)[:-1]):
         name = sch.get(block).name_hint
@@ -432,23 +432,27 @@ def _is_pointwise(sch, block) -> bool:
 PLANE_ACCUMULATOR_BYTES = 4096
 
 
-def _pair_channel_rows(sch, blocks) -> str | None:
-    """A float32 pointwise conv (an input gradient: float32 output gradient times int8
+def _pair_channel_rows(sch, blocks, rows_outside: bool) -> str | None:
+    """A pointwise conv (int8, or an input gradient: float32 output gradient times int8
     weights) whose result only the kernel's last block reads: that block's channel loop is
     split by 2 and moved just above its pixel loop, so that the conv's row accumulator holds
-    two channels' rows and one micro-kernel call computes both, loading each gradient value
-    once for the two (targets/tensorize.py). Returns the conv's block name, else None."""
+    two channels' rows and one micro-kernel call computes both, loading each input value
+    once for the two (targets/tensorize.py). With `rows_outside` (the loops are already
+    (n, y, channel, x)) the channel loop is split where it is. Returns the conv's block name,
+    else None."""
     last = blocks[-1]
     loops = sch.get_loops(last)
+    channel = 2 if rows_outside else 1
     convs = [b for b in sch.get_producers(last) if _is_pointwise(sch, b)]
-    if len(loops) != 4 or len(convs) != 1 or int(sch.get(loops[1]).extent) % 2:
+    if len(loops) != 4 or len(convs) != 1 or int(sch.get(loops[channel]).extent) % 2:
         return None
     conv = sch.get(convs[0])
     operands = {str(r.source.ty.dtype) for r in conv.reads if not r.source.same_as(conv.writes[0].source)}
-    if operands != {"float32", "int8"}:
+    if operands not in ({"float32", "int8"}, {"int8"}):
         return None
-    outer, inner = sch.split(loops[1], [None, 2])
-    sch.reorder(outer, loops[2], inner)  # (n, channel pairs, y, the pair, x)
+    outer, inner = sch.split(loops[channel], [None, 2])
+    if not rows_outside:
+        sch.reorder(outer, loops[2], inner)  # (n, channel pairs, y, the pair, x)
     return conv.name_hint
 
 

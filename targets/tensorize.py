@@ -6,16 +6,17 @@ output channel and row, a float32 accumulator of one row is zeroed, then
     acc[x] += (float(a[i, x]) - zx) * float(w[i])     int8 a and w (the forward)
     acc[x] += a[i, x] * float(w[i])                    float32 a, int8 w (input gradients)
 
-for x < width, i < channels (an input gradient two channels' rows at a time, the
-accumulator holding both, `_pair_channel_rows` in passes/fuse_kernels.py); a small
-depthwise conv a channel plane at a time (the accumulator an out_h x out_w plane, TOPI's
-padding tests in the sum), and the same for a float32 conv with a window, over all its
-input channels (float models). Printed as C, such a
-loop converts its int8 operands to float on every multiply-accumulate and keeps nothing in
+for x < width, i < channels (two output channels' rows at a time where the kernel ends
+with the conv, the accumulator holding both, `_pair_channel_rows` in
+passes/fuse_kernels.py); a small depthwise conv a channel plane at a time (the
+accumulator an out_h x out_w plane, TOPI's padding tests in the sum), and the same for a
+float32 conv with a window, over all its input channels (float models). Printed as C, such
+a loop converts its int8 operands to float on every multiply-accumulate and keeps nothing in
 registers. This step matches those loop nests with TVM's `tensorize` against a
 `TensorIntrin` whose description is that very computation and whose implementation calls a
 micro-kernel of `runtime/tt_kernels.c` (`tt_pw_row_s8`: int32 sums, SXTB16/SMLA on
-Cortex-M; `tt_pw_row_f32s8`: 8 pixels in registers; `tt_pw_rows2_f32s8`: the same for two
+Cortex-M; `tt_pw_rows2_s8`: two channels, each input loaded once for both, SMLAD on
+channel pairs; `tt_pw_row_f32s8`: 8 pixels in registers; `tt_pw_rows2_f32s8`: the same for two
 rows, each gradient value loaded once for both; `tt_dw_plane_s8`: int32 sums, no bounds
 tests inside the plane; `tt_conv_plane_f32`: a row's outputs in registers, the padding as
 zeros), each giving the same bits as the loop it replaces (see
@@ -35,7 +36,8 @@ from tvm_tinytrain.passes.fuse_kernels import padded_float_conv, scheduled
 
 INT8_ROW = "tt_pw_row_s8"      # acc[x] += (float(a[i, x]) - zx) * float(w[i]), int8 a
 FLOAT_ROW = "tt_pw_row_f32s8"  # acc[x] += a[i, x] * float(w[i]), float32 a
-FLOAT_ROWS2 = "tt_pw_rows2_f32s8"  # the same for two channels' rows: acc[f, x] += a[i, x] * float(w[i, f])
+INT8_ROWS2 = "tt_pw_rows2_s8"  # two output channels' rows: acc[f, x] += (float(a[i, x]) - zx) * float(w[f, i])
+FLOAT_ROWS2 = "tt_pw_rows2_f32s8"  # the same for input gradients: acc[f, x] += a[i, x] * float(w[i, f])
 DEPTHWISE_PLANE = "tt_dw_plane_s8"  # one channel of an int8 depthwise conv, padding included
 FLOAT_CONV_PLANE = "tt_conv_plane_f32"  # one output channel of a float32 conv, padding included
 _REDUCE = 2  # IterVar.CommReduce
@@ -117,17 +119,32 @@ def pointwise_row_intrin(kernel: str, channels: int, width: int, zero: int = 0) 
     return name
 
 
-def float_rows2_intrin(channels: int, width: int) -> str:
-    """The registered name of the intrinsic computing two rows of an input gradient (two
-    channels, `_pair_channel_rows` in passes/fuse_kernels.py) over `channels` gradient
-    channels of `width` pixels."""
-    name = f"tinytrain.{FLOAT_ROWS2}.c{channels}.w{width}"
+def rows2_intrin(kernel: str, channels: int, width: int, zero: int = 0) -> str:
+    """The registered name of the intrinsic computing two output channels' rows of a
+    pointwise conv (`_pair_channel_rows` in passes/fuse_kernels.py) over `channels` input
+    channels of `width` pixels: `kernel` INT8_ROWS2 (the forward, zero point `zero`) or
+    FLOAT_ROWS2 (an input gradient)."""
+    name = f"tinytrain.{kernel}.c{channels}.w{width}.z{zero}"
     if TensorIntrin.get(name, allow_missing=True) is not None:
         return name
-    K, W, two, one = T.int64(channels), T.int64(width), T.int64(2), T.int64(1)
+    K, W, two, one, zx = T.int64(channels), T.int64(width), T.int64(2), T.int64(1), T.float32(zero)
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle):
+    def int8_desc(a: T.handle, b: T.handle, c: T.handle):
+        A = T.match_buffer(a, (one, K, one, W), "int8", offset_factor=1)
+        B = T.match_buffer(b, (two, K, one, one), "int8", offset_factor=1)
+        C = T.match_buffer(c, (one, two, one, W), "float32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0, 0:2, 0, 0:W], A[0, 0:K, 0, 0:W], B[0:2, 0:K, 0, 0])
+            T.writes(C[0, 0:2, 0, 0:W])
+            for n, f, y, x, k, ry, rx in T.grid(one, two, one, W, K, one, one):
+                with T.sblock("update"):
+                    vf, vx, vk = T.axis.remap("SSR", [f, x, k])
+                    C[0, vf, 0, vx] = C[0, vf, 0, vx] + (T.Cast("float32", A[0, vk, 0, vx]) - zx) * T.Cast(
+                        "float32", B[vf, vk, 0, 0])
+
+    @T.prim_func(s_tir=True)
+    def float_desc(a: T.handle, b: T.handle, c: T.handle):
         A = T.match_buffer(a, (one, K, one, W), "float32", offset_factor=1)
         B = T.match_buffer(b, (K, two, one, one), "int8", offset_factor=1)
         C = T.match_buffer(c, (one, two, one, W), "float32", offset_factor=1)
@@ -139,8 +156,28 @@ def float_rows2_intrin(channels: int, width: int) -> str:
                     vf, vx, vk = T.axis.remap("SSR", [f, x, k])
                     C[0, vf, 0, vx] = C[0, vf, 0, vx] + A[0, vk, 0, vx] * T.Cast("float32", B[vk, vf, 0, 0])
 
+    # The implementations: the micro-kernel with the operands' strides (b_pair between the two
+    # channels' weights, b_stride between input channels, c_pair between the two rows).
     @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle):
+    def int8_impl(a: T.handle, b: T.handle, c: T.handle):
+        a_stride = T.int64()
+        b_stride = T.int64()
+        b_pair = T.int64()
+        c_pair = T.int64()
+        A = T.match_buffer(a, (one, K, one, W), "int8", offset_factor=1, strides=[T.int64(), a_stride, T.int64(), one])
+        B = T.match_buffer(b, (two, K, one, one), "int8", offset_factor=1,
+                           strides=[b_pair, b_stride, T.int64(), T.int64()])
+        C = T.match_buffer(c, (one, two, one, W), "float32", offset_factor=1,
+                           strides=[T.int64(), c_pair, T.int64(), one])
+        with T.sblock("root"):
+            T.reads(C[0, 0:2, 0, 0:W], A[0, 0:K, 0, 0:W], B[0:2, 0:K, 0, 0])
+            T.writes(C[0, 0:2, 0, 0:W])
+            T.evaluate(T.call_extern("int32", INT8_ROWS2, T.address_of(C[0, 0, 0, 0]), T.address_of(A[0, 0, 0, 0]),
+                                     T.Cast("int32", a_stride), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_pair),
+                                     T.Cast("int32", b_stride), channels, width, T.Cast("int32", c_pair), zero))
+
+    @T.prim_func(s_tir=True)
+    def float_impl(a: T.handle, b: T.handle, c: T.handle):
         a_stride = T.int64()
         b_stride = T.int64()
         b_pair = T.int64()
@@ -158,7 +195,10 @@ def float_rows2_intrin(channels: int, width: int) -> str:
                                      T.Cast("int32", a_stride), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_pair),
                                      T.Cast("int32", b_stride), channels, width, T.Cast("int32", c_pair)))
 
-    TensorIntrin.register(name, desc, impl)
+    if kernel == INT8_ROWS2:
+        TensorIntrin.register(name, int8_desc, int8_impl)
+    else:  # FLOAT_ROWS2: no zero point
+        TensorIntrin.register(name, float_desc, float_impl)
     return name
 
 
@@ -401,8 +441,8 @@ def _intrinsic(block, extents: list[int]) -> str | None:
     if _conv_product(block) is None:
         return _float_conv_plane_form(block, extents)
     form = _row_form(block)
-    if form and extents[1] == 2:  # two channels' rows (an input gradient)
-        return float_rows2_intrin(extents[4], extents[3]) if form[0] == FLOAT_ROW else None
+    if form and extents[1] == 2:  # two channels' rows
+        return rows2_intrin(INT8_ROWS2 if form[0] == INT8_ROW else FLOAT_ROWS2, extents[4], extents[3], form[1])
     if form:
         return pointwise_row_intrin(form[0], extents[4], extents[3], form[1])
     return _depthwise_form(block, extents)

@@ -6,8 +6,9 @@
  * TVM's C code generator declares them itself (every pointer as void *), hence no header.
  *
  * tt_pw_row_s8: one row of an int8 pointwise conv, for one output channel (the forward;
- * tt_pw_row_f32s8 is its input gradient, tt_pw_rows2_f32s8 the same for two channels'
- * rows; tt_dw_plane_s8 and, for float models, tt_conv_plane_f32 come after them):
+ * tt_pw_rows2_s8 the same for two output channels' rows, tt_pw_row_f32s8 the input gradient,
+ * tt_pw_rows2_f32s8 that for two channels' rows; tt_dw_plane_s8 and, for float models,
+ * tt_conv_plane_f32 come after them):
  *
  *     acc[x] += sum_i ((float)a[i * a_stride + x] - zx) * (float)w[i * w_stride]
  *
@@ -169,21 +170,29 @@ static inline __attribute__((always_inline)) void weight_sums(const int8_t *w, i
   *sum = s, *sum_abs = sa;
 }
 
-int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_stride, int32_t k, int32_t width,
-                     int32_t zx) {
-  float *acc = (float *)acc_;
-  const int8_t *a = (const int8_t *)a_, *w = (const int8_t *)w_;
+/* Whether the int32 sum gives the float32 loop's bits for a row of `width` accumulators
+ * with weights w (see the top of this file); if so, *fold = zx * sum_i w_i. */
+static int int32_exact(const float *acc, const int8_t *w, int32_t w_stride, int32_t k, int32_t width, int32_t zx,
+                       int32_t *fold) {
   int64_t max_dev = zx < 0 ? 127 - zx : 128 + zx; /* the largest |a - zx| for int8 a */
   int32_t sum_w = 0, sum_abs_w = 0;
   int long_row = k * 128 * max_dev > TT_EXACT_FLOAT_INTEGERS; /* |w| <= 128: short rows are exact */
   if (zx != 0 || long_row) {
     weight_sums(w, w_stride, k, long_row, &sum_w, &sum_abs_w);
   }
-  if (sum_abs_w * max_dev > TT_EXACT_FLOAT_INTEGERS || !all_positive_zero(acc, width)) {
+  *fold = zx * sum_w;
+  return sum_abs_w * max_dev <= TT_EXACT_FLOAT_INTEGERS && all_positive_zero(acc, width);
+}
+
+int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_stride, int32_t k, int32_t width,
+                     int32_t zx) {
+  float *acc = (float *)acc_;
+  const int8_t *a = (const int8_t *)a_, *w = (const int8_t *)w_;
+  int32_t fold;
+  if (!int32_exact(acc, w, w_stride, k, width, zx, &fold)) {
     pw_row_float(acc, a, a_stride, w, w_stride, k, width, (float)zx);
     return 0;
   }
-  int32_t fold = zx * sum_w;
   int32_t x = 0;
   if (w_stride == 1) {
     for (; x + 4 <= width; x += 4) {
@@ -192,6 +201,90 @@ int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w
   }
   for (; x < width; ++x) {
     acc[x] = (float)(pw_dot(a + x, a_stride, w, w_stride, k) - fold);
+  }
+  return 0;
+}
+
+/* tt_pw_rows2_s8: tt_pw_row_s8 for two output channels at once (weights w and w + w_fstride,
+ * rows acc and acc + acc_stride), so that each input value is loaded once for both. With the
+ * DSP extension 2 pixels x 2 channels a step: the two pixels of input channels i and i + 2
+ * packed into one word, SXTB16 splits it into the halfword pairs (pixel 0 of i, of i + 2) and
+ * (pixel 1 of i, of i + 2), which SMLAD multiplies with (w_i, w_i+2), SXTB16 of 4 weights:
+ * two multiply-accumulates an instruction. Elsewhere plain C, 4 pixels x 2 channels. When
+ * either row cannot take the int32 sum, each row goes through tt_pw_row_s8. */
+#if defined(__ARM_FEATURE_DSP)
+static inline uint32_t load2(const int8_t *p) {
+  uint16_t v;
+  memcpy(&v, p, 2);
+  return v;
+}
+
+static void pw_dot2x2(const int8_t *a, int32_t a_stride, const int8_t *w0, int32_t w_fstride, int32_t k,
+                      int32_t s[4]) {
+  int32_t s00 = 0, s01 = 0, s10 = 0, s11 = 0; /* s<channel><pixel> */
+  const int8_t *end = w0 + (k & ~3);
+  int32_t a_stride2 = 2 * a_stride;
+#pragma GCC unroll 1 /* unrolled, gcc spills the row pointers */
+  for (; w0 < end; w0 += 4) {
+    const int8_t *a1 = a + a_stride;
+    uint32_t even = load2(a) | load2(a + a_stride2) << 16, odd = load2(a1) | load2(a1 + a_stride2) << 16;
+    a += 2 * a_stride2;
+    int32_t e0 = __sxtb16(even), e1 = sxtb16_ror8(even), o0 = __sxtb16(odd), o1 = sxtb16_ror8(odd);
+    uint32_t wv = load4(w0);
+    int32_t w02 = __sxtb16(wv), w13 = sxtb16_ror8(wv);
+    s00 = __smlad(e0, w02, s00), s01 = __smlad(e1, w02, s01), s00 = __smlad(o0, w13, s00), s01 = __smlad(o1, w13, s01);
+    wv = load4(w0 + w_fstride);
+    w02 = __sxtb16(wv), w13 = sxtb16_ror8(wv);
+    s10 = __smlad(e0, w02, s10), s11 = __smlad(e1, w02, s11), s10 = __smlad(o0, w13, s10), s11 = __smlad(o1, w13, s11);
+  }
+  for (const int8_t *tail = w0 + (k & 3); w0 < tail; ++w0, a += a_stride) {
+    int32_t p0 = a[0], p1 = a[1], u = w0[0], v = w0[w_fstride];
+    s00 += u * p0, s01 += u * p1, s10 += v * p0, s11 += v * p1;
+  }
+  s[0] = s00, s[1] = s01, s[2] = s10, s[3] = s11;
+}
+#define TT_ROWS2_PIXELS 2
+#else
+static void pw_dot2x4(const int8_t *a, int32_t a_stride, const int8_t *w0, int32_t w_fstride, int32_t k,
+                      int32_t s[8]) {
+  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+  for (int32_t i = 0; i < k; ++i, a += a_stride) {
+    int32_t u = w0[i], v = w0[i + w_fstride];
+    s0 += u * a[0], s1 += u * a[1], s2 += u * a[2], s3 += u * a[3];
+    t0 += v * a[0], t1 += v * a[1], t2 += v * a[2], t3 += v * a[3];
+  }
+  s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3, s[4] = t0, s[5] = t1, s[6] = t2, s[7] = t3;
+}
+#define TT_ROWS2_PIXELS 4
+#endif
+
+int32_t tt_pw_rows2_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
+                       int32_t k, int32_t width, int32_t acc_stride, int32_t zx) {
+  float *acc0 = (float *)acc_, *acc1 = acc0 + acc_stride;
+  const int8_t *a = (const int8_t *)a_, *w0 = (const int8_t *)w_, *w1 = w0 + w_fstride;
+  int32_t fold0, fold1;
+  if (w_stride != 1 || !int32_exact(acc0, w0, 1, k, width, zx, &fold0) ||
+      !int32_exact(acc1, w1, 1, k, width, zx, &fold1)) {
+    tt_pw_row_s8(acc0, a_, a_stride, w_, w_stride, k, width, zx);
+    tt_pw_row_s8(acc1, a_, a_stride, (void *)w1, w_stride, k, width, zx);
+    return 0;
+  }
+  const int32_t n = TT_ROWS2_PIXELS;
+  int32_t x = 0;
+  for (; x + n <= width; x += n) {
+    int32_t s[2 * TT_ROWS2_PIXELS];
+#if defined(__ARM_FEATURE_DSP)
+    pw_dot2x2(a + x, a_stride, w0, w_fstride, k, s);
+#else
+    pw_dot2x4(a + x, a_stride, w0, w_fstride, k, s);
+#endif
+    for (int32_t j = 0; j < n; ++j) {
+      acc0[x + j] = (float)(s[j] - fold0), acc1[x + j] = (float)(s[n + j] - fold1);
+    }
+  }
+  for (; x < width; ++x) {
+    acc0[x] = (float)(pw_dot(a + x, a_stride, w0, 1, k) - fold0);
+    acc1[x] = (float)(pw_dot(a + x, a_stride, w1, 1, k) - fold1);
   }
   return 0;
 }
