@@ -298,8 +298,9 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     model, which the depthwise conv reads), and the int8 operands of a conv (see
     `_staged_operands`). Then, from the last block backwards, each remaining block is
     computed inside the loops of its reader: a reduction at the innermost loop (one
-    accumulator; a row for a pointwise conv, a plane for a small depthwise conv), that kept
-    tensor at the reader's channel loop (one channel at a time), a staged weight or
+    accumulator; a row for a pointwise conv or an int8 conv whose plane is too large, a
+    plane for a small depthwise conv), that kept tensor at the reader's channel loop (one
+    channel at a time), a staged weight or
     depthwise input plane at the conv's output-channel loop, a staged pointwise input at
     the conv's row loop (the kernel then walks rows outside output channels), or whole
     before the conv where channels must stay outside (a depthwise pair). A pointwise conv's
@@ -343,7 +344,8 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
                 and len(outer) > CHANNEL_AXIS:
             at = CHANNEL_AXIS
         else:
-            at = len(outer) - (2 if len(outer) > 1 and _is_pointwise(sch, block) else 1)
+            row = _is_pointwise(sch, block) or _row_accumulated(sch, block)
+            at = len(outer) - (2 if len(outer) > 1 and row else 1)
             if name == paired:  # the row loop, above the two channels
                 at -= 1
         try:
@@ -470,6 +472,18 @@ def _plane_accumulated(sch, block) -> bool:
     if operands == {"int8"}:
         return _is_depthwise_conv(sch, block)
     return operands == {"float32"} and padded_float_conv(b) is not None
+
+
+def _row_accumulated(sch, block) -> bool:
+    """An int8 conv with a window whose output plane is too large for a plane accumulator
+    (the stem, a depthwise conv at full resolution): it keeps a row accumulator, which
+    lowering hands to a micro-kernel on the rows that read no top or bottom padding
+    (targets/tensorize.py)."""
+    b = sch.get(block)
+    reduced = _conv_reduction(sch, block)
+    if reduced is None or reduced[1] * reduced[2] <= 1 or _plane_accumulated(sch, block):
+        return False
+    return {str(r.source.ty.dtype) for r in b.reads if not r.source.same_as(b.writes[0].source)} == {"int8"}
 
 
 def padded_float_conv(block):

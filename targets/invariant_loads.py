@@ -8,21 +8,18 @@ innermost loop (TIR `cache_read` + `compute_at`), they become a local array whos
 never escapes, which gcc keeps in a register. The same values are read, once per row
 instead of once per output: no computed number changes.
 
-It runs when lowering to C only (`lower.py`), after tensorize.
+It runs when lowering to C only (`lower.py`), before tensorize: the split of a conv's row
+loop there (`_split_padded_rows`) puts an `if` in the loop nest, past which TVM's
+`compute_at` no longer moves a block.
 """
 
 from __future__ import annotations
 
 import tvm
 from tvm.s_tir import Schedule, ScheduleError
-from tvm.tirx.analysis import undefined_vars
 
 from tvm_tinytrain.passes.fuse_kernels import scheduled
-from tvm_tinytrain.targets.tensorize import tir_nodes
-
-
-def _uses(expr, var) -> bool:
-    return any(v.same_as(var) for v in undefined_vars(expr, []))
+from tvm_tinytrain.targets.tensorize import tir_nodes, uses
 
 
 def _invariant_reads(realize, inner, constants) -> list[int]:
@@ -31,7 +28,7 @@ def _invariant_reads(realize, inner, constants) -> list[int]:
     values of at most 32 bits: TVM's storage rewrite never shares such small arrays with
     another buffer, so the C never reinterprets one buffer's bytes as another type."""
     block = realize.block
-    moving = [iv.var for iv, value in zip(block.iter_vars, realize.iter_values) if _uses(value, inner)]
+    moving = [iv.var for iv, value in zip(block.iter_vars, realize.iter_values) if uses(value, inner)]
     found = []
     for i, region in enumerate(block.reads):
         if not any(region.source.same_as(c) for c in constants):
@@ -40,7 +37,7 @@ def _invariant_reads(realize, inner, constants) -> list[int]:
             continue
         if not all(isinstance(r.extent, tvm.tirx.IntImm) and int(r.extent) == 1 for r in region.region):
             continue
-        if not any(_uses(r.min, v) for r in region.region for v in moving):
+        if not any(uses(r.min, v) for r in region.region for v in moving):
             found.append(i)
     return found
 

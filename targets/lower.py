@@ -123,7 +123,7 @@ def lower(program: TrainingProgram) -> LoweredProgram:
 
 def _for_c(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     """A kernel as built to C: micro-kernels where they match, invariant loads hoisted."""
-    return hoist_invariant_loads(tensorize(func)[0])[0]
+    return tensorize(hoist_invariant_loads(func)[0])[0]
 
 
 def memory_passes(program: TrainingProgram):

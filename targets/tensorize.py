@@ -31,6 +31,7 @@ from __future__ import annotations
 import tvm
 from tvm.s_tir import Schedule, ScheduleError, TensorIntrin
 from tvm.script import tirx as T
+from tvm.tirx.analysis import undefined_vars
 
 from tvm_tinytrain.passes.fuse_kernels import padded_float_conv, scheduled
 
@@ -39,6 +40,7 @@ FLOAT_ROW = "tt_pw_row_f32s8"  # acc[x] += a[i, x] * float(w[i]), float32 a
 INT8_ROWS2 = "tt_pw_rows2_s8"  # two output channels' rows: acc[f, x] += (float(a[i, x]) - zx) * float(w[f, i])
 FLOAT_ROWS2 = "tt_pw_rows2_f32s8"  # the same for input gradients: acc[f, x] += a[i, x] * float(w[i, f])
 DEPTHWISE_PLANE = "tt_dw_plane_s8"  # one channel of an int8 depthwise conv, padding included
+CONV_ROW = "tt_conv_row_s8"  # one row of an int8 conv with a window, away from the top and bottom padding
 FLOAT_CONV_PLANE = "tt_conv_plane_f32"  # one output channel of a float32 conv, padding included
 _REDUCE = 2  # IterVar.CommReduce
 
@@ -253,6 +255,74 @@ def depthwise_plane_intrin(h: int, w: int, kh: int, kw: int, stride: int, pad: i
     return name
 
 
+def conv_row_intrin(c: int, w: int, kh: int, kw: int, stride: int, pad: int, out_w: int, zero: int) -> str:
+    """The registered name of the intrinsic for one output row of an int8 conv with a window
+    whose input rows all lie inside the plane (`_split_padded_rows`): `c` input channels (1
+    for a depthwise conv) of width w, a kh x kw window, `stride`, `pad` zeros left and right."""
+    name = f"tinytrain.{CONV_ROW}.c{c}.w{w}.k{kh}x{kw}.s{stride}.p{pad}.o{out_w}.z{zero}"
+    if TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    C, Wd, KH, KW, OW = (T.int64(v) for v in (c, w, kh, kw, out_w))
+    AW = T.int64((out_w - 1) * stride + kw)  # the row's columns -pad .. -pad + AW
+    s, p, zx, one = T.int64(stride), T.int64(pad), T.float32(zero), T.int64(1)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, o: T.handle):
+        A = T.match_buffer(a, (one, C, KH, AW), "int8", offset_factor=1)
+        B = T.match_buffer(b, (one, C, KH, KW), "int8", offset_factor=1)
+        O = T.match_buffer(o, (one, one, one, OW), "float32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(O[0, 0, 0, 0:OW], A[0, 0:C, 0:KH, 0:AW], B[0, 0:C, 0:KH, 0:KW])
+            T.writes(O[0, 0, 0, 0:OW])
+            for n, f, y, x, r, ky, kx in T.grid(one, one, one, OW, C, KH, KW):
+                with T.sblock("update"):
+                    vx, vr, vky, vkx = T.axis.remap("SRRR", [x, r, ky, kx])
+                    O[0, 0, 0, vx] = O[0, 0, 0, vx] + T.if_then_else(
+                        p <= vx * s + vkx and vx * s + vkx < Wd + p,
+                        T.Cast("float32", A[0, vr, vky, vx * s + vkx]) - zx, T.float32(0.0)) * T.Cast(
+                            "float32", B[0, vr, vky, vkx])
+
+    # one input channel (a depthwise conv): TVM drops the unit channel axis from the block it
+    # matches, so the description has none either
+    @T.prim_func(s_tir=True)
+    def depthwise_desc(a: T.handle, b: T.handle, o: T.handle):
+        A = T.match_buffer(a, (one, C, KH, AW), "int8", offset_factor=1)
+        B = T.match_buffer(b, (one, C, KH, KW), "int8", offset_factor=1)
+        O = T.match_buffer(o, (one, one, one, OW), "float32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(O[0, 0, 0, 0:OW], A[0, 0:C, 0:KH, 0:AW], B[0, 0:C, 0:KH, 0:KW])
+            T.writes(O[0, 0, 0, 0:OW])
+            for n, f, y, x, r, ky, kx in T.grid(one, one, one, OW, C, KH, KW):
+                with T.sblock("update"):
+                    vx, vky, vkx = T.axis.remap("SRR", [x, ky, kx])
+                    O[0, 0, 0, vx] = O[0, 0, 0, vx] + T.if_then_else(
+                        p <= vx * s + vkx and vx * s + vkx < Wd + p,
+                        T.Cast("float32", A[0, 0, vky, vx * s + vkx]) - zx, T.float32(0.0)) * T.Cast(
+                            "float32", B[0, 0, vky, vkx])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, o: T.handle):
+        a_chan = T.int64()
+        a_row = T.int64()
+        b_chan = T.int64()
+        b_row = T.int64()
+        A = T.match_buffer(a, (one, C, KH, AW), "int8", offset_factor=1, strides=[T.int64(), a_chan, a_row, one])
+        B = T.match_buffer(b, (one, C, KH, KW), "int8", offset_factor=1, strides=[T.int64(), b_chan, b_row, one])
+        O = T.match_buffer(o, (one, one, one, OW), "float32", offset_factor=1,
+                           strides=[T.int64(), T.int64(), T.int64(), one])
+        with T.sblock("root"):
+            T.reads(O[0, 0, 0, 0:OW], A[0, 0:C, 0:KH, 0:AW], B[0, 0:C, 0:KH, 0:KW])
+            T.writes(O[0, 0, 0, 0:OW])
+            # column 0 of the first row: `pad` columns into the box
+            T.evaluate(T.call_extern("int32", CONV_ROW, T.address_of(O[0, 0, 0, 0]), T.address_of(A[0, 0, 0, p]),
+                                     T.Cast("int32", a_chan), T.Cast("int32", a_row), T.address_of(B[0, 0, 0, 0]),
+                                     T.Cast("int32", b_chan), T.Cast("int32", b_row), c, w, kh, kw, stride, pad,
+                                     out_w, zero))
+
+    TensorIntrin.register(name, depthwise_desc if c == 1 else desc, impl)
+    return name
+
+
 def float_conv_plane_intrin(c: int, h: int, w: int, kh: int, kw: int, stride: int, pad: int, relu: bool) -> str:
     """The registered name of the intrinsic for one output channel of a float32 conv: `c`
     input channels of h x w (1 for a depthwise conv), a kh x kw window, `stride`, `pad`
@@ -387,20 +457,153 @@ def _window(cond, source, loops_extents) -> tuple[int, int, int, int] | None:
     return None
 
 
+def _padded_int8(block):
+    """(padding condition, int8 load, zero point) when `block` updates an int8 conv's
+    accumulator in TOPI's padded form, `acc + if_then_else(inside, float(a) - zx, 0) * float(w)`;
+    else None."""
+    mul = _conv_product(block)
+    if mul is None or not isinstance(mul.a, tvm.ir.expr.Call) or mul.a.op.name != "prim.if_then_else":
+        return None
+    operand = _zero_point(mul.a.args[1])
+    return None if operand is None else (mul.a.args[0], operand[0].value, operand[1])
+
+
 def _depthwise_form(block, loops_extents) -> str | None:
     """The intrinsic for `block` when it is one channel plane of an int8 depthwise conv,
     `acc += if_then_else(inside, float(a) - zx, 0) * float(w)`; else None."""
-    mul = _conv_product(block)
-    if mul is None or int(block.iter_vars[4].dom.extent) != 1:
+    padded = _padded_int8(block)
+    if padded is None or int(block.iter_vars[4].dom.extent) != 1:
         return None
-    if not isinstance(mul.a, tvm.ir.expr.Call) or mul.a.op.name != "prim.if_then_else" or len(mul.a.args) != 3:
-        return None
-    operand = _zero_point(mul.a.args[1])
-    window = operand and _window(mul.a.args[0], operand[0].value.source, loops_extents)
+    window = _window(padded[0], padded[1].source, loops_extents)
     if not window:
         return None
     h, w, stride, pad = window
-    return depthwise_plane_intrin(h, w, loops_extents[5], loops_extents[6], stride, pad, operand[1])
+    return depthwise_plane_intrin(h, w, loops_extents[5], loops_extents[6], stride, pad, padded[2])
+
+
+def _conv_row_form(block, loops_extents) -> str | None:
+    """The intrinsic for `block` when it is one output row of an int8 conv with a window,
+    its padding tests on columns only (`_split_padded_rows`); else None."""
+    padded, out_h = _padded_int8(block), int(block.iter_vars[2].dom.extent)
+    if padded is None or loops_extents[2] != 1 or out_h == 1:
+        return None
+    window = _window(padded[0], padded[1].source, loops_extents[:2] + [out_h] + loops_extents[3:])
+    if not window:
+        return None
+    h, w, stride, pad = window
+    c, kh, kw, out_w = loops_extents[4], loops_extents[5], loops_extents[6], loops_extents[3]
+    return conv_row_intrin(c, w, kh, kw, stride, pad, out_w, padded[2])
+
+
+def _terms(cond) -> list:
+    """The operands of a chain of `and`s, left to right."""
+    return _terms(cond.a) + _terms(cond.b) if isinstance(cond, tvm.tirx.And) else [cond]
+
+
+def _rebuild(stmt, on_block=lambda block: block, on_loop=lambda loop: None):
+    """`stmt` with every SBlock replaced by `on_block(block)` and every loop for which
+    `on_loop(loop)` gives a statement by that statement (TVM 0.27 has no Python TIR mutator:
+    this walks the statement kinds a scheduled kernel is made of)."""
+    if isinstance(stmt, tvm.tirx.For):
+        replaced = on_loop(stmt)
+        return replaced if replaced is not None else tvm.tirx.For(
+            stmt.loop_var, stmt.min, stmt.extent, stmt.kind, _rebuild(stmt.body, on_block, on_loop),
+            stmt.thread_binding, stmt.annotations)
+    if isinstance(stmt, tvm.tirx.SeqStmt):
+        return tvm.tirx.SeqStmt([_rebuild(x, on_block, on_loop) for x in stmt.seq])
+    if isinstance(stmt, tvm.s_tir.SBlockRealize):
+        return tvm.s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, _rebuild(stmt.block, on_block, on_loop))
+    if isinstance(stmt, tvm.s_tir.SBlock):
+        b = on_block(stmt)
+        return tvm.s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, _rebuild(b.body, on_block, on_loop),
+                                b.init, b.alloc_buffers, b.match_buffers, b.annotations)
+    return stmt
+
+
+def _padded_rows(func) -> list:
+    """(row loop, conv block, first and last + 1 rows that read no top or bottom padding) for
+    each int8 conv with a window and a row accumulator (`_row_accumulated` in
+    passes/fuse_kernels.py) whose padding tests cover rows outside [first, last)."""
+    found = []
+
+    def visit(stmt, loops):
+        if isinstance(stmt, tvm.tirx.For):
+            visit(stmt.body, loops + [stmt])
+        elif isinstance(stmt, tvm.tirx.SeqStmt):
+            for x in stmt.seq:
+                visit(x, loops)
+        elif isinstance(stmt, tvm.s_tir.SBlockRealize):
+            block = stmt.block
+            padded = _padded_int8(block)
+            extents = [int(loop.extent) for loop in loops[-7:]]
+            if padded is not None and len(loops) >= 8 and extents[2] == 1 and extents[5] * extents[6] > 1:
+                out_h = int(block.iter_vars[2].dom.extent)
+                window = _window(padded[0], padded[1].source, extents[:2] + [out_h] + extents[3:])
+                if window and out_h > 1:
+                    h, _, stride, pad = window
+                    first, last = -(-pad // stride), min(out_h, (h + pad - extents[5]) // stride + 1)
+                    if first < last and (first, last) != (0, out_h):
+                        found.append((loops[-8], block.name_hint, first, last))
+            visit(block.body, loops)
+
+    visit(func.body, [])
+    return found
+
+
+def _split_padded_rows(func):
+    """`func` with the body of the row loop of each `_padded_rows` conv in two copies, one for
+    the rows that read no top or bottom padding and one for the others (`if first <= y <
+    last`). In the first the conv's row tests are provably true and dropped, which leaves the
+    column tests only: the form of `conv_row_intrin`. The other keeps TVM's loop nest (a row
+    or two) under renamed blocks."""
+    splits = []
+    for row, conv, first, last in _padded_rows(func):
+        def copy(tag, conv=conv, first=first, last=last, row=row):
+            def on_block(block):
+                if block.name_hint == conv and not tag:
+                    return _without_row_tests(block, first, last)
+                return tvm.s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint + tag,
+                                        block.body, block.init, block.alloc_buffers, block.match_buffers,
+                                        block.annotations)
+            return _rebuild(row.body, on_block)
+
+        y, dtype = row.loop_var, str(row.loop_var.ty)
+        inside = tvm.tirx.And(tvm.tirx.LE(tvm.tirx.IntImm(dtype, first), y), tvm.tirx.LT(y, tvm.tirx.IntImm(dtype, last)))
+        splits.append((row, tvm.tirx.For(y, row.min, row.extent, row.kind,
+                                         tvm.tirx.IfThenElse(inside, copy(""), copy("_border")))))
+    if not splits:
+        return func
+    split = func.with_body(_rebuild(func.body, on_loop=lambda loop: next(
+        (new for old, new in splits if old.same_as(loop)), None)))
+    # printed and parsed back: the two copies then define their loop and block variables anew
+    # (TVM's renew_defs refuses a variable defined twice)
+    return tvm.script.from_source(split.script())
+
+
+def _without_row_tests(block, first: int, last: int):
+    """The conv `block` with the padding tests dropped that hold on rows [first, last)."""
+    store = block.body
+    padded = store.value.b.a
+    analyzer = tvm.sym.Analyzer()
+    y, ky = block.iter_vars[2].var, block.iter_vars[5].var
+    analyzer.bind(y, tvm.ir.Range(first, last))
+    analyzer.bind(ky, block.iter_vars[5].dom)
+    kept = [t for t in _terms(padded.args[0]) if not (uses(t, y) and analyzer.can_prove(t))]
+    operand = padded.args[1]
+    if kept:
+        cond = kept[0]
+        for t in kept[1:]:
+            cond = tvm.tirx.And(cond, t)
+        operand = tvm.tirx.if_then_else(cond, padded.args[1], padded.args[2])
+    value = tvm.tirx.Add(store.value.a, tvm.tirx.Mul(operand, store.value.b.b))
+    return tvm.s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint,
+                            tvm.tirx.BufferStore(store.buffer, value, store.indices), block.init,
+                            block.alloc_buffers, block.match_buffers, block.annotations)
+
+
+def uses(expr, var) -> bool:
+    """Whether `var` occurs in `expr`."""
+    return any(v.same_as(var) for v in undefined_vars(expr, []))
 
 
 def _float_conv_plane_form(block, loops_extents) -> str | None:
@@ -440,6 +643,9 @@ def _intrinsic(block, extents: list[int]) -> str | None:
     """The tensor intrinsic for the loop nest of `block` (its 7 innermost loops' extents), if any."""
     if _conv_product(block) is None:
         return _float_conv_plane_form(block, extents)
+    row = _conv_row_form(block, extents)
+    if row:
+        return row
     form = _row_form(block)
     if form and extents[1] == 2:  # two channels' rows
         return rows2_intrin(INT8_ROWS2 if form[0] == INT8_ROW else FLOAT_ROWS2, extents[4], extents[3], form[1])
@@ -451,6 +657,7 @@ def _intrinsic(block, extents: list[int]) -> str | None:
 def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
     """`func` with every matching pointwise row, depthwise plane and float conv plane
     computed by a micro-kernel, and how many loop nests were replaced."""
+    func = _split_padded_rows(func)
     sch, replaced = Schedule(func), 0
     for block in sblocks(func.body):
         loops = sch.get_loops(sch.get_sblock(block.name_hint))

@@ -7,8 +7,8 @@
  *
  * tt_pw_row_s8: one row of an int8 pointwise conv, for one output channel (the forward;
  * tt_pw_rows2_s8 the same for two output channels' rows, tt_pw_row_f32s8 the input gradient,
- * tt_pw_rows2_f32s8 that for two channels' rows; tt_dw_plane_s8 and, for float models,
- * tt_conv_plane_f32 come after them):
+ * tt_pw_rows2_f32s8 that for two channels' rows; tt_dw_plane_s8, tt_conv_row_s8 and, for
+ * float models, tt_conv_plane_f32 come after them):
  *
  *     acc[x] += sum_i ((float)a[i * a_stride + x] - zx) * (float)w[i * w_stride]
  *
@@ -497,6 +497,157 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
       }
       acc[oy * out_w + ox] = (float)dw_border(a, a_row, w, h, wd, kh, kw, iy0, ox * stride - pad, zx);
     }
+  }
+  return 0;
+}
+
+/* tt_conv_row_s8: one output row of an int8 conv with a window (c input channels, c = 1
+ * for a depthwise conv; kh x kw window, stride, `pad` zeros left and right) whose kh input
+ * rows all lie inside the plane, for a plane too large for a plane accumulator (the stem, a
+ * depthwise conv at full resolution; lowering splits off the rows that read the top or
+ * bottom padding and keeps the TIR loop for them). `a` points at the first input row of
+ * channel 0, column 0:
+ *
+ *     acc[ox] += sum_{i, ky, kx} (0 <= ix < wd ? (float)a[i][ky][ix] - zx : 0.0f) * (float)w[i][ky][kx]
+ *
+ * with ix = ox * stride + kx - pad, in the TIR's order (i, ky, kx). The same argument as for
+ * tt_dw_plane_s8 makes the int32 sum exact for up to TT_DW_MAX_TAPS taps from an accumulator
+ * at +0.0; otherwise the float32 loop runs. */
+static void conv_row_float(float *acc, const int8_t *a, int32_t a_chan, int32_t a_row, const int8_t *w,
+                           int32_t w_chan, int32_t w_row, int32_t c, int32_t wd, int32_t kh, int32_t kw,
+                           int32_t stride, int32_t pad, int32_t out_w, float zx) {
+  for (int32_t ox = 0; ox < out_w; ++ox) {
+    float s = acc[ox];
+    for (int32_t i = 0; i < c; ++i) {
+      for (int32_t ky = 0; ky < kh; ++ky) {
+        for (int32_t kx = 0; kx < kw; ++kx) {
+          int32_t ix = ox * stride + kx - pad;
+          float v = ix >= 0 && ix < wd ? (float)a[i * a_chan + ky * a_row + ix] - zx : 0.0f;
+          s = s + v * (float)w[i * w_chan + ky * w_row + kx];
+        }
+      }
+    }
+    acc[ox] = s;
+  }
+}
+
+/* The full window sums of outputs [ox0, ox1) over c channels (taps of channel i at
+ * row + i * a_chan, weights w + i * kh * kw), the zero point folded by the caller. */
+static inline __attribute__((always_inline)) void conv_row_inside(float *out, const int8_t *row, int32_t a_chan,
+                                                                int32_t a_row, const int32_t *w, int32_t c,
+                                                                int32_t kh, int32_t kw, int32_t stride, int32_t ox0,
+                                                                int32_t ox1, int32_t fold) {
+  for (int32_t ox = ox0; ox < ox1; ++ox) {
+    int32_t s = 0;
+    for (int32_t i = 0; i < c; ++i) {
+      s += dw_window(row + i * a_chan + ox * stride, a_row, w + i * kh * kw, kh, kw);
+    }
+    out[ox] = (float)(s - fold);
+  }
+}
+
+/* Outputs [ox0, ox1) of a row for a window 3 wide at stride 1 or 2 (the stem's, the commonest
+ * depthwise one), two outputs a step: the 4 or 5 inputs they read are loaded once for the 6
+ * taps. `off` holds the offset of each of the `rows` window rows (channel and row), `w` their
+ * 3 weights each. With the DSP extension one word load gives the 4 inputs as the halfword
+ * pairs (x0, x2) and (x1, x3), which SMLAD / SMLA<x><y> multiply with (w0, w2) and w1. */
+static inline __attribute__((always_inline)) void conv_row_pairs_k3(float *out, const int8_t *row,
+                                                                  const int32_t *off, const int32_t *w,
+                                                                  int32_t rows, const int32_t stride, int32_t ox0,
+                                                                  int32_t ox1, int32_t fold) {
+#if defined(__ARM_FEATURE_DSP)
+  int32_t w02[TT_DW_MAX_TAPS / 3], w1[TT_DW_MAX_TAPS / 3];
+  for (int32_t j = 0; j < rows; ++j) {
+    w02[j] = (int32_t)((uint32_t)(uint16_t)w[3 * j] | (uint32_t)w[3 * j + 2] << 16), w1[j] = w[3 * j + 1];
+  }
+#endif
+  int32_t ox = ox0;
+  for (; ox + 2 <= ox1; ox += 2) {
+    const int8_t *p = row + ox * stride;
+    int32_t s0 = 0, s1 = 0;
+    for (int32_t j = 0; j < rows; ++j) {
+      const int8_t *r = p + off[j];
+#if defined(__ARM_FEATURE_DSP)
+      uint32_t v = load4(r);
+      int32_t e = __sxtb16(v), o = sxtb16_ror8(v); /* (x0, x2), (x1, x3) */
+      s0 = __smlad(e, w02[j], s0), s0 = __smlabb(o, w1[j], s0);
+      if (stride == 2) {
+        s1 = __smlatb(e, w02[j], s1), s1 = __smlatb(o, w1[j], s1), s1 = __smlabt(r[4], w02[j], s1);
+      } else {
+        s1 = __smlad(o, w02[j], s1), s1 = __smlatb(e, w1[j], s1);
+      }
+#else
+      const int32_t *wj = w + 3 * j;
+      int32_t x0 = r[0], x1 = r[1], x2 = r[2], x3 = r[3];
+      s0 += wj[0] * x0 + wj[1] * x1 + wj[2] * x2;
+      s1 += stride == 2 ? wj[0] * x2 + wj[1] * x3 + wj[2] * r[4] : wj[0] * x1 + wj[1] * x2 + wj[2] * x3;
+#endif
+    }
+    out[ox] = (float)(s0 - fold), out[ox + 1] = (float)(s1 - fold);
+  }
+  for (; ox < ox1; ++ox) {
+    const int8_t *p = row + ox * stride;
+    int32_t s = 0;
+    for (int32_t j = 0; j < rows; ++j) {
+      s += w[3 * j] * p[off[j]] + w[3 * j + 1] * p[off[j] + 1] + w[3 * j + 2] * p[off[j] + 2];
+    }
+    out[ox] = (float)(s - fold);
+  }
+}
+
+int32_t tt_conv_row_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void *w_, int32_t w_chan, int32_t w_row,
+                       int32_t c, int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_w,
+                       int32_t zx) {
+  float *acc = (float *)acc_;
+  const int8_t *a = (const int8_t *)a_, *w8 = (const int8_t *)w_;
+  if (c * kh * kw > TT_DW_MAX_TAPS || !all_positive_zero(acc, out_w)) {
+    conv_row_float(acc, a, a_chan, a_row, w8, w_chan, w_row, c, wd, kh, kw, stride, pad, out_w, (float)zx);
+    return 0;
+  }
+  int32_t w[TT_DW_MAX_TAPS], fold = 0;
+  for (int32_t i = 0; i < c; ++i) {
+    for (int32_t ky = 0; ky < kh; ++ky) {
+      for (int32_t kx = 0; kx < kw; ++kx) {
+        w[(i * kh + ky) * kw + kx] = w8[i * w_chan + ky * w_row + kx];
+        fold += w8[i * w_chan + ky * w_row + kx];
+      }
+    }
+  }
+  fold *= zx;
+  /* the outputs whose windows lie inside the row, [lo, hi), have no bounds tests */
+  int32_t lo = (pad + stride - 1) / stride, hi = wd + pad < kw ? 0 : (wd + pad - kw) / stride + 1;
+  hi = hi > out_w ? out_w : hi;
+  lo = lo > hi ? hi : lo;
+  const int8_t *row = a - pad;
+  if (kw == 3 && (stride == 1 || stride == 2)) {
+    int32_t off[TT_DW_MAX_TAPS / 3];
+    for (int32_t i = 0; i < c; ++i) {
+      for (int32_t ky = 0; ky < kh; ++ky) {
+        off[i * kh + ky] = i * a_chan + ky * a_row;
+      }
+    }
+    if (stride == 1) {
+      conv_row_pairs_k3(acc, row, off, w, c * kh, 1, lo, hi, fold);
+    } else {
+      conv_row_pairs_k3(acc, row, off, w, c * kh, 2, lo, hi, fold);
+    }
+  } else if (c == 1) {
+    dw_rows_inside(acc, row, a_row, 0, w, kh, kw, stride, 0, 1, lo, hi, out_w, fold);
+  } else {
+    conv_row_inside(acc, row, a_chan, a_row, w, c, kh, kw, stride, lo, hi, fold);
+  }
+  for (int32_t ox = 0; ox < out_w; ++ox) { /* the border: the taps inside the row only */
+    if (ox == lo) {
+      ox = hi;
+      if (ox == out_w) {
+        break;
+      }
+    }
+    int32_t s = 0;
+    for (int32_t i = 0; i < c; ++i) {
+      s += dw_border(a + i * a_chan, a_row, w + i * kh * kw, kh, wd, kh, kw, 0, ox * stride - pad, zx);
+    }
+    acc[ox] = (float)s;
   }
   return 0;
 }
