@@ -460,8 +460,10 @@ def _pair_channel_rows(sch, blocks, rows_outside: bool) -> str | None:
 
 def _plane_accumulated(sch, block) -> bool:
     """A conv whose output plane, at most PLANE_ACCUMULATOR_BYTES of float32, a micro-kernel
-    computes whole: an int8 depthwise conv, or a float32 conv with a window (float models;
-    `acc + if_then_else(inside, a, 0) * w`, TOPI's padded form, `a` possibly through a ReLU)."""
+    computes whole: an int8 depthwise conv, a float32 conv with a window (float models;
+    `acc + if_then_else(inside, a, 0) * w`, TOPI's padded form, `a` possibly through a ReLU),
+    or the input gradient of an int8 depthwise conv with a stride (`transposed_depthwise`; at
+    stride 1 the plane kernel's per-call cost outweighs what it saves on MCU-sized planes)."""
     b = sch.get(block)
     reduced = _conv_reduction(sch, block)
     if reduced is None or reduced[1] * reduced[2] <= 1:
@@ -471,6 +473,9 @@ def _plane_accumulated(sch, block) -> bool:
     operands = {str(r.source.ty.dtype) for r in b.reads if not r.source.same_as(b.writes[0].source)}
     if operands == {"int8"}:
         return _is_depthwise_conv(sch, block)
+    if operands == {"float32", "int8"}:  # strided: most taps lie off the grid, which the kernel skips
+        form = _is_depthwise_conv(sch, block) and transposed_depthwise(b)
+        return bool(form) and form[1] is not None
     return operands == {"float32"} and padded_float_conv(b) is not None
 
 
@@ -505,6 +510,31 @@ def padded_float_conv(block):
     if not all(isinstance(x, tvm.ir.expr.TensorLoad) and str(x.ty) == "float32" for x in (load, weight)):
         return None
     return padded.args[0], load, relu, weight
+
+
+def transposed_depthwise(block):
+    """(padding condition, parity condition or None, gradient load, weight load) when `block`
+    updates the input gradient of an int8 depthwise conv as TOPI's conv2d_transpose writes it,
+    `acc + if_then_else(inside, g, 0) * float(w)` with int8 w and float32 g, at a stride above
+    1 `g` itself `if_then_else(on the stride's grid, dy, 0)`; else None."""
+    store = block.body
+    if not isinstance(store, tvm.tirx.BufferStore) or not isinstance(store.value, tvm.tirx.Add):
+        return None
+    term = store.value.b
+    if not isinstance(term, tvm.tirx.Mul) or not isinstance(term.b, tvm.tirx.Cast):
+        return None
+    weight = term.b.value
+    if not (isinstance(weight, tvm.ir.expr.TensorLoad) and str(weight.ty) == "int8"):
+        return None
+    padded = term.a
+    if not (isinstance(padded, tvm.ir.expr.Call) and padded.op.name == "prim.if_then_else"):
+        return None
+    grid, load = None, padded.args[1]
+    if isinstance(load, tvm.ir.expr.Call) and load.op.name == "prim.if_then_else":
+        grid, load = load.args[0], load.args[1]
+    if not (isinstance(load, tvm.ir.expr.TensorLoad) and str(load.ty) == "float32"):
+        return None
+    return padded.args[0], grid, load, weight
 
 
 def _is_depthwise_conv(sch, block) -> bool:

@@ -33,7 +33,7 @@ from tvm.s_tir import Schedule, ScheduleError, TensorIntrin
 from tvm.script import tirx as T
 from tvm.tirx.analysis import undefined_vars
 
-from tvm_tinytrain.passes.fuse_kernels import padded_float_conv, scheduled
+from tvm_tinytrain.passes.fuse_kernels import padded_float_conv, scheduled, transposed_depthwise
 
 INT8_ROW = "tt_pw_row_s8"      # acc[x] += (float(a[i, x]) - zx) * float(w[i]), int8 a
 FLOAT_ROW = "tt_pw_row_f32s8"  # acc[x] += a[i, x] * float(w[i]), float32 a
@@ -41,6 +41,7 @@ INT8_ROWS2 = "tt_pw_rows2_s8"  # two output channels' rows: acc[f, x] += (float(
 FLOAT_ROWS2 = "tt_pw_rows2_f32s8"  # the same for input gradients: acc[f, x] += a[i, x] * float(w[i, f])
 DEPTHWISE_PLANE = "tt_dw_plane_s8"  # one channel of an int8 depthwise conv, padding included
 CONV_ROW = "tt_conv_row_s8"  # one row of an int8 conv with a window, away from the top and bottom padding
+DW_TRANSPOSE = "tt_dw_transpose_f32s8"  # one channel of an int8 depthwise conv's input gradient
 FLOAT_CONV_PLANE = "tt_conv_plane_f32"  # one output channel of a float32 conv, padding included
 _REDUCE = 2  # IterVar.CommReduce
 
@@ -323,6 +324,61 @@ def conv_row_intrin(c: int, w: int, kh: int, kw: int, stride: int, pad: int, out
     return name
 
 
+def depthwise_transpose_intrin(h: int, w: int, kh: int, kw: int, stride: int, pad: int, out_h: int,
+                               out_w: int) -> str:
+    """The registered name of the intrinsic for one channel of the input gradient of an int8
+    depthwise conv with a stride (TOPI's conv2d_transpose: the h x w float32 output gradient
+    spread on a grid of `stride`, `pad` zeros around it, a kh x kw window of the flipped int8
+    weights)."""
+    name = f"tinytrain.{DW_TRANSPOSE}.{h}x{w}.k{kh}x{kw}.s{stride}.p{pad}.o{out_h}x{out_w}"
+    if TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    # the gradient rows the window reaches, grid and padding included: floor(-pad / stride) ..
+    top, left = -(-pad // stride), -(-pad // stride)
+    AH, AW = (T.int64((o - 1 + k - 1 - pad) // stride + top + 1) for o, k in ((out_h, kh), (out_w, kw)))
+    KH, KW, OH, OW = (T.int64(v) for v in (kh, kw, out_h, out_w))
+    s, p, one, zero = T.int64(stride), T.int64(pad), T.int64(1), T.float32(0.0)
+    end_h, end_w = T.int64(pad + (h - 1) * stride + 1), T.int64(pad + (w - 1) * stride + 1)
+    ty, tx, flip_h, flip_w = T.int64(top), T.int64(left), T.int64(kh - 1), T.int64(kw - 1)
+
+    @T.prim_func(s_tir=True)
+    def strided_desc(a: T.handle, b: T.handle, o: T.handle):
+        A = T.match_buffer(a, (one, one, AH, AW), "float32", offset_factor=1)
+        B = T.match_buffer(b, (one, one, KH, KW), "int8", offset_factor=1)
+        O = T.match_buffer(o, (one, one, OH, OW), "float32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0, 0:AH, 0:AW], B[0, 0, 0:KH, 0:KW])
+            T.writes(O[0, 0, 0:OH, 0:OW])
+            for n, f, y, x, r, ky, kx in T.grid(one, one, OH, OW, one, KH, KW):
+                with T.sblock("update"):
+                    vy, vx, vky, vkx = T.axis.remap("SSRR", [y, x, ky, kx])
+                    O[0, 0, vy, vx] = O[0, 0, vy, vx] + T.if_then_else(
+                        p <= vy + vky and vy + vky < end_h and p <= vx + vkx and vx + vkx < end_w,
+                        T.if_then_else((vy + vky - p) % s == T.int64(0) and (vx + vkx - p) % s == T.int64(0),
+                                       A[0, 0, (vy + vky - p) // s + ty, (vx + vkx - p) // s + tx], zero),
+                        zero) * T.Cast("float32", B[0, 0, flip_h - vky, flip_w - vkx])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, o: T.handle):
+        a_row = T.int64()
+        b_row = T.int64()
+        A = T.match_buffer(a, (one, one, AH, AW), "float32", offset_factor=1,
+                           strides=[T.int64(), T.int64(), a_row, one])
+        B = T.match_buffer(b, (one, one, KH, KW), "int8", offset_factor=1, strides=[T.int64(), T.int64(), b_row, one])
+        O = T.match_buffer(o, (one, one, OH, OW), "float32", offset_factor=1,
+                           strides=[T.int64(), T.int64(), OW, one])
+        with T.sblock("root"):
+            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0, 0:AH, 0:AW], B[0, 0, 0:KH, 0:KW])
+            T.writes(O[0, 0, 0:OH, 0:OW])
+            # the gradient's element (0, 0): `top` rows and `left` columns into the box
+            T.evaluate(T.call_extern("int32", DW_TRANSPOSE, T.address_of(O[0, 0, 0, 0]), T.address_of(A[0, 0, ty, tx]),
+                                     T.Cast("int32", a_row), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_row),
+                                     h, w, kh, kw, stride, pad, out_h, out_w))
+
+    TensorIntrin.register(name, strided_desc, impl)
+    return name
+
+
 def float_conv_plane_intrin(c: int, h: int, w: int, kh: int, kw: int, stride: int, pad: int, relu: bool) -> str:
     """The registered name of the intrinsic for one output channel of a float32 conv: `c`
     input channels of h x w (1 for a depthwise conv), a kh x kw window, `stride`, `pad`
@@ -495,6 +551,25 @@ def _conv_row_form(block, loops_extents) -> str | None:
     return conv_row_intrin(c, w, kh, kw, stride, pad, out_w, padded[2])
 
 
+def _depthwise_transpose_form(block, loops_extents) -> str | None:
+    """The intrinsic for `block` when it is one channel plane of the input gradient of an int8
+    depthwise conv with a stride (`transposed_depthwise`); else None."""
+    form = transposed_depthwise(block)
+    if form is None or form[1] is None or int(block.iter_vars[4].dom.extent) != 1:
+        return None
+    cond, grid, load, _ = form
+    first, parity = _terms(cond)[0], _terms(grid)[0]  # "pad <= y + ky", "(y + ky - pad) % stride == 0"
+    if not (isinstance(first, tvm.tirx.LE) and isinstance(first.a, tvm.tirx.IntImm)):
+        return None
+    if not (isinstance(parity, tvm.tirx.EQ) and isinstance(parity.a, tvm.tirx.FloorMod)
+            and isinstance(parity.a.b, tvm.tirx.IntImm)):
+        return None
+    stride = int(parity.a.b.value)
+    shape = [int(d) for d in load.source.shape]
+    return depthwise_transpose_intrin(shape[2], shape[3], loops_extents[5], loops_extents[6], stride,
+                                      int(first.a.value), loops_extents[2], loops_extents[3])
+
+
 def _terms(cond) -> list:
     """The operands of a chain of `and`s, left to right."""
     return _terms(cond.a) + _terms(cond.b) if isinstance(cond, tvm.tirx.And) else [cond]
@@ -643,7 +718,7 @@ def _intrinsic(block, extents: list[int]) -> str | None:
     """The tensor intrinsic for the loop nest of `block` (its 7 innermost loops' extents), if any."""
     if _conv_product(block) is None:
         return _float_conv_plane_form(block, extents)
-    row = _conv_row_form(block, extents)
+    row = _conv_row_form(block, extents) or _depthwise_transpose_form(block, extents)
     if row:
         return row
     form = _row_form(block)

@@ -7,8 +7,9 @@
  *
  * tt_pw_row_s8: one row of an int8 pointwise conv, for one output channel (the forward;
  * tt_pw_rows2_s8 the same for two output channels' rows, tt_pw_row_f32s8 the input gradient,
- * tt_pw_rows2_f32s8 that for two channels' rows; tt_dw_plane_s8, tt_conv_row_s8 and, for
- * float models, tt_conv_plane_f32 come after them):
+ * tt_pw_rows2_f32s8 that for two channels' rows; tt_dw_plane_s8, tt_conv_row_s8, the
+ * depthwise input gradient tt_dw_transpose_f32s8 and, for float models, tt_conv_plane_f32
+ * come after them):
  *
  *     acc[x] += sum_i ((float)a[i * a_stride + x] - zx) * (float)w[i * w_stride]
  *
@@ -48,6 +49,19 @@ static int all_positive_zero(const float *acc, int32_t n) {
     any |= bits;
   }
   return any == 0;
+}
+
+/* Whether no accumulator of n holds -0.0f (a float32 sum that starts elsewhere never gets
+ * there, which lets the float kernels skip taps that add a zero). */
+static int no_negative_zero(const float *acc, int32_t n) {
+  for (int32_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    memcpy(&bits, &acc[i], sizeof bits);
+    if (bits == 0x80000000u) {
+      return 0;
+    }
+  }
+  return 1;
 }
 
 /* The TIR's own arithmetic: the fallback when the int32 sum could differ from it. */
@@ -652,6 +666,95 @@ int32_t tt_conv_row_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void
   return 0;
 }
 
+/* tt_dw_transpose_f32s8: one channel of the input gradient of a depthwise conv, the float32
+ * output gradient `a` (h x wd) through the transposed conv with int8 weights (kh x kw,
+ * stride), all out_h x out_w outputs, as TOPI's conv2d_transpose sums them:
+ *
+ *     acc[y][x] += sum_{ky, kx} (on_grid ? a[iy][ix] : 0.0f) * (float)w[kh - 1 - ky][kw - 1 - kx]
+ *
+ * where t = y + ky - pad is on the grid when 0 <= t <= (h - 1) * stride and stride divides
+ * it (iy = t / stride), likewise across; in ky, kx order. A tap off the grid adds
+ * 0.0f * w, a zero (w is an int8, finite), which changes no sum but -0.0, and a sum that
+ * does not start at -0.0 never becomes -0.0 (x + -x is +0.0): so only the taps on the grid
+ * are added, a quarter of them at stride 2. The kernel checks that no accumulator holds -0.0
+ * and otherwise adds every tap, as the loop it replaces does. */
+/* The taps k = k0, k0 + stride, ... < n of a window whose tap k reads t = base + k that lie on
+ * the grid 0, stride, ..., last: their count, the first in *k0 and its t / stride in *i0. */
+static inline __attribute__((always_inline)) int32_t taps_on_grid(int32_t base, const int32_t stride, int32_t n,
+                                                                  int32_t last, int32_t *k0, int32_t *i0) {
+  int32_t k = base < 0 ? -base : stride == 1 ? 0 : (stride - base % stride) % stride;
+  *k0 = k, *i0 = (base + k) / stride;
+  if (k >= n || base + k > last) {
+    return 0;
+  }
+  int32_t by_window = (n - 1 - k) / stride + 1, by_grid = (last - base - k) / stride + 1;
+  return by_window < by_grid ? by_window : by_grid;
+}
+
+int32_t tt_conv_plane_f32(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void *w_, int32_t w_chan,
+                          int32_t w_row, int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t stride,
+                          int32_t pad, int32_t out_h, int32_t out_w, int32_t relu);
+
+/* The sums over the taps on the grid, each output's in ky, kx order (`w` flipped, float32). */
+static inline __attribute__((always_inline)) void dw_transpose_taps(float *acc, const float *a, int32_t a_row,
+                                                                  const float *w, const int32_t stride, int32_t kh,
+                                                                  int32_t kw, int32_t pad, int32_t last_y,
+                                                                  int32_t last_x, int32_t out_h, int32_t out_w) {
+  for (int32_t y = 0; y < out_h; ++y) {
+    int32_t ky0, iy0, ny = taps_on_grid(y - pad, stride, kh, last_y, &ky0, &iy0);
+    for (int32_t x = 0; x < out_w; ++x) {
+      int32_t kx0, ix0, nx = taps_on_grid(x - pad, stride, kw, last_x, &kx0, &ix0);
+      float s = acc[y * out_w + x];
+      const float *row = a + iy0 * a_row + ix0, *wrow = w + ky0 * kw + kx0;
+      for (int32_t j = 0; j < ny; ++j, row += a_row, wrow += stride * kw) {
+        for (int32_t i = 0; i < nx; ++i) {
+          s = s + row[i] * wrow[i * stride];
+        }
+      }
+      acc[y * out_w + x] = s;
+    }
+  }
+}
+
+int32_t tt_dw_transpose_f32s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_row, int32_t h, int32_t wd,
+                              int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w) {
+  float *acc = (float *)acc_;
+  const float *a = (const float *)a_;
+  const int8_t *w8 = (const int8_t *)w_;
+  int32_t last_y = (h - 1) * stride, last_x = (wd - 1) * stride;
+  if (kh * kw > TT_DW_MAX_TAPS || !no_negative_zero(acc, out_h * out_w)) {
+    for (int32_t y = 0; y < out_h; ++y) {
+      for (int32_t x = 0; x < out_w; ++x) {
+        float s = acc[y * out_w + x];
+        for (int32_t ky = 0; ky < kh; ++ky) {
+          for (int32_t kx = 0; kx < kw; ++kx) {
+            int32_t ty = y + ky - pad, tx = x + kx - pad;
+            int on = ty >= 0 && ty <= last_y && tx >= 0 && tx <= last_x && ty % stride == 0 && tx % stride == 0;
+            s = s + (on ? a[ty / stride * a_row + tx / stride] : 0.0f) * (float)w8[(kh - 1 - ky) * w_row + kw - 1 - kx];
+          }
+        }
+        acc[y * out_w + x] = s;
+      }
+    }
+    return 0;
+  }
+  float w[TT_DW_MAX_TAPS]; /* flipped, as float32: the products are the loop's */
+  for (int32_t ky = 0; ky < kh; ++ky) {
+    for (int32_t kx = 0; kx < kw; ++kx) {
+      w[ky * kw + kx] = (float)w8[(kh - 1 - ky) * w_row + kw - 1 - kx];
+    }
+  }
+  if (stride == 1) { /* every tap on the grid: a plain float32 conv with the flipped weights */
+    return tt_conv_plane_f32(acc, (void *)a, 0, a_row, w, 0, kw, 1, h, wd, kh, kw, 1, pad, out_h, out_w, 0);
+  }
+  if (stride == 2) {
+    dw_transpose_taps(acc, a, a_row, w, 2, kh, kw, pad, last_y, last_x, out_h, out_w);
+  } else {
+    dw_transpose_taps(acc, a, a_row, w, stride, kh, kw, pad, last_y, last_x, out_h, out_w);
+  }
+  return 0;
+}
+
 /* tt_pw_rows2_f32s8: the same for two input channels at once (weights w and w + w_fstride,
  * rows acc and acc + acc_stride): each gradient value is loaded once for both, and each
  * row's sums are still taken in increasing i, the same operations as tt_pw_row_f32s8's. */
@@ -848,12 +951,8 @@ static float conv_one(float s, const float *a, int32_t a_chan, int32_t a_row, co
  * skipping the padded taps gives the TIR's bits. */
 static int conv_plane_f32_skips_padding(const float *acc, int32_t n, const float *w, int32_t w_chan, int32_t w_row,
                                         int32_t c, int32_t kh, int32_t kw) {
-  for (int32_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    memcpy(&bits, &acc[i], sizeof bits);
-    if (bits == 0x80000000u) {
-      return 0;
-    }
+  if (!no_negative_zero(acc, n)) {
+    return 0;
   }
   for (int32_t i = 0; i < c; ++i) {
     for (int32_t ky = 0; ky < kh; ++ky) {
