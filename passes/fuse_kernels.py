@@ -432,6 +432,10 @@ def _is_pointwise(sch, block) -> bool:
 # which lowering hands to a micro-kernel whole (targets/tensorize.py); larger ones keep one
 # accumulator per pixel.
 PLANE_ACCUMULATOR_BYTES = 4096
+# ... except for a depthwise conv's input gradient, whose kernels run where the late-stage
+# schemes peak (MobileNetV2's 138 KB scheme peaks in a 16x16 one, which a 1 KB plane
+# accumulator would raise): at most this many bytes, which TVM keeps on the C stack.
+GRADIENT_PLANE_BYTES = 512
 
 
 def _pair_channel_rows(sch, blocks, rows_outside: bool) -> str | None:
@@ -475,7 +479,8 @@ def _plane_accumulated(sch, block) -> bool:
         return _is_depthwise_conv(sch, block)
     if operands == {"float32", "int8"}:  # strided: most taps lie off the grid, which the kernel skips
         form = _is_depthwise_conv(sch, block) and transposed_depthwise(b)
-        return bool(form) and form[1] is not None
+        small = int(b.iter_vars[2].dom.extent) * int(b.iter_vars[3].dom.extent) * 4 <= GRADIENT_PLANE_BYTES
+        return bool(form) and form[1] is not None and small
     return operands == {"float32"} and padded_float_conv(b) is not None
 
 

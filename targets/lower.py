@@ -202,9 +202,16 @@ class _Namer:
         return candidate
 
 
+# TVM's lowering (LowerTVMBuiltin) keeps a CPU buffer of constant size under this many bytes
+# on the C stack (`kMaxStackAlloca`) instead of asking TVMBackendAllocWorkspace for it: the
+# arena does not hold it, the measured stack high-water mark does.
+STACK_ALLOCA_BYTES = 1024
+
+
 def _workspace_bytes(func: tvm.tirx.PrimFunc) -> int:
-    """Intermediate buffers of a kernel (padding, accumulators), as TVM's lowering compacts
-    them to the region actually used, 16-byte aligned: an upper bound of its workspace."""
+    """Intermediate buffers of a kernel (padding, accumulators) that lowering gives to the
+    workspace (`STACK_ALLOCA_BYTES` and up), as TVM compacts them to the region actually
+    used, 16-byte aligned: an upper bound of its workspace."""
     mod = tvm.IRModule({"main": func})
     passes = tvm.s_tir.transform
     mod = tvm.transform.Sequential([passes.LowerInitBlock(), passes.PlanAndUpdateBufferAllocationLocation(),
@@ -213,7 +220,8 @@ def _workspace_bytes(func: tvm.tirx.PrimFunc) -> int:
     total = 0
     for buf in buffers:
         n = int(np.prod([int(d) for d in buf.shape], dtype=np.int64)) * DTYPE_BYTES[str(buf.dtype)]
-        total += (n + 15) // 16 * 16
+        if n >= STACK_ALLOCA_BYTES:
+            total += (n + 15) // 16 * 16
     return total
 
 

@@ -213,8 +213,9 @@ def test_fuse_updates_leaves_no_gradient_tensor(int8_program):
 @pytest.mark.parametrize("quantized", [True, False], ids=["int8", "float"])
 def test_fuse_depthwise_computes_its_input_a_channel_at_a_time(mobile_program, quantized):
     """Before: the 16-channel expansion is a tensor in the arena. After: the depthwise
-    kernel computes it one 8x8 plane at a time (its workspace: about one plane, int8 or
-    float32, not sixteen)."""
+    kernel computes it one 8x8 plane at a time (about one plane, int8 or float32, not
+    sixteen: under 1 KB, TVM puts it on the C stack, so no call asks for a workspace of the
+    expansion's size)."""
     program = mobile_program if quantized else _mobile_program(quantized=False)
     expansion = (1, 16, 8, 8)
 
@@ -226,7 +227,6 @@ def test_fuse_depthwise_computes_its_input_a_channel_at_a_time(mobile_program, q
     shapes, calls = arena()
     assert expansion not in shapes
     plane = 8 * 8 * (1 if quantized else 4)
-    assert any(plane <= c.workspace_bytes < 2 * plane for c in calls)
     assert max(c.workspace_bytes for c in calls) < 16 * plane
     assert expansion in arena(fuse_depthwise=False)[0]
 
@@ -242,7 +242,7 @@ def test_inplace_depthwise_writes_the_input_gradient_over_the_output_gradient(de
     assert inplace and all(s.calls[i].outputs[0] in s.calls[i].inputs for i in inplace)
     backward = [s.calls[i] for i in inplace if i >= s.loss_index and "conv2d_transpose" in s.calls[i].kernel]
     assert backward and backward[0].outputs[0].shape == (1, 16, 8, 8)
-    assert 8 * 8 * 4 <= backward[0].workspace_bytes < 2 * 8 * 8 * 4  # one float32 plane
+    assert backward[0].workspace_bytes < 2 * 8 * 8 * 4  # one float32 plane at most (256 bytes: on the C stack)
     assert not any(c.kernel.endswith("_inplace") for c in schedule(inplace_depthwise=False).calls)
 
 

@@ -197,7 +197,7 @@ def depthwise_input_gradient_kernel(channels: int, h: int, w: int, kernel: int, 
 
 
 @pytest.mark.parametrize("channels, h, w, kernel, stride", [
-    (3, 8, 8, 7, 2), (2, 4, 4, 5, 1), (2, 9, 7, 3, 2), (2, 16, 16, 3, 1), (1, 10, 6, 5, 2), (2, 12, 12, 5, 3),
+    (3, 8, 8, 7, 2), (2, 4, 4, 5, 1), (2, 9, 7, 3, 2), (2, 16, 16, 3, 1), (1, 10, 6, 5, 2), (2, 9, 9, 5, 3),
 ])
 def test_tensorized_depthwise_input_gradient_equals_the_tir_kernel(host_kernels, channels, h, w, kernel, stride):
     """The input gradient of an int8 depthwise conv (float32 gradient, int8 weights): with a

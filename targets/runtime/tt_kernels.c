@@ -65,7 +65,7 @@ static int no_negative_zero(const float *acc, int32_t n) {
 }
 
 /* The TIR's own arithmetic: the fallback when the int32 sum could differ from it. */
-static void pw_row_float(float *acc, const int8_t *a, int32_t a_stride, const int8_t *w, int32_t w_stride,
+static __attribute__((cold, noinline)) void pw_row_float(float *acc, const int8_t *a, int32_t a_stride, const int8_t *w, int32_t w_stride,
                          int32_t k, int32_t width, float zx) {
   for (int32_t x = 0; x < width; ++x) {
     float s = acc[x];
@@ -371,7 +371,7 @@ int32_t tt_pw_row_f32s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_
  * 5x5 and 7x7. A small plane (TT_DW_PADDED_BYTES with its padding) is first copied into a
  * frame of zero points, so that all its windows are inside; in a larger one the windows on
  * the border add the taps inside the plane only. */
-static void dw_plane_float(float *acc, const int8_t *a, int32_t a_row, const int8_t *w, int32_t w_row, int32_t h,
+static __attribute__((cold, noinline)) void dw_plane_float(float *acc, const int8_t *a, int32_t a_row, const int8_t *w, int32_t w_row, int32_t h,
                            int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h,
                            int32_t out_w, float zx) {
   for (int32_t oy = 0; oy < out_h; ++oy) {
@@ -527,7 +527,7 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
  * with ix = ox * stride + kx - pad, in the TIR's order (i, ky, kx). The same argument as for
  * tt_dw_plane_s8 makes the int32 sum exact for up to TT_DW_MAX_TAPS taps from an accumulator
  * at +0.0; otherwise the float32 loop runs. */
-static void conv_row_float(float *acc, const int8_t *a, int32_t a_chan, int32_t a_row, const int8_t *w,
+static __attribute__((cold, noinline)) void conv_row_float(float *acc, const int8_t *a, int32_t a_chan, int32_t a_row, const int8_t *w,
                            int32_t w_chan, int32_t w_row, int32_t c, int32_t wd, int32_t kh, int32_t kw,
                            int32_t stride, int32_t pad, int32_t out_w, float zx) {
   for (int32_t ox = 0; ox < out_w; ++ox) {
@@ -691,9 +691,25 @@ static inline __attribute__((always_inline)) int32_t taps_on_grid(int32_t base, 
   return by_window < by_grid ? by_window : by_grid;
 }
 
-int32_t tt_conv_plane_f32(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void *w_, int32_t w_chan,
-                          int32_t w_row, int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t stride,
-                          int32_t pad, int32_t out_h, int32_t out_w, int32_t relu);
+/* The TIR's loop, every tap added: the fallback when an accumulator holds -0.0. */
+static __attribute__((cold, noinline)) void dw_transpose_float(float *acc, const float *a, int32_t a_row, const int8_t *w8,
+                                                     int32_t w_row, int32_t kh, int32_t kw, int32_t stride,
+                                                     int32_t pad, int32_t last_y, int32_t last_x, int32_t out_h,
+                                                     int32_t out_w) {
+  for (int32_t y = 0; y < out_h; ++y) {
+    for (int32_t x = 0; x < out_w; ++x) {
+      float s = acc[y * out_w + x];
+      for (int32_t ky = 0; ky < kh; ++ky) {
+        for (int32_t kx = 0; kx < kw; ++kx) {
+          int32_t ty = y + ky - pad, tx = x + kx - pad;
+          int on = ty >= 0 && ty <= last_y && tx >= 0 && tx <= last_x && ty % stride == 0 && tx % stride == 0;
+          s = s + (on ? a[ty / stride * a_row + tx / stride] : 0.0f) * (float)w8[(kh - 1 - ky) * w_row + kw - 1 - kx];
+        }
+      }
+      acc[y * out_w + x] = s;
+    }
+  }
+}
 
 /* The sums over the taps on the grid, each output's in ky, kx order (`w` flipped, float32). */
 static inline __attribute__((always_inline)) void dw_transpose_taps(float *acc, const float *a, int32_t a_row,
@@ -706,7 +722,9 @@ static inline __attribute__((always_inline)) void dw_transpose_taps(float *acc, 
       int32_t kx0, ix0, nx = taps_on_grid(x - pad, stride, kw, last_x, &kx0, &ix0);
       float s = acc[y * out_w + x];
       const float *row = a + iy0 * a_row + ix0, *wrow = w + ky0 * kw + kx0;
+#pragma GCC unroll 1 /* a few taps a row: unrolling spends flash, not instructions */
       for (int32_t j = 0; j < ny; ++j, row += a_row, wrow += stride * kw) {
+#pragma GCC unroll 1
         for (int32_t i = 0; i < nx; ++i) {
           s = s + row[i] * wrow[i * stride];
         }
@@ -723,19 +741,7 @@ int32_t tt_dw_transpose_f32s8(void *acc_, void *a_, int32_t a_row, void *w_, int
   const int8_t *w8 = (const int8_t *)w_;
   int32_t last_y = (h - 1) * stride, last_x = (wd - 1) * stride;
   if (kh * kw > TT_DW_MAX_TAPS || !no_negative_zero(acc, out_h * out_w)) {
-    for (int32_t y = 0; y < out_h; ++y) {
-      for (int32_t x = 0; x < out_w; ++x) {
-        float s = acc[y * out_w + x];
-        for (int32_t ky = 0; ky < kh; ++ky) {
-          for (int32_t kx = 0; kx < kw; ++kx) {
-            int32_t ty = y + ky - pad, tx = x + kx - pad;
-            int on = ty >= 0 && ty <= last_y && tx >= 0 && tx <= last_x && ty % stride == 0 && tx % stride == 0;
-            s = s + (on ? a[ty / stride * a_row + tx / stride] : 0.0f) * (float)w8[(kh - 1 - ky) * w_row + kw - 1 - kx];
-          }
-        }
-        acc[y * out_w + x] = s;
-      }
-    }
+    dw_transpose_float(acc, a, a_row, w8, w_row, kh, kw, stride, pad, last_y, last_x, out_h, out_w);
     return 0;
   }
   float w[TT_DW_MAX_TAPS]; /* flipped, as float32: the products are the loop's */
@@ -743,9 +749,6 @@ int32_t tt_dw_transpose_f32s8(void *acc_, void *a_, int32_t a_row, void *w_, int
     for (int32_t kx = 0; kx < kw; ++kx) {
       w[ky * kw + kx] = (float)w8[(kh - 1 - ky) * w_row + kw - 1 - kx];
     }
-  }
-  if (stride == 1) { /* every tap on the grid: a plain float32 conv with the flipped weights */
-    return tt_conv_plane_f32(acc, (void *)a, 0, a_row, w, 0, kw, 1, h, wd, kh, kw, 1, pad, out_h, out_w, 0);
   }
   if (stride == 2) {
     dw_transpose_taps(acc, a, a_row, w, 2, kh, kw, pad, last_y, last_x, out_h, out_w);
@@ -818,7 +821,7 @@ static inline __attribute__((always_inline)) float conv_in(const float *p, int r
   return relu ? (x > 0.0f ? x : 0.0f) : x;
 }
 
-static void conv_plane_f32_loop(float *acc, const float *a, int32_t a_chan, int32_t a_row, const float *w,
+static __attribute__((cold, noinline)) void conv_plane_f32_loop(float *acc, const float *a, int32_t a_chan, int32_t a_row, const float *w,
                                 int32_t w_chan, int32_t w_row, int32_t c, int32_t h, int32_t wd, int32_t kh,
                                 int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w, int relu) {
   for (int32_t oy = 0; oy < out_h; ++oy) {
