@@ -333,13 +333,14 @@ def depthwise_transpose_intrin(h: int, w: int, kh: int, kw: int, stride: int, pa
     name = f"tinytrain.{DW_TRANSPOSE}.{h}x{w}.k{kh}x{kw}.s{stride}.p{pad}.o{out_h}x{out_w}"
     if TensorIntrin.get(name, allow_missing=True) is not None:
         return name
-    # the gradient rows the window reaches, grid and padding included: floor(-pad / stride) ..
-    top, left = -(-pad // stride), -(-pad // stride)
+    # the gradient rows (and columns) the window reaches, grid and padding included, start at
+    # floor(-pad / stride): the gradient's row 0 is `top` rows into that box
+    top = -(-pad // stride)
     AH, AW = (T.int64((o - 1 + k - 1 - pad) // stride + top + 1) for o, k in ((out_h, kh), (out_w, kw)))
     KH, KW, OH, OW = (T.int64(v) for v in (kh, kw, out_h, out_w))
     s, p, one, zero = T.int64(stride), T.int64(pad), T.int64(1), T.float32(0.0)
     end_h, end_w = T.int64(pad + (h - 1) * stride + 1), T.int64(pad + (w - 1) * stride + 1)
-    ty, tx, flip_h, flip_w = T.int64(top), T.int64(left), T.int64(kh - 1), T.int64(kw - 1)
+    t, flip_h, flip_w = T.int64(top), T.int64(kh - 1), T.int64(kw - 1)
 
     @T.prim_func(s_tir=True)
     def strided_desc(a: T.handle, b: T.handle, o: T.handle):
@@ -355,7 +356,7 @@ def depthwise_transpose_intrin(h: int, w: int, kh: int, kw: int, stride: int, pa
                     O[0, 0, vy, vx] = O[0, 0, vy, vx] + T.if_then_else(
                         p <= vy + vky and vy + vky < end_h and p <= vx + vkx and vx + vkx < end_w,
                         T.if_then_else((vy + vky - p) % s == T.int64(0) and (vx + vkx - p) % s == T.int64(0),
-                                       A[0, 0, (vy + vky - p) // s + ty, (vx + vkx - p) // s + tx], zero),
+                                       A[0, 0, (vy + vky - p) // s + t, (vx + vkx - p) // s + t], zero),
                         zero) * T.Cast("float32", B[0, 0, flip_h - vky, flip_w - vkx])
 
     @T.prim_func(s_tir=True)
@@ -370,8 +371,8 @@ def depthwise_transpose_intrin(h: int, w: int, kh: int, kw: int, stride: int, pa
         with T.sblock("root"):
             T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0, 0:AH, 0:AW], B[0, 0, 0:KH, 0:KW])
             T.writes(O[0, 0, 0:OH, 0:OW])
-            # the gradient's element (0, 0): `top` rows and `left` columns into the box
-            T.evaluate(T.call_extern("int32", DW_TRANSPOSE, T.address_of(O[0, 0, 0, 0]), T.address_of(A[0, 0, ty, tx]),
+            # the gradient's element (0, 0)
+            T.evaluate(T.call_extern("int32", DW_TRANSPOSE, T.address_of(O[0, 0, 0, 0]), T.address_of(A[0, 0, t, t]),
                                      T.Cast("int32", a_row), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_row),
                                      h, w, kh, kw, stride, pad, out_h, out_w))
 
