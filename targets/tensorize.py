@@ -19,8 +19,10 @@ Cortex-M; `tt_pw_rows2_s8`: two channels, each input loaded once for both, SMLAD
 channel pairs; `tt_pw_row_f32s8`: 8 pixels in registers; `tt_pw_rows2_f32s8`: the same for two
 rows, each gradient value loaded once for both; `tt_dw_plane_s8`: int32 sums, no bounds
 tests inside the plane; `tt_conv_plane_f32`: a row's outputs in registers, the padding as
-zeros), each giving the same bits as the loop it replaces (see
-there). Matching is TVM's structural comparison, so a loop that differs in any way
+zeros). An int8 conv's requantization, the loop that turns a row of its float32 sums into
+int8 outputs (bias, scale, rounding, zero point, clamp), becomes `tt_requant_s8` (the
+rounding as one float addition, QSUB/SSAT for the zero point and the clamp). Each gives the
+same bits as the loop it replaces (see there). Matching is TVM's structural comparison, so a loop that differs in any way
 (another operand expression, a strided input) is left as it is.
 
 It runs when lowering to C only: the Relax VM reference keeps the plain TIR.
@@ -43,6 +45,9 @@ DEPTHWISE_PLANE = "tt_dw_plane_s8"  # one channel of an int8 depthwise conv, pad
 CONV_ROW = "tt_conv_row_s8"  # one row of an int8 conv with a window, away from the top and bottom padding
 DW_TRANSPOSE = "tt_dw_transpose_f32s8"  # one channel of an int8 depthwise conv's input gradient
 FLOAT_CONV_PLANE = "tt_conv_plane_f32"  # one output channel of a float32 conv, padding included
+REQUANT = "tt_requant_s8"  # an int8 conv's outputs from its float32 sums: bias, scale, round, zero point, clamp
+_REQUANT_MIN_WIDTH = 4  # narrower rows keep TVM's loop: a call costs about what it saves per output
+_CLAMP = (127.49, -128.49)  # the bounds TVM's int8 requantization clamps to before its last rounding
 _REDUCE = 2  # IterVar.CommReduce
 
 
@@ -449,6 +454,47 @@ def float_conv_plane_intrin(c: int, h: int, w: int, kh: int, kw: int, stride: in
     return name
 
 
+def requant_intrin(width: int, zero: int) -> str:
+    """The registered name of the intrinsic requantizing `width` float32 sums of an int8 conv
+    to int8 outputs with zero point `zero` (tt_requant_s8)."""
+    name = f"tinytrain.{REQUANT}.w{width}.z{zero}"
+    if TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    W, one, hi, lo = T.int64(width), T.int64(1), T.float32(_CLAMP[0]), T.float32(_CLAMP[1])
+
+    def requantized(rounded):  # a zero point of 0 is no addition, as in the kernels
+        return T.Cast("int8", T.nearbyint(T.max(T.min(rounded + T.float32(zero) if zero else rounded, hi), lo)))
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, s: T.handle, o: T.handle):
+        A = T.match_buffer(a, (W,), "float32", offset_factor=1)
+        B = T.match_buffer(b, (one,), "int32", offset_factor=1)
+        S = T.match_buffer(s, (one,), "float32", offset_factor=1)
+        O = T.match_buffer(o, (W,), "int8", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(A[0:W], B[0], S[0])
+            T.writes(O[0:W])
+            for x in range(W):
+                with T.sblock("requant"):
+                    vx = T.axis.remap("S", [x])
+                    O[vx] = requantized(T.nearbyint((A[vx] + T.Cast("float32", B[0])) * S[0]))
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, s: T.handle, o: T.handle):
+        A = T.match_buffer(a, (W,), "float32", offset_factor=1)
+        B = T.match_buffer(b, (one,), "int32", offset_factor=1)
+        S = T.match_buffer(s, (one,), "float32", offset_factor=1)
+        O = T.match_buffer(o, (W,), "int8", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(A[0:W], B[0], S[0])
+            T.writes(O[0:W])
+            T.evaluate(T.call_extern("int32", REQUANT, T.address_of(O[0]), T.address_of(A[0]), width,
+                                     T.address_of(B[0]), T.address_of(S[0]), zero))
+
+    TensorIntrin.register(name, desc, impl)
+    return name
+
+
 def _iter_types(block) -> list[int]:
     return [int(v.iter_type) for v in block.iter_vars]
 
@@ -695,6 +741,61 @@ def _float_conv_plane_form(block, loops_extents) -> str | None:
     return float_conv_plane_intrin(loops_extents[4], h, w, loops_extents[5], loops_extents[6], stride, pad, form[2])
 
 
+def _int8_sums(func) -> list:
+    """The buffers that only int8 convs' sums and their zero inits write: their values are
+    finite, integers of at most 2^24 in magnitude or the float32 sum of such products."""
+    writers: dict = {}
+    for block in sblocks(func.body):
+        for region in block.writes:
+            writers.setdefault(region.source, []).append(block)
+
+    def int8_sum(block) -> bool:
+        mul = _conv_product(block)
+        return mul is not None and (_zero_point(mul.a) is not None or _padded_int8(block) is not None)
+
+    def zero_init(block) -> bool:
+        store = block.body
+        return isinstance(store, tvm.tirx.BufferStore) and isinstance(store.value, tvm.tirx.FloatImm) \
+            and store.value.value == 0.0
+
+    return [buf for buf, blocks in writers.items()
+            if any(map(int8_sum, blocks)) and all(int8_sum(b) or zero_init(b) for b in blocks)]
+
+
+def _rounded(expr):
+    """The operand of `nearbyint(operand)`, else None."""
+    ok = isinstance(expr, tvm.ir.expr.Call) and expr.op.name == "tirx.nearbyint"
+    return expr.args[0] if ok else None
+
+
+def _requant_form(block, sums: list) -> int | None:
+    """The zero point when `block` requantizes the sums of an int8 conv (a buffer of `sums`)
+    to int8 outputs, `int8(nearbyint(max(min(nearbyint((acc + float(bias)) * scale) + zero,
+    127.49), -128.49)))`; else None. TVM's structural match confirms the rest."""
+    store = block.body
+    if any(int(v.iter_type) != 0 for v in block.iter_vars) or not isinstance(store, tvm.tirx.BufferStore):
+        return None
+    if not (isinstance(store.value, tvm.tirx.Cast) and str(store.value.ty) == "int8"):
+        return None
+    clamp = _rounded(store.value.value)
+    if not (isinstance(clamp, tvm.tirx.Max) and isinstance(clamp.a, tvm.tirx.Min)):
+        return None
+    if (getattr(clamp.a.b, "value", None), getattr(clamp.b, "value", None)) != _CLAMP:
+        return None
+    shifted, zero = clamp.a.a, 0
+    if isinstance(shifted, tvm.tirx.Add) and isinstance(shifted.b, tvm.tirx.FloatImm):
+        shifted, zero = shifted.a, shifted.b.value
+    if zero != int(zero) or abs(zero) > 2 ** 15:
+        return None
+    scaled = _rounded(shifted)
+    if not (isinstance(scaled, tvm.tirx.Mul) and isinstance(scaled.a, tvm.tirx.Add)):
+        return None
+    acc = scaled.a.a
+    if not (_loaded(acc, "float32") and any(acc.source.same_as(buf) for buf in sums)):
+        return None
+    return int(zero)
+
+
 def tir_nodes(stmt) -> list:
     """Every statement and SBlock under a TIR statement (TVM 0.27 has no Python TIR visitor:
     this walks the statement kinds blocks sit in)."""
@@ -747,4 +848,18 @@ def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
             replaced += 1
         except ScheduleError:
             continue  # not the loop nest the intrinsic describes: keep it
+    sums = _int8_sums(func)
+    for block in sblocks(func.body):
+        zero = _requant_form(block, sums)
+        if zero is None:
+            continue
+        loop = sch.get_loops(sch.get_sblock(block.name_hint))[-1]
+        width = int(sch.get(loop).extent)
+        if width < _REQUANT_MIN_WIDTH:
+            continue
+        try:
+            sch.tensorize(loop, requant_intrin(width, zero))
+            replaced += 1
+        except ScheduleError:
+            continue
     return (scheduled(sch, func) if replaced else func), replaced

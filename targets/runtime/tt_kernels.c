@@ -8,8 +8,8 @@
  * tt_pw_row_s8: one row of an int8 pointwise conv, for one output channel (the forward;
  * tt_pw_rows2_s8 the same for two output channels' rows, tt_pw_row_f32s8 the input gradient,
  * tt_pw_rows2_f32s8 that for two channels' rows; tt_dw_plane_s8, tt_conv_row_s8, the
- * depthwise input gradient tt_dw_transpose_f32s8 and, for float models, tt_conv_plane_f32
- * come after them):
+ * depthwise input gradient tt_dw_transpose_f32s8, for float models tt_conv_plane_f32, and
+ * tt_requant_s8, the int8 outputs of any of the int8 convs' sums, come after them):
  *
  *     acc[x] += sum_i ((float)a[i * a_stride + x] - zx) * (float)w[i * w_stride]
  *
@@ -26,8 +26,8 @@
  *
  * With the Arm DSP extension (Cortex-M4, M7, M33: __ARM_FEATURE_DSP) the int32 sum takes
  * 4 pixels x 4 input channels a step: one 32-bit load per input row and one for 4
- * weights, SXTB16 to split bytes into 16-bit halves, and the 16-bit multiply-accumulates
- * SMLABB/SMLABT/SMLATB/SMLATT, which pick the halves they multiply. Elsewhere (RISC-V, the
+ * weights, PKHBT/PKHTB to pair rows i and i + 2, SXTB16 to split bytes into 16-bit
+ * halves, and SMLAD, two 16-bit multiply-accumulates an instruction. Elsewhere (RISC-V, the
  * host) a plain C loop blocked by 4 pixels, which any compiler keeps in registers.
  */
 #include <stdint.h>
@@ -114,37 +114,45 @@ static inline int32_t sxtb16_ror8(uint32_t v) {
   return r;
 }
 
-/* 4 pixels, weights contiguous (w_stride 1). Per 4 input channels: one load of 4
- * weights, split into halfword pairs (w0, w2) and (w1, w3); per channel one load of 4
- * pixels, split into (p0, p2) and (p1, p3); then the 16-bit multiplies SMLA<x><y> pick
- * the halves, so nothing is repacked and 4 accumulators stay in registers. */
+/* Pixels 0, 1 of row r then of row r2 (one PKHBT), and pixels 2, 3 of each (one PKHTB). */
+static inline uint32_t pack_low(uint32_t r, uint32_t r2) {
+  uint32_t v;
+  __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(v) : "r"(r), "r"(r2));
+  return v;
+}
+static inline uint32_t pack_high(uint32_t r, uint32_t r2) {
+  uint32_t v;
+  __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(v) : "r"(r2), "r"(r));
+  return v;
+}
+
+/* 4 pixels, weights contiguous (w_stride 1), 4 input channels a step. Rows i and i + 2 go
+ * into one word per pixel pair: PKHBT takes their pixels 0 and 1, PKHTB their pixels 2 and
+ * 3; SXTB16 and its ror-8 form split each word into the halfword pairs (a_i, a_i+2) of one
+ * pixel, which SMLAD multiplies with (w_i, w_i+2), SXTB16 of 4 weights: two
+ * multiply-accumulates an instruction, 4 accumulators in registers. */
 static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k, int32_t fold, float *out) {
   int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  int32_t i = 0;
-#pragma GCC unroll 1 /* unrolled, the 4 accumulators, 2 weight pairs and the row no longer fit the registers */
-  for (; i + 4 <= k; i += 4) {
-    uint32_t wv = load4(w + i);
-    int32_t w02 = __sxtb16(wv), w13 = sxtb16_ror8(wv);
-    uint32_t r = load4(a);
-    int32_t e = __sxtb16(r), o = sxtb16_ror8(r);
-    s0 = __smlabb(e, w02, s0), s2 = __smlatb(e, w02, s2), s1 = __smlabb(o, w02, s1), s3 = __smlatb(o, w02, s3);
-    r = load4(a + a_stride);
-    e = __sxtb16(r), o = sxtb16_ror8(r);
-    s0 = __smlabb(e, w13, s0), s2 = __smlatb(e, w13, s2), s1 = __smlabb(o, w13, s1), s3 = __smlatb(o, w13, s3);
-    r = load4(a + 2 * a_stride);
-    e = __sxtb16(r), o = sxtb16_ror8(r);
-    s0 = __smlabt(e, w02, s0), s2 = __smlatt(e, w02, s2), s1 = __smlabt(o, w02, s1), s3 = __smlatt(o, w02, s3);
-    r = load4(a + 3 * a_stride);
-    e = __sxtb16(r), o = sxtb16_ror8(r);
-    s0 = __smlabt(e, w13, s0), s2 = __smlatt(e, w13, s2), s1 = __smlabt(o, w13, s1), s3 = __smlatt(o, w13, s3);
+  const int8_t *end = w + (k & ~3);
+#pragma GCC unroll 1 /* unrolled, the accumulators, weight pairs and rows no longer fit the registers */
+  for (; w < end; w += 4) {
+    uint32_t wv = load4(w);
+    int32_t wp = __sxtb16(wv);
+    uint32_t r = load4(a), r2 = load4(a + 2 * a_stride); /* rows i and i + 2 */
+    uint32_t lo = pack_low(r, r2), hi = pack_high(r, r2);
+    s0 = __smlad(__sxtb16(lo), wp, s0), s1 = __smlad(sxtb16_ror8(lo), wp, s1);
+    s2 = __smlad(__sxtb16(hi), wp, s2), s3 = __smlad(sxtb16_ror8(hi), wp, s3);
+    wp = sxtb16_ror8(wv);
+    r = load4(a + a_stride), r2 = load4(a + 3 * a_stride);
+    lo = pack_low(r, r2), hi = pack_high(r, r2);
+    s0 = __smlad(__sxtb16(lo), wp, s0), s1 = __smlad(sxtb16_ror8(lo), wp, s1);
+    s2 = __smlad(__sxtb16(hi), wp, s2), s3 = __smlad(sxtb16_ror8(hi), wp, s3);
     a += 4 * a_stride;
   }
-  if (i < k) {
-    int32_t s[4] = {s0, s1, s2, s3};
-    pw_dot4_from(a, a_stride, w, i, k, s);
-    s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
-  }
-  out[0] = (float)(s0 - fold), out[1] = (float)(s1 - fold), out[2] = (float)(s2 - fold), out[3] = (float)(s3 - fold);
+  int32_t s[4] = {s0, s1, s2, s3};
+  pw_dot4_from(a, a_stride, end, 0, k & 3, s);
+  out[0] = (float)(s[0] - fold), out[1] = (float)(s[1] - fold), out[2] = (float)(s[2] - fold),
+  out[3] = (float)(s[3] - fold);
 }
 #else
 static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k, int32_t fold, float *out) {
@@ -1019,6 +1027,60 @@ int32_t tt_conv_plane_f32(void *acc_, void *a_, int32_t a_chan, int32_t a_row, v
         out[x] = conv_one(out[x], row + ix0 + kx0, a_chan, a_row, wr + kx0, w_chan, w_row, c, ky_n, kx1 - kx0, relu);
       }
     }
+  }
+  return 0;
+}
+
+/* tt_requant_s8: the requantization that ends an int8 conv, for n outputs:
+ *
+ *     out[x] = (int8)nearbyintf(max(min(nearbyintf((acc[x] + (float)*bias) * *scale) + zo, 127.49f), -128.49f))
+ *
+ * (TVM prints min and max as `a < b ? a : b` and `a > b ? a : b`.) acc holds an int8 conv's
+ * float32 sums, which are finite (tensorize.py matches only accumulators that int8 convs
+ * write); with a finite scale p = (acc[x] + bias) * scale is a finite float or an infinity.
+ * For |p| < 2^22, p + 1.5 * 2^23 rounds p to an integer, half to even as nearbyintf does,
+ * and that integer is the float's bits minus those of 1.5 * 2^23; adding the zero point (an
+ * integer, |zo| <= 2^15) and clamping to [-128, 127] is what the float clamps and the
+ * second rounding do to an integer. For |p| >= 2^22 (infinities included) both clamp to the
+ * bound on p's side: here the bits difference keeps p's sign and at least 2^22 of magnitude
+ * (QSUB saturates it on Arm; elsewhere p is clamped to +-2^22 first). A scale that is not
+ * finite takes the float32 loop itself. Either way the TIR's bits. */
+static __attribute__((cold, noinline)) void requant_float(int8_t *out, const float *acc, int32_t n, float b, float s,
+                                                          float zo) {
+  for (int32_t x = 0; x < n; ++x) {
+    float t = __builtin_nearbyintf((acc[x] + b) * s) + zo;
+    t = t < 127.49f ? t : 127.49f;
+    t = t > -128.49f ? t : -128.49f;
+    out[x] = (int8_t)__builtin_nearbyintf(t);
+  }
+}
+
+static inline int32_t float_bits(float f) {
+  int32_t bits;
+  memcpy(&bits, &f, sizeof bits);
+  return bits;
+}
+
+int32_t tt_requant_s8(void *out_, void *acc_, int32_t n, void *bias_, void *scale_, int32_t zo) {
+  int8_t *out = (int8_t *)out_;
+  const float *acc = (const float *)acc_;
+  float b = (float)*(const int32_t *)bias_, s = *(const float *)scale_;
+  const float round = 12582912.0f; /* 1.5 * 2^23 */
+  const int32_t offset = float_bits(round) - zo;
+  if (!__builtin_isfinite(s)) {
+    requant_float(out, acc, n, b, s, (float)zo);
+    return 0;
+  }
+  for (int32_t x = 0; x < n; ++x) {
+    float p = (acc[x] + b) * s;
+#if defined(__ARM_FEATURE_DSP)
+    out[x] = (int8_t)__ssat(__qsub(float_bits(p + round), offset), 8);
+#else
+    p = p < 4194304.0f ? p : 4194304.0f; /* not fminf: a libm call on RV32 */
+    p = p > -4194304.0f ? p : -4194304.0f;
+    int32_t r = float_bits(p + round) - offset;
+    out[x] = (int8_t)(r < -128 ? -128 : r > 127 ? 127 : r);
+#endif
   }
   return 0;
 }
