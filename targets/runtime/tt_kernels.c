@@ -397,6 +397,55 @@ static __attribute__((cold, noinline)) void dw_plane_float(float *acc, const int
   }
 }
 
+/* Outputs [ox0, ox1) of a row for a window 3 wide at stride 1 or 2 (the stem's, the commonest
+ * depthwise one), two outputs a step: the 4 or 5 inputs they read are loaded once for the 6
+ * taps. `off` holds the offset of each of the `rows` window rows (channel and row), `w` their
+ * 3 weights each. With the DSP extension one word load gives the 4 inputs as the halfword
+ * pairs (x0, x2) and (x1, x3), which SMLAD / SMLA<x><y> multiply with (w0, w2) and w1. */
+static inline __attribute__((always_inline)) void conv_row_pairs_k3(float *out, const int8_t *row,
+                                                                  const int32_t *off, const int32_t *w,
+                                                                  int32_t rows, const int32_t stride, int32_t ox0,
+                                                                  int32_t ox1, int32_t fold) {
+#if defined(__ARM_FEATURE_DSP)
+  int32_t w02[TT_DW_MAX_TAPS / 3], w1[TT_DW_MAX_TAPS / 3];
+  for (int32_t j = 0; j < rows; ++j) {
+    w02[j] = (int32_t)((uint32_t)(uint16_t)w[3 * j] | (uint32_t)w[3 * j + 2] << 16), w1[j] = w[3 * j + 1];
+  }
+#endif
+  int32_t ox = ox0;
+  for (; ox + 2 <= ox1; ox += 2) {
+    const int8_t *p = row + ox * stride;
+    int32_t s0 = 0, s1 = 0;
+    for (int32_t j = 0; j < rows; ++j) {
+      const int8_t *r = p + off[j];
+#if defined(__ARM_FEATURE_DSP)
+      uint32_t v = load4(r);
+      int32_t e = __sxtb16(v), o = sxtb16_ror8(v); /* (x0, x2), (x1, x3) */
+      s0 = __smlad(e, w02[j], s0), s0 = __smlabb(o, w1[j], s0);
+      if (stride == 2) {
+        s1 = __smlatb(e, w02[j], s1), s1 = __smlatb(o, w1[j], s1), s1 = __smlabt(r[4], w02[j], s1);
+      } else {
+        s1 = __smlad(o, w02[j], s1), s1 = __smlatb(e, w1[j], s1);
+      }
+#else
+      const int32_t *wj = w + 3 * j;
+      int32_t x0 = r[0], x1 = r[1], x2 = r[2], x3 = r[3];
+      s0 += wj[0] * x0 + wj[1] * x1 + wj[2] * x2;
+      s1 += stride == 2 ? wj[0] * x2 + wj[1] * x3 + wj[2] * r[4] : wj[0] * x1 + wj[1] * x2 + wj[2] * x3;
+#endif
+    }
+    out[ox] = (float)(s0 - fold), out[ox + 1] = (float)(s1 - fold);
+  }
+  for (; ox < ox1; ++ox) {
+    const int8_t *p = row + ox * stride;
+    int32_t s = 0;
+    for (int32_t j = 0; j < rows; ++j) {
+      s += w[3 * j] * p[off[j]] + w[3 * j + 1] * p[off[j] + 1] + w[3 * j + 2] * p[off[j] + 2];
+    }
+    out[ox] = (float)(s - fold);
+  }
+}
+
 /* sum of a full kh x kw window, weights times inputs (the zero point folded by the caller);
  * inlined with constant sizes for the usual windows so that the compiler unrolls it. The
  * weights come from a local int32 copy: no store through `out` can alias them, so they
@@ -422,18 +471,75 @@ static inline __attribute__((always_inline)) void dw_inside(float *out, const in
 }
 
 /* Outputs [ox0, ox1) of a row whose 3x3 windows lie inside the plane (the commonest
- * window), its 9 weights in registers. */
+ * window): at stride 1 or 2 two outputs a step, the inputs they share loaded once. */
 static __attribute__((noinline)) void dw_inside_3x3(float *out, const int8_t *row, int32_t a_row, const int32_t *w,
                                                    int32_t stride, int32_t ox0, int32_t ox1, int32_t fold) {
-  const int32_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8];
-  const int8_t *r0 = row + ox0 * stride, *r1 = r0 + a_row, *r2 = r1 + a_row;
-#pragma GCC unroll 1 /* 9 weights, 3 row pointers and the sum fill the registers */
-  for (int32_t ox = ox0; ox < ox1; ++ox, r0 += stride, r1 += stride, r2 += stride) {
-    int32_t s = w0 * r0[0] + w1 * r0[1] + w2 * r0[2] + w3 * r1[0] + w4 * r1[1] + w5 * r1[2] + w6 * r2[0] +
-                w7 * r2[1] + w8 * r2[2];
+  const int32_t off[3] = {0, a_row, 2 * a_row};
+  if (stride == 1) {
+    conv_row_pairs_k3(out, row, off, w, 3, 1, ox0, ox1, fold);
+  } else if (stride == 2) {
+    conv_row_pairs_k3(out, row, off, w, 3, 2, ox0, ox1, fold);
+  } else {
+    dw_inside(out, row, a_row, w, 3, 3, stride, ox0, ox1, fold);
+  }
+}
+
+#if defined(__ARM_FEATURE_DSP)
+#define TT_DW_PACKED_ROW 4 /* words per window row of 5x5 and 7x7 weights packed for SMLAD */
+
+/* The weights of a 5x5 or 7x7 window as halfword pairs, per window row: (w0, w2), (w1, w3),
+ * then w4 (5 wide), or (w4, w6) and w5 (7 wide). */
+static void pack_window(int32_t *wp, const int32_t *w, int32_t kh, int32_t kw) {
+  for (int32_t ky = 0; ky < kh; ++ky, w += kw, wp += TT_DW_PACKED_ROW) {
+    wp[0] = (int32_t)((uint32_t)(uint16_t)w[0] | (uint32_t)w[2] << 16);
+    wp[1] = (int32_t)((uint32_t)(uint16_t)w[1] | (uint32_t)w[3] << 16);
+    wp[2] = kw == 5 ? w[4] : (int32_t)((uint32_t)(uint16_t)w[4] | (uint32_t)w[6] << 16);
+    wp[3] = kw == 5 ? 0 : w[5];
+  }
+}
+
+/* s plus one window row of one output, inputs p[0 .. kw): the word p[0..3] split by SXTB16
+ * into (x0, x2) and (x1, x3) for SMLAD; for 7 wide the word p[3..6] into (x3, x5) and
+ * (x4, x6). No input outside the window is read. */
+static inline __attribute__((always_inline)) int32_t dw_row_taps(const int8_t *p, const int32_t *wp, const int kw,
+                                                               int32_t s) {
+  uint32_t v = load4(p);
+  s = __smlad(__sxtb16(v), wp[0], s);
+  s = __smlad(sxtb16_ror8(v), wp[1], s);
+  if (kw == 5) {
+    return __smlabb(p[4], wp[2], s);
+  }
+  v = load4(p + 3);
+  s = __smlad(sxtb16_ror8(v), wp[2], s); /* x4 w4 + x6 w6 */
+  return __smlatb(__sxtb16(v), wp[3], s); /* x5 w5 */
+}
+
+/* Outputs [ox0, ox1) of a row whose kh x kw (5x5, 7x7) windows lie inside the plane, two
+ * outputs a step: each window row's packed weights loaded once for both. */
+static inline __attribute__((always_inline)) void dw_inside_packed(float *out, const int8_t *row, int32_t a_row,
+                                                                 const int32_t *wp, const int kh, const int kw,
+                                                                 int32_t stride, int32_t ox0, int32_t ox1,
+                                                                 int32_t fold) {
+  int32_t ox = ox0;
+  for (; ox + 2 <= ox1; ox += 2) {
+    const int8_t *p = row + ox * stride;
+    int32_t s0 = 0, s1 = 0;
+    for (int ky = 0; ky < kh; ++ky, p += a_row) {
+      s0 = dw_row_taps(p, wp + ky * TT_DW_PACKED_ROW, kw, s0);
+      s1 = dw_row_taps(p + stride, wp + ky * TT_DW_PACKED_ROW, kw, s1);
+    }
+    out[ox] = (float)(s0 - fold), out[ox + 1] = (float)(s1 - fold);
+  }
+  if (ox < ox1) {
+    const int8_t *p = row + ox * stride;
+    int32_t s = 0;
+    for (int ky = 0; ky < kh; ++ky, p += a_row) {
+      s = dw_row_taps(p, wp + ky * TT_DW_PACKED_ROW, kw, s);
+    }
     out[ox] = (float)(s - fold);
   }
 }
+#endif
 
 /* One output on the border: the taps inside the plane only (the padding adds zero). */
 static int32_t dw_border(const int8_t *a, int32_t a_row, const int32_t *w, int32_t h, int32_t wd, int32_t kh,
@@ -451,15 +557,23 @@ static int32_t dw_border(const int8_t *a, int32_t a_row, const int32_t *w, int32
 }
 
 /* The outputs of rows [oy0, oy1) whose windows lie inside the plane across, [ox0, ox1): `a`
- * is the plane (or its padded copy), `off` the offset of the top left tap of output (0, 0). */
-static void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t off, const int32_t *w, int32_t kh,
-                           int32_t kw, int32_t stride, int32_t oy0, int32_t oy1, int32_t ox0, int32_t ox1,
-                           int32_t out_w, int32_t fold) {
+ * is the plane (or its padded copy), `off` the offset of the top left tap of output (0, 0);
+ * `wp` the weights packed by pack_window for a 5x5 or 7x7 window with the DSP extension,
+ * else NULL. */
+static void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t off, const int32_t *w,
+                           const int32_t *wp, int32_t kh, int32_t kw, int32_t stride, int32_t oy0, int32_t oy1,
+                           int32_t ox0, int32_t ox1, int32_t out_w, int32_t fold) {
   for (int32_t oy = oy0; oy < oy1; ++oy) {
     float *out = acc + oy * out_w;
     const int8_t *row = a + oy * stride * a_row + off;
     if (kh == 3 && kw == 3) {
       dw_inside_3x3(out, row, a_row, w, stride, ox0, ox1, fold);
+#if defined(__ARM_FEATURE_DSP)
+    } else if (wp && kh == 5 && kw == 5) {
+      dw_inside_packed(out, row, a_row, wp, 5, 5, stride, ox0, ox1, fold);
+    } else if (wp && kh == 7 && kw == 7) {
+      dw_inside_packed(out, row, a_row, wp, 7, 7, stride, ox0, ox1, fold);
+#endif
     } else if (kh == 5 && kw == 5) {
       dw_inside(out, row, a_row, w, 5, 5, stride, ox0, ox1, fold);
     } else if (kh == 7 && kw == 7) {
@@ -486,6 +600,14 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
     }
   }
   fold *= zx;
+  const int32_t *wp = NULL;
+#if defined(__ARM_FEATURE_DSP)
+  int32_t packed[7 * TT_DW_PACKED_ROW];
+  if ((kh == 5 && kw == 5) || (kh == 7 && kw == 7)) {
+    pack_window(packed, w, kh, kw);
+    wp = packed;
+  }
+#endif
   int32_t padded_row = wd + 2 * pad;
   if ((h + 2 * pad) * padded_row <= TT_DW_PADDED_BYTES) {
     /* A small plane (the late, low-resolution stages, where most windows overlap the
@@ -496,7 +618,7 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
     for (int32_t y = 0; y < h; ++y) {
       memcpy(padded + (y + pad) * padded_row + pad, a + y * a_row, (size_t)wd);
     }
-    dw_rows_inside(acc, padded, padded_row, 0, w, kh, kw, stride, 0, out_h, 0, out_w, out_w, fold);
+    dw_rows_inside(acc, padded, padded_row, 0, w, wp, kh, kw, stride, 0, out_h, 0, out_w, out_w, fold);
     return 0;
   }
   /* a larger plane: the outputs whose windows lie inside it, [ox_lo, ox_hi) across, have no
@@ -510,7 +632,7 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
     int32_t iy0 = oy * stride - pad, lo = 0, hi = 0;
     if (iy0 >= 0 && iy0 + kh <= h && ox_lo < ox_hi) {
       lo = ox_lo, hi = ox_hi;
-      dw_rows_inside(acc, a, a_row, -pad * a_row - pad, w, kh, kw, stride, oy, oy + 1, lo, hi, out_w, fold);
+      dw_rows_inside(acc, a, a_row, -pad * a_row - pad, w, wp, kh, kw, stride, oy, oy + 1, lo, hi, out_w, fold);
     }
     for (int32_t ox = 0; ox < out_w; ++ox) {
       if (ox == lo && hi > lo) {
@@ -568,55 +690,6 @@ static inline __attribute__((always_inline)) void conv_row_inside(float *out, co
   }
 }
 
-/* Outputs [ox0, ox1) of a row for a window 3 wide at stride 1 or 2 (the stem's, the commonest
- * depthwise one), two outputs a step: the 4 or 5 inputs they read are loaded once for the 6
- * taps. `off` holds the offset of each of the `rows` window rows (channel and row), `w` their
- * 3 weights each. With the DSP extension one word load gives the 4 inputs as the halfword
- * pairs (x0, x2) and (x1, x3), which SMLAD / SMLA<x><y> multiply with (w0, w2) and w1. */
-static inline __attribute__((always_inline)) void conv_row_pairs_k3(float *out, const int8_t *row,
-                                                                  const int32_t *off, const int32_t *w,
-                                                                  int32_t rows, const int32_t stride, int32_t ox0,
-                                                                  int32_t ox1, int32_t fold) {
-#if defined(__ARM_FEATURE_DSP)
-  int32_t w02[TT_DW_MAX_TAPS / 3], w1[TT_DW_MAX_TAPS / 3];
-  for (int32_t j = 0; j < rows; ++j) {
-    w02[j] = (int32_t)((uint32_t)(uint16_t)w[3 * j] | (uint32_t)w[3 * j + 2] << 16), w1[j] = w[3 * j + 1];
-  }
-#endif
-  int32_t ox = ox0;
-  for (; ox + 2 <= ox1; ox += 2) {
-    const int8_t *p = row + ox * stride;
-    int32_t s0 = 0, s1 = 0;
-    for (int32_t j = 0; j < rows; ++j) {
-      const int8_t *r = p + off[j];
-#if defined(__ARM_FEATURE_DSP)
-      uint32_t v = load4(r);
-      int32_t e = __sxtb16(v), o = sxtb16_ror8(v); /* (x0, x2), (x1, x3) */
-      s0 = __smlad(e, w02[j], s0), s0 = __smlabb(o, w1[j], s0);
-      if (stride == 2) {
-        s1 = __smlatb(e, w02[j], s1), s1 = __smlatb(o, w1[j], s1), s1 = __smlabt(r[4], w02[j], s1);
-      } else {
-        s1 = __smlad(o, w02[j], s1), s1 = __smlatb(e, w1[j], s1);
-      }
-#else
-      const int32_t *wj = w + 3 * j;
-      int32_t x0 = r[0], x1 = r[1], x2 = r[2], x3 = r[3];
-      s0 += wj[0] * x0 + wj[1] * x1 + wj[2] * x2;
-      s1 += stride == 2 ? wj[0] * x2 + wj[1] * x3 + wj[2] * r[4] : wj[0] * x1 + wj[1] * x2 + wj[2] * x3;
-#endif
-    }
-    out[ox] = (float)(s0 - fold), out[ox + 1] = (float)(s1 - fold);
-  }
-  for (; ox < ox1; ++ox) {
-    const int8_t *p = row + ox * stride;
-    int32_t s = 0;
-    for (int32_t j = 0; j < rows; ++j) {
-      s += w[3 * j] * p[off[j]] + w[3 * j + 1] * p[off[j] + 1] + w[3 * j + 2] * p[off[j] + 2];
-    }
-    out[ox] = (float)(s - fold);
-  }
-}
-
 int32_t tt_conv_row_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void *w_, int32_t w_chan, int32_t w_row,
                        int32_t c, int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_w,
                        int32_t zx) {
@@ -654,7 +727,7 @@ int32_t tt_conv_row_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void
       conv_row_pairs_k3(acc, row, off, w, c * kh, 2, lo, hi, fold);
     }
   } else if (c == 1) {
-    dw_rows_inside(acc, row, a_row, 0, w, kh, kw, stride, 0, 1, lo, hi, out_w, fold);
+    dw_rows_inside(acc, row, a_row, 0, w, NULL, kh, kw, stride, 0, 1, lo, hi, out_w, fold);
   } else {
     conv_row_inside(acc, row, a_chan, a_row, w, c, kh, kw, stride, lo, hi, fold);
   }
