@@ -46,6 +46,7 @@ CONV_ROW = "tt_conv_row_s8"  # one row of an int8 conv with a window, away from 
 DW_TRANSPOSE = "tt_dw_transpose_f32s8"  # one channel of an int8 depthwise conv's input gradient
 FLOAT_CONV_PLANE = "tt_conv_plane_f32"  # one output channel of a float32 conv, padding included
 REQUANT = "tt_requant_s8"  # an int8 conv's outputs from its float32 sums: bias, scale, round, zero point, clamp
+INT8_ROW_REQUANT = "tt_pw_row_requant_s8"  # INT8_ROW on a zeroed row, then REQUANT of it, in one call
 _REQUANT_MIN_WIDTH = 4  # narrower rows keep TVM's loop: a call costs about what it saves per output
 _CLAMP = (127.49, -128.49)  # the bounds TVM's int8 requantization clamps to before its last rounding
 _REDUCE = 2  # IterVar.CommReduce
@@ -622,22 +623,29 @@ def _terms(cond) -> list:
     return _terms(cond.a) + _terms(cond.b) if isinstance(cond, tvm.tirx.And) else [cond]
 
 
-def _rebuild(stmt, on_block=lambda block: block, on_loop=lambda loop: None):
-    """`stmt` with every SBlock replaced by `on_block(block)` and every loop for which
-    `on_loop(loop)` gives a statement by that statement (TVM 0.27 has no Python TIR mutator:
-    this walks the statement kinds a scheduled kernel is made of)."""
+def _rebuild(stmt, on_block=lambda block: block, on_loop=lambda loop: None, on_seq=lambda seq: seq):
+    """`stmt` with every SBlock replaced by `on_block(block)`, every loop for which
+    `on_loop(loop)` gives a statement by that statement, and the statements of every sequence
+    by `on_seq(statements)` (TVM 0.27 has no Python TIR mutator: this walks the statement
+    kinds a scheduled kernel is made of)."""
+    def again(child):
+        return _rebuild(child, on_block, on_loop, on_seq)
+
     if isinstance(stmt, tvm.tirx.For):
         replaced = on_loop(stmt)
         return replaced if replaced is not None else tvm.tirx.For(
-            stmt.loop_var, stmt.min, stmt.extent, stmt.kind, _rebuild(stmt.body, on_block, on_loop),
-            stmt.thread_binding, stmt.annotations)
+            stmt.loop_var, stmt.min, stmt.extent, stmt.kind, again(stmt.body), stmt.thread_binding, stmt.annotations)
     if isinstance(stmt, tvm.tirx.SeqStmt):
-        return tvm.tirx.SeqStmt([_rebuild(x, on_block, on_loop) for x in stmt.seq])
+        seq = on_seq([again(x) for x in stmt.seq])
+        return seq[0] if len(seq) == 1 else tvm.tirx.SeqStmt(seq)
+    if isinstance(stmt, tvm.tirx.IfThenElse):
+        return tvm.tirx.IfThenElse(stmt.condition, again(stmt.then_case),
+                                   None if stmt.else_case is None else again(stmt.else_case))
     if isinstance(stmt, tvm.s_tir.SBlockRealize):
-        return tvm.s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, _rebuild(stmt.block, on_block, on_loop))
+        return tvm.s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, again(stmt.block))
     if isinstance(stmt, tvm.s_tir.SBlock):
         b = on_block(stmt)
-        return tvm.s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, _rebuild(b.body, on_block, on_loop),
+        return tvm.s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, again(b.body),
                                 b.init, b.alloc_buffers, b.match_buffers, b.annotations)
     return stmt
 
@@ -796,6 +804,104 @@ def _requant_form(block, sums: list) -> int | None:
     return int(zero)
 
 
+def _extern(realize, kernel: str):
+    """The call of `kernel` that the block of `realize` consists of (a tensorized block), else None."""
+    body = realize.block.body if isinstance(realize, tvm.s_tir.SBlockRealize) else None
+    call = body.value if isinstance(body, tvm.tirx.Evaluate) else None
+    ok = isinstance(call, tvm.ir.expr.Call) and call.op.name == "tirx.call_extern" and call.args[0].value == kernel
+    return call if ok else None
+
+
+def _analyzer(units: list, *realizes):
+    """An analyzer that knows the loops of extent 1 in `units` by their value and the block
+    variables of `realizes` by their bindings."""
+    analyzer = tvm.sym.Analyzer()
+    for loop in units:
+        analyzer.bind(loop.loop_var, loop.min)
+    for realize in realizes:
+        for iv, value in zip(realize.block.iter_vars, realize.iter_values):
+            analyzer.bind(iv.var, value)
+    return analyzer
+
+
+def _matched(realize, buffer):
+    """The region of the block's operand that `buffer` (a match_buffer of the block) views."""
+    return next(m.source for m in realize.block.match_buffers if m.buffer.same_as(buffer))
+
+
+def _address_buffer(arg):
+    """The buffer of `address_of(buf[...])`."""
+    return arg.args[0].source
+
+
+def _zeroes_row(loops, row, analyzer) -> bool:
+    """Whether `loops` is the nest that zeroes exactly the accumulator row `row` (a region whose
+    last extent is the row): loops of extent 1 around one of the row's length, and a block
+    storing 0.0 at the row's indices."""
+    nest = []
+    while isinstance(loops, tvm.tirx.For):
+        nest.append(loops)
+        loops = loops.body
+    if not nest or not isinstance(loops, tvm.s_tir.SBlockRealize):
+        return False
+    store = loops.block.body
+    if not (isinstance(store, tvm.tirx.BufferStore) and isinstance(store.value, tvm.tirx.FloatImm)
+            and store.value.value == 0.0 and store.buffer.same_as(row.source)):
+        return False
+    *outer, inner = nest
+    if any(int(loop.extent) != 1 for loop in outer) or not analyzer.can_prove_equal(inner.extent, row.region[-1].extent):
+        return False
+    for loop in outer:
+        analyzer.bind(loop.loop_var, loop.min)
+    analyzer.bind(inner.loop_var, tvm.ir.Range.from_min_extent(inner.min, inner.extent))
+    for iv, value in zip(loops.block.iter_vars, loops.iter_values):
+        analyzer.bind(iv.var, value)
+    *heads, last = store.indices
+    return all(analyzer.can_prove_equal(i, r.min) for i, r in zip(heads, row.region[:-1])) \
+        and analyzer.can_prove_equal(last - inner.loop_var, row.region[-1].min - inner.min)
+
+
+def _fused_rows(seq: list, units: list, readers: dict) -> list:
+    """`seq` with each pointwise row fused with its requantization (`tt_pw_row_requant_s8`):
+    the zeroing of an accumulator row, the tt_pw_row_s8 block on it, the blocks caching the
+    requantization's bias and scale, and the tt_requant_s8 block reading that row become the
+    cache blocks and one block calling the fused kernel, which writes the row and the outputs.
+    `units`: the kernel's loops of extent 1; `readers`: the blocks that read each buffer, by
+    name (the fused kernel writes the row only if another block reads it)."""
+    out, i = list(seq), 1
+    while i < len(out):
+        pw = _extern(out[i], INT8_ROW)
+        j = i + 1
+        while pw is not None and j < len(out) and isinstance(out[j], tvm.s_tir.SBlockRealize) \
+                and out[j].block.name_hint.endswith("_global"):
+            j += 1  # the hoisted loads (invariant_loads.py): small buffers that pw does not use
+        rq = _extern(out[j], REQUANT) if pw is not None and j < len(out) else None
+        if rq is None:
+            i += 1
+            continue
+        acc = _matched(out[i], _address_buffer(pw.args[1]))
+        read = _matched(out[j], _address_buffer(rq.args[2]))
+        analyzer = _analyzer(units, out[i], out[j])
+        same_row = acc.source.same_as(read.source) and all(
+            analyzer.can_prove_equal(a.min, b.min) and analyzer.can_prove_equal(a.extent, b.extent)
+            for a, b in zip(acc.region, read.region))
+        if not (same_row and _zeroes_row(out[i - 1], acc, _analyzer(units, out[i]))):
+            i += 1
+            continue
+        pw_block, rq_block = out[i].block, out[j].block
+        others = lambda regions: [r for r in regions if not r.source.same_as(acc.source)]
+        keep = any(b not in (pw_block.name_hint, rq_block.name_hint) for b in readers[acc.source.name])
+        call = tvm.tirx.call_extern("int32", INT8_ROW_REQUANT, *pw.args[1:], rq.args[1], *rq.args[4:], int(keep))
+        fused = tvm.s_tir.SBlock(
+            list(pw_block.iter_vars) + list(rq_block.iter_vars), others(pw_block.reads) + others(rq_block.reads),
+            list(pw_block.writes) + list(rq_block.writes), rq_block.name_hint, tvm.tirx.Evaluate(call), None, [],
+            list(pw_block.match_buffers) + [m for m in rq_block.match_buffers if not m.source.source.same_as(acc.source)],
+            rq_block.annotations)
+        out[j] = tvm.s_tir.SBlockRealize(list(out[i].iter_values) + list(out[j].iter_values), True, fused)
+        del out[i - 1:i + 1]
+    return out
+
+
 def tir_nodes(stmt) -> list:
     """Every statement and SBlock under a TIR statement (TVM 0.27 has no Python TIR visitor:
     this walks the statement kinds blocks sit in)."""
@@ -862,4 +968,13 @@ def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
             replaced += 1
         except ScheduleError:
             continue
-    return (scheduled(sch, func) if replaced else func), replaced
+    if not replaced:
+        return func, 0
+    func = scheduled(sch, func)
+    units = [n for n in tir_nodes(func.body) if isinstance(n, tvm.tirx.For) and isinstance(n.extent, tvm.tirx.IntImm)
+             and int(n.extent) == 1]
+    readers: dict = {}
+    for block in sblocks(func.body):
+        for region in block.reads:
+            readers.setdefault(region.source.name, []).append(block.name_hint)
+    return func.with_body(_rebuild(func.body, on_seq=lambda seq: _fused_rows(seq, units, readers))), replaced

@@ -131,7 +131,8 @@ static inline uint32_t pack_high(uint32_t r, uint32_t r2) {
  * 3; SXTB16 and its ror-8 form split each word into the halfword pairs (a_i, a_i+2) of one
  * pixel, which SMLAD multiplies with (w_i, w_i+2), SXTB16 of 4 weights: two
  * multiply-accumulates an instruction, 4 accumulators in registers. */
-static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k, int32_t fold, float *out) {
+static inline __attribute__((always_inline)) void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k,
+                                                          int32_t fold, float *out) {
   int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   const int8_t *end = w + (k & ~3);
 #pragma GCC unroll 1 /* unrolled, the accumulators, weight pairs and rows no longer fit the registers */
@@ -155,7 +156,8 @@ static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t 
   out[3] = (float)(s[3] - fold);
 }
 #else
-static void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k, int32_t fold, float *out) {
+static inline __attribute__((always_inline)) void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k,
+                                                          int32_t fold, float *out) {
   int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   for (int32_t i = 0; i < k; ++i, a += a_stride) {
     int32_t wi = w[i];
@@ -174,10 +176,16 @@ static inline __attribute__((always_inline)) void weight_sums(const int8_t *w, i
 #if defined(__ARM_FEATURE_DSP)
   if (w_stride == 1) {
     uint32_t biased = 0, abs = 0;
-    for (; i + 4 <= k; i += 4) {
-      uint32_t wv = load4(w + i) ^ 0x80808080u;
-      biased = __usada8(wv, 0, biased);
-      abs = __usada8(wv, 0x80808080u, abs);
+    if (with_abs) {
+      for (; i + 4 <= k; i += 4) {
+        uint32_t wv = load4(w + i) ^ 0x80808080u;
+        biased = __usada8(wv, 0, biased);
+        abs = __usada8(wv, 0x80808080u, abs);
+      }
+    } else {
+      for (; i + 4 <= k; i += 4) { /* the short rows of most convs need no bound: one USADA8 */
+        biased = __usada8(load4(w + i) ^ 0x80808080u, 0, biased);
+      }
     }
     s = (int32_t)biased - 128 * i, sa = (int32_t)abs;
   }
@@ -192,10 +200,9 @@ static inline __attribute__((always_inline)) void weight_sums(const int8_t *w, i
   *sum = s, *sum_abs = sa;
 }
 
-/* Whether the int32 sum gives the float32 loop's bits for a row of `width` accumulators
- * with weights w (see the top of this file); if so, *fold = zx * sum_i w_i. */
-static int int32_exact(const float *acc, const int8_t *w, int32_t w_stride, int32_t k, int32_t width, int32_t zx,
-                       int32_t *fold) {
+/* Whether the int32 sum of weights w gives the float32 loop's bits on accumulators that
+ * start at zero (see the top of this file); if so, *fold = zx * sum_i w_i. */
+static int weights_exact(const int8_t *w, int32_t w_stride, int32_t k, int32_t zx, int32_t *fold) {
   int64_t max_dev = zx < 0 ? 127 - zx : 128 + zx; /* the largest |a - zx| for int8 a */
   int32_t sum_w = 0, sum_abs_w = 0;
   int long_row = k * 128 * max_dev > TT_EXACT_FLOAT_INTEGERS; /* |w| <= 128: short rows are exact */
@@ -203,7 +210,13 @@ static int int32_exact(const float *acc, const int8_t *w, int32_t w_stride, int3
     weight_sums(w, w_stride, k, long_row, &sum_w, &sum_abs_w);
   }
   *fold = zx * sum_w;
-  return sum_abs_w * max_dev <= TT_EXACT_FLOAT_INTEGERS && all_positive_zero(acc, width);
+  return sum_abs_w * max_dev <= TT_EXACT_FLOAT_INTEGERS;
+}
+
+/* weights_exact for a row of `width` accumulators, which must also start at zero. */
+static int int32_exact(const float *acc, const int8_t *w, int32_t w_stride, int32_t k, int32_t width, int32_t zx,
+                       int32_t *fold) {
+  return weights_exact(w, w_stride, k, zx, fold) && all_positive_zero(acc, width);
 }
 
 int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_stride, int32_t k, int32_t width,
@@ -563,6 +576,7 @@ static int32_t dw_border(const int8_t *a, int32_t a_row, const int32_t *w, int32
 static void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t off, const int32_t *w,
                            const int32_t *wp, int32_t kh, int32_t kw, int32_t stride, int32_t oy0, int32_t oy1,
                            int32_t ox0, int32_t ox1, int32_t out_w, int32_t fold) {
+  (void)wp; /* NULL without the DSP extension */
   for (int32_t oy = oy0; oy < oy1; ++oy) {
     float *out = acc + oy * out_w;
     const int8_t *row = a + oy * stride * a_row + off;
@@ -1134,26 +1148,82 @@ static inline int32_t float_bits(float f) {
   return bits;
 }
 
+/* One output: offset = the bits of 1.5 * 2^23 minus the zero point; s finite. */
+static inline __attribute__((always_inline)) int8_t requant_one(float acc, float b, float s, int32_t offset) {
+  float p = (acc + b) * s;
+#if defined(__ARM_FEATURE_DSP)
+  return (int8_t)__ssat(__qsub(float_bits(p + 12582912.0f), offset), 8);
+#else
+  p = p < 4194304.0f ? p : 4194304.0f; /* not fminf: a libm call on RV32 */
+  p = p > -4194304.0f ? p : -4194304.0f;
+  int32_t r = float_bits(p + 12582912.0f) - offset;
+  return (int8_t)(r < -128 ? -128 : r > 127 ? 127 : r);
+#endif
+}
+
 int32_t tt_requant_s8(void *out_, void *acc_, int32_t n, void *bias_, void *scale_, int32_t zo) {
   int8_t *out = (int8_t *)out_;
   const float *acc = (const float *)acc_;
   float b = (float)*(const int32_t *)bias_, s = *(const float *)scale_;
-  const float round = 12582912.0f; /* 1.5 * 2^23 */
-  const int32_t offset = float_bits(round) - zo;
+  const int32_t offset = float_bits(12582912.0f) - zo; /* 1.5 * 2^23 */
   if (!__builtin_isfinite(s)) {
     requant_float(out, acc, n, b, s, (float)zo);
     return 0;
   }
   for (int32_t x = 0; x < n; ++x) {
-    float p = (acc[x] + b) * s;
-#if defined(__ARM_FEATURE_DSP)
-    out[x] = (int8_t)__ssat(__qsub(float_bits(p + round), offset), 8);
-#else
-    p = p < 4194304.0f ? p : 4194304.0f; /* not fminf: a libm call on RV32 */
-    p = p > -4194304.0f ? p : -4194304.0f;
-    int32_t r = float_bits(p + round) - offset;
-    out[x] = (int8_t)(r < -128 ? -128 : r > 127 ? 127 : r);
-#endif
+    out[x] = requant_one(acc[x], b, s, offset);
+  }
+  return 0;
+}
+
+/* The exact path of tt_pw_row_requant_s8, with or without writing the sums (`keep`, a
+ * constant in each copy, so that neither copy tests it per pixel). */
+static inline __attribute__((always_inline)) void pw_row_requant(float *acc, const int8_t *a, int32_t a_stride,
+                                                               const int8_t *w, int32_t k, int32_t width,
+                                                               int32_t fold, int8_t *out, float b, float s,
+                                                               int32_t offset, const int keep) {
+  int32_t x = 0;
+  for (; x + 4 <= width; x += 4) {
+    float sums[4];
+    pw_dot4(a + x, a_stride, w, k, fold, keep ? acc + x : sums);
+    for (int32_t j = 0; j < 4; ++j) {
+      out[x + j] = requant_one(keep ? acc[x + j] : sums[j], b, s, offset);
+    }
+  }
+  for (; x < width; ++x) {
+    float sum = (float)(pw_dot(a + x, a_stride, w, 1, k) - fold);
+    out[x] = requant_one(sum, b, s, offset);
+    if (keep) {
+      acc[x] = sum;
+    }
+  }
+}
+
+/* tt_pw_row_requant_s8: a pointwise conv's row and its requantization in one call, for the
+ * three loops TVM runs one after the other: zeroing the accumulator row, tt_pw_row_s8 on it,
+ * tt_requant_s8 of it into out. Each group of 4 sums is requantized as soon as it is made;
+ * the sums are also written to acc (what zeroing then adding gives) if `keep_acc`, which
+ * tensorize.py clears when nothing else reads that row. */
+int32_t tt_pw_row_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_stride, int32_t k,
+                             int32_t width, int32_t zx, void *out_, void *bias_, void *scale_, int32_t zo,
+                             int32_t keep_acc) {
+  float *acc = (float *)acc_;
+  const int8_t *a = (const int8_t *)a_, *w = (const int8_t *)w_;
+  int8_t *out = (int8_t *)out_;
+  float b = (float)*(const int32_t *)bias_, s = *(const float *)scale_;
+  const int32_t offset = float_bits(12582912.0f) - zo;
+  int32_t fold;
+  if (w_stride != 1 || !__builtin_isfinite(s) || !weights_exact(w, 1, k, zx, &fold)) {
+    for (int32_t x = 0; x < width; ++x) {
+      acc[x] = 0.0f;
+    }
+    tt_pw_row_s8(acc_, a_, a_stride, w_, w_stride, k, width, zx);
+    return tt_requant_s8(out_, acc_, width, bias_, scale_, zo);
+  }
+  if (keep_acc) {
+    pw_row_requant(acc, a, a_stride, w, k, width, fold, out, b, s, offset, 1);
+  } else {
+    pw_row_requant(acc, a, a_stride, w, k, width, fold, out, b, s, offset, 0);
   }
   return 0;
 }
