@@ -183,7 +183,7 @@ def rows2_intrin(kernel: str, channels: int, width: int, zero: int = 0) -> str:
             T.writes(C[0, 0:2, 0, 0:W])
             T.evaluate(T.call_extern("int32", INT8_ROWS2, T.address_of(C[0, 0, 0, 0]), T.address_of(A[0, 0, 0, 0]),
                                      T.Cast("int32", a_stride), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_pair),
-                                     T.Cast("int32", b_stride), channels, width, T.Cast("int32", c_pair), zero))
+                                     T.Cast("int32", b_stride), channels, width, T.Cast("int32", c_pair), zero, 0))
 
     @T.prim_func(s_tir=True)
     def float_impl(a: T.handle, b: T.handle, c: T.handle):
@@ -256,7 +256,7 @@ def depthwise_plane_intrin(h: int, w: int, kh: int, kw: int, stride: int, pad: i
             # access_ptr: TVM's storage rewrite may give an int8 buffer a float32 allocation)
             T.evaluate(T.call_extern("int32", DEPTHWISE_PLANE, T.address_of(C[0, 0, 0, 0]), T.address_of(A[0, 0, p, p]),
                                      T.Cast("int32", a_row), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_row),
-                                     h, w, kh, kw, stride, pad, out_h, out_w, zero))
+                                     h, w, kh, kw, stride, pad, out_h, out_w, zero, 0))
 
     TensorIntrin.register(name, desc, impl)
     return name
@@ -324,7 +324,7 @@ def conv_row_intrin(c: int, w: int, kh: int, kw: int, stride: int, pad: int, out
             T.evaluate(T.call_extern("int32", CONV_ROW, T.address_of(O[0, 0, 0, 0]), T.address_of(A[0, 0, 0, p]),
                                      T.Cast("int32", a_chan), T.Cast("int32", a_row), T.address_of(B[0, 0, 0, 0]),
                                      T.Cast("int32", b_chan), T.Cast("int32", b_row), c, w, kh, kw, stride, pad,
-                                     out_w, zero))
+                                     out_w, zero, 0))
 
     TensorIntrin.register(name, depthwise_desc if c == 1 else desc, impl)
     return name
@@ -834,10 +834,10 @@ def _address_buffer(arg):
     return arg.args[0].source
 
 
-def _zeroes_row(loops, row, analyzer) -> bool:
-    """Whether `loops` is the nest that zeroes exactly the accumulator row `row` (a region whose
-    last extent is the row): loops of extent 1 around one of the row's length, and a block
-    storing 0.0 at the row's indices."""
+def _zeroes(loops, region, analyzer) -> bool:
+    """Whether `loops` is a nest that zeroes exactly `region` of an accumulator: a block storing
+    0.0 under loops that walk the region's dimensions of more than one element, in order, the
+    others of extent 1."""
     nest = []
     while isinstance(loops, tvm.tirx.For):
         nest.append(loops)
@@ -846,19 +846,34 @@ def _zeroes_row(loops, row, analyzer) -> bool:
         return False
     store = loops.block.body
     if not (isinstance(store, tvm.tirx.BufferStore) and isinstance(store.value, tvm.tirx.FloatImm)
-            and store.value.value == 0.0 and store.buffer.same_as(row.source)):
+            and store.value.value == 0.0 and store.buffer.same_as(region.source)):
         return False
-    *outer, inner = nest
-    if any(int(loop.extent) != 1 for loop in outer) or not analyzer.can_prove_equal(inner.extent, row.region[-1].extent):
+    def unit(extent) -> bool:
+        return isinstance(extent, tvm.tirx.IntImm) and int(extent) == 1
+
+    ranges = list(region.region)
+    walking = [loop for loop in nest if not unit(loop.extent)]
+    dims = [i for i, r in enumerate(ranges) if not unit(r.extent)]
+    if len(walking) != len(dims) or not all(analyzer.can_prove_equal(loop.extent, ranges[d].extent)
+                                            for loop, d in zip(walking, dims)):
         return False
-    for loop in outer:
-        analyzer.bind(loop.loop_var, loop.min)
-    analyzer.bind(inner.loop_var, tvm.ir.Range.from_min_extent(inner.min, inner.extent))
+    for loop in nest:
+        if unit(loop.extent):
+            analyzer.bind(loop.loop_var, loop.min)
+        else:
+            analyzer.bind(loop.loop_var, tvm.ir.Range.from_min_extent(loop.min, loop.extent))
     for iv, value in zip(loops.block.iter_vars, loops.iter_values):
         analyzer.bind(iv.var, value)
-    *heads, last = store.indices
-    return all(analyzer.can_prove_equal(i, r.min) for i, r in zip(heads, row.region[:-1])) \
-        and analyzer.can_prove_equal(last - inner.loop_var, row.region[-1].min - inner.min)
+    at = dict(zip(dims, walking))
+    for d, (index, r) in enumerate(zip(store.indices, ranges)):
+        loop = at.get(d)
+        offset = r.min if loop is None else r.min + (loop.loop_var - loop.min)
+        if not analyzer.can_prove_equal(index, offset):
+            return False
+    return True
+
+
+_ZEROED = (INT8_ROWS2, DEPTHWISE_PLANE, CONV_ROW)  # kernels whose last argument says TVM's zeroing was left to them
 
 
 def _fused_rows(seq: list, units: list, readers: dict) -> list:
@@ -870,6 +885,16 @@ def _fused_rows(seq: list, units: list, readers: dict) -> list:
     name (the fused kernel writes the row only if another block reads it)."""
     out, i = list(seq), 1
     while i < len(out):
+        zeroed = next((c for c in map(lambda k: _extern(out[i], k), _ZEROED) if c is not None), None)
+        if zeroed is not None and _zeroes(out[i - 1], _matched(out[i], _address_buffer(zeroed.args[1])),
+                                          _analyzer(units, out[i])):
+            call = tvm.tirx.call_extern("int32", zeroed.args[0].value, *zeroed.args[1:-1], 1)
+            block = out[i].block
+            out[i] = tvm.s_tir.SBlockRealize(out[i].iter_values, out[i].predicate, tvm.s_tir.SBlock(
+                block.iter_vars, block.reads, block.writes, block.name_hint, tvm.tirx.Evaluate(call), block.init,
+                block.alloc_buffers, block.match_buffers, block.annotations))
+            del out[i - 1]
+            continue
         pw = _extern(out[i], INT8_ROW)
         j = i + 1
         while pw is not None and j < len(out) and isinstance(out[j], tvm.s_tir.SBlockRealize) \
@@ -885,7 +910,7 @@ def _fused_rows(seq: list, units: list, readers: dict) -> list:
         same_row = acc.source.same_as(read.source) and all(
             analyzer.can_prove_equal(a.min, b.min) and analyzer.can_prove_equal(a.extent, b.extent)
             for a, b in zip(acc.region, read.region))
-        if not (same_row and _zeroes_row(out[i - 1], acc, _analyzer(units, out[i]))):
+        if not (same_row and _zeroes(out[i - 1], acc, _analyzer(units, out[i]))):
             i += 1
             continue
         pw_block, rq_block = out[i].block, out[j].block

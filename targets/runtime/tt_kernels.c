@@ -51,6 +51,21 @@ static int all_positive_zero(const float *acc, int32_t n) {
   return any == 0;
 }
 
+/* Whether the n accumulators a kernel adds to start at +0.0f. `zeroed`: the caller removed
+ * TVM's zeroing loop before the call (tensorize.py, only where that loop zeroed exactly these
+ * accumulators), so they start at zero by definition: the int32 paths write them, and a float
+ * fallback zeroes them first (zero_unless_kept). */
+static int starts_at_zero(const float *acc, int32_t n, int32_t zeroed) {
+  return zeroed || all_positive_zero(acc, n);
+}
+
+/* The zeroing a `zeroed` caller left out, done before a float32 loop that adds to acc. */
+static void zero_unless_kept(float *acc, int32_t n, int32_t zeroed) {
+  for (int32_t i = 0; zeroed && i < n; ++i) {
+    acc[i] = 0.0f;
+  }
+}
+
 /* Whether no accumulator of n holds -0.0f (a float32 sum that starts elsewhere never gets
  * there, which lets the float kernels skip taps that add a zero). */
 static int no_negative_zero(const float *acc, int32_t n) {
@@ -294,12 +309,13 @@ static void pw_dot2x4(const int8_t *a, int32_t a_stride, const int8_t *w0, int32
 #endif
 
 int32_t tt_pw_rows2_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
-                       int32_t k, int32_t width, int32_t acc_stride, int32_t zx) {
+                       int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed) {
   float *acc0 = (float *)acc_, *acc1 = acc0 + acc_stride;
   const int8_t *a = (const int8_t *)a_, *w0 = (const int8_t *)w_, *w1 = w0 + w_fstride;
   int32_t fold0, fold1;
-  if (w_stride != 1 || !int32_exact(acc0, w0, 1, k, width, zx, &fold0) ||
-      !int32_exact(acc1, w1, 1, k, width, zx, &fold1)) {
+  if (w_stride != 1 || !weights_exact(w0, 1, k, zx, &fold0) || !weights_exact(w1, 1, k, zx, &fold1) ||
+      !starts_at_zero(acc0, width, zeroed) || !starts_at_zero(acc1, width, zeroed)) {
+    zero_unless_kept(acc0, width, zeroed), zero_unless_kept(acc1, width, zeroed);
     tt_pw_row_s8(acc0, a_, a_stride, w_, w_stride, k, width, zx);
     tt_pw_row_s8(acc1, a_, a_stride, (void *)w1, w_stride, k, width, zx);
     return 0;
@@ -599,10 +615,12 @@ static void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t o
 }
 
 int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_row, int32_t h, int32_t wd,
-                       int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w, int32_t zx) {
+                       int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w, int32_t zx,
+                       int32_t zeroed) {
   float *acc = (float *)acc_;
   const int8_t *a = (const int8_t *)a_, *w8 = (const int8_t *)w_;
-  if (kh * kw > TT_DW_MAX_TAPS || !all_positive_zero(acc, out_h * out_w)) {
+  if (kh * kw > TT_DW_MAX_TAPS || !starts_at_zero(acc, out_h * out_w, zeroed)) {
+    zero_unless_kept(acc, out_h * out_w, zeroed);
     dw_plane_float(acc, a, a_row, w8, w_row, h, wd, kh, kw, stride, pad, out_h, out_w, (float)zx);
     return 0;
   }
@@ -706,10 +724,11 @@ static inline __attribute__((always_inline)) void conv_row_inside(float *out, co
 
 int32_t tt_conv_row_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void *w_, int32_t w_chan, int32_t w_row,
                        int32_t c, int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_w,
-                       int32_t zx) {
+                       int32_t zx, int32_t zeroed) {
   float *acc = (float *)acc_;
   const int8_t *a = (const int8_t *)a_, *w8 = (const int8_t *)w_;
-  if (c * kh * kw > TT_DW_MAX_TAPS || !all_positive_zero(acc, out_w)) {
+  if (c * kh * kw > TT_DW_MAX_TAPS || !starts_at_zero(acc, out_w, zeroed)) {
+    zero_unless_kept(acc, out_w, zeroed);
     conv_row_float(acc, a, a_chan, a_row, w8, w_chan, w_row, c, wd, kh, kw, stride, pad, out_w, (float)zx);
     return 0;
   }
