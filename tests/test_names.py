@@ -1,0 +1,139 @@
+"""Any model's names give C that builds (issue 11): a bare `nn.Sequential` names its
+parameters `5.0.weight`."""
+
+import json
+import os
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import INPUT_SHAPE, make_sequential, torch_sgd_reference
+from test_errors import tinytrain
+from tvm_tinytrain.c_names import CNamer, c_comment, c_identifier, c_string
+from tvm_tinytrain.config import SparseUpdateConfig
+from tvm_tinytrain.frontend.torch_frontend import import_torch
+from tvm_tinytrain.pipeline import TrainOptions, build_training_program
+from tvm_tinytrain.targets.boards import get_board
+from tvm_tinytrain.targets.harness import DUMP, TRAIN, Record
+from tvm_tinytrain.session import run_stream
+
+SHAPE = ",".join(map(str, INPUT_SHAPE))
+N_STEPS = 3
+
+
+# The BN-folded first conv by name, the last conv on half its channels, the last bias, momentum.
+FLAGS = ["--param", "0.weight", "--weight-idx", "2", "--ratio", "0.5", "--n-bias-update", "1",
+         "--lr", "0.05", "--momentum", "0.9"]
+CONFIG = SparseUpdateConfig(params=("0.weight",), manual_weight_idx=(2,), weight_update_ratio=(0.5,),
+                            n_bias_update=1)
+OPTIONS = TrainOptions(lr=0.05, momentum=0.9)
+
+
+@pytest.fixture(scope="module")
+def sequential_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("seq")
+    (d / "seq.py").write_text(textwrap.dedent("""
+        import sys
+        sys.path.insert(0, %r)
+        from conftest import make_sequential
+    """ % os.path.dirname(__file__)))
+    return d / "seq.py"
+
+
+def records():
+    rng = np.random.default_rng(5)
+    xs = rng.standard_normal((N_STEPS, *INPUT_SHAPE[1:])).astype(np.float32)
+    ys = rng.integers(0, 4, N_STEPS)
+    return xs, ys, [Record(TRAIN, x, int(y)) for x, y in zip(xs, ys)] + [Record(DUMP)]
+
+
+def assert_trains_like_torch(project, target, program):
+    """Build the compiled folder, run N_STEPS steps, compare with torch autograd + SGD; the
+    parameters come back under their source names (tt_params[])."""
+    report = json.loads((project / "memory_report.json").read_text())
+    assert report["model"]["trainable"] == list(program.trainable.names)
+    xs, ys, recs = records()
+    out = run_stream(get_board(target), project, recs).output
+    ref_losses, ref_params = torch_sgd_reference(make_sequential(), program, xs, ys)
+    np.testing.assert_allclose(out.losses, ref_losses, rtol=1e-5)
+    assert "5.0.weight" in out.params[0] and "3.0.weight" in out.params[0]
+    for name in program.trainable.names:
+        np.testing.assert_allclose(out.params[0][name], ref_params[name].ravel(), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+# ---------------------------------------------------------------- the sanitizer
+
+
+@pytest.mark.parametrize("name, ident", [
+    ("features_0_weight", "features_0_weight"),  # valid names are left alone
+    ("5.c1.weight", "t_5_c1_weight"),            # a leading digit
+    ("5.0.weight", "t_5_0_weight"),
+    ("onnx::Conv_27", "onnx__Conv_27"),
+    ("/features/0/Conv", "t__features_0_Conv"),  # a leading underscore is reserved in C
+    ("a-b c", "a_b_c"),
+    ("poids_é", "poids__"),                      # ASCII identifiers only
+    ("int", "t_int"), ("static", "t_static"), ("bool", "t_bool"),  # keywords, C23's too
+    ("expf", "t_expf"), ("uint8_t", "t_uint8_t"), ("DLTensor", "t_DLTensor"),  # what the C includes
+    ("tt_arena", "t_tt_arena"), ("T_x", "t_T_x"), ("shape_x", "t_shape_x"),  # the driver's prefixes
+    ("", "t_"),
+])
+def test_c_identifier(name, ident):
+    assert c_identifier(name) == ident
+    assert c_identifier(ident) == ident  # idempotent
+
+
+def test_c_identifier_is_always_a_c_identifier():
+    rng = np.random.default_rng(0)
+    alphabet = list("aZ09_.-:/ *\"\\é") + ["int", "tt_", "while"]
+    for _ in range(500):
+        name = "".join(rng.choice(alphabet, rng.integers(0, 6)))
+        ident = c_identifier(name)
+        assert ident.isascii() and ident.replace("_", "a").isalnum() and not ident[0].isdigit(), name
+        assert not ident.startswith("_") and ident not in ("int", "while")
+
+
+def test_namer_unique_and_deterministic():
+    def names():
+        namer = CNamer()
+        return [namer["a.b"], namer["a_b"], namer["a.b"], namer.fresh("a_b_1"), namer.fresh("label"),
+                namer.fresh("lv"), namer.fresh("lv"), namer["5.0.weight"], namer["5_0.weight"]]
+
+    first = names()
+    assert first == ["a_b", "a_b_1", "a_b", "a_b_1_1", "label_1", "lv", "lv_1", "t_5_0_weight", "t_5_0_weight_1"]
+    assert names() == first
+
+
+def test_source_names_survive_in_c_strings_and_comments(tmp_path):
+    """tt_params[] holds each name's exact bytes; a comment cannot be closed by one."""
+    names = ["5.0.weight", 'a"b\\c', "??/", "poids_é\n", "x*/y/*z"]
+    body = "\n".join(f"  fputs({c_string(n)}, stdout); putchar(0); /* {c_comment(n)} */" for n in names)
+    (tmp_path / "t.c").write_text(f"#include <stdio.h>\nint main(void) {{\n{body}\n  return 0;\n}}\n")
+    subprocess.run(["gcc", "-Wall", "-Wextra", "-Werror", "-o", tmp_path / "t", tmp_path / "t.c"], check=True)
+    out = subprocess.run([tmp_path / "t"], capture_output=True, check=True).stdout
+    assert out.split(b"\0")[:-1] == [n.encode() for n in names]
+
+
+# ---------------------------------------------------------------- models named by torch
+
+
+@pytest.mark.parametrize("target, flags", [
+    ("host", []),
+    # without fused kernels TVM's kernels take the parameters themselves, named after them
+    ("host", ["--no-memory-pass", "fuse_kernels"]),
+    pytest.param("riscv32", ["--no-memory-pass", "fuse_kernels"], marks=pytest.mark.slow),
+], ids=["host", "host-unfused", "riscv32-unfused"])
+def test_bare_sequential_compiles_builds_and_trains(sequential_file, tmp_path, target, flags):
+    out = tmp_path / "p"
+    proc = tinytrain("compile", f"{sequential_file}:make_sequential", "--input-shape", SHAPE,
+                     *FLAGS, *flags, "--target", target, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    params_h = (out / "tinytrain_params.h").read_text()
+    assert "extern float t_5_0_weight[24]; /* 5.0.weight */" in params_h  # trained channels, RAM
+    assert '{"5.0.weight", t_5_0_weight, t_5_0_weight_frozen,' in (out / "tinytrain_model.c").read_text()
+    assert "/* 3.0.weight: 6x1x3x3 float32" in (out / "tinytrain_params.c").read_text()
+    program = build_training_program(import_torch(make_sequential(), torch.zeros(INPUT_SHAPE)), CONFIG, OPTIONS)
+    assert_trains_like_torch(out, target, program)
