@@ -1,5 +1,5 @@
 """Any model's names give C that builds (issue 11): a bare `nn.Sequential` names its
-parameters `5.0.weight`."""
+parameters `5.0.weight`; and `compile` never writes a project whose C does not compile."""
 
 import json
 import os
@@ -12,6 +12,7 @@ import torch
 
 from conftest import INPUT_SHAPE, make_sequential, torch_sgd_reference
 from test_errors import tinytrain
+from tvm_tinytrain import cli
 from tvm_tinytrain.c_names import CNamer, c_comment, c_identifier, c_string
 from tvm_tinytrain.config import SparseUpdateConfig
 from tvm_tinytrain.frontend.torch_frontend import import_torch
@@ -131,9 +132,59 @@ def test_bare_sequential_compiles_builds_and_trains(sequential_file, tmp_path, t
     proc = tinytrain("compile", f"{sequential_file}:make_sequential", "--input-shape", SHAPE,
                      *FLAGS, *flags, "--target", target, "-o", out)
     assert proc.returncode == 0, proc.stderr
+    assert "its C compiles" in proc.stdout
     params_h = (out / "tinytrain_params.h").read_text()
     assert "extern float t_5_0_weight[24]; /* 5.0.weight */" in params_h  # trained channels, RAM
     assert '{"5.0.weight", t_5_0_weight, t_5_0_weight_frozen,' in (out / "tinytrain_model.c").read_text()
     assert "/* 3.0.weight: 6x1x3x3 float32" in (out / "tinytrain_params.c").read_text()
     program = build_training_program(import_torch(make_sequential(), torch.zeros(INPUT_SHAPE)), CONFIG, OPTIONS)
     assert_trains_like_torch(out, target, program)
+
+
+# ---------------------------------------------------------------- C that does not compile
+
+
+def test_c_that_does_not_compile_is_an_error_and_keeps_the_old_output(sequential_file, tmp_path, monkeypatch,
+                                                                       capsys):
+    """A sanitizer that let leading digits through (the bug of issue 11): `compile` stops with
+    the compiler's first errors instead of "wrote ...", and the previous folder stays."""
+    out = tmp_path / "p"
+    args = ["compile", f"{sequential_file}:make_sequential", "--input-shape", SHAPE,
+            "--target", "host", "-o", str(out)]
+    assert cli.main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+
+    import tvm_tinytrain.c_names
+    import tvm_tinytrain.targets.lower
+
+    def dots_only(name):
+        return name.replace(".", "_")
+
+    monkeypatch.setattr(tvm_tinytrain.c_names, "c_identifier", dots_only)
+    monkeypatch.setattr(tvm_tinytrain.targets.lower, "c_identifier", dots_only)
+    assert cli.main(args) == 1
+    captured = capsys.readouterr()
+    assert "wrote" not in captured.out
+    errors = [line for line in captured.err.splitlines() if line.startswith("tinytrain: error:")]
+    assert len(errors) == 1 and len(captured.err.splitlines()) == 1, captured.err
+    for needle in ("generated C that does not compile", str(out), "left as it was", "gcc -fsyntax-only",
+                   "error: invalid suffix", "more errors"):
+        assert needle in errors[0], (needle, errors[0])
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # no temporary folder left behind
+
+
+def test_the_project_folder_has_a_check_target(sequential_file, tmp_path):
+    """`make check`, what compile runs: syntax and types only, no objects left behind."""
+    out = tmp_path / "p"
+    proc = tinytrain("compile", f"{sequential_file}:make_sequential", "--input-shape", SHAPE,
+                     "--target", "cortex-m4", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(p.name for p in out.iterdir())
+    check = subprocess.run(["make", "-C", str(out), "check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    assert "-fsyntax-only" in check.stdout and "-mcpu=cortex-m4" in check.stdout
+    assert sorted(p.name for p in out.iterdir()) == files
+    (out / "tinytrain_params.c").write_text((out / "tinytrain_params.c").read_text() + "\nint 5_x;\n")
+    assert subprocess.run(["make", "-C", str(out), "check"], capture_output=True).returncode != 0
