@@ -95,8 +95,9 @@ def torch_sgd_reference(net: nn.Module, program, xs, ys):
     set (sub-tensor updates: the gradient of the channels that do not train is zeroed)."""
     import copy
 
-    ref = copy.deepcopy(net).eval()
-    ref = torch.fx.experimental.optimization.fuse(ref)  # fold BN as the frontend does
+    from torch.fx.experimental.optimization import fuse  # a submodule torch does not import itself
+
+    ref = fuse(copy.deepcopy(net).eval())  # fold BN as the frontend does
     named = dict(ref.named_parameters())
     for name, p in named.items():
         p.requires_grad_(name in program.trainable)

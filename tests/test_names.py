@@ -1,10 +1,12 @@
 """Any model's names give C that builds (issue 11): a bare `nn.Sequential` names its
-parameters `5.0.weight`; and `compile` never writes a project whose C does not compile."""
+parameters `5.0.weight`, torch's ONNX exporter `onnx::Conv_27`; and `compile` never writes
+a project whose C does not compile."""
 
 import json
 import os
 import subprocess
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from test_errors import tinytrain
 from tvm_tinytrain import cli
 from tvm_tinytrain.c_names import CNamer, c_comment, c_identifier, c_string
 from tvm_tinytrain.config import SparseUpdateConfig
+from tvm_tinytrain.frontend.onnx_frontend import _module_path, import_onnx
 from tvm_tinytrain.frontend.torch_frontend import import_torch
 from tvm_tinytrain.pipeline import TrainOptions, build_training_program
 from tvm_tinytrain.targets.boards import get_board
@@ -139,6 +142,50 @@ def test_bare_sequential_compiles_builds_and_trains(sequential_file, tmp_path, t
     assert "/* 3.0.weight: 6x1x3x3 float32" in (out / "tinytrain_params.c").read_text()
     program = build_training_program(import_torch(make_sequential(), torch.zeros(INPUT_SHAPE)), CONFIG, OPTIONS)
     assert_trains_like_torch(out, target, program)
+
+
+def test_sequential_exported_to_onnx_keeps_module_names(tmp_path):
+    """torch's exporter folds the batch norm into the first conv and calls the result
+    `onnx::Conv_*`; the frontend names it after its module, `0.weight`, so a config can."""
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(make_sequential(), (torch.zeros(INPUT_SHAPE),), str(tmp_path / "seq.onnx"), dynamo=False)
+    exported = {t.name for t in onnx.load(str(tmp_path / "seq.onnx")).graph.initializer}
+    assert "0.weight" not in exported and any(n.startswith("onnx::Conv_") for n in exported)
+    out = tmp_path / "p"
+    proc = tinytrain("compile", tmp_path / "seq.onnx", *FLAGS, "--target", "host", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    program = build_training_program(import_onnx(tmp_path / "seq.onnx"), CONFIG, OPTIONS)
+    assert list(program.params)[:2] == ["0.weight", "0.bias"]
+    assert_trains_like_torch(out, "host", program)
+
+
+@pytest.mark.parametrize("node, path", [
+    ("/0/Conv", "0"), ("/5/c1/Conv", "5.c1"), ("/3/3.0/Conv", "3.0"),
+    ("/features/features.1/c1/c1.0/Conv", "features.1.c1.0"),     # a Sequential inside a module
+    ("/features/features.0/features.0.0/Conv", "features.0.0"),   # Sequentials inside Sequentials
+    ("/Conv", None), ("Conv_3", None), ("/a//Conv", None), ("", None),
+])
+def test_module_path_from_torch_node_names(node, path):
+    assert _module_path(node) == path
+
+
+def test_onnx_names_stay_when_the_file_does_not_follow_module_paths(tmp_path):
+    """No evidence, no renaming: a file whose named weights are not `<node path>.weight`."""
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(make_sequential(), (torch.zeros(INPUT_SHAPE),), str(tmp_path / "seq.onnx"), dynamo=False)
+    model = onnx.load(str(tmp_path / "seq.onnx"))  # the Linear's weight, named by another rule
+    next(t for t in model.graph.initializer if t.name == "8.weight").name = "head.weight"
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    gemm.input[1] = "head.weight"
+    onnx.save(model, str(tmp_path / "other.onnx"))
+    names = list(import_onnx(tmp_path / "other.onnx").params)
+    assert "0.weight" not in names and any(n.startswith("Conv_") for n in names)
 
 
 # ---------------------------------------------------------------- C that does not compile
