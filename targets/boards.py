@@ -412,6 +412,10 @@ def _require(board: Board, executables: tuple[str, ...]) -> None:
 def check_toolchain(board: Board) -> None:
     """Raise ToolchainMissingError naming what is missing and the apt-get line that fixes it."""
     _require(board, board.executables)
+    _require_picolibc(board)
+
+
+def _require_picolibc(board: Board) -> None:
     if board.picolibc_package:
         out = subprocess.run([board.cc, "-print-file-name=picolibc.specs"],
                              capture_output=True, text=True).stdout.strip()
@@ -542,8 +546,9 @@ def check_sources(board: Board, project_dir: Path) -> None:
     """``make check`` in project_dir: every C file compiles for the board with the
     Makefile's flags, syntax and types only (``-fsyntax-only``: no objects, no link, a few
     seconds even for the largest kernels file). Raises BuildError with the compiler's
-    first errors."""
-    check_toolchain(board)
+    first errors. Needs the compiler, its C library and make, not the emulator."""
+    _require(board, (board.cc, "make"))
+    _require_picolibc(board)
     env = {k: v for k, v in os.environ.items() if k not in _MAKE_ENV_SCRUB}
     proc = subprocess.run(["make", "-s", "-C", str(project_dir), "check"], capture_output=True, text=True,
                           env=env)
