@@ -6,6 +6,8 @@ import tvm
 from tvm import relax
 from tvm.relax.utils import copy_with_new_vars
 
+from tvm_tinytrain.c_names import c_identifier
+
 from .sgd_kernels import momentum_kernel, sgd_update_kernel
 from .split_trained_channels import trained_channels
 
@@ -94,13 +96,11 @@ class FuseSGDUpdate:
         k = None
         if len(shape) > 1 and ratio < 1.0:
             k = trained_channels(shape[axis], ratio)
-        update = bb.add_func(sgd_update_kernel(shape, grad_shape, self.lr, axis, k, p.ty.dtype), "sgd_" + _c_name(name))
+        update = bb.add_func(sgd_update_kernel(shape, grad_shape, self.lr, axis, k, p.ty.dtype),
+                             "sgd_" + c_identifier(name))
         if v is None:
             return bb.emit(relax.op.call_tir_inplace(update, [p, g], [0], p.ty)), None
-        accumulate = bb.add_func(momentum_kernel(grad_shape, self.momentum, axis, k), "momentum_" + _c_name(name))
+        accumulate = bb.add_func(momentum_kernel(grad_shape, self.momentum, axis, k),
+                                 "momentum_" + c_identifier(name))
         new_v = bb.emit(relax.op.call_tir_inplace(accumulate, [v, g], [0], v.ty))
         return bb.emit(relax.op.call_tir_inplace(update, [p, new_v], [0], p.ty)), new_v
-
-
-def _c_name(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name)

@@ -10,13 +10,14 @@ only aliases (tuples, `TupleGetItem`, in-place updates) of another tensor's stor
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from tvm_tinytrain.c_names import CNamer, c_identifier
 from tvm_tinytrain.errors import TinyTrainError
 from tvm_tinytrain.passes import (ForwardTupleItems, FuseKernels, InplaceDepthwise, Int8Activations, PackBackwardMasks,
                                   ReorderForMemory, SplitTrainedChannels)
@@ -32,11 +33,11 @@ DTYPE_BYTES = {"float32": 4, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "boo
 class Tensor:
     """A buffer of the generated program."""
 
-    name: str                   # C identifier, unique in the program
+    name: str                   # C identifier, unique in the program (`c_names.CNamer`)
     shape: tuple[int, ...]
     dtype: str
     storage: str                # "input" | "label" | "param" | "momentum" | "const" | "arena"
-    param: str | None = None    # parameter name (storage "param"/"momentum")
+    param: str | None = None    # parameter name in the source model (storage "param"/"momentum")
     value: np.ndarray | None = None  # storage "const"
     trainable: bool = False     # a parameter that train_step updates in place
 
@@ -96,16 +97,16 @@ def input_quantization(mod: tvm.IRModule) -> tuple[float, float] | None:
 
 
 def lower(program: TrainingProgram) -> LoweredProgram:
-    mod, values, split = memory_passes(program)
+    namer = CNamer()
+    mod, values, split = memory_passes(program, c_names=namer)
     mod = relax.transform.DeadCodeElimination(["main", "train_step"])(mod)
     mod = relax.transform.AttachGlobalSymbol()(mod)
     prims = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
-    namer = _Namer()
     params = {}
     for name, value in values.items():
-        params[name] = Tensor(namer(name), tuple(value.shape), str(value.dtype), "param", param=name,
+        params[name] = Tensor(namer[name], tuple(value.shape), str(value.dtype), "param", param=name,
                               trainable=name in program.trainable)
-    momenta = {n: Tensor(namer(n), shape, "float32", "momentum", param=n)
+    momenta = {n: Tensor(namer[n], shape, "float32", "momentum", param=n)
                for n, shape in program.momentum_shapes.items()}
     schedules = {
         "train_step": _schedule(mod["train_step"], "train_step", prims, params, momenta, namer),
@@ -126,10 +127,16 @@ def _for_c(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     return tensorize(hoist_invariant_loads(func)[0])[0]
 
 
-def memory_passes(program: TrainingProgram):
+def memory_passes(program: TrainingProgram, c_names: CNamer | None = None):
     """The program's module, legalized, with the memory passes `program.memory` asks for;
     with the parameters' initial values and the split weights (they change with
-    SplitTrainedChannels). Returns (module, values, split)."""
+    SplitTrainedChannels). Returns (module, values, split).
+
+    `c_names` (lowering to C): before `LegalizeOps`, which names each kernel's parameters
+    after the Relax variables it is called on, the functions' parameters take their C
+    identifiers from it (the driver's names for them) and every other variable goes
+    through `c_identifier`, so the kernels' C is valid whatever the model's names
+    (`5.c1.weight`). The Relax VM reference keeps the source names (`c_names=None`)."""
     opts = program.memory
     mod, values, split = program.mod, dict(program.params), {}
     if opts.bit_masks:
@@ -145,6 +152,8 @@ def memory_passes(program: TrainingProgram):
                 values[name], values[name + FROZEN_SUFFIX] = split_values(value, *split[name])
             else:
                 values[name] = value
+    if c_names is not None:
+        mod = _with_c_names(mod, {n: c_names[n] for n in [*values, *program.momentum_shapes]})
     mod = ForwardTupleItems()(relax.transform.LegalizeOps()(mod))
     if opts.fuse_kernels:
         mod = FuseKernels(updates=opts.fuse_updates, depthwise=opts.fuse_depthwise)(mod)
@@ -178,28 +187,35 @@ def join_split(values: dict[str, np.ndarray], split: dict[str, tuple[int, int]])
     return out
 
 
-C_RESERVED = {"auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
-              "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
-              "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch",
-              "typedef", "union", "unsigned", "void", "volatile", "while", "x", "label", "loss",
-              "logits", "out", "main"}
+def _with_c_names(mod: tvm.IRModule, params: dict[str, str]) -> tvm.IRModule:
+    """Every Relax function of `mod` with the model's parameters named by `params` (source
+    name -> C identifier), and its other parameters (`x`, `label`) and every variable it
+    defines by `c_identifier`. Only names change."""
+    mod = tvm.IRModule(dict(mod.functions))
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            renamed = {p: params[p.name] for p in func.params if p.name in params}
+            mod[gv] = _CNames(renamed).visit_expr(func)
+    return mod
 
 
-class _Namer:
-    """Readable, unique C identifiers from Relax names (never a C keyword or driver name)."""
+@mutator
+class _CNames(PyExprMutator):
+    """Renames variables where they are defined; TVM's mutator then rewrites their uses."""
 
-    def __init__(self):
-        self.used: set[str] = set(C_RESERVED)
+    def __init__(self, params: dict):
+        super().__init__()
+        self.params = params
 
-    def __call__(self, name: str) -> str:
-        base = re.sub(r"\W", "_", name) or "t"
-        if base[0].isdigit():
-            base = "t_" + base
-        candidate, i = base, 1
-        while candidate in self.used:
-            candidate, i = f"{base}_{i}", i + 1
-        self.used.add(candidate)
-        return candidate
+    def _renamed(self, var, cls):
+        name = self.params[var] if var in self.params else c_identifier(var.name)
+        return var if name == var.name else cls(name, var.ty)
+
+    def visit_var_def_(self, var):
+        return self._renamed(var, relax.Var)
+
+    def visit_dataflow_var_def_(self, var):
+        return self._renamed(var, relax.DataflowVar)
 
 
 # TVM's lowering (LowerTVMBuiltin) keeps a CPU buffer of constant size under this many bytes
@@ -277,24 +293,23 @@ def _tensor_type(ty) -> tuple[tuple[int, ...], str]:
 def _schedule(func, name, prims, params, momenta, namer) -> Schedule:
     env: dict = {}  # relax Var -> Tensor | list (tuples)
     first = func.params[0]
-    x = Tensor(namer("input_" + name), *_tensor_type(first.ty), "input")
+    x = Tensor(namer.fresh("input_" + name), *_tensor_type(first.ty), "input")
     env[first] = x
     inputs = [x]
+    by_c_name = {t.name: t for t in [*params.values(), *momenta.values()]}  # as memory_passes named them
     for p in func.params[1:]:
         if p.name == "label":
-            env[p] = Tensor(namer("label"), *_tensor_type(p.ty), "label")
+            env[p] = Tensor(namer.fresh("label"), *_tensor_type(p.ty), "label")
             inputs.append(env[p])
-        elif p.name in params:
-            env[p] = params[p.name]
-        elif p.name in momenta:
-            env[p] = momenta[p.name]
+        elif p.name in by_c_name:
+            env[p] = by_c_name[p.name]
         else:
             raise TinyTrainError(f"internal: unexpected parameter {p.name} of {name}")
 
     def value_of(expr):
         if isinstance(expr, tvm.ir.expr.Constant):
             arr = expr.value.numpy()
-            return Tensor(namer("constant"), tuple(arr.shape), str(arr.dtype), "const", value=arr)
+            return Tensor(namer.fresh("constant"), tuple(arr.shape), str(arr.dtype), "const", value=arr)
         if isinstance(expr, relax.Tuple):
             return [value_of(f) for f in expr.fields]
         if isinstance(expr, relax.TupleGetItem):
@@ -316,7 +331,7 @@ def _schedule(func, name, prims, params, momenta, namer) -> Schedule:
                 else:
                     ty = var.ty
                     tys = list(ty.fields) if isinstance(ty, relax.TupleType) else [ty]
-                    outs = [Tensor(namer(var.name), *_tensor_type(t), "arena") for t in tys]
+                    outs = [Tensor(namer.fresh(var.name), *_tensor_type(t), "arena") for t in tys]
                     args = ins + outs
                 call = KernelCall(kernel, args, ins, outs, _workspace_bytes(prims[kernel]),
                                   *kernel_work(prims[kernel]))

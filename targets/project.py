@@ -2,8 +2,10 @@
 
 The folder holds everything `make` needs: the generated sources, the runtime and
 harness, the few TVM headers the kernels include, the board files with a linker script
-sized to the budget, and `memory_report.json`. It is written beside the destination and
-swapped in only when complete, so a failed compile leaves the previous output intact.
+sized to the budget, and `memory_report.json`. It is written beside the destination,
+checked to compile for the board (`make check`: the compiler's syntax and type checks,
+seconds), and swapped in only then, so a failed compile leaves the previous output intact
+and a folder that is there builds.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from pathlib import Path
 import tvm
 import tvm_ffi
 
-from tvm_tinytrain.errors import BudgetError, TinyTrainError
+from tvm_tinytrain.errors import BudgetError, BuildError, TinyTrainError
 from tvm_tinytrain.pipeline import TrainingProgram
 
-from .boards import FLASH_SECTOR_BYTES, Board, write_board_files
+from .boards import FLASH_SECTOR_BYTES, Board, check_sources, write_board_files
 from .c_emitter import EmittedProgram, emit
 from .lower import lower
 
@@ -91,6 +93,11 @@ def write_project(program: TrainingProgram, out_dir: Path, board: Board, *, ram_
         report["model"] = {"source": program.source, "input_shape": list(program.input_shape),
                            "num_classes": program.num_classes, "trainable": list(program.trainable.names)}
         (tmp / "memory_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        try:
+            check_sources(board, tmp)
+        except BuildError as err:
+            raise BuildError(f"tvm-tinytrain generated C that does not compile, so {out_dir} was left as it was "
+                             f"(a bug in tvm-tinytrain: please report it with the model): {err}") from None
         _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

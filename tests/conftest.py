@@ -47,6 +47,22 @@ def make_small_net(seed: int = 0) -> SmallNet:
     return net.eval()
 
 
+def make_sequential() -> nn.Sequential:
+    """A bare Sequential with Sequentials inside: parameters `0.weight` ... `5.0.weight`."""
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Sequential(nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.ReLU6()),
+        nn.MaxPool2d(2),
+        nn.Sequential(nn.Conv2d(6, 8, 1), nn.ReLU()),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    bn = net[1]
+    bn.running_mean.uniform_(-0.2, 0.2)
+    bn.running_var.uniform_(0.5, 1.5)
+    bn.weight.data.uniform_(0.5, 1.5)
+    return net.eval()
+
+
 def samples(n: int, seed: int = 1, classes: int = 4):
     rng = np.random.default_rng(seed)
     xs = rng.standard_normal((n, *INPUT_SHAPE[1:])).astype(np.float32)
@@ -79,8 +95,9 @@ def torch_sgd_reference(net: nn.Module, program, xs, ys):
     set (sub-tensor updates: the gradient of the channels that do not train is zeroed)."""
     import copy
 
-    ref = copy.deepcopy(net).eval()
-    ref = torch.fx.experimental.optimization.fuse(ref)  # fold BN as the frontend does
+    from torch.fx.experimental.optimization import fuse  # a submodule torch does not import itself
+
+    ref = fuse(copy.deepcopy(net).eval())  # fold BN as the frontend does
     named = dict(ref.named_parameters())
     for name, p in named.items():
         p.requires_grad_(name in program.trainable)

@@ -214,7 +214,7 @@ def _cmd_compile(args) -> int:
         ram_kb=args.ram_kb, flash_kb=args.flash_kb, stack_kb=args.stack_kb,
         memory=dataclasses.replace(MemoryOptions(), **{name: False for name in args.no_memory_pass}),
         persist=args.persist)
-    print(f"wrote {args.output} for {board.description}")
+    print(f"wrote {args.output} for {board.description}; its C compiles ({board.cc}, checked)")
     print(f"  trains {len(program.trainable.names)} tensors: {', '.join(program.trainable.names)}")
     print(f"  planned RAM {est.ram_bytes} bytes (arena {est.arena_bytes}, trainable {est.trainable_bytes}, "
           f"momentum {est.momentum_bytes}, stack {est.stack_bytes}); frozen weights in flash "

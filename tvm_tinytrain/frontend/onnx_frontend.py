@@ -3,9 +3,10 @@
 Two stages. First the ONNX graph is rewritten in NumPy into the small form we can train,
 and every op is checked there, before TVM sees it, so an error names the ONNX node:
 constant sub-graphs (shape computations for Reshape, Pad widths, ...) are folded,
-batch norm is folded into the conv before it, linear weights are stored (out, in) as in
-torch, `Dropout` becomes `Identity` and `GlobalAveragePool` the `ReduceMean` the torch
-frontend emits for `adaptive_avg_pool2d(x, 1)`. Then TVM's ONNX importer builds Relax with
+batch norm is folded into the conv before it, parameters torch's exporter named itself
+(`onnx::Conv_27`) take their module's name from the node (`0.weight`), linear weights are
+stored (out, in) as in torch, `Dropout` becomes `Identity` and `GlobalAveragePool` the
+`ReduceMean` the torch frontend emits for `adaptive_avg_pool2d(x, 1)`. Then TVM's ONNX importer builds Relax with
 the parameters kept as inputs, and `NormalizeONNX` turns the `call_tir` it emits for
 `Clip` and `Pad` back into `R.clip` / `R.nn.pad`, which `Gradient` can differentiate.
 
@@ -108,6 +109,7 @@ def import_onnx(path: str | Path) -> ImportedModel:
         graph.fold_constants()
         graph.check_supported()
         graph.fold_batch_norm()
+        graph.name_params_by_module()
         graph.normalize_ops()
     mod, params = _to_relax(graph.to_model(), path)
     _check_normal_form(mod, path.name)
@@ -813,6 +815,34 @@ class _Graph:
                 conv.input.append(bn.input[2])  # the conv bias takes the BN beta's name
             self._set_const(conv, 2, (bias - mean) * scale + beta)
 
+    def name_params_by_module(self) -> None:
+        """Parameters that torch's exporter named itself get their module's name.
+
+        `torch.onnx.export` names a parameter it computed, such as a conv weight with its
+        batch norm folded in by constant folding, `onnx::Conv_95` (TVM then drops the
+        `onnx::`). The node keeps the module path in its name (`/features/features.0/Conv`
+        for `features.0`), the path the file's other parameters are named after
+        (`features.1.weight`). Such a Conv's or Gemm's weight and bias become
+        `<path>.weight` and `<path>.bias`, the torch frontend's names, but only in a file
+        whose other Conv and Gemm weights follow that rule, and never over a used name.
+        """
+        layers = [(node, _module_path(node.name)) for node in self.nodes
+                  if node.op_type in ("Conv", "Gemm") and len(node.input) > 1]
+        layers = [(node, path) for node, path in layers if path]
+        named = [(node, path) for node, path in layers if not node.input[1].startswith("onnx::")]
+        if not named or any(node.input[1] != f"{path}.weight" for node, path in named):
+            return  # no evidence that this file names parameters by module path
+        taken = set(self.consts) | self._used_names() | {o for n in self.nodes for o in n.output}
+        for node, path in layers:
+            for index, suffix in ((1, "weight"), (2, "bias")):
+                old = node.input[index] if index < len(node.input) else ""
+                new = f"{path}.{suffix}"
+                if (old.startswith("onnx::") and old in self.consts and self._uses(old) == 1
+                        and new not in taken):
+                    self.consts[new] = self.consts.pop(old)
+                    node.input[index] = new
+                    taken.add(new)
+
     def normalize_ops(self) -> None:
         """Spell each op the way the torch frontend does (see the module docstring)."""
         for node in list(self.nodes):
@@ -956,6 +986,21 @@ class _Graph:
             producer = self._producer(node.input[0])
             return producer is not None and producer.op_type == "MatMul"
         return False
+
+
+def _module_path(node_name: str) -> str | None:
+    """The module path torch's exporter writes into a node's name: `/5/c1/Conv` -> `5.c1`,
+    `/features/features.1/c1/c1.0/Conv` -> `features.1.c1.0` (a container's item is spelled
+    `<container>.<index>` after the container). None for a name not of that form."""
+    parts = node_name.split("/")
+    if len(parts) < 3 or parts[0] or not all(parts[1:-1]):
+        return None
+    path, previous = [], None
+    for scope in parts[1:-1]:
+        item = previous is not None and scope.startswith(previous + ".")
+        path.append(scope[len(previous) + 1:] if item else scope)
+        previous = scope
+    return ".".join(path)
 
 
 def _check_normal_form(mod: tvm.IRModule, source: str) -> None:
