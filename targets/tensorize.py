@@ -22,7 +22,11 @@ tests inside the plane; `tt_conv_plane_f32`: a row's outputs in registers, the p
 zeros). An int8 conv's requantization, the loop that turns a row of its float32 sums into
 int8 outputs (bias, scale, rounding, zero point, clamp), becomes `tt_requant_s8` (the
 rounding as one float addition, QSUB/SSAT for the zero point and the clamp). Each gives the
-same bits as the loop it replaces (see there). Matching is TVM's structural comparison, so a loop that differs in any way
+same bits as the loop it replaces (see there). Last, `_fused_rows` rewrites what tensorizing
+left in a row: a pointwise row's zeroing, call and requantization become one call
+(`tt_pw_row_requant_s8`), and the zeroing loop in front of a kernel that can zero its own
+accumulator is dropped (its `zeroed` argument set), each only where the blocks' regions
+show the loops touch exactly the same accumulator. Matching is TVM's structural comparison, so a loop that differs in any way
 (another operand expression, a strided input) is left as it is.
 
 It runs when lowering to C only: the Relax VM reference keeps the plain TIR.

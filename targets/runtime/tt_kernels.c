@@ -8,8 +8,9 @@
  * tt_pw_row_s8: one row of an int8 pointwise conv, for one output channel (the forward;
  * tt_pw_rows2_s8 the same for two output channels' rows, tt_pw_row_f32s8 the input gradient,
  * tt_pw_rows2_f32s8 that for two channels' rows; tt_dw_plane_s8, tt_conv_row_s8, the
- * depthwise input gradient tt_dw_transpose_f32s8, for float models tt_conv_plane_f32, and
- * tt_requant_s8, the int8 outputs of any of the int8 convs' sums, come after them):
+ * depthwise input gradient tt_dw_transpose_f32s8, for float models tt_conv_plane_f32,
+ * tt_requant_s8, the int8 outputs of any of the int8 convs' sums, and tt_pw_row_requant_s8,
+ * a row and its requantization in one call, come after them):
  *
  *     acc[x] += sum_i ((float)a[i * a_stride + x] - zx) * (float)w[i * w_stride]
  *
@@ -19,7 +20,8 @@
  * 2^24: within that bound the float32 loop computes the exact integer sum. The kernel
  * checks the bound on the weights it is given, sum_i |w_i| * max|a - zx| <= 2^24, and
  * that the accumulators start at zero (they do in our kernels: the accumulator is zeroed
- * just before), then sums in int32, which is exact, with the zero point folded once:
+ * just before; the kernels whose last argument is `zeroed` are told so, tensorize.py having
+ * removed that zeroing), then sums in int32, which is exact, with the zero point folded once:
  * sum_i w_i * a_i - zx * sum_i w_i. Otherwise it runs the float32 loop itself. Either way
  * the result is the TIR's, bit for bit; tests/test_micro_kernels.py checks both paths
  * against the kernel TVM builds without tensorizing and against NumPy.
