@@ -765,13 +765,15 @@ def _int8_sums(func) -> list:
         mul = _conv_product(block)
         return mul is not None and (_zero_point(mul.a) is not None or _padded_int8(block) is not None)
 
-    def zero_init(block) -> bool:
-        store = block.body
-        return isinstance(store, tvm.tirx.BufferStore) and isinstance(store.value, tvm.tirx.FloatImm) \
-            and store.value.value == 0.0
-
     return [buf for buf, blocks in writers.items()
-            if any(map(int8_sum, blocks)) and all(int8_sum(b) or zero_init(b) for b in blocks)]
+            if any(map(int8_sum, blocks)) and all(int8_sum(b) or _zeroing(b) for b in blocks)]
+
+
+def _zeroing(block) -> bool:
+    """Whether `block` stores 0.0 (a reduction's init, once decomposed)."""
+    store = block.body
+    return isinstance(store, tvm.tirx.BufferStore) and isinstance(store.value, tvm.tirx.FloatImm) \
+        and store.value.value == 0.0
 
 
 def _rounded(expr):
@@ -849,9 +851,9 @@ def _zeroes(loops, region, analyzer) -> bool:
     if not nest or not isinstance(loops, tvm.s_tir.SBlockRealize):
         return False
     store = loops.block.body
-    if not (isinstance(store, tvm.tirx.BufferStore) and isinstance(store.value, tvm.tirx.FloatImm)
-            and store.value.value == 0.0 and store.buffer.same_as(region.source)):
+    if not (_zeroing(loops.block) and store.buffer.same_as(region.source)):
         return False
+
     def unit(extent) -> bool:
         return isinstance(extent, tvm.tirx.IntImm) and int(extent) == 1
 
