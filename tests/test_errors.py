@@ -54,7 +54,7 @@ SHAPE = ",".join(map(str, INPUT_SHAPE))
 
 def test_unsupported_op(model_file, tmp_path):
     proc = tinytrain("compile", f"{model_file}/nets.py:with_sigmoid", "--input-shape", SHAPE, "-o", tmp_path / "p")
-    assert_clean_error(proc, "unsupported operator 'sigmoid'", "conv0.2", "supported ops:")
+    assert_clean_error(proc, "unsupported operator 'sigmoid'", "conv0.2", "Supported ops:")
     assert not (tmp_path / "p").exists()
 
 

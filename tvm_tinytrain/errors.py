@@ -48,3 +48,34 @@ def brief(value, limit: int = 80) -> str:
         text = f"<{type(value).__name__}>"
     text = " ".join(text.split())  # one line, whatever the value held
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# The unsupported ops one error lists; the rest are counted. Each entry is cut to
+# MAX_PROBLEM_CHARS, so the listing plus the supported-op list stays within the CLI's
+# 4,000-character error line whatever the model holds.
+MAX_LISTED_PROBLEMS = 20
+MAX_PROBLEM_CHARS = 160
+
+
+def unsupported_ops_error(source: str, problems: list[tuple[str, str]],
+                          supported: str) -> UnsupportedOpError:
+    """One error for every op of a model the pipeline cannot train, so a user fixes them
+    all in one round instead of meeting them one by one.
+
+    `problems` are `(where, what)` pairs in graph order, `where` naming the place in the
+    user's terms (a module path, an ONNX node), `what` the op and why; both frontends format
+    their refusals here. At most `MAX_LISTED_PROBLEMS` are listed, then "... and K more".
+    """
+    def entry(where: str, what: str) -> str:
+        text = f"{where}: {what}"
+        return text if len(text) <= MAX_PROBLEM_CHARS else text[:MAX_PROBLEM_CHARS - 3] + "..."
+
+    if len(problems) == 1:
+        return UnsupportedOpError(f"{source}: {entry(*problems[0])}. Supported ops: {supported}")
+    shown = problems[:MAX_LISTED_PROBLEMS]
+    lines = [f"{source}: {len(problems)} ops cannot be trained (in graph order):"]
+    lines += [f"  {entry(*p)};" for p in shown]
+    if len(problems) > len(shown):
+        lines.append(f"  ... and {len(problems) - len(shown)} more;")
+    lines.append(f"Supported ops: {supported}")
+    return UnsupportedOpError("\n".join(lines))

@@ -2,13 +2,16 @@
 
 Batch norm is folded into the conv before it (torch.fx's conv-bn fusion), the model is
 exported with `torch.export`, every aten op is checked against what we can train (before
-TVM sees it, so the error names the module), and TVM's exported-program importer builds the
-Relax graph with parameters kept as inputs, renamed to their `state_dict` names.
+TVM sees it, so the error names the module, and lists every refused op at once), and TVM's
+exported-program importer builds the Relax graph with parameters kept as inputs, renamed
+to their `state_dict` names.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import re
 import warnings
 
 import numpy as np
@@ -17,7 +20,7 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.torch import from_exported_program
 
-from ..errors import TinyTrainError, UnsupportedOpError, brief
+from ..errors import TinyTrainError, brief, unsupported_ops_error
 from ..relax_utils import substitute_vars
 from .imported import ImportedModel
 
@@ -54,7 +57,7 @@ def import_torch(model: torch.nn.Module, example_input: torch.Tensor, *, source:
             exported = torch.export.export(model, (example_input,))
         except Exception as err:  # torch's own message says what it could not trace
             raise TinyTrainError(f"torch.export could not export the model: {err}") from None
-        _check_supported(exported)
+        _check_supported(exported, source)
         mod = from_exported_program(exported, keep_params_as_input=True, unwrap_unit_return_tuple=True)
     mod, params = _rename_params(mod, exported)
     out = mod["main"].ret_ty
@@ -85,34 +88,53 @@ def _module_path(node: torch.fx.Node) -> str:
     return f"{path or '<top level>'} ({cls_name})"
 
 
-def _check_supported(exported: torch.export.ExportedProgram) -> None:
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+def _user_code(node: torch.fx.Node) -> str:
+    """The user's source line that made this op (` at net.py:12: x * gate`), or "" when the
+    op comes from inside a torch module (the module path already names it: `Hardswish`)."""
+    frames = re.findall(r'File "([^"]*)", line (\d+), in [^\n]*\n\s*([^\n]*)',
+                        node.meta.get("stack_trace") or "")
+    if not frames or os.path.abspath(frames[-1][0]).startswith(_TORCH_DIR + os.sep):
+        return ""
+    file, line, code = frames[-1]
+    return f" at {os.path.basename(file)}:{line}: {code.strip()}"
+
+
+def _check_supported(exported: torch.export.ExportedProgram, source: str) -> None:
+    """Every op we cannot train, in graph order, in one `UnsupportedOpError`."""
+    problems = []
     for node in exported.graph.nodes:
         if node.op != "call_function":
             continue
-        name = getattr(node.target, "_opname", None) or getattr(node.target, "__name__", str(node.target))
-        name = name.split(".")[0]
-        if name in _BATCH_NORM:
-            raise UnsupportedOpError(
-                f"batch norm at {_module_path(node)} does not follow a conv, so it cannot be folded "
-                f"for training; supported ops: {SUPPORTED_SUMMARY}")
-        if name not in SUPPORTED_ATEN_OPS:
-            raise UnsupportedOpError(
-                f"unsupported operator '{name}' (aten.{name}) at {_module_path(node)}; "
-                f"supported ops: {SUPPORTED_SUMMARY}")
-        if name in ("conv2d", "convolution"):
-            dilation = node.args[5] if len(node.args) > 5 else [1, 1]
-            if any(d != 1 for d in dilation):
-                raise UnsupportedOpError(
-                    f"conv2d with dilation {list(dilation)} at {_module_path(node)}: only dilation 1 is supported")
-        if name == "pad" and (len(node.args) > 2 and node.args[2] not in ("constant",)):
-            raise UnsupportedOpError(
-                f"F.pad with mode '{node.args[2]}' at {_module_path(node)}: only constant padding is supported")
-        if name == "mean":
-            dims = sorted(d % 4 for d in node.args[1])
-            if dims != [2, 3]:
-                raise UnsupportedOpError(
-                    f"mean over dims {list(node.args[1])} at {_module_path(node)}: only the global pool "
-                    f"(mean over H and W) is supported")
+        problem = _op_problem(node)
+        if problem:
+            problems.append((_module_path(node), problem))
+    if problems:
+        raise unsupported_ops_error(source, problems, SUPPORTED_SUMMARY)
+
+
+def _op_problem(node: torch.fx.Node) -> str | None:
+    """Why this aten op cannot be trained, or None."""
+    name = getattr(node.target, "_opname", None) or getattr(node.target, "__name__", str(node.target))
+    name = name.split(".")[0]
+    if name in _BATCH_NORM:
+        return "batch norm that does not follow a conv cannot be folded for training"
+    if name not in SUPPORTED_ATEN_OPS:
+        return f"unsupported operator '{name}' (aten.{name}){_user_code(node)}"
+    if name in ("conv2d", "convolution"):
+        dilation = node.args[5] if len(node.args) > 5 else [1, 1]
+        if any(d != 1 for d in dilation):
+            return f"conv2d with dilation {list(dilation)}: only dilation 1 is supported"
+    if name == "pad" and (len(node.args) > 2 and node.args[2] not in ("constant",)):
+        return f"F.pad with mode '{node.args[2]}': only constant padding is supported"
+    if name == "mean":
+        dims = sorted(d % 4 for d in node.args[1])
+        if dims != [2, 3]:
+            return (f"mean over dims {list(node.args[1])}{_user_code(node)}: only the global "
+                    f"pool (mean over H and W) is supported")
+    return None
 
 
 def _rename_params(mod: tvm.IRModule, exported: torch.export.ExportedProgram):
