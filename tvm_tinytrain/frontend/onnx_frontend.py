@@ -52,7 +52,7 @@ from onnx.reference import ReferenceEvaluator
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
-from ..errors import TinyTrainError, UnsupportedOpError, brief
+from ..errors import TinyTrainError, UnsupportedOpError, brief, unsupported_ops_error
 from ..passes.normalize_onnx import NormalizeONNX
 from .imported import ImportedModel
 
@@ -396,14 +396,13 @@ class _Graph:
         Each output's size is known before the node is evaluated (`_fold_sizes`), so
         folding never allocates more than the constant limits. Nodes holding a sub-graph
         are never evaluated (a `Loop` may run for ever): they stay, and are refused as
-        unsupported ops.
+        unsupported ops, as are nodes of a custom op domain (which ONNX cannot evaluate).
         """
         kept = []
         for index, node in enumerate(self.nodes):
             if node.domain not in ("", "ai.onnx"):
-                raise UnsupportedOpError(
-                    f"{self.source}: {_where(node, index)} is from the custom op domain "
-                    f"{brief(node.domain)}. Supported ops: {SUPPORTED_SUMMARY}")
+                kept.append(node)
+                continue
             if node.op_type == "Shape" and node.input[0] not in self.consts \
                     and self._static_shape(node.input[0]) is None:
                 self._infer_shapes(kept + self.nodes[index:])  # now that more is constant
@@ -534,24 +533,22 @@ class _Graph:
     def check_supported(self) -> None:
         """Every node: a supported op, with valid constants, used as we can train it, on
         tensors whose shapes fit (computed here with ONNX semantics, and bounded), so a
-        mismatch names the node and the shapes instead of failing deep inside TVM."""
+        mismatch names the node and the shapes instead of failing deep inside TVM.
+
+        Ops we cannot train are all collected first and refused together, in graph order
+        (`errors.unsupported_ops_error`); shapes are checked only once every op is one we
+        support, since an unsupported node has no output shape to go on with."""
+        problems, graph = [], self._producers_and_uses()
+        for index, node in enumerate(self.nodes):
+            problem = self._op_problem(node, index, graph)
+            if problem:
+                problems.append((_where(node, index), problem))
+        if problems:
+            raise unsupported_ops_error(self.source, problems, SUPPORTED_SUMMARY)
         shapes = {self.input.name: self.input_shape}
         total = math.prod(self.input_shape)
         for index, node in enumerate(self.nodes):
             where = f"{self.source}: {_where(node, index)}"
-            if node.op_type in SHAPE_OPS:
-                raise UnsupportedOpError(
-                    f"{where} is supported only as part of a constant computation (such as a "
-                    f"Reshape's target shape), but here it computes on the model's data. "
-                    f"Supported ops: {SUPPORTED_SUMMARY}")
-            if node.op_type not in SUPPORTED_OPS:
-                raise UnsupportedOpError(
-                    f"{where}: op {_shown(node.op_type, 40)} is not supported for training. "
-                    f"Supported ops: {SUPPORTED_SUMMARY}")
-            self._check_constants(node, where)
-            problem = self._attribute_problem(node)
-            if problem:
-                raise UnsupportedOpError(f"{where}: {problem}")
             ins = []
             for name in node.input:
                 if name and name not in shapes and name not in self.consts:
@@ -579,6 +576,21 @@ class _Graph:
             got = "a constant" if out is None else f"shape {brief(out)}"
             raise TinyTrainError(
                 f"{self.source}: the model must return (1, num_classes) logits, got {got}")
+
+    def _op_problem(self, node: onnx.NodeProto, index: int, graph) -> str | None:
+        """Why this node's op cannot be trained, or None. A constant that is not what its
+        op needs is a broken file, not an unsupported op: it raises at once."""
+        if node.domain not in ("", "ai.onnx"):
+            return f"ops of the custom domain {brief(node.domain)} are not supported"
+        if node.op_type in SHAPE_OPS:
+            return (f"op {node.op_type} is supported only as part of a constant computation "
+                    f"(such as a Reshape's target shape), but here it computes on the model's data")
+        if node.op_type not in SUPPORTED_OPS:
+            return f"op {_shown(node.op_type, 40)} is not supported for training"
+        self._check_constants(node, f"{self.source}: {_where(node, index)}")
+        if node.op_type == "BatchNormalization":
+            return self._batch_norm_problem(node, *graph) or self._attribute_problem(node)
+        return self._attribute_problem(node)
 
     def _check_constants(self, node: onnx.NodeProto, where: str) -> None:
         """Integer inputs (shapes, widths, axes) must be integers; every other constant
@@ -787,17 +799,11 @@ class _Graph:
         for index, bn in enumerate(list(self.nodes)):
             if bn.op_type != "BatchNormalization":
                 continue
+            problem = self._batch_norm_problem(bn, *self._producers_and_uses())
+            if problem:  # check_supported refused it already; kept for direct callers
+                raise UnsupportedOpError(f"{self.source}: {_where(bn, index)}: {problem}")
             conv = self._producer(bn.input[0])
-            if conv is None or conv.op_type != "Conv" or self._uses(bn.input[0]) != 1 \
-                    or bn.input[0] == self.output.name:
-                raise UnsupportedOpError(
-                    f"{self.source}: {_where(bn, index)} does not directly follow a Conv "
-                    f"(whose output it alone uses), so it cannot be folded into it; only "
-                    f"Conv -> BatchNormalization is supported")
             gamma, beta, mean, var = (self.consts.get(n) for n in bn.input[1:5])
-            if any(v is None for v in (gamma, beta, mean, var)):
-                raise UnsupportedOpError(
-                    f"{self.source}: {_where(bn, index)} has non-constant statistics")
             eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
             if not (var + np.float32(eps) > 0).all():
                 raise TinyTrainError(
@@ -814,6 +820,28 @@ class _Graph:
                 del conv.input[2:]
                 conv.input.append(bn.input[2])  # the conv bias takes the BN beta's name
             self._set_const(conv, 2, (bias - mean) * scale + beta)
+
+    def _batch_norm_problem(self, bn: onnx.NodeProto, producers: dict, uses: dict) -> str | None:
+        """Why this batch norm cannot be folded into a conv, or None (`producers` and `uses`
+        from `_producers_and_uses`: one pass over the graph for all its batch norms)."""
+        conv = producers.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or uses.get(bn.input[0], 0) != 1 \
+                or bn.input[0] == self.output.name:
+            return ("batch norm that does not directly follow a Conv (whose output it alone "
+                    "uses) cannot be folded into it; only Conv -> BatchNormalization is supported")
+        if any(n not in self.consts for n in bn.input[1:5]):
+            return "batch norm with non-constant statistics cannot be folded into its Conv"
+        return None
+
+    def _producers_and_uses(self) -> tuple[dict[str, onnx.NodeProto], dict[str, int]]:
+        """Each name's first producing node, and how often nodes and the output read it."""
+        producers, uses = {}, {self.output.name: 1}
+        for node in self.nodes:
+            for name in node.output:
+                producers.setdefault(name, node)
+            for name in node.input:
+                uses[name] = uses.get(name, 0) + 1
+        return producers, uses
 
     def name_params_by_module(self) -> None:
         """Parameters that torch's exporter named itself get their module's name.
