@@ -44,6 +44,10 @@ def model_file(tmp_path_factory):
             net = make_small_net()
             net.conv0[2] = nn.Sigmoid()
             return net
+
+        def mobilenet_v3_block():
+            from conftest import make_mobilenet_v3_block
+            return make_mobilenet_v3_block()
     """ % os.path.dirname(__file__)))
     torch.save(make_small_net().state_dict(), d / "weights.pt")
     return d
@@ -55,6 +59,20 @@ SHAPE = ",".join(map(str, INPUT_SHAPE))
 def test_unsupported_op(model_file, tmp_path):
     proc = tinytrain("compile", f"{model_file}/nets.py:with_sigmoid", "--input-shape", SHAPE, "-o", tmp_path / "p")
     assert_clean_error(proc, "unsupported operator 'sigmoid'", "conv0.2", "Supported ops:")
+    assert not (tmp_path / "p").exists()
+
+
+
+def test_every_unsupported_op_in_one_error(model_file, tmp_path):
+    """Hardswish, Hardsigmoid and the squeeze-excitation multiply: all three, with their
+    module paths, in the one error line, then the supported list."""
+    proc = tinytrain("compile", f"{model_file}/nets.py:mobilenet_v3_block", "--input-shape", "1,2,8,8",
+                     "-o", tmp_path / "p")
+    assert_clean_error(proc, "3 ops cannot be trained (in graph order):",
+                       "stem.1 (Hardswish): unsupported operator 'hardswish' (aten.hardswish);",
+                       "block.se.gate (Hardsigmoid): unsupported operator 'hardsigmoid'",
+                       "block.se (SqueezeExcite): unsupported operator 'mul' (aten.mul) at conftest.py:",
+                       ": return x * gate; Supported ops: AdaptiveAvgPool2d")
     assert not (tmp_path / "p").exists()
 
 

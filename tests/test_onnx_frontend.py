@@ -22,6 +22,7 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 from tvm.script import tirx as T
 
+from conftest import make_mobilenet_v3_block
 from tvm_tinytrain.errors import TinyTrainError, UnsupportedOpError
 from tvm_tinytrain.frontend.onnx_frontend import import_onnx
 from tvm_tinytrain.passes.normalize_onnx import NormalizeONNX
@@ -295,6 +296,21 @@ def test_unsupported_op_is_refused(act, op, tmp_path):
         import_onnx(path)
     message = str(err.value)
     assert op in message and node in message and "Supported ops: Conv" in message
+
+
+
+def test_every_unsupported_node_is_listed_in_graph_order(tmp_path):
+    """The MobileNetV3 block (opset 14, which has HardSwish): all three nodes in one error."""
+    path = _export(make_mobilenet_v3_block(), (1, 2, 8, 8), tmp_path / "m.onnx", opset=14)
+    with pytest.raises(UnsupportedOpError) as err:
+        import_onnx(path)
+    assert str(err.value).splitlines()[:4] == [
+        "m.onnx: 3 ops cannot be trained (in graph order):",
+        "  HardSwish node /stem/stem.1/HardSwish: op HardSwish is not supported for training;",
+        "  HardSigmoid node /block/se/gate/HardSigmoid: op HardSigmoid is not supported for "
+        "training;",
+        "  Mul node /block/se/Mul: op Mul is not supported for training;"]
+    assert str(err.value).splitlines()[4].startswith("Supported ops: Conv")
 
 
 def test_dilation_is_refused(tmp_path):

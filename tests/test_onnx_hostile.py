@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from test_errors import assert_clean_error, tinytrain
-from tvm_tinytrain.errors import TinyTrainError
+from tvm_tinytrain.errors import MAX_LISTED_PROBLEMS, TinyTrainError
 from tvm_tinytrain.frontend import onnx_frontend
 from tvm_tinytrain.frontend.onnx_frontend import import_onnx
 
@@ -236,7 +236,7 @@ def test_16_gib_constant_of_shape_is_refused_before_allocating(tmp_path):
     onnx.save(model, tmp_path / "big.onnx")
     script = textwrap.dedent(f"""
         import resource
-        from tvm_tinytrain.errors import TinyTrainError
+        from tvm_tinytrain.errors import MAX_LISTED_PROBLEMS, TinyTrainError
         from tvm_tinytrain.frontend.onnx_frontend import import_onnx
         pages = int(open("/proc/self/statm").read().split()[0])
         limit = pages * resource.getpagesize() + (1 << 30)
@@ -293,6 +293,27 @@ def test_loop_is_never_evaluated(tmp_path):
                                                    _w("cond", value=np.array(True))])
     with pytest.raises(TinyTrainError, match="Loop node loop: op Loop is not supported"):
         _import(model, tmp_path)
+
+
+
+def test_thousands_of_unsupported_nodes_give_a_bounded_error(tmp_path):
+    """Every unsupported node is counted, the first MAX_LISTED_PROBLEMS listed, and the
+    CLI's one error line still ends with the supported ops."""
+    count = onnx_frontend.MAX_NODES - 8
+    sigmoids = [helper.make_node("Sigmoid", [f"s{i}"], [f"s{i + 1}"], name=f"sig{i}")
+                for i in range(count)]
+    model = _conv_net(before=[helper.make_node("Identity", ["in"], ["s0"], name="id")] + sigmoids)
+    model.graph.node[-3].input[0] = f"s{count}"  # the conv reads the last sigmoid
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(TinyTrainError) as err:
+        import_onnx(tmp_path / "m.onnx")
+    msg = str(err.value)
+    assert msg.startswith(f"m.onnx: {count} ops cannot be trained")
+    assert msg.count("op Sigmoid is not supported") == MAX_LISTED_PROBLEMS
+    assert "Sigmoid node sig0:" in msg and f"... and {count - MAX_LISTED_PROBLEMS} more;" in msg
+    proc = tinytrain("compile", tmp_path / "m.onnx", "-o", tmp_path / "p")
+    assert_clean_error(proc, f"... and {count - MAX_LISTED_PROBLEMS} more; Supported ops: Conv")
+    assert len(proc.stderr.splitlines()) == 1
 
 
 # ------------------------------------------------------------------ file bounds

@@ -5,8 +5,8 @@ import tvm
 from torch import nn
 from tvm import relax
 
-from conftest import INPUT_SHAPE, make_small_net
-from tvm_tinytrain.errors import TinyTrainError, UnsupportedOpError
+from conftest import INPUT_SHAPE, ManySigmoids, make_mobilenet_v3_block, make_small_net
+from tvm_tinytrain.errors import MAX_LISTED_PROBLEMS, TinyTrainError, UnsupportedOpError
 from tvm_tinytrain.frontend.torch_frontend import import_torch
 
 
@@ -68,6 +68,32 @@ def test_unsupported_op_names_op_module_path_and_supported_list():
     msg = str(err.value)
     assert "sigmoid" in msg and "features.1" in msg and "Sigmoid" in msg
     assert "Conv2d" in msg and "ReLU6" in msg  # the supported list
+
+
+
+def test_every_unsupported_op_is_listed_with_its_module_in_graph_order():
+    """Not only the first: a MobileNetV3 block's three ops come in one error."""
+    with pytest.raises(UnsupportedOpError) as err:
+        import_torch(make_mobilenet_v3_block(), torch.zeros(1, 2, 8, 8))
+    lines = str(err.value).splitlines()
+    assert lines[0] == "MobileNetV3Block: 3 ops cannot be trained (in graph order):"
+    assert lines[1] == "  stem.1 (Hardswish): unsupported operator 'hardswish' (aten.hardswish);"
+    assert lines[2] == ("  block.se.gate (Hardsigmoid): unsupported operator 'hardsigmoid' "
+                        "(aten.hardsigmoid);")
+    assert lines[3].startswith("  block.se (SqueezeExcite): unsupported operator 'mul' (aten.mul) "
+                               "at conftest.py:")
+    assert lines[3].endswith(": return x * gate;")  # the user's own line, not torch's
+    assert lines[4].startswith("Supported ops: AdaptiveAvgPool2d") and len(lines) == 5
+
+
+def test_many_unsupported_ops_give_a_bounded_message():
+    with pytest.raises(UnsupportedOpError) as err:
+        import_torch(ManySigmoids(60), torch.zeros(1, 2, 4, 4))
+    msg = str(err.value)
+    assert msg.startswith("ManySigmoids: 60 ops cannot be trained")
+    assert msg.count("aten.sigmoid") == MAX_LISTED_PROBLEMS
+    assert f"... and {60 - MAX_LISTED_PROBLEMS} more;" in msg
+    assert len(msg) < 4000  # the CLI's error line keeps the supported list
 
 
 def test_dilation_is_refused():
