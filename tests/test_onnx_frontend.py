@@ -171,6 +171,18 @@ def test_other_opsets(opset, tmp_path):
     np.testing.assert_allclose(_run(import_onnx(path), x), expected, rtol=1e-5, atol=1e-5)
 
 
+
+def test_two_batch_norms_after_a_conv_fold_into_it(tmp_path):
+    """All ops are checked before any batch norm is folded: the second one still counts as
+    following the conv that the first is folded into."""
+    model = _randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.BatchNorm2d(4),
+                                        nn.Flatten(), nn.Linear(4 * 6 * 6, 2)))
+    path = _export(model, (1, 3, 8, 8), tmp_path / "m.onnx", training=PRESERVE)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype("float32")
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(_run(import_onnx(path), x), expected, rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------------------ normal form
 
 

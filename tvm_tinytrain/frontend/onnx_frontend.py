@@ -589,7 +589,11 @@ class _Graph:
             return f"op {_shown(node.op_type, 40)} is not supported for training"
         self._check_constants(node, f"{self.source}: {_where(node, index)}")
         if node.op_type == "BatchNormalization":
-            return self._batch_norm_problem(node, *graph) or self._attribute_problem(node)
+            producers, uses = graph
+            problem = self._batch_norm_problem(node, producers, uses)
+            if problem is None:  # once folded, its conv computes this output: a second
+                producers[node.output[0]] = producers[node.input[0]]  # batch norm may follow
+            return problem or self._attribute_problem(node)
         return self._attribute_problem(node)
 
     def _check_constants(self, node: onnx.NodeProto, where: str) -> None:
