@@ -50,11 +50,13 @@ def brief(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-# The unsupported ops one error lists; the rest are counted. Each entry is cut to
-# MAX_PROBLEM_CHARS, so the listing plus the supported-op list stays within the CLI's
-# 4,000-character error line whatever the model holds.
+# The unsupported ops one error lists; the rest are counted. The listed entries share
+# LISTING_CHARS (each keeps at least MAX_PROBLEM_CHARS), so the listing plus the
+# supported-op list stays within the CLI's 4,000-character error line whatever the model
+# holds, and a lone problem is never cut.
 MAX_LISTED_PROBLEMS = 20
-MAX_PROBLEM_CHARS = 160
+MAX_PROBLEM_CHARS = 150
+LISTING_CHARS = 3000
 
 
 def unsupported_ops_error(source: str, problems: list[tuple[str, str]],
@@ -66,13 +68,15 @@ def unsupported_ops_error(source: str, problems: list[tuple[str, str]],
     user's terms (a module path, an ONNX node), `what` the op and why; both frontends format
     their refusals here. At most `MAX_LISTED_PROBLEMS` are listed, then "... and K more".
     """
+    shown = problems[:MAX_LISTED_PROBLEMS]
+    limit = max(MAX_PROBLEM_CHARS, LISTING_CHARS // len(shown))
+
     def entry(where: str, what: str) -> str:
         text = f"{where}: {what}"
-        return text if len(text) <= MAX_PROBLEM_CHARS else text[:MAX_PROBLEM_CHARS - 3] + "..."
+        return text if len(text) <= limit else text[:limit - 3] + "..."
 
     if len(problems) == 1:
         return UnsupportedOpError(f"{source}: {entry(*problems[0])}. Supported ops: {supported}")
-    shown = problems[:MAX_LISTED_PROBLEMS]
     lines = [f"{source}: {len(problems)} ops cannot be trained (in graph order):"]
     lines += [f"  {entry(*p)};" for p in shown]
     if len(problems) > len(shown):
