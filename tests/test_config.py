@@ -94,3 +94,31 @@ def test_paper_schemes_by_name():
         SparseUpdateConfig.scheme("mcunet-1kb")
     args = _parser().parse_args(["compile", "m.onnx", "-o", "o", "--scheme", "mcunet-74kb"])
     assert config_from_args(args) == SparseUpdateConfig.scheme("mcunet-74kb")
+
+
+def test_default_learning_rate_is_the_measured_step(tmp_path):
+    """Without --lr, `compile` trains with 0.01 x (1 - momentum), the step bench/qas.py
+    measured best for int8 + QAS and float32 fine-tuning (0.05, the former default, diverged
+    on int8 + QAS), says so, and puts that rate into the SGD kernels; --lr overrides it."""
+    import os
+    import textwrap
+
+    from conftest import INPUT_SHAPE
+    from test_errors import tinytrain
+
+    (tmp_path / "seq.py").write_text(textwrap.dedent("""
+        import sys
+        sys.path.insert(0, %r)
+        from conftest import make_sequential
+    """ % os.path.dirname(__file__)))
+    shape = ",".join(map(str, INPUT_SHAPE))
+    cases = ((["--momentum", "0.9"], "learning rate 0.001 (default), momentum 0.9", "1.000000e-03f"),
+             ([], "learning rate 0.01 (default), momentum 0", "1.000000e-02f"),
+             (["--lr", "0.03"], "learning rate 0.03, momentum 0", "3.000000e-02f"))
+    for i, (flags, line, literal) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        proc = tinytrain("compile", f"{tmp_path / 'seq.py'}:make_sequential", "--input-shape", shape,
+                         "--target", "host", "-o", out, *flags)
+        assert proc.returncode == 0, proc.stderr
+        assert line in proc.stdout
+        assert literal in (out / "tinytrain_kernels.c").read_text()
