@@ -810,11 +810,12 @@ def _requant_form(block, sums: list) -> int | None:
     return int(zero)
 
 
-def _extern(realize, kernel: str):
-    """The call of `kernel` that the block of `realize` consists of (a tensorized block), else None."""
+def _extern(realize, *kernels: str):
+    """The call of one of `kernels` that the block of `realize` consists of (a tensorized
+    block), else None."""
     body = realize.block.body if isinstance(realize, tvm.s_tir.SBlockRealize) else None
     call = body.value if isinstance(body, tvm.tirx.Evaluate) else None
-    ok = isinstance(call, tvm.ir.expr.Call) and call.op.name == "tirx.call_extern" and call.args[0].value == kernel
+    ok = isinstance(call, tvm.ir.expr.Call) and call.op.name == "tirx.call_extern" and call.args[0].value in kernels
     return call if ok else None
 
 
@@ -883,15 +884,18 @@ _ZEROED = (INT8_ROWS2, DEPTHWISE_PLANE, CONV_ROW)  # kernels whose last argument
 
 
 def _fused_rows(seq: list, units: list, readers: dict) -> list:
-    """`seq` with each pointwise row fused with its requantization (`tt_pw_row_requant_s8`):
-    the zeroing of an accumulator row, the tt_pw_row_s8 block on it, the blocks caching the
-    requantization's bias and scale, and the tt_requant_s8 block reading that row become the
-    cache blocks and one block calling the fused kernel, which writes the row and the outputs.
+    """`seq` with what tensorizing left in a row rewritten, where the zeroing loop in front
+    of a call zeroes exactly the call's accumulator:
+    - a `_ZEROED` kernel's call: the zeroing loop dropped, its `zeroed` argument set;
+    - a pointwise row and its requantization: the zeroing, the tt_pw_row_s8 block on the row,
+      the blocks caching the requantization's bias and scale, and the tt_requant_s8 block
+      reading that row become the cache blocks and one block calling tt_pw_row_requant_s8,
+      which writes the outputs, and the row only if another block reads it.
     `units`: the kernel's loops of extent 1; `readers`: the blocks that read each buffer, by
-    name (the fused kernel writes the row only if another block reads it)."""
+    name."""
     out, i = list(seq), 1
     while i < len(out):
-        zeroed = next((c for c in map(lambda k: _extern(out[i], k), _ZEROED) if c is not None), None)
+        zeroed = _extern(out[i], *_ZEROED)
         if zeroed is not None and _zeroes(out[i - 1], _matched(out[i], _address_buffer(zeroed.args[1])),
                                           _analyzer(units, out[i])):
             call = tvm.tirx.call_extern("int32", zeroed.args[0].value, *zeroed.args[1:-1], 1)
