@@ -316,13 +316,12 @@ def test_every_unsupported_node_is_listed_in_graph_order(tmp_path):
     path = _export(make_mobilenet_v3_block(), (1, 2, 8, 8), tmp_path / "m.onnx", opset=14)
     with pytest.raises(UnsupportedOpError) as err:
         import_onnx(path)
-    assert str(err.value).splitlines()[:4] == [
-        "m.onnx: 3 ops cannot be trained (in graph order):",
-        "  HardSwish node /stem/stem.1/HardSwish: op HardSwish is not supported for training;",
-        "  HardSigmoid node /block/se/gate/HardSigmoid: op HardSigmoid is not supported for "
-        "training;",
-        "  Mul node /block/se/Mul: op Mul is not supported for training;"]
-    assert str(err.value).splitlines()[4].startswith("Supported ops: Conv")
+    assert str(err.value).startswith(
+        "m.onnx: 3 ops cannot be trained (in graph order): "
+        "HardSwish node /stem/stem.1/HardSwish: op HardSwish is not supported for training; "
+        "HardSigmoid node /block/se/gate/HardSigmoid: op HardSigmoid is not supported for training; "
+        "Mul node /block/se/Mul: op Mul is not supported for training; Supported ops: Conv")
+    assert "\n" not in str(err.value)
 
 
 def test_dilation_is_refused(tmp_path):

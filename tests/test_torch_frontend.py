@@ -75,15 +75,14 @@ def test_every_unsupported_op_is_listed_with_its_module_in_graph_order():
     """Not only the first: a MobileNetV3 block's three ops come in one error."""
     with pytest.raises(UnsupportedOpError) as err:
         import_torch(make_mobilenet_v3_block(), torch.zeros(1, 2, 8, 8))
-    lines = str(err.value).splitlines()
-    assert lines[0] == "MobileNetV3Block: 3 ops cannot be trained (in graph order):"
-    assert lines[1] == "  stem.1 (Hardswish): unsupported operator 'hardswish' (aten.hardswish);"
-    assert lines[2] == ("  block.se.gate (Hardsigmoid): unsupported operator 'hardsigmoid' "
-                        "(aten.hardsigmoid);")
-    assert lines[3].startswith("  block.se (SqueezeExcite): unsupported operator 'mul' (aten.mul) "
-                               "at conftest.py:")
-    assert lines[3].endswith(": return x * gate;")  # the user's own line, not torch's
-    assert lines[4].startswith("Supported ops: AdaptiveAvgPool2d") and len(lines) == 5
+    msg = str(err.value)
+    assert "\n" not in msg  # one line, as every error of the project (the fuzz harness's rule)
+    assert msg.startswith("MobileNetV3Block: 3 ops cannot be trained (in graph order): "
+                          "stem.1 (Hardswish): unsupported operator 'hardswish' (aten.hardswish); "
+                          "block.se.gate (Hardsigmoid): unsupported operator 'hardsigmoid' (aten.hardsigmoid); "
+                          "block.se (SqueezeExcite): unsupported operator 'mul' (aten.mul) at conftest.py:")
+    assert ": return x * gate; Supported ops: AdaptiveAvgPool2d" in msg  # the user's own line, not torch's
+    assert msg.count("unsupported operator") == 3
 
 
 def test_many_unsupported_ops_give_a_bounded_message():

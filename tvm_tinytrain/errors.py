@@ -77,9 +77,9 @@ def unsupported_ops_error(source: str, problems: list[tuple[str, str]],
 
     if len(problems) == 1:
         return UnsupportedOpError(f"{source}: {entry(*problems[0])}. Supported ops: {supported}")
-    lines = [f"{source}: {len(problems)} ops cannot be trained (in graph order):"]
-    lines += [f"  {entry(*p)};" for p in shown]
+    parts = [f"{source}: {len(problems)} ops cannot be trained (in graph order):"]
+    parts += [f"{entry(*p)};" for p in shown]
     if len(problems) > len(shown):
-        lines.append(f"  ... and {len(problems) - len(shown)} more;")
-    lines.append(f"Supported ops: {supported}")
-    return UnsupportedOpError("\n".join(lines))
+        parts.append(f"... and {len(problems) - len(shown)} more;")
+    parts.append(f"Supported ops: {supported}")
+    return UnsupportedOpError(" ".join(parts))  # one line, as every error of the project
