@@ -975,7 +975,7 @@ static inline __attribute__((always_inline)) void conv_row_k3(float *out, const 
     s[o] = out[o];
   }
   for (int32_t i = 0; i < c; ++i, a += a_chan, w += w_chan) {
-#pragma GCC unroll 3
+#pragma GCC unroll 1 /* a window row a step: unrolled, gcc loads ahead of the sums and spills them */
     for (int32_t ky = 0; ky < ky_n; ++ky) {
       const float *r = a + ky * a_row + x0 + 1, *wk = w + ky * w_row; /* column x0 + 1: inside the row */
       float w0 = wk[0], w1 = wk[1], w2 = wk[2], v[MAX_IN];
@@ -998,6 +998,22 @@ static inline __attribute__((always_inline)) void conv_row_k3(float *out, const 
   }
 }
 
+/* conv_row_k3 for 8 outputs, its padding columns known at compile time: no test in the loop. */
+static inline __attribute__((always_inline)) void conv_row8_k3(float *out, const float *a, int32_t a_chan,
+                                                             int32_t a_row, const float *w, int32_t w_chan,
+                                                             int32_t w_row, int32_t c, int32_t ky_n, int32_t x0,
+                                                             int left, int right, const int stride, const int relu) {
+  if (!left && !right) {
+    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, 0, 0, 8, stride, relu);
+  } else if (!right) {
+    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, 1, 0, 8, stride, relu);
+  } else if (!left) {
+    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, 0, 1, 8, stride, relu);
+  } else {
+    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, 1, 1, 8, stride, relu);
+  }
+}
+
 /* A row of a 3-wide window, padding 1, stride 1 or 2, in blocks of 8 then 4 outputs; returns
  * the first output not done (fewer than 4 left). */
 static inline __attribute__((always_inline)) int32_t conv_row_k3_blocks_(float *out, const float *a, int32_t a_chan,
@@ -1008,12 +1024,10 @@ static inline __attribute__((always_inline)) int32_t conv_row_k3_blocks_(float *
   int32_t ox = 0;
   for (; ox + 8 <= out_w; ox += 8) {
     int32_t x0 = ox * stride - 1, left = x0 < 0, right = x0 + 7 * stride + 2 >= wd;
-    if (stride == 1 && ky_n == 3) { /* rows inside: the window's 3 rows unrolled */
-      conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, c, 3, x0, left, right, 8, 1, relu);
-    } else if (stride == 1) {
-      conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, left, right, 8, 1, relu);
+    if (stride == 1) {
+      conv_row8_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, left, right, 1, relu);
     } else {
-      conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, left, right, 8, 2, relu);
+      conv_row8_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, left, right, 2, relu);
     }
   }
   for (; ox + 4 <= out_w; ox += 4) {
