@@ -19,7 +19,8 @@ Cortex-M; `tt_pw_rows2_s8`: two channels, each input loaded once for both, SMLAD
 channel pairs; `tt_pw_row_f32s8`: 8 pixels in registers; `tt_pw_rows2_f32s8`: the same for two
 rows, each gradient value loaded once for both; `tt_dw_plane_s8`: int32 sums, no bounds
 tests inside the plane; `tt_conv_plane_f32`: a row's outputs in registers, the padding as
-zeros). An int8 conv's requantization, the loop that turns a row of its float32 sums into
+zeros, for a conv and for its input gradient at stride 1, conv2d_transpose, the window read
+flipped). An int8 conv's requantization, the loop that turns a row of its float32 sums into
 int8 outputs (bias, scale, rounding, zero point, clamp), becomes `tt_requant_s8` (the
 rounding as one float addition, QSUB/SSAT for the zero point and the clamp). Each gives the
 same bits as the loop it replaces (see there). Last, `_fused_rows` rewrites what tensorizing
@@ -390,69 +391,80 @@ def depthwise_transpose_intrin(h: int, w: int, kh: int, kw: int, stride: int, pa
     return name
 
 
-def float_conv_plane_intrin(c: int, h: int, w: int, kh: int, kw: int, stride: int, pad: int, relu: bool) -> str:
+def float_conv_plane_intrin(c: int, h: int, w: int, kh: int, kw: int, stride: int, pad: int, relu: bool,
+                            transposed: bool = False) -> str:
     """The registered name of the intrinsic for one output channel of a float32 conv: `c`
     input channels of h x w (1 for a depthwise conv), a kh x kw window, `stride`, `pad`
-    zeros on every side; its input through a ReLU when `relu` (one fused in front of it)."""
+    zeros on every side; its input through a ReLU when `relu` (one fused in front of it).
+    `transposed`: TOPI's conv2d_transpose at stride 1 (a conv's input gradient), which reads
+    its weights as w[i][o][kh - 1 - ky][kw - 1 - kx], the window flipped, channels swapped."""
     out_h, out_w = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
-    name = f"tinytrain.{FLOAT_CONV_PLANE}.c{c}.{h}x{w}.k{kh}x{kw}.s{stride}.p{pad}.r{int(relu)}"
+    name = f"tinytrain.{FLOAT_CONV_PLANE}.c{c}.{h}x{w}.k{kh}x{kw}.s{stride}.p{pad}.r{int(relu)}.t{int(transposed)}"
     if TensorIntrin.get(name, allow_missing=True) is not None:
         return name
     C, H, Wd, KH, KW, OH, OW = (T.int64(v) for v in (c, h, w, kh, kw, out_h, out_w))
     AH, AW = T.int64((out_h - 1) * stride + kh), T.int64((out_w - 1) * stride + kw)
     s, p, one = T.int64(stride), T.int64(pad), T.int64(1)
     op = (lambda v: T.max(v, T.float32(0.0))) if relu else (lambda v: v)  # the input as the conv reads it
+    b_shape = (C, one, KH, KW) if transposed else (one, C, KH, KW)
+    b_region = (slice(0, C), 0, slice(0, KH), slice(0, KW)) if transposed else (0, slice(0, C), slice(0, KH), slice(0, KW))
+
+    def tap(B, r, ky, kx):  # the weight of input channel r at window tap (ky, kx)
+        return B[r, 0, KH - one - ky, KW - one - kx] if transposed else B[0, r, ky, kx]
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, o: T.handle):
         A = T.match_buffer(a, (one, C, AH, AW), "float32", offset_factor=1)
-        B = T.match_buffer(b, (one, C, KH, KW), "float32", offset_factor=1)
+        B = T.match_buffer(b, b_shape, "float32", offset_factor=1)
         O = T.match_buffer(o, (one, one, OH, OW), "float32", offset_factor=1)
         with T.sblock("root"):
-            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0:C, 0:AH, 0:AW], B[0, 0:C, 0:KH, 0:KW])
+            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0:C, 0:AH, 0:AW], B[b_region])
             T.writes(O[0, 0, 0:OH, 0:OW])
             for n, f, y, x, r, ky, kx in T.grid(one, one, OH, OW, C, KH, KW):
                 with T.sblock("update"):
                     vy, vx, vr, vky, vkx = T.axis.remap("SSRRR", [y, x, r, ky, kx])
                     O[0, 0, vy, vx] = O[0, 0, vy, vx] + T.if_then_else(
                         p <= vy * s + vky and vy * s + vky < H + p and p <= vx * s + vkx and vx * s + vkx < Wd + p,
-                        op(A[0, vr, vy * s + vky, vx * s + vkx]), T.float32(0.0)) * B[0, vr, vky, vkx]
+                        op(A[0, vr, vy * s + vky, vx * s + vkx]), T.float32(0.0)) * tap(B, vr, vky, vkx)
 
     # one input channel (a depthwise conv): TVM drops the unit channel axis from the block it
     # matches, so the description has none either
     @T.prim_func(s_tir=True)
     def depthwise_desc(a: T.handle, b: T.handle, o: T.handle):
         A = T.match_buffer(a, (one, C, AH, AW), "float32", offset_factor=1)
-        B = T.match_buffer(b, (one, C, KH, KW), "float32", offset_factor=1)
+        B = T.match_buffer(b, b_shape, "float32", offset_factor=1)
         O = T.match_buffer(o, (one, one, OH, OW), "float32", offset_factor=1)
         with T.sblock("root"):
-            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0:C, 0:AH, 0:AW], B[0, 0:C, 0:KH, 0:KW])
+            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0:C, 0:AH, 0:AW], B[b_region])
             T.writes(O[0, 0, 0:OH, 0:OW])
             for n, f, y, x, r, ky, kx in T.grid(one, one, OH, OW, C, KH, KW):
                 with T.sblock("update"):
                     vy, vx, vky, vkx = T.axis.remap("SSRR", [y, x, ky, kx])
                     O[0, 0, vy, vx] = O[0, 0, vy, vx] + T.if_then_else(
                         p <= vy * s + vky and vy * s + vky < H + p and p <= vx * s + vkx and vx * s + vkx < Wd + p,
-                        op(A[0, 0, vy * s + vky, vx * s + vkx]), T.float32(0.0)) * B[0, 0, vky, vkx]
+                        op(A[0, 0, vy * s + vky, vx * s + vkx]), T.float32(0.0)) * tap(B, 0, vky, vkx)
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, o: T.handle):
         a_chan = T.int64()
         a_row = T.int64()
-        b_chan = T.int64()
+        b_first = T.int64()
+        b_second = T.int64()
         b_row = T.int64()
         A = T.match_buffer(a, (one, C, AH, AW), "float32", offset_factor=1,
                            strides=[T.int64(), a_chan, a_row, one])
-        B = T.match_buffer(b, (one, C, KH, KW), "float32", offset_factor=1,
-                           strides=[T.int64(), b_chan, b_row, one])
+        B = T.match_buffer(b, b_shape, "float32", offset_factor=1,
+                           strides=[b_first, b_second, b_row, one])
         O = T.match_buffer(o, (one, one, OH, OW), "float32", offset_factor=1,
                            strides=[T.int64(), T.int64(), OW, one])
         with T.sblock("root"):
-            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0:C, 0:AH, 0:AW], B[0, 0:C, 0:KH, 0:KW])
+            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0:C, 0:AH, 0:AW], B[b_region])
             T.writes(O[0, 0, 0:OH, 0:OW])
             T.evaluate(T.call_extern("int32", FLOAT_CONV_PLANE, T.address_of(O[0, 0, 0, 0]),
                                      T.address_of(A[0, 0, p, p]), T.Cast("int32", a_chan), T.Cast("int32", a_row),
-                                     T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_chan), T.Cast("int32", b_row),
+                                     T.address_of(tap(B, 0, 0, 0)),
+                                     T.Cast("int32", b_first if transposed else b_second),
+                                     T.Cast("int32", -b_row if transposed else b_row), -1 if transposed else 1,
                                      c, h, w, kh, kw, stride, pad, out_h, out_w, int(relu)))
 
     TensorIntrin.register(name, depthwise_desc if c == 1 else desc, impl)
@@ -742,7 +754,8 @@ def uses(expr, var) -> bool:
 
 def _float_conv_plane_form(block, loops_extents) -> str | None:
     """The intrinsic for `block` when it is one output channel's plane of a float32 conv,
-    `acc += if_then_else(inside, a, 0.0) * w` (`padded_float_conv`); else None."""
+    `acc += if_then_else(inside, a, 0.0) * w` (`padded_float_conv`), or of a stride-1
+    conv2d_transpose, the same with the window's weights flipped; else None."""
     if [int(v.iter_type) for v in block.iter_vars] != [0] * 4 + [_REDUCE] * 3:
         return None
     form = padded_float_conv(block)
@@ -750,7 +763,9 @@ def _float_conv_plane_form(block, loops_extents) -> str | None:
     if not window:
         return None
     h, w, stride, pad = window
-    return float_conv_plane_intrin(loops_extents[4], h, w, loops_extents[5], loops_extents[6], stride, pad, form[2])
+    flipped = isinstance(form[3].indices[-1], tvm.tirx.Sub)  # w[.., kw - 1 - kx]: conv2d_transpose
+    return float_conv_plane_intrin(loops_extents[4], h, w, loops_extents[5], loops_extents[6], stride, pad, form[2],
+                                   transposed=flipped)
 
 
 def _int8_sums(func) -> list:

@@ -266,6 +266,42 @@ def float_conv_kernel(channels: int, out_channels: int, h: int, w: int, kernel: 
     return _one_fused_kernel(bb)
 
 
+def float_conv_transpose_kernel(channels: int, out_channels: int, h: int, w: int, kernel: int):
+    """The fused PrimFunc of a float32 conv's input gradient as the gradient pass writes it:
+    conv2d_transpose at stride 1, padding keeping the size, then a ReLU mask."""
+    bb = relax.BlockBuilder()
+    g = relax.Var("g", relax.TensorType((1, channels, h, w), "float32"))
+    wt = relax.Var("w", relax.TensorType((channels, out_channels, kernel, kernel), "float32"))
+    with bb.function("main", [g, wt]):
+        with bb.dataflow():
+            dx = bb.emit(relax.op.nn.conv2d_transpose(g, wt, padding=kernel // 2))
+            out = bb.emit_output(relax.op.nn.relu(dx))
+        bb.emit_func_output(out)
+    return _one_fused_kernel(bb)
+
+
+@pytest.mark.parametrize("channels, out_channels, h, w, kernel", [(16, 8, 8, 8, 3), (3, 5, 9, 7, 3), (4, 2, 6, 6, 5)])
+def test_tensorized_float_conv_transpose_equals_the_tir_kernel(host_kernels, channels, out_channels, h, w, kernel):
+    """A float32 conv's input gradient (conv2d_transpose, stride 1) through tt_conv_plane_f32
+    reading the window flipped: the same bits as TVM's own build, NaN and infinite inputs too."""
+    func = float_conv_transpose_kernel(channels, out_channels, h, w, kernel)
+    tensorized, replaced = tensorize(func)
+    assert replaced == 1 and FLOAT_CONV_PLANE in tensorized.script()
+    rng = np.random.default_rng(h * kernel + channels)
+    for trial in range(3):
+        g = rng.standard_normal((1, channels, h, w)).astype(np.float32)
+        wt = rng.standard_normal((channels, out_channels, kernel, kernel)).astype(np.float32)
+        if trial == 1:
+            g[0, 0, h // 2, w // 2] = np.nan
+            wt[0, 0, 0, 0] = np.inf
+        if trial == 2:
+            g[:, :, ::2] = -0.0
+        out = np.zeros((1, out_channels, h, w), np.float32)
+        plain = _run_llvm(func, [g, wt, out])
+        fast = _run_llvm(tensorized, [g, wt, out.copy()])
+        assert np.array_equal(plain.view(np.uint32), fast.view(np.uint32))
+
+
 @pytest.mark.parametrize("channels, out_channels, h, w, kernel, stride, groups, relu_input", [
     (3, 4, 9, 7, 3, 1, 1, False), (4, 4, 8, 8, 3, 2, 1, True), (16, 2, 16, 16, 3, 1, 1, True),
     (6, 6, 10, 10, 5, 1, 6, False), (2, 3, 6, 6, 7, 1, 1, True), (4, 4, 32, 32, 3, 1, 4, False),
@@ -391,7 +427,7 @@ int32_t tt_pw_row_f32s8(void *acc, void *a, int32_t a_stride, void *w, int32_t w
 int32_t tt_pw_rows2_f32s8(void *acc, void *a, int32_t a_stride, void *w, int32_t w_fstride, int32_t w_stride, int32_t k,
                           int32_t width, int32_t acc_stride);
 int32_t tt_conv_plane_f32(void *acc, void *a, int32_t a_chan, int32_t a_row, void *w, int32_t w_chan, int32_t w_row,
-                          int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad,
+                          int32_t w_col, int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad,
                           int32_t out_h, int32_t out_w, int32_t relu);
 
 int32_t tt_conv_row_s8(void *acc, void *a, int32_t a_chan, int32_t a_row, void *w, int32_t w_chan, int32_t w_row,
@@ -519,6 +555,7 @@ int main(void) {
     int32_t c = 1 + (int32_t)(next() % 4), h = 1 + (int32_t)(next() % 14), wd = 1 + (int32_t)(next() % 14);
     int32_t stride = 1 + (int32_t)(next() % 2), pad = (int32_t)(next() % (uint32_t)((kh < kw ? kh : kw) / 2 + 1));
     int32_t a_row = wd + (int32_t)(next() % 3), a_chan = h * a_row + (int32_t)(next() % 3), relu = t % 2;
+    int32_t flip = t % 4 == 3; /* conv2d_transpose's reading: the window's weights flipped */
     int timed = t == 0;
     if (timed) c = 16, kh = kw = 3, h = wd = a_row = 16, a_chan = 256, stride = 1, pad = 1; /* 16 x 16 x 16 x 9 MACs */
     if (h + 2 * pad < kh || wd + 2 * pad < kw) continue;
@@ -536,12 +573,17 @@ int main(void) {
             for (int32_t kx = 0; kx < kw; ++kx) {
               int32_t iy = oy * stride + ky - pad, ix = ox * stride + kx - pad;
               float v = iy >= 0 && iy < h && ix >= 0 && ix < wd ? fa[i * a_chan + iy * a_row + ix] : 0.0f;
-              s = s + (relu && !(v > 0.0f) ? 0.0f : v) * fw[(i * kh + ky) * kw + kx];
+              int32_t tap = flip ? (i * kh + kh - 1 - ky) * kw + kw - 1 - kx : (i * kh + ky) * kw + kx;
+              s = s + (relu && !(v > 0.0f) ? 0.0f : v) * fw[tap];
             }
         ref_plane[oy * out_w + ox] = s;
       }
     if (timed) board_mark_begin();
-    tt_conv_plane_f32(plane, fa, a_chan, a_row, fw, kh * kw, kw, c, h, wd, kh, kw, stride, pad, out_h, out_w, relu);
+    if (flip)
+      tt_conv_plane_f32(plane, fa, a_chan, a_row, fw + kh * kw - 1, kh * kw, -kw, -1, c, h, wd, kh, kw, stride, pad, out_h,
+                        out_w, relu);
+    else
+      tt_conv_plane_f32(plane, fa, a_chan, a_row, fw, kh * kw, kw, 1, c, h, wd, kh, kw, stride, pad, out_h, out_w, relu);
     if (timed) board_mark_end();
     if (memcmp(plane, ref_plane, (size_t)(out_h * out_w) * sizeof(float)) != 0) ++bad;
     hash = fnv(hash, plane, out_h * out_w);

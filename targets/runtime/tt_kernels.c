@@ -922,6 +922,10 @@ int32_t tt_pw_rows2_f32s8(void *acc_, void *a_, int32_t a_stride, void *w_, int3
  *
  *     acc[oy][ox] += sum_{i, ky, kx} (inside ? a[i][iy][ix] : 0.0f) * w[i][ky][kx]
  *
+ * where w[i][ky][kx] is w[i * w_chan + ky * w_row + kx * w_col]: w_col is 1 for a conv, -1
+ * (with w_row < 0, w at the window's last tap) for the input gradient of a stride-1 conv,
+ * TOPI's conv2d_transpose, whose window is the conv's flipped (and channels swapped).
+ *
  * with iy = oy * stride + ky - pad, ix = ox * stride + kx - pad (a[i][iy][ix] through a ReLU,
  * x > 0 ? x : 0 as TVM prints it, when `relu`: a ReLU fused in front of the conv), each output's terms added
  * one by one in the TIR's order (i, then ky, then kx), so the same float32 operations. A
@@ -938,7 +942,7 @@ static inline __attribute__((always_inline)) float conv_in(const float *p, int r
 }
 
 static __attribute__((cold, noinline)) void conv_plane_f32_loop(float *acc, const float *a, int32_t a_chan, int32_t a_row, const float *w,
-                                int32_t w_chan, int32_t w_row, int32_t c, int32_t h, int32_t wd, int32_t kh,
+                                int32_t w_chan, int32_t w_row, int32_t w_col, int32_t c, int32_t h, int32_t wd, int32_t kh,
                                 int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w, int relu) {
   for (int32_t oy = 0; oy < out_h; ++oy) {
     for (int32_t ox = 0; ox < out_w; ++ox) {
@@ -948,7 +952,7 @@ static __attribute__((cold, noinline)) void conv_plane_f32_loop(float *acc, cons
           for (int32_t kx = 0; kx < kw; ++kx) {
             int32_t iy = oy * stride + ky - pad, ix = ox * stride + kx - pad;
             float v = (iy >= 0 && iy < h && ix >= 0 && ix < wd) ? conv_in(&a[i * a_chan + iy * a_row + ix], relu) : 0.0f;
-            s = s + v * w[i * w_chan + ky * w_row + kx];
+            s = s + v * w[i * w_chan + ky * w_row + kx * w_col];
           }
         }
       }
@@ -965,7 +969,7 @@ static __attribute__((cold, noinline)) void conv_plane_f32_loop(float *acc, cons
  * the 3 (stride 1) or 1-2 (stride 2) taps that read it. */
 static inline __attribute__((always_inline)) void conv_row_k3(float *out, const float *a, int32_t a_chan,
                                                             int32_t a_row, const float *w, int32_t w_chan,
-                                                            int32_t w_row, int32_t c, int32_t ky_n, int32_t x0,
+                                                            int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n, int32_t x0,
                                                             int left, int right, const int n, const int stride,
                                                             const int relu) {
   enum { MAX_IN = 7 * 2 + 3 };
@@ -978,7 +982,7 @@ static inline __attribute__((always_inline)) void conv_row_k3(float *out, const 
 #pragma GCC unroll 1 /* a window row a step: unrolled, gcc loads ahead of the sums and spills them */
     for (int32_t ky = 0; ky < ky_n; ++ky) {
       const float *r = a + ky * a_row + x0 + 1, *wk = w + ky * w_row; /* column x0 + 1: inside the row */
-      float w0 = wk[0], w1 = wk[1], w2 = wk[2], v[MAX_IN];
+      float w0 = wk[0], w1 = wk[w_col], w2 = wk[2 * w_col], v[MAX_IN];
       v[0] = left ? 0.0f : conv_in(r - 1, relu);
 #pragma GCC unroll 16
       for (int j = 1; j < m - 1; ++j) {
@@ -1001,16 +1005,16 @@ static inline __attribute__((always_inline)) void conv_row_k3(float *out, const 
 /* conv_row_k3 for 8 outputs, its padding columns known at compile time: no test in the loop. */
 static inline __attribute__((always_inline)) void conv_row8_k3(float *out, const float *a, int32_t a_chan,
                                                              int32_t a_row, const float *w, int32_t w_chan,
-                                                             int32_t w_row, int32_t c, int32_t ky_n, int32_t x0,
+                                                             int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n, int32_t x0,
                                                              int left, int right, const int stride, const int relu) {
   if (!left && !right) {
-    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, 0, 0, 8, stride, relu);
+    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, 0, 0, 8, stride, relu);
   } else if (!right) {
-    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, 1, 0, 8, stride, relu);
+    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, 1, 0, 8, stride, relu);
   } else if (!left) {
-    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, 0, 1, 8, stride, relu);
+    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, 0, 1, 8, stride, relu);
   } else {
-    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, 1, 1, 8, stride, relu);
+    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, 1, 1, 8, stride, relu);
   }
 }
 
@@ -1018,45 +1022,48 @@ static inline __attribute__((always_inline)) void conv_row8_k3(float *out, const
  * the first output not done (fewer than 4 left). */
 static inline __attribute__((always_inline)) int32_t conv_row_k3_blocks_(float *out, const float *a, int32_t a_chan,
                                                                        int32_t a_row, const float *w, int32_t w_chan,
-                                                                       int32_t w_row, int32_t c, int32_t ky_n,
+                                                                       int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n,
                                                                        int32_t wd, int32_t stride, int32_t out_w,
                                                                        const int relu) {
   int32_t ox = 0;
   for (; ox + 8 <= out_w; ox += 8) {
     int32_t x0 = ox * stride - 1, left = x0 < 0, right = x0 + 7 * stride + 2 >= wd;
     if (stride == 1) {
-      conv_row8_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, left, right, 1, relu);
+      conv_row8_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, left, right, 1, relu);
     } else {
-      conv_row8_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, left, right, 2, relu);
+      conv_row8_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, left, right, 2, relu);
     }
   }
   for (; ox + 4 <= out_w; ox += 4) {
     int32_t x0 = ox * stride - 1, left = x0 < 0, right = x0 + 3 * stride + 2 >= wd;
     if (stride == 1) {
-      conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, left, right, 4, 1, relu);
+      conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, left, right, 4, 1, relu);
     } else {
-      conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, x0, left, right, 4, 2, relu);
+      conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, left, right, 4, 2, relu);
     }
   }
   return ox;
 }
 
 static int32_t conv_row_k3_blocks(float *out, const float *a, int32_t a_chan, int32_t a_row, const float *w,
-                                  int32_t w_chan, int32_t w_row, int32_t c, int32_t ky_n, int32_t wd, int32_t stride,
-                                  int32_t out_w, int relu) {
-  return relu ? conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, wd, stride, out_w, 1)
-              : conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, c, ky_n, wd, stride, out_w, 0);
+                                  int32_t w_chan, int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n, int32_t wd,
+                                  int32_t stride, int32_t out_w, int relu) {
+  if (w_col == -1) { /* conv2d_transpose, never with a ReLU in front (tt_conv_plane_f32) */
+    return conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, -1, c, ky_n, wd, stride, out_w, 0);
+  }
+  return relu ? conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, 1, c, ky_n, wd, stride, out_w, 1)
+              : conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, 1, c, ky_n, wd, stride, out_w, 0);
 }
 
 /* 4 outputs of a row whose columns are inside, any window width and stride. */
 static void conv_row4(float *out, const float *a, int32_t a_chan, int32_t a_row, const float *w, int32_t w_chan,
-                      int32_t w_row, int32_t c, int32_t ky_n, int32_t kw, int32_t stride, int relu) {
+                      int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n, int32_t kw, int32_t stride, int relu) {
   float s0 = out[0], s1 = out[1], s2 = out[2], s3 = out[3];
   for (int32_t i = 0; i < c; ++i, a += a_chan, w += w_chan) {
     for (int32_t ky = 0; ky < ky_n; ++ky) {
       const float *r = a + ky * a_row, *wk = w + ky * w_row;
       for (int32_t kx = 0; kx < kw; ++kx) {
-        float wx = wk[kx];
+        float wx = wk[kx * w_col];
         s0 = s0 + conv_in(r + kx, relu) * wx;
         s1 = s1 + conv_in(r + stride + kx, relu) * wx;
         s2 = s2 + conv_in(r + 2 * stride + kx, relu) * wx;
@@ -1069,11 +1076,11 @@ static void conv_row4(float *out, const float *a, int32_t a_chan, int32_t a_row,
 
 /* One output, its taps in a ky_n x kx_n box (a and w at the box's top left). */
 static float conv_one(float s, const float *a, int32_t a_chan, int32_t a_row, const float *w, int32_t w_chan,
-                      int32_t w_row, int32_t c, int32_t ky_n, int32_t kx_n, int relu) {
+                      int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n, int32_t kx_n, int relu) {
   for (int32_t i = 0; i < c; ++i, a += a_chan, w += w_chan) {
     for (int32_t ky = 0; ky < ky_n; ++ky) {
       for (int32_t kx = 0; kx < kx_n; ++kx) {
-        s = s + conv_in(&a[ky * a_row + kx], relu) * w[ky * w_row + kx];
+        s = s + conv_in(&a[ky * a_row + kx], relu) * w[ky * w_row + kx * w_col];
       }
     }
   }
@@ -1082,7 +1089,7 @@ static float conv_one(float s, const float *a, int32_t a_chan, int32_t a_row, co
 
 /* Whether every weight is finite and no accumulator holds -0.0: the conditions under which
  * skipping the padded taps gives the TIR's bits. */
-static int conv_plane_f32_skips_padding(const float *acc, int32_t n, const float *w, int32_t w_chan, int32_t w_row,
+static int conv_plane_f32_skips_padding(const float *acc, int32_t n, const float *w, int32_t w_chan, int32_t w_row, int32_t w_col,
                                         int32_t c, int32_t kh, int32_t kw) {
   if (!no_negative_zero(acc, n)) {
     return 0;
@@ -1091,7 +1098,7 @@ static int conv_plane_f32_skips_padding(const float *acc, int32_t n, const float
     for (int32_t ky = 0; ky < kh; ++ky) {
       for (int32_t kx = 0; kx < kw; ++kx) {
         uint32_t bits;
-        memcpy(&bits, &w[i * w_chan + ky * w_row + kx], sizeof bits);
+        memcpy(&bits, &w[i * w_chan + ky * w_row + kx * w_col], sizeof bits);
         if ((bits & 0x7f800000u) == 0x7f800000u) {
           return 0;
         }
@@ -1102,12 +1109,12 @@ static int conv_plane_f32_skips_padding(const float *acc, int32_t n, const float
 }
 
 int32_t tt_conv_plane_f32(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void *w_, int32_t w_chan,
-                          int32_t w_row, int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t stride,
+                          int32_t w_row, int32_t w_col, int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t stride,
                           int32_t pad, int32_t out_h, int32_t out_w, int32_t relu) {
   float *acc = (float *)acc_;
   const float *a = (const float *)a_, *w = (const float *)w_;
-  if (!conv_plane_f32_skips_padding(acc, out_h * out_w, w, w_chan, w_row, c, kh, kw)) {
-    conv_plane_f32_loop(acc, a, a_chan, a_row, w, w_chan, w_row, c, h, wd, kh, kw, stride, pad, out_h, out_w, relu);
+  if (!conv_plane_f32_skips_padding(acc, out_h * out_w, w, w_chan, w_row, w_col, c, kh, kw)) {
+    conv_plane_f32_loop(acc, a, a_chan, a_row, w, w_chan, w_row, w_col, c, h, wd, kh, kw, stride, pad, out_h, out_w, relu);
     return 0;
   }
   /* the outputs whose windows lie inside the plane across: [ox_lo, ox_hi) */
@@ -1124,19 +1131,19 @@ int32_t tt_conv_plane_f32(void *acc_, void *a_, int32_t a_chan, int32_t a_row, v
     float *out = acc + oy * out_w;
     const float *row = a + (iy0 + ky0) * a_row, *wr = w + ky0 * w_row; /* the first window row inside */
     int32_t ky_n = ky1 - ky0;
-    if (kw == 3 && pad == 1 && stride <= 2 && (out_w - 1) * stride + 1 <= wd) {
+    if (kw == 3 && pad == 1 && stride <= 2 && (out_w - 1) * stride + 1 <= wd && (w_col == 1 || (w_col == -1 && !relu))) {
       /* the commonest conv: every column in blocks, its padding a zero in a register */
-      int32_t done = conv_row_k3_blocks(out, row, a_chan, a_row, wr, w_chan, w_row, c, ky_n, wd, stride, out_w, relu);
+      int32_t done = conv_row_k3_blocks(out, row, a_chan, a_row, wr, w_chan, w_row, w_col, c, ky_n, wd, stride, out_w, relu);
       for (int32_t x = done; x < out_w; ++x) {
         int32_t ix0 = x * stride - pad;
         int32_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = ix0 + kw > wd ? wd - ix0 : kw;
-        out[x] = conv_one(out[x], row + ix0 + kx0, a_chan, a_row, wr + kx0, w_chan, w_row, c, ky_n, kx1 - kx0, relu);
+        out[x] = conv_one(out[x], row + ix0 + kx0, a_chan, a_row, wr + kx0 * w_col, w_chan, w_row, w_col, c, ky_n, kx1 - kx0, relu);
       }
       continue;
     }
     int32_t ox = ox_lo;
     for (; ox + 4 <= ox_hi; ox += 4) {
-      conv_row4(out + ox, row + ox * stride - pad, a_chan, a_row, wr, w_chan, w_row, c, ky_n, kw, stride, relu);
+      conv_row4(out + ox, row + ox * stride - pad, a_chan, a_row, wr, w_chan, w_row, w_col, c, ky_n, kw, stride, relu);
     }
     for (int32_t x = 0; x < out_w; ++x) {
       if (x == ox_lo && ox > ox_lo) {
@@ -1146,7 +1153,7 @@ int32_t tt_conv_plane_f32(void *acc_, void *a_, int32_t a_chan, int32_t a_row, v
       int32_t ix0 = x * stride - pad;
       int32_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = ix0 + kw > wd ? wd - ix0 : kw;
       if (kx1 > kx0) {
-        out[x] = conv_one(out[x], row + ix0 + kx0, a_chan, a_row, wr + kx0, w_chan, w_row, c, ky_n, kx1 - kx0, relu);
+        out[x] = conv_one(out[x], row + ix0 + kx0, a_chan, a_row, wr + kx0 * w_col, w_chan, w_row, w_col, c, ky_n, kx1 - kx0, relu);
       }
     }
   }
