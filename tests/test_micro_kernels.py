@@ -564,6 +564,10 @@ int main(void) {
     for (int32_t i = 0; i < c * kh * kw; ++i) fw[i] = (float)(int32_t)next() * 1e-9f;
     if (t % 11 == 5) fw[0] = 1.0f / 0.0f; /* infinite weight: the padded taps give NaN */
     if (t % 13 == 6) fa[1] = 0.0f / 0.0f;
+    if (t % 10 == 3 || t % 10 == 7) { /* positive NaNs, quiet and signalling, which a fused ReLU zeroes */
+      uint32_t bits = t % 10 == 3 ? 0x7fc00001u : 0x7f800001u;
+      memcpy(&fa[(h / 2) * a_row + wd / 2], &bits, sizeof bits);
+    }
     for (int32_t i = 0; i < out_h * out_w; ++i) plane[i] = ref_plane[i] = t % 7 == 2 && i == 0 ? -0.0f : 0.0f;
     for (int32_t oy = 0; oy < out_h; ++oy)
       for (int32_t ox = 0; ox < out_w; ++ox) {

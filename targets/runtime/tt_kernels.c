@@ -961,12 +961,33 @@ static __attribute__((cold, noinline)) void conv_plane_f32_loop(float *acc, cons
   }
 }
 
+/* A ReLU'd input as the 3-wide rows read it, one instruction where x > 0 ? x : 0 takes three
+ * or four (a compare, a flag transfer, a conditional move): VMAXNM on FPv5, FMAX.S on RISC-V,
+ * elsewhere the sign bit clearing the word (x & ~(x >> 31)). Each gives that expression's
+ * bits for every input but a NaN the TIR turns into 0: VMAXNM returns NaN for a signalling
+ * NaN, the sign-bit form for a positive NaN. Such a NaN makes the sums that read it NaN, and
+ * tt_conv_plane_f32 then recomputes the plane with the TIR's loop. */
+static inline __attribute__((always_inline)) float relu_fast(const float *p) {
+  float x = *p, r;
+#if defined(__arm__) && defined(TT_FPU_ROUNDS) /* FPv5 */
+  __asm__("vmaxnm.f32 %0, %1, %2" : "=t"(r) : "t"(x), "t"(0.0f));
+#elif defined(__riscv) && defined(__riscv_flen)
+  __asm__("fmax.s %0, %1, %2" : "=f"(r) : "f"(x), "f"(0.0f));
+#else
+  int32_t b;
+  memcpy(&b, &x, sizeof b);
+  b &= ~(b >> 31);
+  memcpy(&r, &b, sizeof r);
+#endif
+  return r;
+}
+
 /* n outputs of a row (n = 4 or 8) of a 3-wide window with 1 column of padding, stride 1
  * or 2: input columns x0 .. x0 + (n - 1) * stride + 2 of each window row (`a` at column 0
  * of the first row inside, ky_n rows), of which the first is padding when `left` and the
  * last when `right`: a zero there, which adds 0.0f * w, an exact no-op under the kernel's
  * conditions (below). Sums and inputs stay in registers: each input is loaded once for
- * the 3 (stride 1) or 1-2 (stride 2) taps that read it. */
+ * the 3 (stride 1) or 1-2 (stride 2) taps that read it. A fused ReLU goes through relu_fast. */
 static inline __attribute__((always_inline)) void conv_row_k3(float *out, const float *a, int32_t a_chan,
                                                             int32_t a_row, const float *w, int32_t w_chan,
                                                             int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n, int32_t x0,
@@ -983,12 +1004,12 @@ static inline __attribute__((always_inline)) void conv_row_k3(float *out, const 
     for (int32_t ky = 0; ky < ky_n; ++ky) {
       const float *r = a + ky * a_row + x0 + 1, *wk = w + ky * w_row; /* column x0 + 1: inside the row */
       float w0 = wk[0], w1 = wk[w_col], w2 = wk[2 * w_col], v[MAX_IN];
-      v[0] = left ? 0.0f : conv_in(r - 1, relu);
+      v[0] = left ? 0.0f : relu ? relu_fast(r - 1) : r[-1];
 #pragma GCC unroll 16
       for (int j = 1; j < m - 1; ++j) {
-        v[j] = conv_in(r + j - 1, relu);
+        v[j] = relu ? relu_fast(r + j - 1) : r[j - 1];
       }
-      v[m - 1] = right ? 0.0f : conv_in(r + m - 2, relu);
+      v[m - 1] = right ? 0.0f : relu ? relu_fast(r + m - 2) : r[m - 2];
 #pragma GCC unroll 8
       for (int o = 0; o < n; ++o) {
         s[o] = s[o] + v[o * stride] * w0;
@@ -1087,6 +1108,16 @@ static float conv_one(float s, const float *a, int32_t a_chan, int32_t a_row, co
   return s;
 }
 
+/* Whether no value of n is NaN. */
+static int no_nan(const float *v, int32_t n) {
+  for (int32_t i = 0; i < n; ++i) {
+    if (v[i] != v[i]) {
+      return 0;
+    }
+  }
+  return 1;
+}
+
 /* Whether every weight is finite and no accumulator holds -0.0: the conditions under which
  * skipping the padded taps gives the TIR's bits. */
 static int conv_plane_f32_skips_padding(const float *acc, int32_t n, const float *w, int32_t w_chan, int32_t w_row, int32_t w_col,
@@ -1113,6 +1144,8 @@ int32_t tt_conv_plane_f32(void *acc_, void *a_, int32_t a_chan, int32_t a_row, v
                           int32_t pad, int32_t out_h, int32_t out_w, int32_t relu) {
   float *acc = (float *)acc_;
   const float *a = (const float *)a_, *w = (const float *)w_;
+  /* relu_fast's NaN can be undone, by recomputing from zero, where the plane starts at zero */
+  int fast_relu = relu && all_positive_zero(acc, out_h * out_w);
   if (!conv_plane_f32_skips_padding(acc, out_h * out_w, w, w_chan, w_row, w_col, c, kh, kw)) {
     conv_plane_f32_loop(acc, a, a_chan, a_row, w, w_chan, w_row, w_col, c, h, wd, kh, kw, stride, pad, out_h, out_w, relu);
     return 0;
@@ -1131,7 +1164,8 @@ int32_t tt_conv_plane_f32(void *acc_, void *a_, int32_t a_chan, int32_t a_row, v
     float *out = acc + oy * out_w;
     const float *row = a + (iy0 + ky0) * a_row, *wr = w + ky0 * w_row; /* the first window row inside */
     int32_t ky_n = ky1 - ky0;
-    if (kw == 3 && pad == 1 && stride <= 2 && (out_w - 1) * stride + 1 <= wd && (w_col == 1 || (w_col == -1 && !relu))) {
+    if (kw == 3 && pad == 1 && stride <= 2 && (out_w - 1) * stride + 1 <= wd && (!relu || fast_relu) &&
+        (w_col == 1 || !relu)) {
       /* the commonest conv: every column in blocks, its padding a zero in a register */
       int32_t done = conv_row_k3_blocks(out, row, a_chan, a_row, wr, w_chan, w_row, w_col, c, ky_n, wd, stride, out_w, relu);
       for (int32_t x = done; x < out_w; ++x) {
@@ -1156,6 +1190,10 @@ int32_t tt_conv_plane_f32(void *acc_, void *a_, int32_t a_chan, int32_t a_row, v
         out[x] = conv_one(out[x], row + ix0 + kx0, a_chan, a_row, wr + kx0 * w_col, w_chan, w_row, w_col, c, ky_n, kx1 - kx0, relu);
       }
     }
+  }
+  if (fast_relu && !no_nan(acc, out_h * out_w)) { /* perhaps a NaN input relu_fast kept */
+    memset(acc, 0, (size_t)(out_h * out_w) * sizeof *acc);
+    conv_plane_f32_loop(acc, a, a_chan, a_row, w, w_chan, w_row, w_col, c, h, wd, kh, kw, stride, pad, out_h, out_w, relu);
   }
   return 0;
 }
