@@ -988,33 +988,57 @@ static inline __attribute__((always_inline)) float relu_fast(const float *p) {
  * last when `right`: a zero there, which adds 0.0f * w, an exact no-op under the kernel's
  * conditions (below). Sums and inputs stay in registers: each input is loaded once for
  * the 3 (stride 1) or 1-2 (stride 2) taps that read it. A fused ReLU goes through relu_fast. */
+/* One window row's taps added to the n sums s (r: the row at column x0 + 1, wk: its weights). */
+static inline __attribute__((always_inline)) void conv_row_k3_taps(float *s, const float *r, const float *wk,
+                                                                 int32_t w_col, int left, int right, const int n,
+                                                                 const int stride, const int relu) {
+  enum { MAX_IN = 7 * 2 + 3 };
+  const int m = (n - 1) * stride + 3;
+  float w0 = wk[0], w1 = wk[w_col], w2 = wk[2 * w_col], v[MAX_IN];
+  v[0] = left ? 0.0f : relu ? relu_fast(r - 1) : r[-1];
+#pragma GCC unroll 16
+  for (int j = 1; j < m - 1; ++j) {
+    v[j] = relu ? relu_fast(r + j - 1) : r[j - 1];
+  }
+  v[m - 1] = right ? 0.0f : relu ? relu_fast(r + m - 2) : r[m - 2];
+#pragma GCC unroll 8
+  for (int o = 0; o < n; ++o) {
+    s[o] = s[o] + v[o * stride] * w0;
+    s[o] = s[o] + v[o * stride + 1] * w1;
+    s[o] = s[o] + v[o * stride + 2] * w2;
+  }
+}
+
 static inline __attribute__((always_inline)) void conv_row_k3(float *out, const float *a, int32_t a_chan,
                                                             int32_t a_row, const float *w, int32_t w_chan,
                                                             int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n, int32_t x0,
                                                             int left, int right, const int n, const int stride,
                                                             const int relu) {
-  enum { MAX_IN = 7 * 2 + 3 };
-  const int m = (n - 1) * stride + 3;
   float s[8];
   for (int o = 0; o < n; ++o) {
     s[o] = out[o];
   }
-  for (int32_t i = 0; i < c; ++i, a += a_chan, w += w_chan) {
+  a += x0 + 1; /* column x0 + 1: inside the row */
+#if defined(__arm__)
+  const int unrolled = 1;
+#else
+  const int unrolled = stride == 2; /* on RV32 the loop below measures faster at stride 1 (resnet8-float) */
+#endif
+  if (ky_n == 3 && unrolled) {
+    for (int32_t i = 0; i < c; ++i, a += a_chan, w += w_chan) {
+      /* the window's 3 rows one after the other: the barriers keep gcc from loading a row
+       * ahead of the one before, which runs out of registers and spills the sums */
+      conv_row_k3_taps(s, a, w, w_col, left, right, n, stride, relu);
+      __asm__ volatile("" ::: "memory");
+      conv_row_k3_taps(s, a + a_row, w + w_row, w_col, left, right, n, stride, relu);
+      __asm__ volatile("" ::: "memory");
+      conv_row_k3_taps(s, a + 2 * a_row, w + 2 * w_row, w_col, left, right, n, stride, relu);
+    }
+  } else {
+    for (int32_t i = 0; i < c; ++i, a += a_chan, w += w_chan) {
 #pragma GCC unroll 1 /* a window row a step: unrolled, gcc loads ahead of the sums and spills them */
-    for (int32_t ky = 0; ky < ky_n; ++ky) {
-      const float *r = a + ky * a_row + x0 + 1, *wk = w + ky * w_row; /* column x0 + 1: inside the row */
-      float w0 = wk[0], w1 = wk[w_col], w2 = wk[2 * w_col], v[MAX_IN];
-      v[0] = left ? 0.0f : relu ? relu_fast(r - 1) : r[-1];
-#pragma GCC unroll 16
-      for (int j = 1; j < m - 1; ++j) {
-        v[j] = relu ? relu_fast(r + j - 1) : r[j - 1];
-      }
-      v[m - 1] = right ? 0.0f : relu ? relu_fast(r + m - 2) : r[m - 2];
-#pragma GCC unroll 8
-      for (int o = 0; o < n; ++o) {
-        s[o] = s[o] + v[o * stride] * w0;
-        s[o] = s[o] + v[o * stride + 1] * w1;
-        s[o] = s[o] + v[o * stride + 2] * w2;
+      for (int32_t ky = 0; ky < ky_n; ++ky) {
+        conv_row_k3_taps(s, a + ky * a_row, w + ky * w_row, w_col, left, right, n, stride, relu);
       }
     }
   }
