@@ -803,9 +803,8 @@ def test_float_micro_kernel_instructions_per_mac(checker_runs):
 def test_float_conv_micro_kernel_instructions_per_mac(checker_runs):
     """A float32 3x3 conv, 16 channels of 16x16, stride 1, padding 1 (36,864 MACs): at most 3.0
     instructions per MAC on every board, border included (measured 2.74-2.80 on Cortex-M, 2.92
-    on RV32; no fused
-    multiply-add: each MAC is a multiply and an add, so 2 is the floor; the TIR loop took
-    about 6.6 on Cortex-M7)."""
+    on RV32; no fused multiply-add: each MAC is a multiply and an add, so 2 is the floor; the
+    TIR loop took about 6.6 on Cortex-M7)."""
     for name in ("cortex-m4", "cortex-m7", "cortex-m33", "riscv32"):
         result = checker_runs[name][3]
         assert result.region_instructions[4] / 36864 <= 3.0, (name, result.region_instructions[4] / 36864)
