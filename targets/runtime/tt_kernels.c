@@ -1009,34 +1009,28 @@ static inline __attribute__((always_inline)) void conv_row_k3_taps(float *s, con
   }
 }
 
-static inline __attribute__((always_inline)) void conv_row_k3(float *out, const float *a, int32_t a_chan,
-                                                            int32_t a_row, const float *w, int32_t w_chan,
-                                                            int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n, int32_t x0,
-                                                            int left, int right, const int n, const int stride,
-                                                            const int relu) {
+/* The sums of n outputs (`a` at column x0 + 1 of the first window row inside): ky_n window
+ * rows, a row a loop step (unrolled, gcc loads ahead of the sums and spills them); or, with
+ * `rows3`, the window's 3 rows one after the other, its padding columns compile-time
+ * constants, behind barriers that keep gcc from loading a row ahead of the one before. */
+static inline __attribute__((always_inline)) void conv_rows_k3(float *out, const float *a, int32_t a_chan,
+                                                             int32_t a_row, const float *w, int32_t w_chan,
+                                                             int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n,
+                                                             int left, int right, const int n, const int stride,
+                                                             const int relu, const int rows3) {
   float s[8];
   for (int o = 0; o < n; ++o) {
     s[o] = out[o];
   }
-  a += x0 + 1; /* column x0 + 1: inside the row */
-#if defined(__arm__)
-  const int unrolled = 1;
-#else
-  const int unrolled = stride == 2; /* on RV32 the loop below measures faster at stride 1 (resnet8-float) */
-#endif
-  if (ky_n == 3 && unrolled) {
-    for (int32_t i = 0; i < c; ++i, a += a_chan, w += w_chan) {
-      /* the window's 3 rows one after the other: the barriers keep gcc from loading a row
-       * ahead of the one before, which runs out of registers and spills the sums */
+  for (int32_t i = 0; i < c; ++i, a += a_chan, w += w_chan) {
+    if (rows3) {
       conv_row_k3_taps(s, a, w, w_col, left, right, n, stride, relu);
       __asm__ volatile("" ::: "memory");
       conv_row_k3_taps(s, a + a_row, w + w_row, w_col, left, right, n, stride, relu);
       __asm__ volatile("" ::: "memory");
       conv_row_k3_taps(s, a + 2 * a_row, w + 2 * w_row, w_col, left, right, n, stride, relu);
-    }
-  } else {
-    for (int32_t i = 0; i < c; ++i, a += a_chan, w += w_chan) {
-#pragma GCC unroll 1 /* a window row a step: unrolled, gcc loads ahead of the sums and spills them */
+    } else {
+#pragma GCC unroll 1
       for (int32_t ky = 0; ky < ky_n; ++ky) {
         conv_row_k3_taps(s, a + ky * a_row, w + ky * w_row, w_col, left, right, n, stride, relu);
       }
@@ -1047,19 +1041,41 @@ static inline __attribute__((always_inline)) void conv_row_k3(float *out, const 
   }
 }
 
-/* conv_row_k3 for 8 outputs, its padding columns known at compile time: no test in the loop. */
-static inline __attribute__((always_inline)) void conv_row8_k3(float *out, const float *a, int32_t a_chan,
+static inline __attribute__((always_inline)) void conv_row_k3_(float *out, const float *a, int32_t a_chan,
                                                              int32_t a_row, const float *w, int32_t w_chan,
-                                                             int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n, int32_t x0,
-                                                             int left, int right, const int stride, const int relu) {
-  if (!left && !right) {
-    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, 0, 0, 8, stride, relu);
-  } else if (!right) {
-    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, 1, 0, 8, stride, relu);
-  } else if (!left) {
-    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, 0, 1, 8, stride, relu);
+                                                             int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n,
+                                                             const int left, const int right, const int n,
+                                                             const int stride, const int relu) {
+#if defined(__arm__)
+  const int rows3 = n == 8;
+#else
+  const int rows3 = n == 8 && stride == 2; /* RV32: the loop measures faster at stride 1 */
+#endif
+  if (rows3 && ky_n == 3) {
+    conv_rows_k3(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, 3, left, right, n, stride, relu, 1);
   } else {
-    conv_row_k3(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, 1, 1, 8, stride, relu);
+    conv_rows_k3(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, left, right, n, stride, relu, 0);
+  }
+}
+
+/* conv_rows_k3 with the block's padding columns as compile-time cases: at stride 2 (an even
+ * width) only the left one occurs; the others take the tests in the loop. */
+static inline __attribute__((always_inline)) void conv_row_k3(float *out, const float *a, int32_t a_chan,
+                                                            int32_t a_row, const float *w, int32_t w_chan,
+                                                            int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n, int32_t x0,
+                                                            int left, int right, const int n, const int stride,
+                                                            const int relu) {
+  a += x0 + 1; /* column x0 + 1: inside the row */
+  if (n == 8 && !left && !right) {
+    conv_row_k3_(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, 0, 0, n, stride, relu);
+  } else if (n == 8 && !right) {
+    conv_row_k3_(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, 1, 0, n, stride, relu);
+  } else if (n == 8 && stride == 1 && !left) {
+    conv_row_k3_(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, 0, 1, n, stride, relu);
+  } else if (n == 8 && stride == 1) {
+    conv_row_k3_(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, 1, 1, n, stride, relu);
+  } else {
+    conv_rows_k3(out, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, left, right, n, stride, relu, 0);
   }
 }
 
@@ -1068,24 +1084,16 @@ static inline __attribute__((always_inline)) void conv_row8_k3(float *out, const
 static inline __attribute__((always_inline)) int32_t conv_row_k3_blocks_(float *out, const float *a, int32_t a_chan,
                                                                        int32_t a_row, const float *w, int32_t w_chan,
                                                                        int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n,
-                                                                       int32_t wd, int32_t stride, int32_t out_w,
+                                                                       int32_t wd, const int stride, int32_t out_w,
                                                                        const int relu) {
   int32_t ox = 0;
   for (; ox + 8 <= out_w; ox += 8) {
     int32_t x0 = ox * stride - 1, left = x0 < 0, right = x0 + 7 * stride + 2 >= wd;
-    if (stride == 1) {
-      conv_row8_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, left, right, 1, relu);
-    } else {
-      conv_row8_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, left, right, 2, relu);
-    }
+    conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, left, right, 8, stride, relu);
   }
   for (; ox + 4 <= out_w; ox += 4) {
     int32_t x0 = ox * stride - 1, left = x0 < 0, right = x0 + 3 * stride + 2 >= wd;
-    if (stride == 1) {
-      conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, left, right, 4, 1, relu);
-    } else {
-      conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, left, right, 4, 2, relu);
-    }
+    conv_row_k3(out + ox, a, a_chan, a_row, w, w_chan, w_row, w_col, c, ky_n, x0, left, right, 4, stride, relu);
   }
   return ox;
 }
@@ -1093,11 +1101,15 @@ static inline __attribute__((always_inline)) int32_t conv_row_k3_blocks_(float *
 static int32_t conv_row_k3_blocks(float *out, const float *a, int32_t a_chan, int32_t a_row, const float *w,
                                   int32_t w_chan, int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n, int32_t wd,
                                   int32_t stride, int32_t out_w, int relu) {
-  if (w_col == -1) { /* conv2d_transpose, never with a ReLU in front (tt_conv_plane_f32) */
-    return conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, -1, c, ky_n, wd, stride, out_w, 0);
+  if (w_col == -1) { /* conv2d_transpose: stride 1, never a ReLU in front (tt_conv_plane_f32) */
+    return conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, -1, c, ky_n, wd, 1, out_w, 0);
   }
-  return relu ? conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, 1, c, ky_n, wd, stride, out_w, 1)
-              : conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, 1, c, ky_n, wd, stride, out_w, 0);
+  if (relu) {
+    return stride == 1 ? conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, 1, c, ky_n, wd, 1, out_w, 1)
+                       : conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, 1, c, ky_n, wd, 2, out_w, 1);
+  }
+  return stride == 1 ? conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, 1, c, ky_n, wd, 1, out_w, 0)
+                     : conv_row_k3_blocks_(out, a, a_chan, a_row, w, w_chan, w_row, 1, c, ky_n, wd, 2, out_w, 0);
 }
 
 /* 4 outputs of a row whose columns are inside, any window width and stride. */
@@ -1189,7 +1201,7 @@ int32_t tt_conv_plane_f32(void *acc_, void *a_, int32_t a_chan, int32_t a_row, v
     const float *row = a + (iy0 + ky0) * a_row, *wr = w + ky0 * w_row; /* the first window row inside */
     int32_t ky_n = ky1 - ky0;
     if (kw == 3 && pad == 1 && stride <= 2 && (out_w - 1) * stride + 1 <= wd && (!relu || fast_relu) &&
-        (w_col == 1 || !relu)) {
+        (w_col == 1 || (stride == 1 && !relu))) {
       /* the commonest conv: every column in blocks, its padding a zero in a register */
       int32_t done = conv_row_k3_blocks(out, row, a_chan, a_row, wr, w_chan, w_row, w_col, c, ky_n, wd, stride, out_w, relu);
       for (int32_t x = done; x < out_w; ++x) {
