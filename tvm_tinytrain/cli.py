@@ -7,18 +7,23 @@ means a bug in tvm-tinytrain.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import importlib.util
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 from .config import PAPER_SCHEMES, SparseUpdateConfig
 from .errors import ConfigError, TinyTrainError
+from .errors import brief as errors_brief
 from .pipeline import MemoryOptions, TrainOptions
 
 DEFAULT_TARGET = "cortex-m7"
+CALIBRATION_SAMPLES = 200  # --quantize: as the int8 demo calibrates (demo.CALIBRATION_SAMPLES)
+MAX_FACTORY_ARGS = 32
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,9 +61,22 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="model + sparse-update config + target -> a C project folder")
     c.add_argument("model", help="an ONNX file (model.onnx), a PyTorch factory (file.py:function), "
                                  "or a tiny-training int8 model (model.pkl)")
-    c.add_argument("--num-classes", type=int, help="int8 models: replace the classifier by a new head")
-    c.add_argument("--input-shape", help="NCHW input shape for PyTorch models, e.g. 1,1,8,8")
+    c.add_argument("--num-classes", type=int,
+                   help="replace the classifier by a new head of this many classes (the final nn.Linear or "
+                        "ONNX Gemm of a float model, the classifier of a tiny-training model)")
+    c.add_argument("--input-shape", help="NCHW input shape for PyTorch models, e.g. 1,1,8,8 (not needed when "
+                                        "the factory returns (model, example_input))")
+    c.add_argument("--factory-args", nargs="+", default=[], metavar="NAME=VALUE",
+                   help="keyword arguments for a PyTorch factory, e.g. num_classes=10 width=0.5 (Python "
+                        "literals; anything else is passed as a string)")
     c.add_argument("--weights", help="a state_dict saved with torch.save (loaded with weights_only=True)")
+    c.add_argument("--quantize", choices=["int8"],
+                   help="quantize a float model after import (per-channel int8 weights, activations "
+                        "calibrated on --calibration) and train it int8 with QAS")
+    c.add_argument("--calibration", metavar="DATA.npz",
+                   help="samples for --quantize: the first --calibration-samples of x_train")
+    c.add_argument("--calibration-samples", type=int, default=CALIBRATION_SAMPLES,
+                   help=f"how many (default {CALIBRATION_SAMPLES})")
     _add_config_args(c)
     _add_build_args(c)
     c.add_argument("--persist", action="store_true",
@@ -162,13 +180,17 @@ def config_from_args(args) -> SparseUpdateConfig:
     return SparseUpdateConfig.from_dict(data)
 
 
-def load_model(spec: str, input_shape: str | None, weights: str | None, num_classes: int | None = None):
+def load_model(spec: str, input_shape: str | None, weights: str | None, num_classes: int | None = None,
+               factory_args: list[str] | tuple[str, ...] = ()):
     """An ImportedModel from `model.onnx`, `model.pkl` (tiny-training int8) or
-    `file.py:factory` (+ optional state_dict)."""
+    `file.py:factory` (+ optional state_dict and factory arguments); `num_classes` gives it
+    a new head."""
     path, _, factory = spec.partition(":")
+    if factory_args and not (path.endswith(".py") and factory):
+        raise TinyTrainError("--factory-args is for a PyTorch factory (file.py:function)")
     if path.endswith(".onnx") and not factory:
         from .frontend.onnx_frontend import import_onnx
-        return import_onnx(path)
+        return _new_head(import_onnx(path), num_classes)
     if path.endswith(".pkl") and not factory:
         from .frontend.zoo_frontend import import_zoo
         from .frontend.zoo_format import MAX_CHANNELS
@@ -178,27 +200,102 @@ def load_model(spec: str, input_shape: str | None, weights: str | None, num_clas
     if not path.endswith(".py") or not factory:
         raise TinyTrainError(f"model '{spec}': give an ONNX file (model.onnx), a tiny-training int8 "
                              f"model (model.pkl) or a PyTorch factory (file.py:function returning an nn.Module)")
-    if not input_shape:
-        raise TinyTrainError("a PyTorch model needs --input-shape, e.g. --input-shape 1,3,32,32")
+    kwargs = parse_factory_args(factory_args)
     import torch
 
     from .frontend.torch_frontend import import_torch
-    try:
-        shape = tuple(int(d) for d in input_shape.split(","))
-    except ValueError:
-        raise TinyTrainError(f"--input-shape must be integers separated by commas, got '{input_shape}'") from None
     if not Path(path).is_file():
         raise TinyTrainError(f"no such file: {path}")
     spec_ = importlib.util.spec_from_file_location(Path(path).stem, path)
     module = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(module)
-    if not hasattr(module, factory):
+    if not callable(getattr(module, factory, None)):
         raise TinyTrainError(f"{path} has no function '{factory}'")
-    model = getattr(module, factory)()
+    try:
+        made = getattr(module, factory)(**kwargs)
+    except TypeError as err:
+        raise TinyTrainError(f"{spec}({', '.join(f'{k}={errors_brief(v)}' for k, v in kwargs.items())}) failed: "
+                             f"{errors_brief(str(err), 300)}") from None
+    model, example = made if isinstance(made, tuple) and len(made) == 2 else (made, None)
+    if not isinstance(model, torch.nn.Module) or not (example is None or isinstance(example, torch.Tensor)):
+        raise TinyTrainError(f"{spec} returned {_kind(made)}: a factory returns an nn.Module, or "
+                             "(nn.Module, example input tensor)")
+    shape = _input_shape(input_shape, example)
     if weights:
         from .frontend.torch_frontend import load_weights
         load_weights(model, weights)
-    return import_torch(model, torch.zeros(shape), source=spec)
+    return _new_head(import_torch(model, torch.zeros(shape), source=spec), num_classes)
+
+
+def parse_factory_args(items) -> dict:
+    """NAME=VALUE strings as keyword arguments: VALUE a Python literal (10, 0.5, "a", (3, 3),
+    True, None), else the string itself; never evaluated as code."""
+    if len(items) > MAX_FACTORY_ARGS:
+        raise TinyTrainError(f"--factory-args takes at most {MAX_FACTORY_ARGS} arguments, got {len(items)}")
+    kwargs = {}
+    for item in items:
+        name, eq, text = item.partition("=")
+        if not eq or not name.isidentifier() or len(item) > 200:
+            raise TinyTrainError(f"--factory-args: {errors_brief(item)} is not NAME=VALUE")
+        try:
+            kwargs[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            kwargs[name] = text
+    return kwargs
+
+
+def _input_shape(text: str | None, example) -> tuple[int, ...]:
+    """--input-shape if given (it must agree with the factory's example input), else the example's."""
+    shape = None
+    if text:
+        try:
+            shape = tuple(int(d) for d in text.split(","))
+        except ValueError:
+            raise TinyTrainError(f"--input-shape must be integers separated by commas, got "
+                                 f"{errors_brief(text)}") from None
+    if example is not None:
+        if shape is not None and shape != tuple(example.shape):
+            raise TinyTrainError(f"--input-shape {shape} differs from the factory's example input "
+                                 f"{tuple(example.shape)}")
+        return tuple(example.shape)
+    if shape is None:
+        raise TinyTrainError("a PyTorch model needs --input-shape (e.g. --input-shape 1,3,32,32), or a factory "
+                             "returning (model, example_input)")
+    return shape
+
+
+def _kind(value) -> str:
+    if isinstance(value, tuple):
+        return f"a tuple of {len(value)} ({', '.join(type(v).__name__ for v in value[:4])})"
+    return f"a {type(value).__name__}"
+
+
+def _new_head(model, num_classes: int | None):
+    if num_classes is None:
+        return model
+    from .frontend.new_head import with_new_head
+    return with_new_head(model, num_classes)
+
+
+def quantize_from_args(model, args):
+    """The model quantized as --quantize / --calibration ask, or as it is."""
+    if not args.quantize:
+        if args.calibration:
+            raise TinyTrainError("--calibration goes with --quantize int8")
+        return model
+    if model.is_quantized:
+        raise TinyTrainError(f"{model.source} is int8 already: --quantize is for float models")
+    if not args.calibration:
+        raise TinyTrainError("--quantize int8 needs --calibration DATA.npz (samples to measure activation ranges)")
+    if not 1 <= args.calibration_samples <= 100_000:
+        raise TinyTrainError(f"--calibration-samples must be in [1, 100000], got {args.calibration_samples}")
+    from .data import load_npz
+    from .quantize import post_training_quantize
+    x = load_npz(args.calibration)["x_train"][:args.calibration_samples]
+    if math.prod(x.shape[1:]) != math.prod(model.input_shape):
+        raise TinyTrainError(f"{args.calibration}: x_train holds samples of shape {x.shape[1:]}, the model "
+                             f"takes {tuple(model.input_shape)}")
+    return post_training_quantize(model, x)
 
 
 def compile_to_project(model, config: SparseUpdateConfig, options: TrainOptions, target: str, out: Path,
@@ -218,7 +315,8 @@ def compile_to_project(model, config: SparseUpdateConfig, options: TrainOptions,
 
 
 def _cmd_compile(args) -> int:
-    model = load_model(args.model, args.input_shape, args.weights, args.num_classes)
+    model = quantize_from_args(load_model(args.model, args.input_shape, args.weights, args.num_classes,
+                                          args.factory_args), args)
     config = config_from_args(args)
     lr = args.lr if args.lr is not None else default_lr(args.momentum)
     options = TrainOptions(lr, args.momentum, qas=False if args.no_qas else None, float_master=args.float_master)
@@ -228,6 +326,8 @@ def _cmd_compile(args) -> int:
         memory=dataclasses.replace(MemoryOptions(), **{name: False for name in args.no_memory_pass}),
         persist=args.persist)
     print(f"wrote {args.output} for {board.description}; its C compiles ({board.cc}, checked)")
+    precision = ("int8, with QAS" if not args.no_qas else "int8, no QAS") if model.is_quantized else "float32"
+    print(f"  model {model.source}: input {tuple(model.input_shape)}, {model.num_classes} classes, {precision}")
     print(f"  trains {len(program.trainable.names)} tensors: {', '.join(program.trainable.names)}")
     print(f"  SGD: learning rate {lr:g}{'' if args.lr is not None else ' (default)'}, momentum {args.momentum:g}")
     print(f"  planned RAM {est.ram_bytes} bytes (arena {est.arena_bytes}, trainable {est.trainable_bytes}, "
