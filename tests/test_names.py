@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from onnx import helper
 
 from conftest import INPUT_SHAPE, make_sequential, torch_sgd_reference
 from test_errors import tinytrain
@@ -169,6 +170,19 @@ def test_sequential_exported_to_onnx_keeps_module_names(tmp_path):
     ("/Conv", None), ("Conv_3", None), ("/a//Conv", None), ("", None),
 ])
 def test_module_path_from_torch_node_names(node, path):
+    assert _module_path(helper.make_node("Conv", ["x", "w"], ["y"], name=node)) == path
+
+
+@pytest.mark.parametrize("scopes, path", [
+    ("['', 'fc', 'linear']", "fc"), ("['', '0', '0.1', 'conv2d']", "0.1"),
+    ("['', 'features.3.conv', 'conv2d']", "features.3.conv"), ("['', 'linear']", None),
+    ("['', '__import__(\"os\")', 'x']", None), ("__import__('os').system('x')", None), ("[1, 2, 3]", None),
+    ("[" * 5000, None),
+])
+def test_module_path_from_dynamo_name_scopes(scopes, path):
+    """The dynamo exporter's metadata, read as a literal (never run), a module path or nothing."""
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="node_MatMul_14")
+    helper.set_metadata_props(node, {"pkg.torch.onnx.name_scopes": scopes})
     assert _module_path(node) == path
 
 

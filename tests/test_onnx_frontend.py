@@ -96,7 +96,8 @@ class Clamps(nn.Module):
 
 
 def _export(model: nn.Module, shape, path, opset: int = 13, **kwargs):
-    """TorchScript exporter (`dynamo=False`): the dynamo one needs onnxscript, absent here."""
+    """TorchScript exporter (`dynamo=False`), which takes an opset and a training mode;
+    `test_dynamo_exporter` covers torch's default one."""
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -170,6 +171,27 @@ def test_other_opsets(opset, tmp_path):
         expected = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(_run(import_onnx(path), x), expected, rtol=1e-5, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_dynamo_exporter(case, tmp_path):
+    """torch.onnx.export's default (dynamo, onnxscript): its opset, its folding of batch
+    norm, and its weights in model.onnx.data beside the file; the parameters keep the
+    module paths."""
+    cls, shape = CASES[case]
+    model = _randomize_bn(cls()).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(*shape),), str(tmp_path / "m.onnx"), verbose=False)
+    assert (tmp_path / "m.onnx.data").exists() or not any(
+        t.external_data for t in onnx.load(str(tmp_path / "m.onnx"), load_external_data=False).graph.initializer)
+    imported = import_onnx(tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_run(imported, x), expected, rtol=1e-5, atol=1e-5)
+    trainable = {n for n, p in model.named_parameters() if p.dim() > 1}
+    assert trainable <= set(imported.params), (trainable, list(imported.params))
 
 
 def test_two_batch_norms_after_a_conv_fold_into_it(tmp_path):

@@ -4,6 +4,7 @@ allocation. The models are built by hand with `onnx.helper`, each broken in one 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -316,6 +317,46 @@ def test_thousands_of_unsupported_nodes_give_a_bounded_error(tmp_path):
     assert len(proc.stderr.splitlines()) == 1
 
 
+# ------------------------------------------------------------------ external data
+
+
+def _external(tmp_path, location, offset=0, length=None, data=None):
+    """The conv net with its weight cW stored in `location` (written with `data` if given)."""
+    model = _conv_net()
+    weight = model.graph.initializer[0]
+    raw = weight.raw_data
+    if data is not None:
+        (tmp_path / location).write_bytes(data(raw))
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)),
+                       *((("length", str(length)),) if length is not None else ())):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    return model
+
+
+def test_external_data_only_from_a_plain_file_beside_the_model(tmp_path):
+    """torch's dynamo exporter stores weights in model.onnx.data: read from there, and only
+    there, exactly the bytes the shape needs."""
+    inline = _import(_conv_net(), tmp_path, "inline.onnx")
+    model = _import(_external(tmp_path, "m.onnx.data", offset=8, data=lambda raw: b"12345678" + raw), tmp_path)
+    for name in inline.params:
+        assert np.array_equal(model.params[name], inline.params[name]), name
+    (tmp_path / "link.bin").symlink_to(tmp_path / "m.onnx.data")
+    os.makedirs(tmp_path / "sub", exist_ok=True)
+    (tmp_path / "sub" / "w.bin").write_bytes(b"\0" * 4096)
+    for location, needle in (("../m.onnx.data", "named without a folder"), ("sub/w.bin", "named without a folder"),
+                             ("/etc/hostname", "named without a folder"), ("..", "named without a folder"),
+                             ("link.bin", "links are not followed"), ("nothing.bin", "not a file beside the model")):
+        with pytest.raises(TinyTrainError, match=needle):
+            _import(_external(tmp_path, location), tmp_path)
+    with pytest.raises(TinyTrainError, match="and its external data .* disagree"):
+        _import(_external(tmp_path, "m.onnx.data", length=7), tmp_path)
+    with pytest.raises(TinyTrainError, match="ends before its 432 bytes"):
+        _import(_external(tmp_path, "short.bin", data=lambda raw: raw[:100]), tmp_path)
+
+
 # ------------------------------------------------------------------ file bounds
 
 
@@ -348,7 +389,8 @@ def test_file_bounds(tmp_path, monkeypatch):
     for key, value in (("location", "/dev/zero"), ("length", str(1 << 40))):
         entry = weight.external_data.add()
         entry.key, entry.value = key, value
-    with pytest.raises(TinyTrainError, match="initializer cW is stored in an external file"):
+    with pytest.raises(TinyTrainError, match="initializer cW is stored in '/dev/zero': external data must be a "
+                                             "file beside the model, named without a folder"):
         _import(model, tmp_path)
     (tmp_path / "secret.bin").write_bytes(np.arange(4, dtype="f4").tobytes())
     value = helper.make_tensor("v", TensorProto.FLOAT, [4], [0, 0, 0, 0])

@@ -19,7 +19,10 @@ bounded (an MCU model is small; these limits are generous):
 
 - the file: at most `MAX_FILE_BYTES` (64 MiB), `MAX_NODES` nodes and `MAX_INITIALIZERS`
   initializers (4,096 each), names in UTF-8 of at most `MAX_NAME_CHARS` (1,024)
-  characters, no external or sparse tensors;
+  characters, no sparse tensors; initializers stored outside the file (torch's dynamo
+  exporter writes `model.onnx.data`) only in a plain file beside the model, not a link,
+  each the size its shape says, all of them within `MAX_FILE_BYTES` together, and no other
+  tensor outside;
 - constants (initializers and what folding computes): each at most `MAX_CONSTANT_BYTES`
   (64 MiB), all together `MAX_TOTAL_CONSTANT_BYTES` (256 MiB), rank <= `MAX_RANK` (8). A
   folded node's output size is computed by ONNX shape inference *before* it is evaluated,
@@ -38,6 +41,7 @@ becomes a `TinyTrainError` naming that stage.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import math
@@ -161,6 +165,7 @@ def _load(path: Path) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf DecodeError, ...: all say "not ONNX"
         raise TinyTrainError(f"{path} is not a valid ONNX model: {_first_line(err)}") from None
+    _inline_external_data(model, path)
     _check_bounds(model, path)
     try:
         onnx.checker.check_model(model)
@@ -175,6 +180,47 @@ def _load(path: Path) -> onnx.ModelProto:
                 f"{path}: cannot convert the model from ONNX opset {opset} to {OPSET} "
                 f"({_first_line(err)}); re-export it with opset_version >= {OPSET}") from None
     return model
+
+
+def _inline_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read the initializers stored outside the model file into it, as onnx's own loader
+    would, but only from a plain file in the model's folder (no path, no link: the file
+    names the place it is read from) and only the bytes their shapes need, within
+    MAX_FILE_BYTES in all. Other tensors stored outside stay refused by `_check_bounds`."""
+    budget = MAX_FILE_BYTES
+    for tensor in model.graph.initializer:
+        if tensor.data_location != TensorProto.EXTERNAL and not tensor.external_data:
+            continue
+        what = f"initializer {_shown(tensor.name)}"
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        if (not location or location in (".", "..") or Path(location).name != location or "\\" in location
+                or "\0" in location):
+            raise TinyTrainError(f"{path}: {what} is stored in {brief(location)}: external data must be a file "
+                                 "beside the model, named without a folder")
+        data = path.parent / location
+        if data.is_symlink() or not data.is_file():
+            raise TinyTrainError(f"{path}: {what} is stored in {brief(location)}, which is not a file beside "
+                                 "the model (links are not followed)")
+        try:
+            itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            offset, length = int(info.get("offset", 0)), int(info["length"]) if "length" in info else None
+        except (KeyError, TypeError, ValueError):
+            raise TinyTrainError(f"{path}: {what} has an unreadable type or external-data entry") from None
+        nbytes = math.prod(int(d) for d in tensor.dims) * itemsize
+        if any(int(d) < 0 for d in tensor.dims) or nbytes > budget or offset < 0 or length not in (None, nbytes):
+            raise TinyTrainError(f"{path}: {what}: shape {list(tensor.dims)} and its external data (offset "
+                                 f"{brief(info.get('offset'))}, length {brief(info.get('length'))}) disagree, or "
+                                 f"exceed the {MAX_FILE_BYTES >> 20} MiB a model may take")
+        with open(data, "rb") as f:
+            f.seek(offset)
+            raw = f.read(nbytes)
+        if len(raw) != nbytes:
+            raise TinyTrainError(f"{path}: {what}: {location} ends before its {nbytes} bytes")
+        budget -= nbytes
+        tensor.raw_data = raw
+        del tensor.external_data[:]
+        tensor.data_location = TensorProto.DEFAULT
 
 
 def _check_bounds(model: onnx.ModelProto, path: Path) -> None:
@@ -202,8 +248,7 @@ def _check_bounds(model: onnx.ModelProto, path: Path) -> None:
     for what, tensor in _tensors(g):
         if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
             raise TinyTrainError(
-                f"{path}: {what} is stored in an external file; "
-                f"only self-contained ONNX files are supported (save with "
+                f"{path}: {what} is stored in an external file; only initializers may be (save with "
                 f"save_as_external_data=False)")
 
 
@@ -852,24 +897,29 @@ class _Graph:
 
         `torch.onnx.export` names a parameter it computed, such as a conv weight with its
         batch norm folded in by constant folding, `onnx::Conv_95` (TVM then drops the
-        `onnx::`). The node keeps the module path in its name (`/features/features.0/Conv`
-        for `features.0`), the path the file's other parameters are named after
-        (`features.1.weight`). Such a Conv's or Gemm's weight and bias become
+        `onnx::`), and its dynamo form a weight it transposed for a MatMul `val_13`. The
+        node keeps the module path, in its name (`/features/features.0/Conv` for
+        `features.0`) or in its `pkg.torch.onnx.name_scopes` metadata (`['', 'fc',
+        'linear']`), the path the file's other parameters are named after
+        (`features.1.weight`). Such a Conv's, Gemm's or MatMul's weight and bias become
         `<path>.weight` and `<path>.bias`, the torch frontend's names, but only in a file
-        whose other Conv and Gemm weights follow that rule, and never over a used name.
+        where some other layer's weight follows that rule and none with its path in its name
+        breaks it (dynamo's scopes may name the batch norm fused into a conv), and never
+        over a used name.
         """
-        layers = [(node, _module_path(node.name)) for node in self.nodes
-                  if node.op_type in ("Conv", "Gemm") and len(node.input) > 1]
+        layers = [(node, _module_path(node)) for node in self.nodes
+                  if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1]
         layers = [(node, path) for node, path in layers if path]
-        named = [(node, path) for node, path in layers if not node.input[1].startswith("onnx::")]
-        if not named or any(node.input[1] != f"{path}.weight" for node, path in named):
+        named = [(node, path) for node, path in layers if not _exporter_named(node.input[1])]
+        if (not any(node.input[1] == f"{path}.weight" for node, path in named)
+                or any(node.input[1] != f"{path}.weight" for node, path in named if _path_in_name(node.name))):
             return  # no evidence that this file names parameters by module path
         taken = set(self.consts) | self._used_names() | {o for n in self.nodes for o in n.output}
         for node, path in layers:
             for index, suffix in ((1, "weight"), (2, "bias")):
                 old = node.input[index] if index < len(node.input) else ""
                 new = f"{path}.{suffix}"
-                if (old.startswith("onnx::") and old in self.consts and self._uses(old) == 1
+                if (_exporter_named(old) and old in self.consts and self._uses(old) == 1
                         and new not in taken):
                     self.consts[new] = self.consts.pop(old)
                     node.input[index] = new
@@ -1020,11 +1070,23 @@ class _Graph:
         return False
 
 
-def _module_path(node_name: str) -> str | None:
-    """The module path torch's exporter writes into a node's name: `/5/c1/Conv` -> `5.c1`,
-    `/features/features.1/c1/c1.0/Conv` -> `features.1.c1.0` (a container's item is spelled
-    `<container>.<index>` after the container). None for a name not of that form."""
-    parts = node_name.split("/")
+def _exporter_named(name: str) -> bool:
+    """A name torch's exporters make up for a tensor they computed: `onnx::Conv_95`
+    (TorchScript), `val_13` (dynamo)."""
+    return name.startswith("onnx::") or (name.startswith("val_") and name[4:].isdigit())
+
+
+def _module_path(node: onnx.NodeProto) -> str | None:
+    """The module path torch's exporter keeps for a node, in its name (TorchScript) or in its
+    `pkg.torch.onnx.name_scopes` metadata (dynamo); None when it has neither."""
+    return _path_in_name(node.name) or _path_in_scopes(node)
+
+
+def _path_in_name(name: str) -> str | None:
+    """TorchScript's node names: `/5/c1/Conv` -> `5.c1`, `/features/features.1/c1/c1.0/Conv`
+    -> `features.1.c1.0` (a container's item is spelled `<container>.<index>` after the
+    container)."""
+    parts = name.split("/")
     if len(parts) < 3 or parts[0] or not all(parts[1:-1]):
         return None
     path, previous = [], None
@@ -1033,6 +1095,21 @@ def _module_path(node_name: str) -> str | None:
         path.append(scope[len(previous) + 1:] if item else scope)
         previous = scope
     return ".".join(path)
+
+
+def _path_in_scopes(node: onnx.NodeProto) -> str | None:
+    """The dynamo exporter's metadata: the innermost module of `['', 'fc', 'linear']`, `fc`."""
+    text = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+    if not text or len(text) > MAX_NAME_CHARS:
+        return None
+    try:
+        scopes = ast.literal_eval(text)  # a list of strings; literals only, never code
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if not (isinstance(scopes, list) and len(scopes) >= 3 and all(isinstance(x, str) for x in scopes)):
+        return None
+    path = scopes[-2]
+    return path if path and all(part.isidentifier() or part.isdigit() for part in path.split(".")) else None
 
 
 def _check_normal_form(mod: tvm.IRModule, source: str) -> None:
