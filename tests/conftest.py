@@ -77,8 +77,9 @@ class SqueezeExcite(nn.Module):
 
 
 class MobileNetV3Block(nn.Module):
-    """Three ops we cannot train yet, in three submodules: `Hardswish` in `stem.1`,
-    `Hardsigmoid` in `block.se.gate` and the squeeze-excitation `x * gate` in `block.se`."""
+    """MobileNetV3's ops in three submodules: `Hardswish` in `stem.1`, `Hardsigmoid` in
+    `block.se.gate` and the squeeze-excitation `x * gate` in `block.se` (the torch frontend
+    trains them; the ONNX frontend refuses them yet)."""
 
     def __init__(self):
         super().__init__()
@@ -96,8 +97,8 @@ def make_mobilenet_v3_block() -> MobileNetV3Block:
     return MobileNetV3Block().eval()
 
 
-class ManySigmoids(nn.Module):
-    """`count` unsupported ops (a sigmoid each), to check the error stays bounded."""
+class ManyTanhs(nn.Module):
+    """`count` unsupported ops (a tanh each), to check the error stays bounded."""
 
     def __init__(self, count: int):
         super().__init__()
@@ -108,8 +109,60 @@ class ManySigmoids(nn.Module):
     def forward(self, x):
         x = self.conv(x)
         for _ in range(self.count):
-            x = torch.sigmoid(x)
+            x = torch.tanh(x)
         return self.fc(x.mean((2, 3)))
+
+
+class SoftGate(nn.Module):
+    def forward(self, x):
+        return x * torch.tanh(x)
+
+
+class ThreeUnsupported(nn.Module):
+    """Three ops we cannot train, in three submodules: `GELU` in `stem.1`, `LeakyReLU` in
+    `block.1` and a functional `tanh` in `block.gate`."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(2, 4, 3), nn.GELU())
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3), nn.LeakyReLU(0.1))
+        self.block.add_module("gate", SoftGate())
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.block(self.stem(x)).mean((2, 3)))
+
+
+class MobileNetV3Net(nn.Module):
+    """Every MobileNetV3-style op the torch frontend trains: Hardswish, SiLU, a
+    squeeze-excitation with a sigmoid gate, channel concatenation, scalar arithmetic and a
+    Hardsigmoid, around BN-folded and depthwise convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Hardswish())
+        self.dw = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.SiLU())
+        self.se1 = nn.Conv2d(4, 4, 1)
+        self.se2 = nn.Conv2d(4, 4, 1)
+        self.pw = nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.dw(x)
+        y = y * torch.sigmoid(self.se2(torch.relu(self.se1(y.mean((2, 3), keepdim=True)))))
+        x = torch.cat([x, (y - 1.0) / 2.0 * 0.5], dim=1)
+        x = nn.functional.hardsigmoid(self.pw(x)) * 2.0 + 1.0
+        return self.fc(x.mean((2, 3)))
+
+
+def make_mobilenet_v3_net() -> MobileNetV3Net:
+    torch.manual_seed(0)
+    net = MobileNetV3Net()
+    with torch.no_grad():
+        net.stem[1].running_mean.uniform_(-1, 1)
+        net.stem[1].running_var.uniform_(0.5, 2)
+    return net.eval()
 
 
 def samples(n: int, seed: int = 1, classes: int = 4):

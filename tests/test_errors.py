@@ -40,14 +40,14 @@ def model_file(tmp_path_factory):
         def small():
             return make_small_net()
 
-        def with_sigmoid():
+        def with_gelu():
             net = make_small_net()
-            net.conv0[2] = nn.Sigmoid()
+            net.conv0[2] = nn.GELU()
             return net
 
-        def mobilenet_v3_block():
-            from conftest import make_mobilenet_v3_block
-            return make_mobilenet_v3_block()
+        def three_unsupported():
+            from conftest import ThreeUnsupported
+            return ThreeUnsupported()
     """ % os.path.dirname(__file__)))
     torch.save(make_small_net().state_dict(), d / "weights.pt")
     return d
@@ -57,22 +57,22 @@ SHAPE = ",".join(map(str, INPUT_SHAPE))
 
 
 def test_unsupported_op(model_file, tmp_path):
-    proc = tinytrain("compile", f"{model_file}/nets.py:with_sigmoid", "--input-shape", SHAPE, "-o", tmp_path / "p")
-    assert_clean_error(proc, "unsupported operator 'sigmoid'", "conv0.2", "Supported ops:")
+    proc = tinytrain("compile", f"{model_file}/nets.py:with_gelu", "--input-shape", SHAPE, "-o", tmp_path / "p")
+    assert_clean_error(proc, "unsupported operator 'gelu'", "conv0.2", "Supported ops:")
     assert not (tmp_path / "p").exists()
 
 
 
 def test_every_unsupported_op_in_one_error(model_file, tmp_path):
-    """Hardswish, Hardsigmoid and the squeeze-excitation multiply: all three, with their
-    module paths, in the one error line, then the supported list."""
-    proc = tinytrain("compile", f"{model_file}/nets.py:mobilenet_v3_block", "--input-shape", "1,2,8,8",
+    """GELU, LeakyReLU and a functional tanh: all three, with their module paths, in the one
+    error line, then the supported list."""
+    proc = tinytrain("compile", f"{model_file}/nets.py:three_unsupported", "--input-shape", "1,2,8,8",
                      "-o", tmp_path / "p")
     assert_clean_error(proc, "3 ops cannot be trained (in graph order):",
-                       "stem.1 (Hardswish): unsupported operator 'hardswish' (aten.hardswish);",
-                       "block.se.gate (Hardsigmoid): unsupported operator 'hardsigmoid'",
-                       "block.se (SqueezeExcite): unsupported operator 'mul' (aten.mul) at conftest.py:",
-                       ": return x * gate; Supported ops: AdaptiveAvgPool2d")
+                       "stem.1 (GELU): unsupported operator 'gelu' (aten.gelu);",
+                       "block.1 (LeakyReLU): unsupported operator 'leaky_relu'",
+                       "block.gate (SoftGate): unsupported operator 'tanh' (aten.tanh) at conftest.py:",
+                       ": return x * torch.tanh(x); Supported ops: AdaptiveAvgPool2d")
     assert not (tmp_path / "p").exists()
 
 

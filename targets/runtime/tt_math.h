@@ -47,4 +47,8 @@ float tt_logf(float x);
 #define expf tt_expf
 #define logf tt_logf
 
+/* TVM's C printer spells a float32 infinity `inff` (a one-sided clip such as hardswish's
+ * clip(x + 3, 0, inf) has one): C has no such name, so it is defined here. */
+#define inff ((float)INFINITY)
+
 #endif /* TT_MATH_H */

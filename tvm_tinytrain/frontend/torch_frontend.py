@@ -38,6 +38,14 @@ SUPPORTED_ATEN_OPS = {
     "pad": "F.pad (constant)", "constant_pad_nd": "F.pad (constant)",
     "batch_norm": "BatchNorm2d (after a conv)",
     "_native_batch_norm_legit_no_training": "BatchNorm2d (after a conv)",
+    # MobileNetV3 / EfficientNet-lite: TVM writes each as adds, clips, multiplies, divides and
+    # a sigmoid, all of which Relax differentiates
+    "hardswish": "Hardswish", "hardswish_": "Hardswish",
+    "hardsigmoid": "Hardsigmoid", "hardsigmoid_": "Hardsigmoid",
+    "sigmoid": "Sigmoid", "sigmoid_": "Sigmoid", "silu": "SiLU", "silu_": "SiLU",
+    "mul": "multiply (a squeeze-excitation gate, a scalar)", "mul_": "multiply (a squeeze-excitation gate, a scalar)",
+    "sub": "subtract", "sub_": "subtract", "div": "divide", "div_": "divide",
+    "cat": "torch.cat (channels)", "concat": "torch.cat (channels)",
 }
 # Users read the supported list in error messages: one entry per user-facing op.
 SUPPORTED_SUMMARY = ", ".join(sorted(set(SUPPORTED_ATEN_OPS.values())))
