@@ -78,8 +78,7 @@ class SqueezeExcite(nn.Module):
 
 class MobileNetV3Block(nn.Module):
     """MobileNetV3's ops in three submodules: `Hardswish` in `stem.1`, `Hardsigmoid` in
-    `block.se.gate` and the squeeze-excitation `x * gate` in `block.se` (the torch frontend
-    trains them; the ONNX frontend refuses them yet)."""
+    `block.se.gate` and the squeeze-excitation `x * gate` in `block.se`."""
 
     def __init__(self):
         super().__init__()

@@ -1091,7 +1091,7 @@ def _onnx_mutations():
         ("complex64 initializer", complex_init), ("float64 initializer", float64_init),
         ("string initializer", string_init),
         ("unknown op", unknown_op("FrobnicateNd")), ("custom domain op", unknown_op("Relu", "com.evil")),
-        ("Sigmoid (unsupported)", unknown_op("Sigmoid")), ("Loop op without body", unknown_op("Loop")),
+        ("Tanh (unsupported)", unknown_op("Tanh")), ("Loop op without body", unknown_op("Loop")),
         ("If sub-graph", if_subgraph),
         ("external data /etc/hostname", external("/etc/hostname")),
         ("external data ../../../../etc/passwd", external("../../../../etc/passwd")),

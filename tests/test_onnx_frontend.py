@@ -22,7 +22,7 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 from tvm.script import tirx as T
 
-from conftest import make_mobilenet_v3_block
+from conftest import ThreeUnsupported
 from tvm_tinytrain.errors import TinyTrainError, UnsupportedOpError
 from tvm_tinytrain.frontend.onnx_frontend import import_onnx
 from tvm_tinytrain.passes.normalize_onnx import NormalizeONNX
@@ -312,7 +312,7 @@ def test_gemm_trans_b_0_alpha_beta(tmp_path):
 # ------------------------------------------------------------------ refusals
 
 
-@pytest.mark.parametrize("act, op", [(torch.sigmoid, "Sigmoid"), (nn.LeakyReLU(0.1), "LeakyRelu"),
+@pytest.mark.parametrize("act, op", [(torch.tanh, "Tanh"), (nn.LeakyReLU(0.1), "LeakyRelu"),
                                      (lambda x: torch.softmax(x, 1), "Softmax")])
 def test_unsupported_op_is_refused(act, op, tmp_path):
     class Net(nn.Module):
@@ -334,16 +334,50 @@ def test_unsupported_op_is_refused(act, op, tmp_path):
 
 
 def test_every_unsupported_node_is_listed_in_graph_order(tmp_path):
-    """The MobileNetV3 block (opset 14, which has HardSwish): all three nodes in one error."""
-    path = _export(make_mobilenet_v3_block(), (1, 2, 8, 8), tmp_path / "m.onnx", opset=14)
+    """GELU (opset 14 writes it with Erf), LeakyReLU and tanh: all three nodes in one error."""
+    path = _export(ThreeUnsupported(), (1, 2, 8, 8), tmp_path / "m.onnx", opset=14)
     with pytest.raises(UnsupportedOpError) as err:
         import_onnx(path)
     assert str(err.value).startswith(
         "m.onnx: 3 ops cannot be trained (in graph order): "
-        "HardSwish node /stem/stem.1/HardSwish: op HardSwish is not supported for training; "
-        "HardSigmoid node /block/se/gate/HardSigmoid: op HardSigmoid is not supported for training; "
-        "Mul node /block/se/Mul: op Mul is not supported for training; Supported ops: Conv")
+        "Erf node /stem/stem.1/Erf: op Erf is not supported for training; "
+        "LeakyRelu node /block/block.1/LeakyRelu: op LeakyRelu is not supported for training; "
+        "Tanh node /block/gate/Tanh: op Tanh is not supported for training; Supported ops: Conv"), str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_mobilenet_v3_ops_train_as_torch_does(dynamo, tmp_path):
+    """HardSwish, SiLU (Sigmoid, Mul), a squeeze-excitation, Sub / Div / Mul by scalars,
+    Concat along channels and HardSigmoid, from both exporters: the forward is torch's and
+    the compiled step (Relax VM) trains like torch autograd + SGD with momentum."""
+    from conftest import make_mobilenet_v3_net, torch_sgd_reference
+    from tvm_tinytrain.config import SparseUpdateConfig
+    from tvm_tinytrain.pipeline import TrainOptions, build_training_program
+    from tvm_tinytrain.reference import RelaxVMTrainer
+
+    net = make_mobilenet_v3_net()
+    if dynamo:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.zeros(1, 2, 8, 8),), str(tmp_path / "m.onnx"), verbose=False)
+        path = tmp_path / "m.onnx"
+    else:
+        path = _export(net, (1, 2, 8, 8), tmp_path / "m.onnx", opset=14)
+    imported = import_onnx(path)
+    x = np.random.default_rng(0).standard_normal((1, 2, 8, 8)).astype("float32")
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(imported, x), net(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+    config = SparseUpdateConfig(n_bias_update=5, manual_weight_idx=(1, 2, 3, 4), weight_update_ratio=(1, 1, 1, 0.5))
+    program = build_training_program(imported, config, TrainOptions(lr=0.05, momentum=0.9))
+    rng = np.random.default_rng(1)
+    xs, ys = rng.standard_normal((5, 2, 8, 8)).astype(np.float32), rng.integers(0, 3, 5)
+    trainer = RelaxVMTrainer(program)
+    losses = [trainer.step(x, int(y)) for x, y in zip(xs, ys)]
+    ref_losses, ref_params = torch_sgd_reference(net, program, xs, ys)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
+    for name in program.trainable.names:
+        np.testing.assert_allclose(trainer.param(name), ref_params[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_dilation_is_refused(tmp_path):

@@ -65,6 +65,9 @@ SUPPORTED_OPS = (
     "Conv", "BatchNormalization", "Relu", "Clip", "Add", "AveragePool", "MaxPool",
     "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Gemm", "MatMul", "Dropout",
     "Identity", "Pad",
+    # MobileNetV3 / EfficientNet-lite: activations, the squeeze-excitation gate, scalar
+    # arithmetic, channel concatenation
+    "Sigmoid", "HardSigmoid", "HardSwish", "Mul", "Sub", "Div", "Concat",
 )
 SHAPE_OPS = ("Constant", "Shape", "Gather", "Unsqueeze", "Concat")
 SUPPORTED_SUMMARY = (
@@ -627,7 +630,7 @@ class _Graph:
         op needs is a broken file, not an unsupported op: it raises at once."""
         if node.domain not in ("", "ai.onnx"):
             return f"ops of the custom domain {brief(node.domain)} are not supported"
-        if node.op_type in SHAPE_OPS:
+        if node.op_type in SHAPE_OPS and node.op_type not in SUPPORTED_OPS:
             return (f"op {node.op_type} is supported only as part of a constant computation "
                     f"(such as a Reshape's target shape), but here it computes on the model's data")
         if node.op_type not in SUPPORTED_OPS:
@@ -685,14 +688,24 @@ class _Graph:
         if not ins or ins[0] is None:
             raise _ShapeError("its first input is missing")
         x = [int(d) for d in ins[0]]
-        if op in ("Relu", "Clip", "Dropout", "Identity"):
+        if op in ("Relu", "Clip", "Dropout", "Identity", "Sigmoid", "HardSigmoid", "HardSwish"):
             return x
-        if op == "Add":
+        if op in ("Add", "Sub", "Mul", "Div"):
+            if len(ins) != 2 or ins[1] is None:
+                raise _ShapeError("it needs two inputs")
             try:
                 return list(np.broadcast_shapes(tuple(ins[0]), tuple(ins[1])))
             except ValueError:
-                raise _ShapeError(f"cannot add tensors of shapes {brief(tuple(ins[0]))} and "
+                raise _ShapeError(f"cannot broadcast tensors of shapes {brief(tuple(ins[0]))} and "
                                   f"{brief(tuple(ins[1]))}") from None
+        if op == "Concat":
+            shapes = [[int(d) for d in i] if i is not None else None for i in ins]
+            axis = attrs.get("axis", 0)
+            if len(x) != 4 or axis not in (1, -3) or any(s is None or len(s) != 4 or s[:1] + s[2:] != x[:1] + x[2:]
+                                                          for s in shapes):
+                raise _ShapeError(f"concatenates only NCHW tensors of equal N, H, W along channels (axis 1), "
+                                  f"got axis {brief(axis)} and shapes {brief([tuple(s) if s else s for s in shapes])}")
+            return [x[0], sum(s[1] for s in shapes), x[2], x[3]]
         if op in ("Conv", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
                   "ReduceMean") and len(x) != 4:
             raise _ShapeError(f"expects a 4-D NCHW input, got shape {brief(x)}")
@@ -822,6 +835,11 @@ class _Graph:
                 return "negative Pad widths (cropping) are not supported"
         if op == "Reshape" and const(inputs[1]) is None:
             return "the target shape must be constant"
+        if op == "HardSigmoid" and not all(isinstance(attrs.get(k, 0.0), float) and math.isfinite(attrs.get(k, 0.0))
+                                           for k in ("alpha", "beta")):
+            return f"alpha and beta must be finite numbers, got {brief(attrs.get('alpha'))}, {brief(attrs.get('beta'))}"
+        if op in ("Mul", "Sub", "Div") and all(i in self.consts for i in inputs[:2]):
+            return "both operands are constant (fold it before export)"
         if op == "ReduceMean":
             axes = attrs.get("axes") if len(inputs) < 2 else const(inputs[1])
             if axes is None or sorted(int(a) % 4 for a in np.ravel(axes)) != [2, 3]:
