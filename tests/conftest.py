@@ -64,38 +64,6 @@ def make_sequential() -> nn.Sequential:
 
 
 
-class SqueezeExcite(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Conv2d(channels, channels, 1)
-        self.gate = nn.Hardsigmoid()
-
-    def forward(self, x):
-        gate = self.gate(self.fc(self.pool(x)))
-        return x * gate
-
-
-class MobileNetV3Block(nn.Module):
-    """MobileNetV3's ops in three submodules: `Hardswish` in `stem.1`, `Hardsigmoid` in
-    `block.se.gate` and the squeeze-excitation `x * gate` in `block.se`."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Hardswish())
-        self.block = nn.Sequential(nn.Conv2d(4, 4, 3))
-        self.block.add_module("se", SqueezeExcite(4))
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.fc(self.block(self.stem(x)).mean((2, 3)))
-
-
-def make_mobilenet_v3_block() -> MobileNetV3Block:
-    torch.manual_seed(0)
-    return MobileNetV3Block().eval()
-
-
 class ManyTanhs(nn.Module):
     """`count` unsupported ops (a tanh each), to check the error stays bounded."""
 
