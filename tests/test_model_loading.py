@@ -168,3 +168,18 @@ def test_quantize_refuses_calibration_samples_of_another_shape(nets, tmp_path):
     proc = tinytrain("compile", f"{nets}/nets.py:with_example", "--quantize", "int8", "--calibration",
                      tmp_path / "other.npz", "-o", tmp_path / "p")
     assert_clean_error(proc, "x_train holds samples of shape (1, 8, 8), the model takes (1, 2, 8, 8)")
+
+
+def test_an_onnx_file_from_torch_default_exporter_compiles_from_the_command_line(tmp_path):
+    """torch.onnx.export as a user calls it (dynamo, weights in m.onnx.data), then `compile`
+    with a new head: the project is written and its parameters keep the module names."""
+    import json
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(make_small_net().eval(), (torch.zeros(INPUT_SHAPE),), str(tmp_path / "m.onnx"), verbose=False)
+    assert (tmp_path / "m.onnx.data").exists()
+    proc = tinytrain("compile", tmp_path / "m.onnx", "--num-classes", "3", "--target", "host", "-o", tmp_path / "p")
+    assert proc.returncode == 0, proc.stderr
+    model = json.loads((tmp_path / "p" / "memory_report.json").read_text())["model"]
+    assert model["num_classes"] == 3 and "head.weight" in model["trainable"], model
