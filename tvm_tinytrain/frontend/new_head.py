@@ -17,6 +17,7 @@ import tvm
 from tvm import relax
 
 from ..errors import TinyTrainError
+from ..relax_utils import op_name, substitute_vars
 from .imported import ImportedModel
 
 MAX_CLASSES = 4096  # a head this wide is no MCU classifier, and bounds what a flag can allocate
@@ -54,28 +55,16 @@ def _rebuilt(func: relax.Function, remap: dict) -> relax.Function:
     """`func` with the parameters in `remap` replaced, every binding emitted again so that
     Relax infers the shapes that follow from the new ones."""
     env = dict(remap)
-
-    def sub(expr):
-        if isinstance(expr, relax.Var):
-            return env.get(expr, expr)
-        if isinstance(expr, relax.Call):
-            return relax.Call(expr.op, [sub(a) for a in expr.args], expr.attrs, expr.ty_args)
-        if isinstance(expr, relax.Tuple):
-            return relax.Tuple([sub(f) for f in expr.fields])
-        if isinstance(expr, relax.TupleGetItem):
-            return relax.TupleGetItem(sub(expr.tuple_value), expr.index)
-        return expr  # constants, shapes
-
     bb = relax.BlockBuilder()
     attrs = {k: v for k, v in func.attrs.items()} if func.attrs is not None else None
     with bb.function("main", [env.get(p, p) for p in func.params], attrs=attrs, pure=func.is_pure):
         with bb.dataflow():
             for block in func.body.blocks:
                 for binding in block.bindings:
-                    value = sub(binding.value)
+                    value = substitute_vars(binding.value, env)
                     dataflow = isinstance(binding.var, relax.DataflowVar)
                     env[binding.var] = bb.emit(value, binding.var.name) if dataflow else bb.emit_output(value)
-        bb.emit_func_output(sub(func.body.body))
+        bb.emit_func_output(substitute_vars(func.body.body, env))
     return bb.get()["main"]
 
 
@@ -89,17 +78,14 @@ def _final_linear(func: relax.Function, source: str) -> tuple[relax.Var, relax.V
             expr = bindings[expr]
         return bindings.get(expr, expr) if isinstance(expr, relax.Var) else expr
 
-    def op(expr) -> str:
-        return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else ""
-
     out = through_aliases(func.body.body)
     bias = None
-    if op(out) == "relax.add":
+    if op_name(out) == "relax.add":
         a, b = out.args
         bias, out = (a, through_aliases(b)) if a in params else (b, through_aliases(a)) if b in params else (None, out)
-    if op(out) == "relax.matmul":
+    if op_name(out) == "relax.matmul":
         w = through_aliases(out.args[1])
-        if op(w) == "relax.permute_dims" and w.args[0] in params and [int(x) for x in w.attrs.axes] == [1, 0]:
+        if op_name(w) == "relax.permute_dims" and w.args[0] in params and [int(x) for x in w.attrs.axes] == [1, 0]:
             return w.args[0], bias
     raise TinyTrainError(f"{source}: --num-classes replaces a final linear layer (nn.Linear, ONNX Gemm) whose "
                          "output is the model's, and this model's logits come from something else; build "
