@@ -696,7 +696,8 @@ class _Graph:
             try:
                 return list(np.broadcast_shapes(tuple(ins[0]), tuple(ins[1])))
             except ValueError:
-                raise _ShapeError(f"cannot broadcast tensors of shapes {brief(tuple(ins[0]))} and "
+                verb = {"Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide"}[op]
+                raise _ShapeError(f"cannot {verb} tensors of shapes {brief(tuple(ins[0]))} and "
                                   f"{brief(tuple(ins[1]))}") from None
         if op == "Concat":
             shapes = [[int(d) for d in i] if i is not None else None for i in ins]
