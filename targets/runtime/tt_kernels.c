@@ -982,12 +982,6 @@ static inline __attribute__((always_inline)) float relu_fast(const float *p) {
   return r;
 }
 
-/* n outputs of a row (n = 4 or 8) of a 3-wide window with 1 column of padding, stride 1
- * or 2: input columns x0 .. x0 + (n - 1) * stride + 2 of each window row (`a` at column 0
- * of the first row inside, ky_n rows), of which the first is padding when `left` and the
- * last when `right`: a zero there, which adds 0.0f * w, an exact no-op under the kernel's
- * conditions (below). Sums and inputs stay in registers: each input is loaded once for
- * the 3 (stride 1) or 1-2 (stride 2) taps that read it. A fused ReLU goes through relu_fast. */
 /* One window row's taps added to the n sums s (r: the row at column x0 + 1, wk: its weights). */
 static inline __attribute__((always_inline)) void conv_row_k3_taps(float *s, const float *r, const float *wk,
                                                                  int32_t w_col, int left, int right, const int n,
@@ -1041,6 +1035,7 @@ static inline __attribute__((always_inline)) void conv_rows_k3(float *out, const
   }
 }
 
+/* conv_rows_k3 for known padding columns: the 3 rows one after the other where that pays. */
 static inline __attribute__((always_inline)) void conv_row_k3_(float *out, const float *a, int32_t a_chan,
                                                              int32_t a_row, const float *w, int32_t w_chan,
                                                              int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n,
@@ -1058,8 +1053,14 @@ static inline __attribute__((always_inline)) void conv_row_k3_(float *out, const
   }
 }
 
-/* conv_rows_k3 with the block's padding columns as compile-time cases: at stride 2 (an even
- * width) only the left one occurs; the others take the tests in the loop. */
+/* n outputs of a row (n = 4 or 8) of a 3-wide window with 1 column of padding, stride 1
+ * or 2: input columns x0 .. x0 + (n - 1) * stride + 2 of each window row (`a` at column 0
+ * of the first row inside, ky_n rows), of which the first is padding when `left` and the
+ * last when `right`: a zero there, which adds 0.0f * w, an exact no-op under the kernel's
+ * conditions (below). Sums and inputs stay in registers: each input is loaded once for
+ * the 3 (stride 1) or 1-2 (stride 2) taps that read it. A fused ReLU goes through relu_fast.
+ * The block's padding columns are compile-time cases: at stride 2 (an even width) only the
+ * left one occurs; the others take the tests in the loop. */
 static inline __attribute__((always_inline)) void conv_row_k3(float *out, const float *a, int32_t a_chan,
                                                             int32_t a_row, const float *w, int32_t w_chan,
                                                             int32_t w_row, int32_t w_col, int32_t c, int32_t ky_n, int32_t x0,
