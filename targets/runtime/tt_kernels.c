@@ -42,6 +42,21 @@
 #define TT_DW_MAX_TAPS 49 /* windows up to 7x7 take the int32 path (their sums stay far below 2^24) */
 #define TT_DW_PADDED_BYTES 256 /* planes whose zero-point-padded copy fits here are copied (on the stack) */
 
+/* acc + a * b, the product rounded before the addition, as C computes it (the build never
+ * contracts it into a fused multiply-add). With an Arm single-precision FPU it is one VMLA,
+ * which is exactly that: chained, not fused (VFMA is the fused one), the addend its first
+ * operand as in C's acc + a * b (which decides which NaN comes out when both are NaN). gcc
+ * never emits VMLA itself, so a float multiply-accumulate costs two instructions without it.
+ * RISC-V's FMADD.S is fused, hence different bits: there the expression stays. */
+static inline __attribute__((always_inline)) float mul_add(float acc, float a, float b) {
+#if defined(__arm__) && defined(__ARM_FP) && (__ARM_FP & 4)
+  __asm__("vmla.f32 %0, %1, %2" : "+t"(acc) : "t"(a), "t"(b));
+  return acc;
+#else
+  return acc + a * b;
+#endif
+}
+
 /* Whether n accumulators all hold +0.0f (all bits zero): the int32 paths' precondition. */
 static int all_positive_zero(const float *acc, int32_t n) {
   uint32_t any = 0;
@@ -366,7 +381,7 @@ int32_t tt_pw_row_f32s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_
     for (int32_t i = 0; i < k; ++i, ap += a_stride) {
       float wi = (float)w[i * w_stride];
       for (int j = 0; j < 8; ++j) {
-        s[j] = s[j] + ap[j] * wi;
+        s[j] = mul_add(s[j], ap[j], wi);
       }
     }
     for (int j = 0; j < 8; ++j) {
@@ -378,10 +393,10 @@ int32_t tt_pw_row_f32s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_
     const float *ap = a + x;
     for (int32_t i = 0; i < k; ++i, ap += a_stride) {
       float wi = (float)w[i * w_stride];
-      s0 = s0 + ap[0] * wi;
-      s1 = s1 + ap[1] * wi;
-      s2 = s2 + ap[2] * wi;
-      s3 = s3 + ap[3] * wi;
+      s0 = mul_add(s0, ap[0], wi);
+      s1 = mul_add(s1, ap[1], wi);
+      s2 = mul_add(s2, ap[2], wi);
+      s3 = mul_add(s3, ap[3], wi);
     }
     acc[x] = s0, acc[x + 1] = s1, acc[x + 2] = s2, acc[x + 3] = s3;
   }
@@ -842,7 +857,7 @@ static inline __attribute__((always_inline)) void dw_transpose_taps(float *acc, 
       for (int32_t j = 0; j < ny; ++j, row += a_row, wrow += stride * kw) {
 #pragma GCC unroll 1
         for (int32_t i = 0; i < nx; ++i) {
-          s = s + row[i] * wrow[i * stride];
+          s = mul_add(s, row[i], wrow[i * stride]);
         }
       }
       acc[y * out_w + x] = s;
@@ -888,8 +903,8 @@ static inline __attribute__((always_inline)) void rows2_block(float *acc0, float
     float wa = (float)w0[i * w_stride], wb = (float)w1[i * w_stride];
     for (int j = 0; j < n; ++j) {
       float v = ap[j];
-      s[j] = s[j] + v * wa;
-      t[j] = t[j] + v * wb;
+      s[j] = mul_add(s[j], v, wa);
+      t[j] = mul_add(t[j], v, wb);
     }
   }
   for (int j = 0; j < n; ++j) {
@@ -997,9 +1012,9 @@ static inline __attribute__((always_inline)) void conv_row_k3_taps(float *s, con
   v[m - 1] = right ? 0.0f : relu ? relu_fast(r + m - 2) : r[m - 2];
 #pragma GCC unroll 8
   for (int o = 0; o < n; ++o) {
-    s[o] = s[o] + v[o * stride] * w0;
-    s[o] = s[o] + v[o * stride + 1] * w1;
-    s[o] = s[o] + v[o * stride + 2] * w2;
+    s[o] = mul_add(s[o], v[o * stride], w0);
+    s[o] = mul_add(s[o], v[o * stride + 1], w1);
+    s[o] = mul_add(s[o], v[o * stride + 2], w2);
   }
 }
 
@@ -1122,10 +1137,10 @@ static void conv_row4(float *out, const float *a, int32_t a_chan, int32_t a_row,
       const float *r = a + ky * a_row, *wk = w + ky * w_row;
       for (int32_t kx = 0; kx < kw; ++kx) {
         float wx = wk[kx * w_col];
-        s0 = s0 + conv_in(r + kx, relu) * wx;
-        s1 = s1 + conv_in(r + stride + kx, relu) * wx;
-        s2 = s2 + conv_in(r + 2 * stride + kx, relu) * wx;
-        s3 = s3 + conv_in(r + 3 * stride + kx, relu) * wx;
+        s0 = mul_add(s0, conv_in(r + kx, relu), wx);
+        s1 = mul_add(s1, conv_in(r + stride + kx, relu), wx);
+        s2 = mul_add(s2, conv_in(r + 2 * stride + kx, relu), wx);
+        s3 = mul_add(s3, conv_in(r + 3 * stride + kx, relu), wx);
       }
     }
   }
@@ -1138,7 +1153,7 @@ static float conv_one(float s, const float *a, int32_t a_chan, int32_t a_row, co
   for (int32_t i = 0; i < c; ++i, a += a_chan, w += w_chan) {
     for (int32_t ky = 0; ky < ky_n; ++ky) {
       for (int32_t kx = 0; kx < kx_n; ++kx) {
-        s = s + conv_in(&a[ky * a_row + kx], relu) * w[ky * w_row + kx * w_col];
+        s = mul_add(s, conv_in(&a[ky * a_row + kx], relu), w[ky * w_row + kx * w_col]);
       }
     }
   }
