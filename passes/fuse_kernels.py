@@ -436,6 +436,7 @@ PLANE_ACCUMULATOR_BYTES = 4096
 # schemes peak (MobileNetV2's 138 KB scheme peaks in a 16x16 one, which a 1 KB plane
 # accumulator would raise): at most this many bytes, which TVM keeps on the C stack.
 GRADIENT_PLANE_BYTES = 512
+GRADIENT_PLANE_MIN_TAPS = 25  # stride-1 ones from 5x5 windows up (see _plane_accumulated)
 
 
 def _pair_channel_rows(sch, blocks, rows_outside: bool) -> str | None:
@@ -466,8 +467,11 @@ def _plane_accumulated(sch, block) -> bool:
     """A conv whose output plane, at most PLANE_ACCUMULATOR_BYTES of float32, a micro-kernel
     computes whole: an int8 depthwise conv, a float32 conv with a window (float models;
     `acc + if_then_else(inside, a, 0) * w`, TOPI's padded form, `a` possibly through a ReLU),
-    or the input gradient of an int8 depthwise conv with a stride (`transposed_depthwise`; at
-    stride 1 the plane kernel's per-call cost outweighs what it saves on MCU-sized planes)."""
+    or the input gradient of an int8 depthwise conv (`transposed_depthwise`) with a stride,
+    a window of GRADIENT_PLANE_MIN_TAPS or more, or rows of 8 or more (the kernel skips the
+    taps off the grid or off the plane, which TVM's loop tests one by one, and keeps 8 sums
+    of a 3-wide window's row in registers; measured on MCUNet's step, a 3x3 window on a 4x4
+    plane at stride 1 costs more in the call than it saves)."""
     b = sch.get(block)
     reduced = _conv_reduction(sch, block)
     if reduced is None or reduced[1] * reduced[2] <= 1:
@@ -480,7 +484,8 @@ def _plane_accumulated(sch, block) -> bool:
     if operands == {"float32", "int8"}:  # strided: most taps lie off the grid, which the kernel skips
         form = _is_depthwise_conv(sch, block) and transposed_depthwise(b)
         small = int(b.iter_vars[2].dom.extent) * int(b.iter_vars[3].dom.extent) * 4 <= GRADIENT_PLANE_BYTES
-        return bool(form) and form[1] is not None and small
+        pays = reduced[1] * reduced[2] >= GRADIENT_PLANE_MIN_TAPS or int(b.iter_vars[3].dom.extent) >= 8
+        return bool(form) and (form[1] is not None or pays) and small
     return operands == {"float32"} and padded_float_conv(b) is not None
 
 

@@ -371,6 +371,22 @@ def depthwise_transpose_intrin(h: int, w: int, kh: int, kw: int, stride: int, pa
                         zero) * T.Cast("float32", B[0, 0, flip_h - vky, flip_w - vkx])
 
     @T.prim_func(s_tir=True)
+    def plain_desc(a: T.handle, b: T.handle, o: T.handle):  # stride 1: every tap on the grid, no parity test
+        A = T.match_buffer(a, (one, one, AH, AW), "float32", offset_factor=1)
+        B = T.match_buffer(b, (one, one, KH, KW), "int8", offset_factor=1)
+        O = T.match_buffer(o, (one, one, OH, OW), "float32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0, 0:AH, 0:AW], B[0, 0, 0:KH, 0:KW])
+            T.writes(O[0, 0, 0:OH, 0:OW])
+            for n, f, y, x, r, ky, kx in T.grid(one, one, OH, OW, one, KH, KW):
+                with T.sblock("update"):
+                    vy, vx, vky, vkx = T.axis.remap("SSRR", [y, x, ky, kx])
+                    O[0, 0, vy, vx] = O[0, 0, vy, vx] + T.if_then_else(
+                        p <= vy + vky and vy + vky < end_h and p <= vx + vkx and vx + vkx < end_w,
+                        A[0, 0, vy + vky - p + t, vx + vkx - p + t], zero) * T.Cast("float32",
+                                                                               B[0, 0, flip_h - vky, flip_w - vkx])
+
+    @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, o: T.handle):
         a_row = T.int64()
         b_row = T.int64()
@@ -387,7 +403,7 @@ def depthwise_transpose_intrin(h: int, w: int, kh: int, kw: int, stride: int, pa
                                      T.Cast("int32", a_row), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_row),
                                      h, w, kh, kw, stride, pad, out_h, out_w))
 
-    TensorIntrin.register(name, strided_desc, impl)
+    TensorIntrin.register(name, strided_desc if stride > 1 else plain_desc, impl)
     return name
 
 
@@ -617,18 +633,22 @@ def _conv_row_form(block, loops_extents) -> str | None:
 
 def _depthwise_transpose_form(block, loops_extents) -> str | None:
     """The intrinsic for `block` when it is one channel plane of the input gradient of an int8
-    depthwise conv with a stride (`transposed_depthwise`); else None."""
+    depthwise conv (`transposed_depthwise`; at a stride above 1 its taps off the stride's
+    grid are tested apart); else None."""
     form = transposed_depthwise(block)
-    if form is None or form[1] is None or int(block.iter_vars[4].dom.extent) != 1:
+    if form is None or int(block.iter_vars[4].dom.extent) != 1:
         return None
     cond, grid, load, _ = form
-    first, parity = _terms(cond)[0], _terms(grid)[0]  # "pad <= y + ky", "(y + ky - pad) % stride == 0"
+    first = _terms(cond)[0]  # "pad <= y + ky"
     if not (isinstance(first, tvm.tirx.LE) and isinstance(first.a, tvm.tirx.IntImm)):
         return None
-    if not (isinstance(parity, tvm.tirx.EQ) and isinstance(parity.a, tvm.tirx.FloorMod)
-            and isinstance(parity.a.b, tvm.tirx.IntImm)):
-        return None
-    stride = int(parity.a.b.value)
+    stride = 1
+    if grid is not None:
+        parity = _terms(grid)[0]  # "(y + ky - pad) % stride == 0"
+        if not (isinstance(parity, tvm.tirx.EQ) and isinstance(parity.a, tvm.tirx.FloorMod)
+                and isinstance(parity.a.b, tvm.tirx.IntImm)):
+            return None
+        stride = int(parity.a.b.value)
     shape = [int(d) for d in load.source.shape]
     return depthwise_transpose_intrin(shape[2], shape[3], loops_extents[5], loops_extents[6], stride,
                                       int(first.a.value), loops_extents[2], loops_extents[3])

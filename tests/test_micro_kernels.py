@@ -195,15 +195,19 @@ def depthwise_input_gradient_kernel(channels: int, h: int, w: int, kernel: int, 
 
 @pytest.mark.parametrize("channels, h, w, kernel, stride", [
     (3, 8, 8, 7, 2), (2, 4, 4, 5, 1), (2, 9, 7, 3, 2), (2, 16, 16, 3, 1), (1, 10, 6, 5, 2), (2, 9, 9, 5, 3),
+    (2, 8, 8, 3, 1), (2, 4, 4, 3, 1), (1, 6, 6, 7, 1),
 ])
 def test_tensorized_depthwise_input_gradient_equals_the_tir_kernel(host_kernels, channels, h, w, kernel, stride):
     """The input gradient of an int8 depthwise conv (float32 gradient, int8 weights): with a
     stride, a plane accumulator and tt_dw_transpose_f32s8, which adds only the taps on the
-    stride's grid, bit for bit the TIR's sums (infinities and NaNs in the gradient included);
-    at stride 1 TVM's loop, unchanged."""
+    stride's grid, bit for bit the TIR's sums (infinities and NaNs in the gradient included).
+    At stride 1 the same from 5x5 windows up (the taps off the plane skipped) and for rows of
+    8 or more (the float conv's rows, the window flipped); a 3x3 window on a 4x4 plane, and
+    planes above 512 bytes, keep TVM's loop."""
     func, (out_h, out_w) = depthwise_input_gradient_kernel(channels, h, w, kernel, stride)
     tensorized, replaced = tensorize(func)
-    assert replaced == (stride > 1) and (DW_TRANSPOSE in tensorized.script()) == (stride > 1)
+    expected = (stride > 1 or kernel >= 5 or w >= 8) and h * w * 4 <= 512
+    assert replaced == expected and (DW_TRANSPOSE in tensorized.script()) == expected
     rng = np.random.default_rng(h * kernel + stride)
     for trial in range(3):
         dy = (rng.standard_normal((1, channels, out_h, out_w)) * 10.0 ** rng.integers(-30, 30)).astype(np.float32)
