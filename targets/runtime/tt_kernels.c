@@ -57,6 +57,30 @@ static inline __attribute__((always_inline)) float mul_add(float acc, float a, f
 #endif
 }
 
+/* The n floats at p (n = 4 or 8): one VLDM on an Arm FPU (gcc loads them one VLDR each),
+ * else n loads. */
+static inline __attribute__((always_inline)) void load_floats(const float *p, float v[8], const int n) {
+#if defined(__arm__) && defined(__ARM_FP) && (__ARM_FP & 4)
+  register float v0 __asm__("s16"), v1 __asm__("s17"), v2 __asm__("s18"), v3 __asm__("s19");
+  register float v4 __asm__("s20"), v5 __asm__("s21"), v6 __asm__("s22"), v7 __asm__("s23");
+  if (n == 8) {
+    __asm__("vldmia %8, {s16-s23}"
+            : "=t"(v0), "=t"(v1), "=t"(v2), "=t"(v3), "=t"(v4), "=t"(v5), "=t"(v6), "=t"(v7)
+            : "r"(p), "m"(*(const float(*)[8])p));
+    v[4] = v4, v[5] = v5, v[6] = v6, v[7] = v7;
+  } else if (n == 4) {
+    __asm__("vldmia %4, {s16-s19}" : "=t"(v0), "=t"(v1), "=t"(v2), "=t"(v3) : "r"(p), "m"(*(const float(*)[4])p));
+  }
+  if (n == 8 || n == 4) {
+    v[0] = v0, v[1] = v1, v[2] = v2, v[3] = v3;
+    return;
+  }
+#endif
+  for (int j = 0; j < n; ++j) {
+    v[j] = p[j];
+  }
+}
+
 /* Whether n accumulators all hold +0.0f (all bits zero): the int32 paths' precondition. */
 static int all_positive_zero(const float *acc, int32_t n) {
   uint32_t any = 0;
@@ -378,10 +402,12 @@ int32_t tt_pw_row_f32s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_
       s[j] = acc[x + j];
     }
     const float *ap = a + x;
+#pragma GCC unroll 1 /* as in rows2_block */
     for (int32_t i = 0; i < k; ++i, ap += a_stride) {
-      float wi = (float)w[i * w_stride];
+      float wi = (float)w[i * w_stride], v[8];
+      load_floats(ap, v, 8);
       for (int j = 0; j < 8; ++j) {
-        s[j] = mul_add(s[j], ap[j], wi);
+        s[j] = mul_add(s[j], v[j], wi);
       }
     }
     for (int j = 0; j < 8; ++j) {
@@ -909,12 +935,13 @@ static inline __attribute__((always_inline)) void rows2_block(float *acc0, float
   for (int j = 0; j < n; ++j) {
     s[j] = acc0[j], t[j] = acc1[j];
   }
+#pragma GCC unroll 1 /* unrolled, gcc moves the sums around the registers VLDM fills */
   for (int32_t i = 0; i < k; ++i, ap += a_stride) {
-    float wa = (float)w0[i * w_stride], wb = (float)w1[i * w_stride];
+    float wa = (float)w0[i * w_stride], wb = (float)w1[i * w_stride], v[8];
+    load_floats(ap, v, n);
     for (int j = 0; j < n; ++j) {
-      float v = ap[j];
-      s[j] = mul_add(s[j], v, wa);
-      t[j] = mul_add(t[j], v, wb);
+      s[j] = mul_add(s[j], v[j], wa);
+      t[j] = mul_add(t[j], v[j], wb);
     }
   }
   for (int j = 0; j < n; ++j) {
