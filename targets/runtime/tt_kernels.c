@@ -1019,6 +1019,23 @@ static __attribute__((cold, noinline)) void conv_plane_f32_loop(float *acc, cons
  * bits for every input but a NaN the TIR turns into 0: VMAXNM returns NaN for a signalling
  * NaN, the sign-bit form for a positive NaN. Such a NaN makes the sums that read it NaN, and
  * tt_conv_plane_f32 then recomputes the plane with the TIR's loop. */
+#if defined(__arm__) && defined(TT_FPU_ROUNDS)
+#define RELU_IN_REGISTERS 1 /* VMAXNM works on a value already loaded (the sign-bit form needs it in a core register) */
+#else
+#define RELU_IN_REGISTERS 0
+#endif
+
+/* relu_fast on a loaded value, where RELU_IN_REGISTERS. */
+static inline __attribute__((always_inline)) float relu_register(float x) {
+#if RELU_IN_REGISTERS
+  float r;
+  __asm__("vmaxnm.f32 %0, %1, %2" : "=t"(r) : "t"(x), "t"(0.0f));
+  return r;
+#else
+  return x > 0.0f ? x : 0.0f;
+#endif
+}
+
 static inline __attribute__((always_inline)) float relu_fast(const float *p) {
   float x = *p, r;
 #if defined(__arm__) && defined(TT_FPU_ROUNDS) /* FPv5 */
@@ -1042,9 +1059,19 @@ static inline __attribute__((always_inline)) void conv_row_k3_taps(float *s, con
   const int m = (n - 1) * stride + 3;
   float w0 = wk[0], w1 = wk[w_col], w2 = wk[2 * w_col], v[MAX_IN];
   v[0] = left ? 0.0f : relu ? relu_fast(r - 1) : r[-1];
+  if (m == 10 && (!relu || RELU_IN_REGISTERS)) { /* 8 outputs at stride 1: the 8 inputs between the edges in one VLDM */
+    load_floats(r, v + 1, 8);
+    if (relu) {
+#pragma GCC unroll 8
+      for (int j = 1; j < 9; ++j) {
+        v[j] = relu_register(v[j]);
+      }
+    }
+  } else {
 #pragma GCC unroll 16
-  for (int j = 1; j < m - 1; ++j) {
-    v[j] = relu ? relu_fast(r + j - 1) : r[j - 1];
+    for (int j = 1; j < m - 1; ++j) {
+      v[j] = relu ? relu_fast(r + j - 1) : r[j - 1];
+    }
   }
   v[m - 1] = right ? 0.0f : relu ? relu_fast(r + m - 2) : r[m - 2];
 #pragma GCC unroll 8
