@@ -42,6 +42,15 @@
 #define TT_DW_MAX_TAPS 49 /* windows up to 7x7 take the int32 path (their sums stay far below 2^24) */
 #define TT_DW_PADDED_BYTES 256 /* planes whose zero-point-padded copy fits here are copied (on the stack) */
 
+#if defined(__arm__) && defined(__ARM_FP) && (__ARM_FP & 4)
+#define TT_ARM_FPU 1 /* single-precision VFP: VMLA, VLDM */
+/* loops whose VLDM fills fixed registers stay rolled: unrolled, gcc moves the sums around them */
+#define TT_VLDM_LOOP _Pragma("GCC unroll 1")
+#else
+#define TT_ARM_FPU 0
+#define TT_VLDM_LOOP
+#endif
+
 /* acc + a * b, the product rounded before the addition, as C computes it (the build never
  * contracts it into a fused multiply-add). With an Arm single-precision FPU it is one VMLA,
  * which is exactly that: chained, not fused (VFMA is the fused one), the addend its first
@@ -49,7 +58,7 @@
  * never emits VMLA itself, so a float multiply-accumulate costs two instructions without it.
  * RISC-V's FMADD.S is fused, hence different bits: there the expression stays. */
 static inline __attribute__((always_inline)) float mul_add(float acc, float a, float b) {
-#if defined(__arm__) && defined(__ARM_FP) && (__ARM_FP & 4)
+#if TT_ARM_FPU
   __asm__("vmla.f32 %0, %1, %2" : "+t"(acc) : "t"(a), "t"(b));
   return acc;
 #else
@@ -60,7 +69,7 @@ static inline __attribute__((always_inline)) float mul_add(float acc, float a, f
 /* The n floats at p (n = 4 or 8): one VLDM on an Arm FPU (gcc loads them one VLDR each),
  * else n loads. */
 static inline __attribute__((always_inline)) void load_floats(const float *p, float v[8], const int n) {
-#if defined(__arm__) && defined(__ARM_FP) && (__ARM_FP & 4)
+#if TT_ARM_FPU
   register float v0 __asm__("s16"), v1 __asm__("s17"), v2 __asm__("s18"), v3 __asm__("s19");
   register float v4 __asm__("s20"), v5 __asm__("s21"), v6 __asm__("s22"), v7 __asm__("s23");
   if (n == 8) {
@@ -402,7 +411,7 @@ int32_t tt_pw_row_f32s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_
       s[j] = acc[x + j];
     }
     const float *ap = a + x;
-#pragma GCC unroll 1 /* as in rows2_block */
+TT_VLDM_LOOP
     for (int32_t i = 0; i < k; ++i, ap += a_stride) {
       float wi = (float)w[i * w_stride], v[8];
       load_floats(ap, v, 8);
@@ -935,7 +944,7 @@ static inline __attribute__((always_inline)) void rows2_block(float *acc0, float
   for (int j = 0; j < n; ++j) {
     s[j] = acc0[j], t[j] = acc1[j];
   }
-#pragma GCC unroll 1 /* unrolled, gcc moves the sums around the registers VLDM fills */
+TT_VLDM_LOOP
   for (int32_t i = 0; i < k; ++i, ap += a_stride) {
     float wa = (float)w0[i * w_stride], wb = (float)w1[i * w_stride], v[8];
     load_floats(ap, v, n);
@@ -1059,11 +1068,15 @@ static inline __attribute__((always_inline)) void conv_row_k3_taps(float *s, con
   const int m = (n - 1) * stride + 3;
   float w0 = wk[0], w1 = wk[w_col], w2 = wk[2 * w_col], v[MAX_IN];
   v[0] = left ? 0.0f : relu ? relu_fast(r - 1) : r[-1];
-  if (m == 10 && (!relu || RELU_IN_REGISTERS)) { /* 8 outputs at stride 1: the 8 inputs between the edges in one VLDM */
+  if (n == 8 && (!relu || RELU_IN_REGISTERS)) { /* 8 outputs: the first 8 inputs between the edges in one VLDM */
     load_floats(r, v + 1, 8);
-    if (relu) {
 #pragma GCC unroll 8
-      for (int j = 1; j < 9; ++j) {
+    for (int j = 9; j < m - 1; ++j) { /* at stride 2, 7 more */
+      v[j] = r[j - 1];
+    }
+    if (relu) {
+#pragma GCC unroll 16
+      for (int j = 1; j < m - 1; ++j) {
         v[j] = relu_register(v[j]);
       }
     }
