@@ -844,8 +844,7 @@ int32_t tt_conv_row_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void
  * does not start at -0.0 never becomes -0.0 (x + -x is +0.0): so only the taps on the grid
  * are added, a quarter of them at stride 2. The kernel checks that no accumulator holds -0.0
  * and otherwise adds every tap, as the loop it replaces does. At stride 1 the grid is the
- * plane: a conv of `a` with the flipped window, which for 3-wide windows and rows of 8 or
- * more goes through tt_conv_plane_f32 (the same sums in the same order, 8 in registers). */
+ * plane, and the taps skipped are those off it. */
 /* The taps k = k0, k0 + stride, ... < n of a window whose tap k reads t = base + k that lie on
  * the grid 0, stride, ..., last: their count, the first in *k0 and its t / stride in *i0. */
 static inline __attribute__((always_inline)) int32_t taps_on_grid(int32_t base, const int32_t stride, int32_t n,
@@ -902,10 +901,6 @@ static inline __attribute__((always_inline)) void dw_transpose_taps(float *acc, 
   }
 }
 
-int32_t tt_conv_plane_f32(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void *w_, int32_t w_chan,
-                          int32_t w_row, int32_t w_col, int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t stride,
-                          int32_t pad, int32_t out_h, int32_t out_w, int32_t relu);
-
 int32_t tt_dw_transpose_f32s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_row, int32_t h, int32_t wd,
                               int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w) {
   float *acc = (float *)acc_;
@@ -921,10 +916,6 @@ int32_t tt_dw_transpose_f32s8(void *acc_, void *a_, int32_t a_row, void *w_, int
     for (int32_t kx = 0; kx < kw; ++kx) {
       w[ky * kw + kx] = (float)w8[(kh - 1 - ky) * w_row + kw - 1 - kx];
     }
-  }
-  if (stride == 1 && kw == 3 && out_w >= 8) { /* a float conv of the gradient plane with the flipped window,
-                                                 * the same sums, 8 outputs of a row in registers */
-    return tt_conv_plane_f32(acc, (void *)a, 0, a_row, w, 0, kw, 1, 1, h, wd, kh, kw, 1, pad, out_h, out_w, 0);
   }
   if (stride == 2) {
     dw_transpose_taps(acc, a, a_row, w, 2, kh, kw, pad, last_y, last_x, out_h, out_w);
