@@ -353,25 +353,15 @@ def depthwise_transpose_intrin(h: int, w: int, kh: int, kw: int, stride: int, pa
     end_h, end_w = T.int64(pad + (h - 1) * stride + 1), T.int64(pad + (w - 1) * stride + 1)
     t, flip_h, flip_w = T.int64(top), T.int64(kh - 1), T.int64(kw - 1)
 
-    @T.prim_func(s_tir=True)
-    def strided_desc(a: T.handle, b: T.handle, o: T.handle):
-        A = T.match_buffer(a, (one, one, AH, AW), "float32", offset_factor=1)
-        B = T.match_buffer(b, (one, one, KH, KW), "int8", offset_factor=1)
-        O = T.match_buffer(o, (one, one, OH, OW), "float32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0, 0:AH, 0:AW], B[0, 0, 0:KH, 0:KW])
-            T.writes(O[0, 0, 0:OH, 0:OW])
-            for n, f, y, x, r, ky, kx in T.grid(one, one, OH, OW, one, KH, KW):
-                with T.sblock("update"):
-                    vy, vx, vky, vkx = T.axis.remap("SSRR", [y, x, ky, kx])
-                    O[0, 0, vy, vx] = O[0, 0, vy, vx] + T.if_then_else(
-                        p <= vy + vky and vy + vky < end_h and p <= vx + vkx and vx + vkx < end_w,
-                        T.if_then_else((vy + vky - p) % s == T.int64(0) and (vx + vkx - p) % s == T.int64(0),
-                                       A[0, 0, (vy + vky - p) // s + t, (vx + vkx - p) // s + t], zero),
-                        zero) * T.Cast("float32", B[0, 0, flip_h - vky, flip_w - vkx])
+    def spread(A, y, x):  # the gradient a window tap at (y, x) of the padded box reads: on the stride's grid, else 0
+        if stride == 1:
+            return A[0, 0, y - p + t, x - p + t]
+        on_grid = tvm.tirx.And(tvm.tirx.EQ(tvm.tirx.floormod(y - p, s), T.int64(0)),
+                               tvm.tirx.EQ(tvm.tirx.floormod(x - p, s), T.int64(0)))
+        return T.if_then_else(on_grid, A[0, 0, tvm.tirx.floordiv(y - p, s) + t, tvm.tirx.floordiv(x - p, s) + t], zero)
 
     @T.prim_func(s_tir=True)
-    def plain_desc(a: T.handle, b: T.handle, o: T.handle):  # stride 1: every tap on the grid, no parity test
+    def desc(a: T.handle, b: T.handle, o: T.handle):
         A = T.match_buffer(a, (one, one, AH, AW), "float32", offset_factor=1)
         B = T.match_buffer(b, (one, one, KH, KW), "int8", offset_factor=1)
         O = T.match_buffer(o, (one, one, OH, OW), "float32", offset_factor=1)
@@ -383,8 +373,7 @@ def depthwise_transpose_intrin(h: int, w: int, kh: int, kw: int, stride: int, pa
                     vy, vx, vky, vkx = T.axis.remap("SSRR", [y, x, ky, kx])
                     O[0, 0, vy, vx] = O[0, 0, vy, vx] + T.if_then_else(
                         p <= vy + vky and vy + vky < end_h and p <= vx + vkx and vx + vkx < end_w,
-                        A[0, 0, vy + vky - p + t, vx + vkx - p + t], zero) * T.Cast("float32",
-                                                                               B[0, 0, flip_h - vky, flip_w - vkx])
+                        spread(A, vy + vky, vx + vkx), zero) * T.Cast("float32", B[0, 0, flip_h - vky, flip_w - vkx])
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, o: T.handle):
@@ -403,7 +392,7 @@ def depthwise_transpose_intrin(h: int, w: int, kh: int, kw: int, stride: int, pa
                                      T.Cast("int32", a_row), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_row),
                                      h, w, kh, kw, stride, pad, out_h, out_w))
 
-    TensorIntrin.register(name, strided_desc if stride > 1 else plain_desc, impl)
+    TensorIntrin.register(name, desc, impl)
     return name
 
 
