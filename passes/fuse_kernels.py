@@ -481,7 +481,7 @@ def _plane_accumulated(sch, block) -> bool:
     operands = {str(r.source.ty.dtype) for r in b.reads if not r.source.same_as(b.writes[0].source)}
     if operands == {"int8"}:
         return _is_depthwise_conv(sch, block)
-    if operands == {"float32", "int8"}:  # strided: most taps lie off the grid, which the kernel skips
+    if operands == {"float32", "int8"}:  # most taps lie off the grid or the plane, which the kernel skips
         form = _is_depthwise_conv(sch, block) and transposed_depthwise(b)
         small = int(b.iter_vars[2].dom.extent) * int(b.iter_vars[3].dom.extent) * 4 <= GRADIENT_PLANE_BYTES
         many_taps = reduced[1] * reduced[2] >= GRADIENT_PLANE_MIN_TAPS

@@ -1013,32 +1013,21 @@ static __attribute__((cold, noinline)) void conv_plane_f32_loop(float *acc, cons
   }
 }
 
+#if defined(__arm__) && defined(TT_FPU_ROUNDS) /* FPv5 */
+#define RELU_IN_REGISTERS 1 /* VMAXNM works on a value already loaded (the sign-bit form needs it in a core register) */
+#else
+#define RELU_IN_REGISTERS 0
+#endif
+
 /* A ReLU'd input as the 3-wide rows read it, one instruction where x > 0 ? x : 0 takes three
  * or four (a compare, a flag transfer, a conditional move): VMAXNM on FPv5, FMAX.S on RISC-V,
  * elsewhere the sign bit clearing the word (x & ~(x >> 31)). Each gives that expression's
  * bits for every input but a NaN the TIR turns into 0: VMAXNM returns NaN for a signalling
  * NaN, the sign-bit form for a positive NaN. Such a NaN makes the sums that read it NaN, and
  * tt_conv_plane_f32 then recomputes the plane with the TIR's loop. */
-#if defined(__arm__) && defined(TT_FPU_ROUNDS)
-#define RELU_IN_REGISTERS 1 /* VMAXNM works on a value already loaded (the sign-bit form needs it in a core register) */
-#else
-#define RELU_IN_REGISTERS 0
-#endif
-
-/* relu_fast on a loaded value, where RELU_IN_REGISTERS. */
-static inline __attribute__((always_inline)) float relu_register(float x) {
-#if RELU_IN_REGISTERS
-  float r;
-  __asm__("vmaxnm.f32 %0, %1, %2" : "=t"(r) : "t"(x), "t"(0.0f));
-  return r;
-#else
-  return x > 0.0f ? x : 0.0f;
-#endif
-}
-
 static inline __attribute__((always_inline)) float relu_fast(const float *p) {
   float x = *p, r;
-#if defined(__arm__) && defined(TT_FPU_ROUNDS) /* FPv5 */
+#if RELU_IN_REGISTERS
   __asm__("vmaxnm.f32 %0, %1, %2" : "=t"(r) : "t"(x), "t"(0.0f));
 #elif defined(__riscv) && defined(__riscv_flen)
   __asm__("fmax.s %0, %1, %2" : "=f"(r) : "f"(x), "f"(0.0f));
@@ -1049,6 +1038,17 @@ static inline __attribute__((always_inline)) float relu_fast(const float *p) {
   memcpy(&r, &b, sizeof r);
 #endif
   return r;
+}
+
+/* relu_fast on a value already loaded, where RELU_IN_REGISTERS (the TIR's expression elsewhere). */
+static inline __attribute__((always_inline)) float relu_register(float x) {
+#if RELU_IN_REGISTERS
+  float r;
+  __asm__("vmaxnm.f32 %0, %1, %2" : "=t"(r) : "t"(x), "t"(0.0f));
+  return r;
+#else
+  return x > 0.0f ? x : 0.0f;
+#endif
 }
 
 /* One window row's taps added to the n sums s (r: the row at column x0 + 1, wk: its weights). */
