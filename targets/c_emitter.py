@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -507,10 +509,11 @@ def _function_body(schedule: Schedule, p: Plan, offsets: dict[str, int], count_s
 
 
 def _kernels(program: TrainingProgram, source: str) -> str:
+    called = textwrap.fill(", ".join(sorted(set(re.findall(r"\b(tt_\w+)\(\(", source)))) or "none", 72,
+                           initial_indent=" * ", subsequent_indent=" * ")
     return _banner(program, "Kernels: TIR PrimFuncs printed as C by Apache TVM (tvm.tirx.build, target c).\n"
-                            " * Loop nests that TVM's tensorize matched call the micro-kernels of\n"
-                            " * tt_kernels.c (tt_pw_row_s8, tt_pw_row_f32s8, tt_pw_rows2_f32s8,\n"
-                            " * tt_dw_plane_s8, tt_conv_plane_f32).\n"
+                            " * Loop nests that TVM's tensorize matched call these micro-kernels of\n"
+                            " * tt_kernels.c:\n" + called + "\n"
                             " *\n * TVM's packed calling convention passes every kernel the same four\n"
                             " * arguments and reads fields some kernels do not use, hence the two\n"
                             " * warnings silenced for this file only.") + (
