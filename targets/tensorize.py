@@ -26,8 +26,9 @@ rounding as one float addition, QSUB/SSAT for the zero point and the clamp). Eac
 same bits as the loop it replaces (see there). Last, `_fused_rows` rewrites what tensorizing
 left in a row: a pointwise row's zeroing, call and requantization become one call
 (`tt_pw_row_requant_s8`), and the zeroing loop in front of a kernel that can zero its own
-accumulator is dropped (its `zeroed` argument set), each only where the blocks' regions
-show the loops touch exactly the same accumulator. Matching is TVM's structural comparison, so a loop that differs in any way
+accumulator is dropped (its `zeroed` argument set); then `_fused_pairs` makes a two-channel
+row and the loop requantizing its two rows one call (`tt_pw_rows2_requant_s8`); each only
+where the blocks' regions show the loops touch exactly the same accumulator. Matching is TVM's structural comparison, so a loop that differs in any way
 (another operand expression, a strided input) is left as it is.
 
 It runs when lowering to C only: the Relax VM reference keeps the plain TIR.
@@ -52,6 +53,7 @@ DW_TRANSPOSE = "tt_dw_transpose_f32s8"  # one channel of an int8 depthwise conv'
 FLOAT_CONV_PLANE = "tt_conv_plane_f32"  # one output channel of a float32 conv, padding included
 REQUANT = "tt_requant_s8"  # an int8 conv's outputs from its float32 sums: bias, scale, round, zero point, clamp
 INT8_ROW_REQUANT = "tt_pw_row_requant_s8"  # INT8_ROW on a zeroed row, then REQUANT of it, in one call
+INT8_ROWS2_REQUANT = "tt_pw_rows2_requant_s8"  # INT8_ROWS2 on zeroed rows, then REQUANT of each, in one call
 _REQUANT_MIN_WIDTH = 4  # narrower rows keep TVM's loop: a call costs about what it saves per output
 _CLAMP = (127.49, -128.49)  # the bounds TVM's int8 requantization clamps to before its last rounding
 _REDUCE = 2  # IterVar.CommReduce
@@ -961,6 +963,123 @@ def _fused_rows(seq: list, units: list, readers: dict) -> list:
     return out
 
 
+def _cached(items: list, region, analyzer):
+    """The buffer and indices behind a requantization operand's one-element `region`: the
+    parameter that one of the `items` (invariant_loads.py's cache blocks, `x_global[i] =
+    x[i]`) copies it from, else the region's own buffer; None if neither is plain."""
+    indices = [analyzer.simplify(r.min) for r in region.region]
+    for item in items:
+        store = item.block.body
+        if not (isinstance(store, tvm.tirx.BufferStore) and store.buffer.same_as(region.source)):
+            continue
+        load = store.value
+        same = isinstance(load, tvm.ir.expr.TensorLoad) and len(load.indices) == len(store.indices) and all(
+            a.same_as(b) for a, b in zip(load.indices, store.indices))
+        return (load.source, indices) if same else None
+    return region.source, indices
+
+
+def _flat(buffer, indices):
+    """The element offset of `indices` in a parameter (row-major, no strides of its own)."""
+    offset = 0
+    for extent, index in zip(buffer.shape, indices):
+        offset = offset * extent + index
+    return offset
+
+
+def _pair_region(buffer, first: list, second: list, extents: list, analyzer):
+    """The region of `buffer` covering two equal boxes of `extents` at `first` and `second`,
+    adjacent along one dimension; None if they are not."""
+    ranges, apart = [], 0
+    for m0, m1, extent in zip(first, second, extents):
+        if analyzer.can_prove_equal(m0, m1):
+            ranges.append(tvm.ir.Range.from_min_extent(m0, extent))
+        elif analyzer.can_prove_equal(m1 - m0, extent):
+            ranges.append(tvm.ir.Range.from_min_extent(m0, extent * 2))
+            apart += 1
+        else:
+            return None
+    return tvm.tirx.BufferRegion(buffer, ranges) if apart == 1 else None
+
+
+def _fused_pair(realize, loop, units: list, readers: dict):
+    """One block calling tt_pw_rows2_requant_s8 for `realize`, a tt_pw_rows2_s8 block on
+    zeroed rows, and `loop`, the loop right after it that requantizes each of the two rows
+    (caching the channel's bias and scale first), if they fit each other exactly; else None.
+    The channels' biases and scales must lie side by side, and so must the output rows."""
+    rows2 = _extern(realize, INT8_ROWS2)
+    if rows2 is None or int(rows2.args[-1]) != 1 or not isinstance(loop, tvm.tirx.For) \
+            or not isinstance(loop.extent, tvm.tirx.IntImm) or int(loop.extent) != 2:
+        return None
+    items = list(loop.body.seq) if isinstance(loop.body, tvm.tirx.SeqStmt) else [loop.body]
+    if not all(isinstance(x, tvm.s_tir.SBlockRealize) for x in items) \
+            or not all(x.block.name_hint.endswith("_global") for x in items[:-1]):
+        return None
+    rq = _extern(items[-1], REQUANT)
+    if rq is None:
+        return None
+    block, rq_block = realize.block, items[-1].block
+    by_loop = {value: iv.var for iv, value in zip(block.iter_vars, realize.iter_values)
+               if isinstance(value, tvm.tirx.Var)}
+    block_vars = [iv.var for iv in block.iter_vars]
+
+    def at(row: int):  # the requantization's operands for one row, in the fused block's variables
+        analyzer = tvm.sym.Analyzer()
+        for iv in block.iter_vars:
+            analyzer.bind(iv.var, iv.dom)
+        for unit in units:
+            analyzer.bind(unit.loop_var, unit.min)
+        analyzer.bind(loop.loop_var, loop.min + row)
+        for var, block_var in by_loop.items():
+            analyzer.bind(var, block_var)
+        for iv, value in zip(rq_block.iter_vars, items[-1].iter_values):
+            analyzer.bind(iv.var, value)
+        regions = [_matched(items[-1], _address_buffer(rq.args[k])) for k in (1, 2, 4, 5)]  # out, acc, bias, scale
+        operands = [(r.source, [analyzer.simplify(x.min) for x in r.region]) for r in regions[:2]]
+        operands += [_cached(items[:-1], r, analyzer) for r in regions[2:]]
+        defined = all(o is not None for o in operands) and all(
+            all(any(v.same_as(b) for b in block_vars) for v in undefined_vars(i)) for o in operands for i in o[1])
+        return (operands, regions, analyzer) if defined else None
+
+    rows = [at(0), at(1)]
+    if None in rows:
+        return None
+    (first, regions, analyzer), (second, _, _) = rows
+    acc = _matched(realize, _address_buffer(rows2.args[1]))  # both rows, in the fused block's variables
+    pair_dim = [i for i, r in enumerate(acc.region) if isinstance(r.extent, tvm.tirx.IntImm) and int(r.extent) == 2]
+    if len(pair_dim) != 1 or not first[1][0].same_as(acc.source):
+        return None
+    for row, operands in enumerate((first, second)):
+        mins = [r.min + (row if d == pair_dim[0] else 0) for d, r in enumerate(acc.region)]
+        if not all(analyzer.can_prove_equal(m, i) for m, i in zip(mins, operands[1][1])):
+            return None
+    out = _pair_region(first[0][0], first[0][1], second[0][1], [r.extent for r in regions[0].region], analyzer)
+    params = [(_pair_region(a[0], a[1], b[1], [1] * len(a[1]), analyzer), a, b) for a, b in zip(first[2:], second[2:])]
+    if out is None or not all(r is not None and analyzer.can_prove_equal(_flat(a[0], b[1]) - _flat(a[0], a[1]), 1)
+                              for r, a, b in params):
+        return None
+    keep = any(b not in (block.name_hint, rq_block.name_hint) for b in readers[acc.source.name])
+    address = lambda buffer, indices: tvm.tirx.address_of(tvm.tirx.BufferLoad(buffer, indices))
+    call = tvm.tirx.call_extern("int32", INT8_ROWS2_REQUANT, *rows2.args[1:-1], address(*first[0]),
+                                address(*second[0]), address(*first[2]), address(*first[3]), rq.args[6], int(keep))
+    reads = [r for r in block.reads if not r.source.same_as(acc.source)] + [r for r, _, _ in params]
+    fused = tvm.s_tir.SBlock(block.iter_vars, reads, list(block.writes) + [out], rq_block.name_hint,
+                             tvm.tirx.Evaluate(call), None, [], block.match_buffers, rq_block.annotations)
+    return tvm.s_tir.SBlockRealize(realize.iter_values, realize.predicate, fused)
+
+
+def _fused_pairs(seq: list, units: list, readers: dict) -> list:
+    """`seq` with each two-channel pointwise row and the loop requantizing its two rows
+    after it made one tt_pw_rows2_requant_s8 block (`_fused_pair`)."""
+    out, i = list(seq), 0
+    while i + 1 < len(out):
+        fused = _fused_pair(out[i], out[i + 1], units, readers)
+        if fused is not None:
+            out[i:i + 2] = [fused]
+        i += 1
+    return out
+
+
 def tir_nodes(stmt) -> list:
     """Every statement and SBlock under a TIR statement (TVM 0.27 has no Python TIR visitor:
     this walks the statement kinds blocks sit in)."""
@@ -1036,4 +1155,5 @@ def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
     for block in sblocks(func.body):
         for region in block.reads:
             readers.setdefault(region.source.name, []).append(block.name_hint)
-    return func.with_body(_rebuild(func.body, on_seq=lambda seq: _fused_rows(seq, units, readers))), replaced
+    return func.with_body(_rebuild(func.body, on_seq=lambda seq: _fused_pairs(_fused_rows(seq, units, readers), units,
+                                                                               readers))), replaced

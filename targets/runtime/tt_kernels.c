@@ -9,8 +9,8 @@
  * tt_pw_rows2_s8 the same for two output channels' rows, tt_pw_row_f32s8 the input gradient,
  * tt_pw_rows2_f32s8 that for two channels' rows; tt_dw_plane_s8, tt_conv_row_s8, the
  * depthwise input gradient tt_dw_transpose_f32s8, for float models tt_conv_plane_f32,
- * tt_requant_s8, the int8 outputs of any of the int8 convs' sums, and tt_pw_row_requant_s8,
- * a row and its requantization in one call, come after them):
+ * tt_requant_s8, the int8 outputs of any of the int8 convs' sums, and tt_pw_row_requant_s8
+ * and tt_pw_rows2_requant_s8, rows and their requantization in one call, come after them):
  *
  *     acc[x] += sum_i ((float)a[i * a_stride + x] - zx) * (float)w[i * w_stride]
  *
@@ -197,7 +197,7 @@ static inline uint32_t pack_high(uint32_t r, uint32_t r2) {
  * pixel, which SMLAD multiplies with (w_i, w_i+2), SXTB16 of 4 weights: two
  * multiply-accumulates an instruction, 4 accumulators in registers. */
 static inline __attribute__((always_inline)) void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k,
-                                                          int32_t fold, float *out) {
+                                                          int32_t out[4]) {
   int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   const int8_t *end = w + (k & ~3);
 #pragma GCC unroll 1 /* unrolled, the accumulators, weight pairs and rows no longer fit the registers */
@@ -215,20 +215,14 @@ static inline __attribute__((always_inline)) void pw_dot4(const int8_t *a, int32
     s2 = __smlad(__sxtb16(hi), wp, s2), s3 = __smlad(sxtb16_ror8(hi), wp, s3);
     a += 4 * a_stride;
   }
-  int32_t s[4] = {s0, s1, s2, s3};
-  pw_dot4_from(a, a_stride, end, 0, k & 3, s);
-  out[0] = (float)(s[0] - fold), out[1] = (float)(s[1] - fold), out[2] = (float)(s[2] - fold),
-  out[3] = (float)(s[3] - fold);
+  out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+  pw_dot4_from(a, a_stride, end, 0, k & 3, out);
 }
 #else
 static inline __attribute__((always_inline)) void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k,
-                                                          int32_t fold, float *out) {
-  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  for (int32_t i = 0; i < k; ++i, a += a_stride) {
-    int32_t wi = w[i];
-    s0 += wi * a[0], s1 += wi * a[1], s2 += wi * a[2], s3 += wi * a[3];
-  }
-  out[0] = (float)(s0 - fold), out[1] = (float)(s1 - fold), out[2] = (float)(s2 - fold), out[3] = (float)(s3 - fold);
+                                                          int32_t out[4]) {
+  out[0] = out[1] = out[2] = out[3] = 0;
+  pw_dot4_from(a, a_stride, w, 0, k, out);
 }
 #endif
 
@@ -296,7 +290,11 @@ int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w
   int32_t x = 0;
   if (w_stride == 1) {
     for (; x + 4 <= width; x += 4) {
-      pw_dot4(a + x, a_stride, w, k, fold, acc + x);
+      int32_t sums[4];
+      pw_dot4(a + x, a_stride, w, k, sums);
+      for (int32_t j = 0; j < 4; ++j) {
+        acc[x + j] = (float)(sums[j] - fold);
+      }
     }
   }
   for (; x < width; ++x) {
@@ -306,57 +304,52 @@ int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w
 }
 
 /* tt_pw_rows2_s8: tt_pw_row_s8 for two output channels at once (weights w and w + w_fstride,
- * rows acc and acc + acc_stride), so that each input value is loaded once for both. With the
- * DSP extension 2 pixels x 2 channels a step: the two pixels of input channels i and i + 2
- * packed into one word, SXTB16 splits it into the halfword pairs (pixel 0 of i, of i + 2) and
- * (pixel 1 of i, of i + 2), which SMLAD multiplies with (w_i, w_i+2), SXTB16 of 4 weights:
- * two multiply-accumulates an instruction. Elsewhere plain C, 4 pixels x 2 channels. When
- * either row cannot take the int32 sum, each row goes through tt_pw_row_s8. */
+ * rows acc and acc + acc_stride), so that each input value is loaded once for both: 4 pixels
+ * x 2 channels a step. With the DSP extension, as pw_dot4 for one channel: rows i and i + 2
+ * packed (PKHBT/PKHTB), SXTB16 to the halfword pairs (a_i, a_i+2) of each pixel, each pair
+ * multiplied by both channels' (w_i, w_i+2) with SMLAD: 32 multiply-accumulates from 4 row
+ * loads, 2 weight loads and 12 SXTB16. Elsewhere plain C. When either row cannot take the
+ * int32 sum, each row goes through tt_pw_row_s8. */
 #if defined(__ARM_FEATURE_DSP)
-static inline uint32_t load2(const int8_t *p) {
-  uint16_t v;
-  memcpy(&v, p, 2);
-  return v;
-}
+/* One half of a step: rows r, r2 (4 pixels each) with weight pairs wa (channel 0), wb (channel 1). */
+#define TT_DOT2X4_HALF(r, r2, wa, wb)                                                                  \
+  do {                                                                                               \
+    uint32_t lo_ = pack_low(r, r2), hi_ = pack_high(r, r2);                                          \
+    int32_t t_ = __sxtb16(lo_);                                                                      \
+    s00 = __smlad(t_, wa, s00), s10 = __smlad(t_, wb, s10);                                          \
+    t_ = sxtb16_ror8(lo_);                                                                           \
+    s01 = __smlad(t_, wa, s01), s11 = __smlad(t_, wb, s11);                                          \
+    t_ = __sxtb16(hi_);                                                                              \
+    s02 = __smlad(t_, wa, s02), s12 = __smlad(t_, wb, s12);                                          \
+    t_ = sxtb16_ror8(hi_);                                                                           \
+    s03 = __smlad(t_, wa, s03), s13 = __smlad(t_, wb, s13);                                          \
+  } while (0)
+#endif
 
-static void pw_dot2x2(const int8_t *a, int32_t a_stride, const int8_t *w0, int32_t w_fstride, int32_t k,
-                      int32_t s[4]) {
-  int32_t s00 = 0, s01 = 0, s10 = 0, s11 = 0; /* s<channel><pixel> */
+static inline __attribute__((always_inline)) void pw_dot2x4(const int8_t *a, int32_t a_stride, const int8_t *w0,
+                                                            int32_t w_fstride, int32_t k, int32_t s[8]) {
+  int32_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0; /* s<channel><pixel> */
+  int32_t i = 0;
+#if defined(__ARM_FEATURE_DSP)
   const int8_t *end = w0 + (k & ~3);
-  int32_t a_stride2 = 2 * a_stride;
-#pragma GCC unroll 1 /* unrolled, gcc spills the row pointers */
-  for (; w0 < end; w0 += 4) {
-    const int8_t *a1 = a + a_stride;
-    uint32_t even = load2(a) | load2(a + a_stride2) << 16, odd = load2(a1) | load2(a1 + a_stride2) << 16;
-    a += 2 * a_stride2;
-    int32_t e0 = __sxtb16(even), e1 = sxtb16_ror8(even), o0 = __sxtb16(odd), o1 = sxtb16_ror8(odd);
-    uint32_t wv = load4(w0);
-    int32_t w02 = __sxtb16(wv), w13 = sxtb16_ror8(wv);
-    s00 = __smlad(e0, w02, s00), s01 = __smlad(e1, w02, s01), s00 = __smlad(o0, w13, s00), s01 = __smlad(o1, w13, s01);
-    wv = load4(w0 + w_fstride);
-    w02 = __sxtb16(wv), w13 = sxtb16_ror8(wv);
-    s10 = __smlad(e0, w02, s10), s11 = __smlad(e1, w02, s11), s10 = __smlad(o0, w13, s10), s11 = __smlad(o1, w13, s11);
+  const int32_t a_stride2 = 2 * a_stride;
+#pragma GCC unroll 1
+  for (; w0 < end; w0 += 4, a += 2 * a_stride2) {
+    uint32_t v0 = load4(w0), v1 = load4(w0 + w_fstride);
+    TT_DOT2X4_HALF(load4(a), load4(a + a_stride2), __sxtb16(v0), __sxtb16(v1));
+    TT_DOT2X4_HALF(load4(a + a_stride), load4(a + a_stride + a_stride2), sxtb16_ror8(v0), sxtb16_ror8(v1));
   }
-  for (const int8_t *tail = w0 + (k & 3); w0 < tail; ++w0, a += a_stride) {
-    int32_t p0 = a[0], p1 = a[1], u = w0[0], v = w0[w_fstride];
-    s00 += u * p0, s01 += u * p1, s10 += v * p0, s11 += v * p1;
+  i = k & ~3;
+#pragma GCC unroll 1 /* the tail: at most 3 iterations, unrolled it only costs flash */
+#endif
+  for (; i < k; ++i, a += a_stride, ++w0) {
+    int32_t u = w0[0], v = w0[w_fstride];
+    s00 += u * a[0], s01 += u * a[1], s02 += u * a[2], s03 += u * a[3];
+    s10 += v * a[0], s11 += v * a[1], s12 += v * a[2], s13 += v * a[3];
   }
-  s[0] = s00, s[1] = s01, s[2] = s10, s[3] = s11;
-}
-#define TT_ROWS2_PIXELS 2
-#else
-static void pw_dot2x4(const int8_t *a, int32_t a_stride, const int8_t *w0, int32_t w_fstride, int32_t k,
-                      int32_t s[8]) {
-  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, t0 = 0, t1 = 0, t2 = 0, t3 = 0;
-  for (int32_t i = 0; i < k; ++i, a += a_stride) {
-    int32_t u = w0[i], v = w0[i + w_fstride];
-    s0 += u * a[0], s1 += u * a[1], s2 += u * a[2], s3 += u * a[3];
-    t0 += v * a[0], t1 += v * a[1], t2 += v * a[2], t3 += v * a[3];
-  }
-  s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3, s[4] = t0, s[5] = t1, s[6] = t2, s[7] = t3;
+  s[0] = s00, s[1] = s01, s[2] = s02, s[3] = s03, s[4] = s10, s[5] = s11, s[6] = s12, s[7] = s13;
 }
 #define TT_ROWS2_PIXELS 4
-#endif
 
 int32_t tt_pw_rows2_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
                        int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed) {
@@ -374,11 +367,7 @@ int32_t tt_pw_rows2_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t
   int32_t x = 0;
   for (; x + n <= width; x += n) {
     int32_t s[2 * TT_ROWS2_PIXELS];
-#if defined(__ARM_FEATURE_DSP)
-    pw_dot2x2(a + x, a_stride, w0, w_fstride, k, s);
-#else
     pw_dot2x4(a + x, a_stride, w0, w_fstride, k, s);
-#endif
     for (int32_t j = 0; j < n; ++j) {
       acc0[x + j] = (float)(s[j] - fold0), acc1[x + j] = (float)(s[n + j] - fold1);
     }
@@ -1348,9 +1337,8 @@ static inline int32_t float_bits(float f) {
   return bits;
 }
 
-/* One output: offset = the bits of 1.5 * 2^23 minus the zero point; s finite. */
-static inline __attribute__((always_inline)) int8_t requant_one(float acc, float b, float s, int32_t offset) {
-  float p = (acc + b) * s;
+/* One output from its scaled sum p: offset = the bits of 1.5 * 2^23 minus the zero point. */
+static inline __attribute__((always_inline)) int8_t requant_scaled(float p, int32_t offset) {
 #if defined(__ARM_FEATURE_DSP)
   return (int8_t)__ssat(__qsub(float_bits(p + 12582912.0f), offset), 8);
 #else
@@ -1359,6 +1347,24 @@ static inline __attribute__((always_inline)) int8_t requant_one(float acc, float
   int32_t r = float_bits(p + 12582912.0f) - offset;
   return (int8_t)(r < -128 ? -128 : r > 127 ? 127 : r);
 #endif
+}
+
+/* One output from its float32 sum, bias b and scale s (finite). */
+static inline __attribute__((always_inline)) int8_t requant_one(float acc, float b, float s, int32_t offset) {
+  return requant_scaled((acc + b) * s, offset);
+}
+
+/* One output from its exact integer sum with the bias already added: (float)(sum + bias) is
+ * the float32 sum acc + b of the TIR when |sum| <= 2^24 and |bias| <= 2^24 (both exact in
+ * float32, so their float32 addition rounds the exact integer sum once, as the conversion
+ * does), which saves the addition per output. */
+static inline __attribute__((always_inline)) int8_t requant_biased(int32_t sum_and_bias, float s, int32_t offset) {
+  return requant_scaled((float)sum_and_bias * s, offset);
+}
+
+/* Whether a bias can be added in int32 (requant_biased). */
+static inline int bias_exact(int32_t bias) {
+  return bias >= -TT_EXACT_FLOAT_INTEGERS && bias <= TT_EXACT_FLOAT_INTEGERS;
 }
 
 int32_t tt_requant_s8(void *out_, void *acc_, int32_t n, void *bias_, void *scale_, int32_t zo) {
@@ -1376,26 +1382,33 @@ int32_t tt_requant_s8(void *out_, void *acc_, int32_t n, void *bias_, void *scal
   return 0;
 }
 
-/* The exact path of tt_pw_row_requant_s8, with or without writing the sums (`keep`, a
- * constant in each copy, so that neither copy tests it per pixel). */
+/* One output of the exact paths below: the int32 sum minus the zero-point fold, written to the
+ * accumulator if `keep` (a constant in each copy), and its requantization with the bias added
+ * in int32 (unbiased = fold - bias, computed once). */
+static inline __attribute__((always_inline)) int8_t requant_sum(int32_t sum, int32_t fold, int32_t unbiased, float s,
+                                                               int32_t offset, float *acc, const int keep) {
+  if (keep) {
+    *acc = (float)(sum - fold);
+  }
+  return requant_biased(sum - unbiased, s, offset);
+}
+
+/* The exact path of tt_pw_row_requant_s8. */
 static inline __attribute__((always_inline)) void pw_row_requant(float *acc, const int8_t *a, int32_t a_stride,
                                                                const int8_t *w, int32_t k, int32_t width,
-                                                               int32_t fold, int8_t *out, float b, float s,
+                                                               int32_t fold, int8_t *out, int32_t bias, float s,
                                                                int32_t offset, const int keep) {
+  const int32_t unbiased = fold - bias;
   int32_t x = 0;
   for (; x + 4 <= width; x += 4) {
-    float sums[4];
-    pw_dot4(a + x, a_stride, w, k, fold, keep ? acc + x : sums);
+    int32_t sums[4];
+    pw_dot4(a + x, a_stride, w, k, sums);
     for (int32_t j = 0; j < 4; ++j) {
-      out[x + j] = requant_one(keep ? acc[x + j] : sums[j], b, s, offset);
+      out[x + j] = requant_sum(sums[j], fold, unbiased, s, offset, acc + x + j, keep);
     }
   }
   for (; x < width; ++x) {
-    float sum = (float)(pw_dot(a + x, a_stride, w, 1, k) - fold);
-    out[x] = requant_one(sum, b, s, offset);
-    if (keep) {
-      acc[x] = sum;
-    }
+    out[x] = requant_sum(pw_dot(a + x, a_stride, w, 1, k), fold, unbiased, s, offset, acc + x, keep);
   }
 }
 
@@ -1410,10 +1423,11 @@ int32_t tt_pw_row_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_, i
   float *acc = (float *)acc_;
   const int8_t *a = (const int8_t *)a_, *w = (const int8_t *)w_;
   int8_t *out = (int8_t *)out_;
-  float b = (float)*(const int32_t *)bias_, s = *(const float *)scale_;
+  int32_t bias = *(const int32_t *)bias_;
+  float s = *(const float *)scale_;
   const int32_t offset = float_bits(12582912.0f) - zo;
   int32_t fold;
-  if (w_stride != 1 || !__builtin_isfinite(s) || !weights_exact(w, 1, k, zx, &fold)) {
+  if (w_stride != 1 || !__builtin_isfinite(s) || !bias_exact(bias) || !weights_exact(w, 1, k, zx, &fold)) {
     for (int32_t x = 0; x < width; ++x) {
       acc[x] = 0.0f;
     }
@@ -1421,9 +1435,62 @@ int32_t tt_pw_row_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_, i
     return tt_requant_s8(out_, acc_, width, bias_, scale_, zo);
   }
   if (keep_acc) {
-    pw_row_requant(acc, a, a_stride, w, k, width, fold, out, b, s, offset, 1);
+    pw_row_requant(acc, a, a_stride, w, k, width, fold, out, bias, s, offset, 1);
   } else {
-    pw_row_requant(acc, a, a_stride, w, k, width, fold, out, b, s, offset, 0);
+    pw_row_requant(acc, a, a_stride, w, k, width, fold, out, bias, s, offset, 0);
+  }
+  return 0;
+}
+
+/* The exact path of tt_pw_rows2_requant_s8. */
+static inline __attribute__((always_inline)) void pw_rows2_requant(float *acc0, float *acc1, const int8_t *a,
+                                                                 int32_t a_stride, const int8_t *w0, int32_t w_fstride,
+                                                                 int32_t k, int32_t width, const int32_t fold[2],
+                                                                 int8_t *out0, int8_t *out1, const int32_t bias[2],
+                                                                 const float s[2], int32_t offset, const int keep) {
+  const int32_t unbiased0 = fold[0] - bias[0], unbiased1 = fold[1] - bias[1];
+  const float s0 = s[0], s1 = s[1];
+  int32_t x = 0;
+  for (; x + 4 <= width; x += 4) {
+    int32_t sums[8];
+    pw_dot2x4(a + x, a_stride, w0, w_fstride, k, sums);
+    for (int32_t j = 0; j < 4; ++j) {
+      out0[x + j] = requant_sum(sums[j], fold[0], unbiased0, s0, offset, acc0 + x + j, keep);
+      out1[x + j] = requant_sum(sums[4 + j], fold[1], unbiased1, s1, offset, acc1 + x + j, keep);
+    }
+  }
+  for (; x < width; ++x) {
+    out0[x] = requant_sum(pw_dot(a + x, a_stride, w0, 1, k), fold[0], unbiased0, s0, offset, acc0 + x, keep);
+    out1[x] = requant_sum(pw_dot(a + x, a_stride, w0 + w_fstride, 1, k), fold[1], unbiased1, s1, offset, acc1 + x,
+                          keep);
+  }
+}
+
+/* tt_pw_rows2_requant_s8: tt_pw_rows2_s8 on zeroed rows and the requantization of both rows
+ * in one call, for what TVM runs one after the other: the two channels' rows, then a loop of
+ * two tt_requant_s8 calls, channel c's row into out_c with bias[c] and scale[c] (the two
+ * channels' values side by side). The sums are also written to the rows if `keep_acc`,
+ * which tensorize.py clears when nothing else reads them. */
+int32_t tt_pw_rows2_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
+                               int32_t k, int32_t width, int32_t acc_stride, int32_t zx, void *out0_, void *out1_,
+                               void *bias_, void *scale_, int32_t zo, int32_t keep_acc) {
+  float *acc0 = (float *)acc_, *acc1 = acc0 + acc_stride;
+  const int8_t *a = (const int8_t *)a_, *w0 = (const int8_t *)w_;
+  int8_t *out0 = (int8_t *)out0_, *out1 = (int8_t *)out1_;
+  const int32_t *bias = (const int32_t *)bias_;
+  const float *s = (const float *)scale_;
+  const int32_t offset = float_bits(12582912.0f) - zo;
+  int32_t fold[2];
+  if (w_stride != 1 || !__builtin_isfinite(s[0]) || !__builtin_isfinite(s[1]) || !bias_exact(bias[0]) ||
+      !bias_exact(bias[1]) || !weights_exact(w0, 1, k, zx, &fold[0]) || !weights_exact(w0 + w_fstride, 1, k, zx, &fold[1])) {
+    tt_pw_rows2_s8(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, 1);
+    tt_requant_s8(out0_, acc0, width, (void *)bias, (void *)s, zo);
+    return tt_requant_s8(out1_, acc1, width, (void *)(bias + 1), (void *)(s + 1), zo);
+  }
+  if (keep_acc) {
+    pw_rows2_requant(acc0, acc1, a, a_stride, w0, w_fstride, k, width, fold, out0, out1, bias, s, offset, 1);
+  } else {
+    pw_rows2_requant(acc0, acc1, a, a_stride, w0, w_fstride, k, width, fold, out0, out1, bias, s, offset, 0);
   }
   return 0;
 }
