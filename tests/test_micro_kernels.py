@@ -152,6 +152,7 @@ def _windowed_conv_matches(channels, out_channels, h, w, kernel, stride, x_zero,
 
 @pytest.mark.parametrize("channels, h, w, kernel, stride, x_zero", [
     (4, 8, 8, 3, 1, -128), (3, 9, 7, 3, 2, -6), (2, 16, 16, 7, 2, 0), (2, 8, 8, 5, 1, 127), (2, 32, 32, 3, 1, 3),
+    (2, 64, 64, 3, 2, -128), (2, 3, 200, 3, 1, -5),  # bands of padded rows; too wide for a band: the border path
 ])
 def test_tensorized_depthwise_equals_the_tir_kernel_and_numpy(host_kernels, channels, h, w, kernel, stride, x_zero):
     _windowed_conv_matches(channels, channels, h, w, kernel, stride, x_zero, channels, DEPTHWISE_PLANE)
@@ -524,7 +525,11 @@ int main(void) {
     int32_t zx = (int32_t)(next() % 256) - 128, out_h = (h + 2 * pad - kh) / stride + 1, out_w = (wd + 2 * pad - kw) / stride + 1;
     int timed = t == 0;
     if (timed) kh = kw = 3, h = wd = a_row = 16, stride = 1, pad = 1, out_h = out_w = 16;
-    if (h + 2 * pad < kh || wd + 2 * pad < kw) continue; /* no window fits: no conv has that shape */
+    if (t % 10 == 5) { /* a plane too wide for a band of padded rows: the border path */
+      h = 1 + (int32_t)(next() % 3), wd = a_row = 170 + (int32_t)(next() % 30);
+      out_h = (h + 2 * pad - kh) / stride + 1, out_w = (wd + 2 * pad - kw) / stride + 1;
+    }
+    if (h + 2 * pad < kh || wd + 2 * pad < kw || out_h * out_w > 20 * 20) continue; /* no conv has that shape */
     for (int32_t i = 0; i < h * a_row; ++i) a[i] = (int8_t)next();
     for (int32_t i = 0; i < kh * kw; ++i) w[i] = (int8_t)next();
     for (int32_t i = 0; i < out_h * out_w; ++i) plane[i] = ref_plane[i] = t % 9 == 4 ? 0.5f : 0.0f;
@@ -836,12 +841,13 @@ def test_micro_kernel_instructions_per_mac(checker_runs):
 @pytest.mark.slow
 def test_depthwise_micro_kernel_instructions_per_mac(checker_runs):
     """One 16x16 channel of a 3x3 depthwise conv, stride 1, padding 1 (2,304 MACs): at most
-    9 instructions per MAC on every board (measured 7.0-8.1; the TIR loop took 11-16 on
-    Cortex-M7, float conversions and padding tests on every tap). A quarter of the outputs
-    lie on the border here, where each tap is tested; the inside takes about 4."""
-    for name in ("cortex-m4", "cortex-m7", "cortex-m33", "riscv32"):
+    4.5 instructions per MAC on Cortex-M4/M7/M33 and 6.5 on RV32 (measured 3.51-3.65 and 6.06:
+    the plane copied into a frame of zero points, so that no output tests a tap; 7.1-7.2 and
+    8.45 with the border's outputs testing each tap, a quarter of them here; the TIR loop
+    took 11-16 on Cortex-M7, float conversions and padding tests on every tap)."""
+    for name, limit in (("cortex-m4", 4.5), ("cortex-m7", 4.5), ("cortex-m33", 4.5), ("riscv32", 6.5)):
         result = checker_runs[name][3]
-        assert result.region_instructions[2] / 2304 <= 9.0, (name, result.region_instructions[2] / 2304)
+        assert result.region_instructions[2] / 2304 <= limit, (name, result.region_instructions[2] / 2304)
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@
 
 #define TT_EXACT_FLOAT_INTEGERS 16777216 /* 2^24: float32 holds every integer up to here */
 #define TT_DW_MAX_TAPS 49 /* windows up to 7x7 take the int32 path (their sums stay far below 2^24) */
-#define TT_DW_PADDED_BYTES 256 /* planes whose zero-point-padded copy fits here are copied (on the stack) */
+#define TT_DW_PADDED_BYTES 512 /* the zero-point-padded copy of a plane, or of a band of its rows (on the stack) */
 
 #if defined(__arm__) && defined(__ARM_FP) && (__ARM_FP & 4)
 #define TT_ARM_FPU 1 /* single-precision VFP: VMLA, VLDM */
@@ -655,6 +655,35 @@ static void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t o
   }
 }
 
+/* n bytes from src to dst, and n bytes of value v at dst: a word at a time where the core
+ * stores unaligned words (the library's memcpy goes byte by byte when dst and src are not
+ * aligned alike, as a padded row's start never is, and a call costs more than a short row). */
+static inline __attribute__((always_inline)) void copy_row(int8_t *dst, const int8_t *src, int32_t n) {
+  int32_t x = 0;
+#if defined(__ARM_FEATURE_DSP)
+  for (; x + 4 <= n; x += 4) {
+    uint32_t v = load4(src + x);
+    memcpy(dst + x, &v, 4);
+  }
+#endif
+  for (; x < n; ++x) {
+    dst[x] = src[x];
+  }
+}
+
+static inline __attribute__((always_inline)) void fill_bytes(int8_t *dst, int32_t v, int32_t n) {
+  int32_t x = 0;
+#if defined(__ARM_FEATURE_DSP)
+  uint32_t word = (uint8_t)v * 0x01010101u;
+  for (; x + 4 <= n; x += 4) {
+    memcpy(dst + x, &word, 4);
+  }
+#endif
+  for (; x < n; ++x) {
+    dst[x] = (int8_t)v;
+  }
+}
+
 int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_row, int32_t h, int32_t wd,
                        int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w, int32_t zx,
                        int32_t zeroed) {
@@ -681,21 +710,30 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
     wp = packed;
   }
 #endif
-  int32_t padded_row = wd + 2 * pad;
-  if ((h + 2 * pad) * padded_row <= TT_DW_PADDED_BYTES) {
-    /* A small plane (the late, low-resolution stages, where most windows overlap the
-     * border): copied once into a frame of zero points, a padded tap adds w * zx, which the
-     * fold takes back as for any other tap, so every window is inside. */
+  /* The plane copied a band of rows at a time into a frame of zero points: a padded tap adds
+   * w * zx, which the fold takes back as for any other tap, so every window is inside (the
+   * whole plane in one band for the late, low-resolution stages, where most windows overlap
+   * the border). A band holds the input rows of `band_out` output rows; the next band copies
+   * again the kh - stride rows they share. */
+  int32_t padded_row = wd + 2 * pad, band_rows = TT_DW_PADDED_BYTES / padded_row;
+  int32_t band_out = band_rows < kh ? 0 : (band_rows - kh) / stride + 1;
+  if (band_out > 0) {
     int8_t padded[TT_DW_PADDED_BYTES];
-    memset(padded, zx, (size_t)((h + 2 * pad) * padded_row));
-    for (int32_t y = 0; y < h; ++y) {
-      memcpy(padded + (y + pad) * padded_row + pad, a + y * a_row, (size_t)wd);
+    for (int32_t oy0 = 0; oy0 < out_h; oy0 += band_out) {
+      int32_t n = out_h - oy0 < band_out ? out_h - oy0 : band_out, rows = (n - 1) * stride + kh;
+      fill_bytes(padded, zx, rows * padded_row);
+      for (int32_t r = 0, iy = oy0 * stride - pad; r < rows; ++r, ++iy) {
+        if (iy >= 0 && iy < h) {
+          copy_row(padded + r * padded_row + pad, a + iy * a_row, wd);
+        }
+      }
+      dw_rows_inside(acc + oy0 * out_w, padded, padded_row, 0, w, wp, kh, kw, stride, 0, n, 0, out_w, out_w, fold);
     }
-    dw_rows_inside(acc, padded, padded_row, 0, w, wp, kh, kw, stride, 0, out_h, 0, out_w, out_w, fold);
     return 0;
   }
-  /* a larger plane: the outputs whose windows lie inside it, [ox_lo, ox_hi) across, have no
-   * bounds tests; those on the border add the taps inside the plane only */
+  /* a plane too wide for a band of kh padded rows: the outputs whose windows lie inside it,
+   * [ox_lo, ox_hi) across, have no bounds tests; those on the border add the taps inside the
+   * plane only */
   int32_t ox_lo = (pad + stride - 1) / stride;
   int32_t ox_hi = wd + pad < kw ? 0 : (wd + pad - kw) / stride + 1;
   if (ox_hi > out_w) {
