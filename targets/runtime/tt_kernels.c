@@ -172,6 +172,21 @@ static inline uint32_t load4(const int8_t *p) {
   return v;
 }
 
+/* load4(p + 2 * s) in one LDR with a shifted register offset: gcc keeps 2 * s in a register
+ * of its own instead, which pw_dot4's loop cannot spare (it spills it). The rows are only
+ * read in the kernels, so the memory operand names the row the address starts from. */
+static inline uint32_t load4_down2(const int8_t *p, int32_t s) {
+  uint32_t v;
+  __asm__("ldr %0, [%1, %2, lsl #1]" : "=r"(v) : "r"(p), "r"(s), "m"(*(const int8_t(*)[4])p));
+  return v;
+}
+
+/* p + 4 * s in one ADD with a shifted register (the same reason). */
+static inline const int8_t *down4(const int8_t *p, int32_t s) {
+  __asm__("add %0, %0, %1, lsl #2" : "+r"(p) : "r"(s));
+  return p;
+}
+
 /* Bytes 1 and 3 of v as two sign-extended halfwords: one SXTB16 with its rotation. */
 static inline int32_t sxtb16_ror8(uint32_t v) {
   int32_t r;
@@ -204,16 +219,16 @@ static inline __attribute__((always_inline)) void pw_dot4(const int8_t *a, int32
   for (; w < end; w += 4) {
     uint32_t wv = load4(w);
     int32_t wp = __sxtb16(wv);
-    uint32_t r = load4(a), r2 = load4(a + 2 * a_stride); /* rows i and i + 2 */
+    uint32_t r = load4(a), r2 = load4_down2(a, a_stride); /* rows i and i + 2 */
     uint32_t lo = pack_low(r, r2), hi = pack_high(r, r2);
     s0 = __smlad(__sxtb16(lo), wp, s0), s1 = __smlad(sxtb16_ror8(lo), wp, s1);
     s2 = __smlad(__sxtb16(hi), wp, s2), s3 = __smlad(sxtb16_ror8(hi), wp, s3);
     wp = sxtb16_ror8(wv);
-    r = load4(a + a_stride), r2 = load4(a + 3 * a_stride);
+    r = load4(a + a_stride), r2 = load4_down2(a + a_stride, a_stride); /* rows i + 1 and i + 3 */
     lo = pack_low(r, r2), hi = pack_high(r, r2);
     s0 = __smlad(__sxtb16(lo), wp, s0), s1 = __smlad(sxtb16_ror8(lo), wp, s1);
     s2 = __smlad(__sxtb16(hi), wp, s2), s3 = __smlad(sxtb16_ror8(hi), wp, s3);
-    a += 4 * a_stride;
+    a = down4(a, a_stride);
   }
   out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
   pw_dot4_from(a, a_stride, end, 0, k & 3, out);
