@@ -109,6 +109,7 @@ class Board:
     max_ram_bytes: int = 0
     thumb: bool = False  # Arm Thumb: symbol addresses carry bit 0
     fpu_rounds: bool = False  # the FPU rounds floats to integers in one instruction (tt_math.h)
+    kernel_flags: tuple[str, ...] = ()  # more flags for the kernels, chosen by measurement (bench/speed.py)
 
     @property
     def is_emulated(self) -> bool:
@@ -168,7 +169,11 @@ BOARDS: dict[str, Board] = {
               picolibc_package="picolibc-riscv64-unknown-elf", qemu="qemu-system-riscv32",
               qemu_machine="virt", qemu_extra_args=("-bios", "none"), cpu_label="RV32IMAFC",
               flash_origin=0x8000_0000, ram_origin=0x8400_0000,
-              max_flash_bytes=32 << 20, max_ram_bytes=16 << 20),
+              max_flash_bytes=32 << 20, max_ram_bytes=16 << 20,
+              # no scheduling before register allocation: it hoisted every load of the
+              # micro-kernels' register-blocked loops and so spilled their sums (MCUNet's
+              # 49 KB step 167.4 -> 156.1 M; on Cortex-M7 it cost resnet8-float 3.7 %)
+              kernel_flags=("-fno-schedule-insns",)),
     ]
 }
 
@@ -232,7 +237,7 @@ TARGET    = {target}
 # finite-math assumption would delete the driver's divergence check and tt_math.h's rounding.
 # -fno-tree-loop-distribute-patterns keeps the zeroing of an accumulator row a few unrolled
 # stores where gcc would call memset (newlib's takes about twice the instructions).
-KERNEL_OPT ?= -O3 -funroll-loops -fno-math-errno -fno-trapping-math -fno-tree-loop-distribute-patterns
+KERNEL_OPT ?= -O3 -funroll-loops -fno-math-errno -fno-trapping-math -fno-tree-loop-distribute-patterns{kernel_flags}
 
 # -ffp-contract=off: no fused multiply-add, so float results match the host build bit for bit.
 CFLAGS_ALL  = $(ARCH){specs}{defines} $(OPT) -Wall -Wextra -ffp-contract=off \\
@@ -293,7 +298,7 @@ def _render_makefile(board: Board) -> str:
         defines=defines, name=board.name, description=board.description, target=board.firmware_name,
         packages=" ".join(board.debian_packages), cc=board.cc,
         arch_flags=" ".join(board.arch_flags), specs=specs, ldflags=ldflags, run=run,
-        run_note=run_note, ld_dep=ld_dep)
+        run_note=run_note, ld_dep=ld_dep, kernel_flags="".join(" " + f for f in board.kernel_flags))
 
 
 def persist_area_origin(board: Board, flash_bytes: int, persist_bytes: int) -> int:

@@ -150,19 +150,33 @@ static int32_t pw_dot(const int8_t *a, int32_t a_stride, const int8_t *w, int32_
   return s;
 }
 
-/* Adds sum_{from <= j < k} w_j * a[(j - from) * a_stride + p] to s[p], for 4 pixels p (a points
- * at channel `from`): the plain C loop, and the DSP loop's tail. */
-static inline void pw_dot4_from(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t from, int32_t k,
-                                int32_t s[4]) {
-  int32_t s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+/* Pixels a step of the pointwise rows: 4 with the DSP extension (what its SMLAD loops' registers
+ * hold), 8 in plain C, where a multiply-accumulate is a multiply and an add whatever the
+ * blocking, so what a wider step saves is loads: each weight loaded once for more pixels
+ * (RISC-V's 31 registers hold two channels' 16 sums). Rows of 4 more pixels take a step of 4. */
+#if defined(__ARM_FEATURE_DSP)
+#define TT_PW_PIXELS 4
+#else
+#define TT_PW_PIXELS 8
+#endif
+
+/* Adds sum_{from <= j < k} w_j * a[(j - from) * a_stride + p] to s[p], for n <= 8 pixels p (a
+ * points at channel `from`): the plain C loop, and the DSP loop's tail. */
+static inline __attribute__((always_inline)) void pw_dot_from(const int8_t *a, int32_t a_stride, const int8_t *w,
+                                                             int32_t from, int32_t k, int32_t *s, const int n) {
+  int32_t t[8];
+  for (int j = 0; j < n; ++j) {
+    t[j] = s[j];
+  }
   for (int32_t i = from; i < k; ++i, a += a_stride) {
     int32_t wi = w[i];
-    s0 += wi * a[0];
-    s1 += wi * a[1];
-    s2 += wi * a[2];
-    s3 += wi * a[3];
+    for (int j = 0; j < n; ++j) {
+      t[j] += wi * a[j];
+    }
   }
-  s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+  for (int j = 0; j < n; ++j) {
+    s[j] = t[j];
+  }
 }
 
 #if defined(__ARM_FEATURE_DSP)
@@ -231,15 +245,23 @@ static inline __attribute__((always_inline)) void pw_dot4(const int8_t *a, int32
     a = down4(a, a_stride);
   }
   out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
-  pw_dot4_from(a, a_stride, end, 0, k & 3, out);
-}
-#else
-static inline __attribute__((always_inline)) void pw_dot4(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k,
-                                                          int32_t out[4]) {
-  out[0] = out[1] = out[2] = out[3] = 0;
-  pw_dot4_from(a, a_stride, w, 0, k, out);
+  pw_dot_from(a, a_stride, end, 0, k & 3, out, 4);
 }
 #endif
+
+/* The int32 sums of n pixels (TT_PW_PIXELS, or 4), weights contiguous. */
+static inline __attribute__((always_inline)) void pw_dot_n(const int8_t *a, int32_t a_stride, const int8_t *w, int32_t k,
+                                                           int32_t *out, const int n) {
+#if defined(__ARM_FEATURE_DSP)
+  (void)n; /* always 4 */
+  pw_dot4(a, a_stride, w, k, out);
+#else
+  for (int j = 0; j < n; ++j) {
+    out[j] = 0;
+  }
+  pw_dot_from(a, a_stride, w, 0, k, out, n);
+#endif
+}
 
 /* sum_i w_i, and sum_i |w_i| if `with_abs`, in one pass; with the DSP extension and a
  * contiguous row 4 weights a step (both sums: USADA8 sums absolute differences of unsigned
@@ -293,6 +315,16 @@ static int int32_exact(const float *acc, const int8_t *w, int32_t w_stride, int3
   return weights_exact(w, w_stride, k, zx, fold) && all_positive_zero(acc, width);
 }
 
+/* n pixels of tt_pw_row_s8's int32 path. */
+static inline __attribute__((always_inline)) void row_step(float *acc, const int8_t *a, int32_t a_stride, const int8_t *w,
+                                                          int32_t k, int32_t fold, const int n) {
+  int32_t sums[TT_PW_PIXELS];
+  pw_dot_n(a, a_stride, w, k, sums, n);
+  for (int j = 0; j < n; ++j) {
+    acc[j] = (float)(sums[j] - fold);
+  }
+}
+
 int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_stride, int32_t k, int32_t width,
                      int32_t zx) {
   float *acc = (float *)acc_;
@@ -304,13 +336,14 @@ int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w
   }
   int32_t x = 0;
   if (w_stride == 1) {
-    for (; x + 4 <= width; x += 4) {
-      int32_t sums[4];
-      pw_dot4(a + x, a_stride, w, k, sums);
-      for (int32_t j = 0; j < 4; ++j) {
-        acc[x + j] = (float)(sums[j] - fold);
-      }
+    for (; x + TT_PW_PIXELS <= width; x += TT_PW_PIXELS) {
+      row_step(acc + x, a + x, a_stride, w, k, fold, TT_PW_PIXELS);
     }
+#if TT_PW_PIXELS > 4 /* the rest of a row of 4k pixels */
+    for (; x + 4 <= width; x += 4) {
+      row_step(acc + x, a + x, a_stride, w, k, fold, 4);
+    }
+#endif
   }
   for (; x < width; ++x) {
     acc[x] = (float)(pw_dot(a + x, a_stride, w, w_stride, k) - fold);
@@ -341,11 +374,13 @@ int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w
   } while (0)
 #endif
 
-static inline __attribute__((always_inline)) void pw_dot2x4(const int8_t *a, int32_t a_stride, const int8_t *w0,
-                                                            int32_t w_fstride, int32_t k, int32_t s[8]) {
-  int32_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0; /* s<channel><pixel> */
-  int32_t i = 0;
+/* The int32 sums of n pixels (TT_PW_PIXELS, or 4) for two channels: s[j] channel 0's, s[n + j]
+ * channel 1's. */
+static inline __attribute__((always_inline)) void pw_dot2_n(const int8_t *a, int32_t a_stride, const int8_t *w0,
+                                                            int32_t w_fstride, int32_t k, int32_t *s, const int n) {
 #if defined(__ARM_FEATURE_DSP)
+  (void)n; /* always 4 */
+  int32_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0; /* s<channel><pixel> */
   const int8_t *end = w0 + (k & ~3);
   const int32_t a_stride2 = 2 * a_stride;
 #pragma GCC unroll 1
@@ -354,17 +389,36 @@ static inline __attribute__((always_inline)) void pw_dot2x4(const int8_t *a, int
     TT_DOT2X4_HALF(load4(a), load4(a + a_stride2), __sxtb16(v0), __sxtb16(v1));
     TT_DOT2X4_HALF(load4(a + a_stride), load4(a + a_stride + a_stride2), sxtb16_ror8(v0), sxtb16_ror8(v1));
   }
-  i = k & ~3;
-#pragma GCC unroll 1 /* the tail: at most 3 iterations, unrolled it only costs flash */
-#endif
-  for (; i < k; ++i, a += a_stride, ++w0) {
-    int32_t u = w0[0], v = w0[w_fstride];
-    s00 += u * a[0], s01 += u * a[1], s02 += u * a[2], s03 += u * a[3];
-    s10 += v * a[0], s11 += v * a[1], s12 += v * a[2], s13 += v * a[3];
-  }
   s[0] = s00, s[1] = s01, s[2] = s02, s[3] = s03, s[4] = s10, s[5] = s11, s[6] = s12, s[7] = s13;
+  pw_dot_from(a, a_stride, end, 0, k & 3, s, 4);
+  pw_dot_from(a, a_stride, end + w_fstride, 0, k & 3, s + 4, 4);
+#else
+  int32_t t0[8], t1[8];
+  for (int j = 0; j < n; ++j) {
+    t0[j] = t1[j] = 0;
+  }
+  for (int32_t i = 0; i < k; ++i, a += a_stride) {
+    int32_t u = w0[i], v = w0[i + w_fstride];
+    for (int j = 0; j < n; ++j) {
+      t0[j] += u * a[j], t1[j] += v * a[j];
+    }
+  }
+  for (int j = 0; j < n; ++j) {
+    s[j] = t0[j], s[n + j] = t1[j];
+  }
+#endif
 }
-#define TT_ROWS2_PIXELS 4
+
+/* n pixels of tt_pw_rows2_s8's int32 path. */
+static inline __attribute__((always_inline)) void rows2_step(float *acc0, float *acc1, const int8_t *a, int32_t a_stride,
+                                                            const int8_t *w0, int32_t w_fstride, int32_t k,
+                                                            int32_t fold0, int32_t fold1, const int n) {
+  int32_t s[2 * TT_PW_PIXELS];
+  pw_dot2_n(a, a_stride, w0, w_fstride, k, s, n);
+  for (int j = 0; j < n; ++j) {
+    acc0[j] = (float)(s[j] - fold0), acc1[j] = (float)(s[n + j] - fold1);
+  }
+}
 
 int32_t tt_pw_rows2_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
                        int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed) {
@@ -378,15 +432,15 @@ int32_t tt_pw_rows2_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t
     tt_pw_row_s8(acc1, a_, a_stride, (void *)w1, w_stride, k, width, zx);
     return 0;
   }
-  const int32_t n = TT_ROWS2_PIXELS;
   int32_t x = 0;
-  for (; x + n <= width; x += n) {
-    int32_t s[2 * TT_ROWS2_PIXELS];
-    pw_dot2x4(a + x, a_stride, w0, w_fstride, k, s);
-    for (int32_t j = 0; j < n; ++j) {
-      acc0[x + j] = (float)(s[j] - fold0), acc1[x + j] = (float)(s[n + j] - fold1);
-    }
+  for (; x + TT_PW_PIXELS <= width; x += TT_PW_PIXELS) {
+    rows2_step(acc0 + x, acc1 + x, a + x, a_stride, w0, w_fstride, k, fold0, fold1, TT_PW_PIXELS);
   }
+#if TT_PW_PIXELS > 4 /* the rest of a row of 4k pixels */
+  for (; x + 4 <= width; x += 4) {
+    rows2_step(acc0 + x, acc1 + x, a + x, a_stride, w0, w_fstride, k, fold0, fold1, 4);
+  }
+#endif
   for (; x < width; ++x) {
     acc0[x] = (float)(pw_dot(a + x, a_stride, w0, 1, k) - fold0);
     acc1[x] = (float)(pw_dot(a + x, a_stride, w1, 1, k) - fold1);
@@ -1446,6 +1500,18 @@ static inline __attribute__((always_inline)) int8_t requant_sum(int32_t sum, int
   return requant_biased(sum - unbiased, s, offset);
 }
 
+/* n pixels of the exact path of tt_pw_row_requant_s8. */
+static inline __attribute__((always_inline)) void row_requant_step(float *acc, const int8_t *a, int32_t a_stride,
+                                                                  const int8_t *w, int32_t k, int32_t fold,
+                                                                  int32_t unbiased, int8_t *out, float s,
+                                                                  int32_t offset, const int keep, const int n) {
+  int32_t sums[TT_PW_PIXELS];
+  pw_dot_n(a, a_stride, w, k, sums, n);
+  for (int j = 0; j < n; ++j) {
+    out[j] = requant_sum(sums[j], fold, unbiased, s, offset, acc + j, keep);
+  }
+}
+
 /* The exact path of tt_pw_row_requant_s8. */
 static inline __attribute__((always_inline)) void pw_row_requant(float *acc, const int8_t *a, int32_t a_stride,
                                                                const int8_t *w, int32_t k, int32_t width,
@@ -1453,13 +1519,14 @@ static inline __attribute__((always_inline)) void pw_row_requant(float *acc, con
                                                                int32_t offset, const int keep) {
   const int32_t unbiased = fold - bias;
   int32_t x = 0;
-  for (; x + 4 <= width; x += 4) {
-    int32_t sums[4];
-    pw_dot4(a + x, a_stride, w, k, sums);
-    for (int32_t j = 0; j < 4; ++j) {
-      out[x + j] = requant_sum(sums[j], fold, unbiased, s, offset, acc + x + j, keep);
-    }
+  for (; x + TT_PW_PIXELS <= width; x += TT_PW_PIXELS) {
+    row_requant_step(acc + x, a + x, a_stride, w, k, fold, unbiased, out + x, s, offset, keep, TT_PW_PIXELS);
   }
+#if TT_PW_PIXELS > 4 /* the rest of a row of 4k pixels */
+  for (; x + 4 <= width; x += 4) {
+    row_requant_step(acc + x, a + x, a_stride, w, k, fold, unbiased, out + x, s, offset, keep, 4);
+  }
+#endif
   for (; x < width; ++x) {
     out[x] = requant_sum(pw_dot(a + x, a_stride, w, 1, k), fold, unbiased, s, offset, acc + x, keep);
   }
@@ -1495,6 +1562,21 @@ int32_t tt_pw_row_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_, i
   return 0;
 }
 
+/* n pixels of the exact path of tt_pw_rows2_requant_s8. */
+static inline __attribute__((always_inline)) void rows2_requant_step(float *acc0, float *acc1, const int8_t *a,
+                                                                    int32_t a_stride, const int8_t *w0,
+                                                                    int32_t w_fstride, int32_t k, const int32_t fold[2],
+                                                                    int32_t unbiased0, int32_t unbiased1, int8_t *out0,
+                                                                    int8_t *out1, float s0, float s1, int32_t offset,
+                                                                    const int keep, const int n) {
+  int32_t sums[2 * TT_PW_PIXELS];
+  pw_dot2_n(a, a_stride, w0, w_fstride, k, sums, n);
+  for (int j = 0; j < n; ++j) {
+    out0[j] = requant_sum(sums[j], fold[0], unbiased0, s0, offset, acc0 + j, keep);
+    out1[j] = requant_sum(sums[n + j], fold[1], unbiased1, s1, offset, acc1 + j, keep);
+  }
+}
+
 /* The exact path of tt_pw_rows2_requant_s8. */
 static inline __attribute__((always_inline)) void pw_rows2_requant(float *acc0, float *acc1, const int8_t *a,
                                                                  int32_t a_stride, const int8_t *w0, int32_t w_fstride,
@@ -1504,14 +1586,16 @@ static inline __attribute__((always_inline)) void pw_rows2_requant(float *acc0, 
   const int32_t unbiased0 = fold[0] - bias[0], unbiased1 = fold[1] - bias[1];
   const float s0 = s[0], s1 = s[1];
   int32_t x = 0;
-  for (; x + 4 <= width; x += 4) {
-    int32_t sums[8];
-    pw_dot2x4(a + x, a_stride, w0, w_fstride, k, sums);
-    for (int32_t j = 0; j < 4; ++j) {
-      out0[x + j] = requant_sum(sums[j], fold[0], unbiased0, s0, offset, acc0 + x + j, keep);
-      out1[x + j] = requant_sum(sums[4 + j], fold[1], unbiased1, s1, offset, acc1 + x + j, keep);
-    }
+  for (; x + TT_PW_PIXELS <= width; x += TT_PW_PIXELS) {
+    rows2_requant_step(acc0 + x, acc1 + x, a + x, a_stride, w0, w_fstride, k, fold, unbiased0, unbiased1,
+                       out0 + x, out1 + x, s0, s1, offset, keep, TT_PW_PIXELS);
   }
+#if TT_PW_PIXELS > 4 /* the rest of a row of 4k pixels */
+  for (; x + 4 <= width; x += 4) {
+    rows2_requant_step(acc0 + x, acc1 + x, a + x, a_stride, w0, w_fstride, k, fold, unbiased0, unbiased1,
+                       out0 + x, out1 + x, s0, s1, offset, keep, 4);
+  }
+#endif
   for (; x < width; ++x) {
     out0[x] = requant_sum(pw_dot(a + x, a_stride, w0, 1, k), fold[0], unbiased0, s0, offset, acc0 + x, keep);
     out1[x] = requant_sum(pw_dot(a + x, a_stride, w0 + w_fstride, 1, k), fold[1], unbiased1, s1, offset, acc1 + x,
