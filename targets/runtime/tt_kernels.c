@@ -30,7 +30,8 @@
  * 4 pixels x 4 input channels a step: one 32-bit load per input row and one for 4
  * weights, PKHBT/PKHTB to pair rows i and i + 2, SXTB16 to split bytes into 16-bit
  * halves, and SMLAD, two 16-bit multiply-accumulates an instruction. Elsewhere (RISC-V, the
- * host) a plain C loop blocked by 4 pixels, which any compiler keeps in registers.
+ * host) a plain C loop blocked by 8 pixels (TT_PW_PIXELS), which the compiler keeps in
+ * registers.
  */
 #include <stdint.h>
 #include <string.h>
@@ -352,12 +353,12 @@ int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w
 }
 
 /* tt_pw_rows2_s8: tt_pw_row_s8 for two output channels at once (weights w and w + w_fstride,
- * rows acc and acc + acc_stride), so that each input value is loaded once for both: 4 pixels
- * x 2 channels a step. With the DSP extension, as pw_dot4 for one channel: rows i and i + 2
- * packed (PKHBT/PKHTB), SXTB16 to the halfword pairs (a_i, a_i+2) of each pixel, each pair
- * multiplied by both channels' (w_i, w_i+2) with SMLAD: 32 multiply-accumulates from 4 row
- * loads, 2 weight loads and 12 SXTB16. Elsewhere plain C. When either row cannot take the
- * int32 sum, each row goes through tt_pw_row_s8. */
+ * rows acc and acc + acc_stride), so that each input value is loaded once for both:
+ * TT_PW_PIXELS x 2 channels a step. With the DSP extension, as pw_dot4 for one channel:
+ * rows i and i + 2 packed (PKHBT/PKHTB), SXTB16 to the halfword pairs (a_i, a_i+2) of each
+ * pixel, each pair multiplied by both channels' (w_i, w_i+2) with SMLAD: 32
+ * multiply-accumulates from 4 row loads, 2 weight loads and 12 SXTB16. Elsewhere plain C.
+ * When either row cannot take the int32 sum, each row goes through tt_pw_row_s8. */
 #if defined(__ARM_FEATURE_DSP)
 /* One half of a step: rows r, r2 (4 pixels each) with weight pairs wa (channel 0), wb (channel 1). */
 #define TT_DOT2X4_HALF(r, r2, wa, wb)                                                                  \
