@@ -1053,6 +1053,9 @@ def _fused_pair(realize, loop, units: list, readers: dict):
         mins = [r.min + (row if d == pair_dim[0] else 0) for d, r in enumerate(acc.region)]
         if not all(analyzer.can_prove_equal(m, i) for m, i in zip(mins, operands[1][1])):
             return None
+    if not all(analyzer.can_prove_equal(r.extent, 1 if d == pair_dim[0] else a.extent)
+               for d, (r, a) in enumerate(zip(regions[1].region, acc.region))):
+        return None  # the requantization must cover each row whole, as the kernel does
     out = _pair_region(first[0][0], first[0][1], second[0][1], [r.extent for r in regions[0].region], analyzer)
     params = [(_pair_region(a[0], a[1], b[1], [1] * len(a[1]), analyzer), a, b) for a, b in zip(first[2:], second[2:])]
     if out is None or not all(r is not None and analyzer.can_prove_equal(_flat(a[0], b[1]) - _flat(a[0], a[1]), 1)
