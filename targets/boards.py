@@ -237,6 +237,7 @@ TARGET    = {target}
 # finite-math assumption would delete the driver's divergence check and tt_math.h's rounding.
 # -fno-tree-loop-distribute-patterns keeps the zeroing of an accumulator row a few unrolled
 # stores where gcc would call memset (newlib's takes about twice the instructions).
+# Flags after those are this board's own (Board.kernel_flags in targets/boards.py).
 KERNEL_OPT ?= -O3 -funroll-loops -fno-math-errno -fno-trapping-math -fno-tree-loop-distribute-patterns{kernel_flags}
 
 # -ffp-contract=off: no fused multiply-add, so float results match the host build bit for bit.

@@ -1620,7 +1620,8 @@ int32_t tt_pw_rows2_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_,
   const int32_t offset = float_bits(12582912.0f) - zo;
   int32_t fold[2];
   if (w_stride != 1 || !__builtin_isfinite(s[0]) || !__builtin_isfinite(s[1]) || !bias_exact(bias[0]) ||
-      !bias_exact(bias[1]) || !weights_exact(w0, 1, k, zx, &fold[0]) || !weights_exact(w0 + w_fstride, 1, k, zx, &fold[1])) {
+      !bias_exact(bias[1]) || !weights_exact(w0, 1, k, zx, &fold[0]) ||
+      !weights_exact(w0 + w_fstride, 1, k, zx, &fold[1])) {
     tt_pw_rows2_s8(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, 1);
     tt_requant_s8(out0_, acc0, width, (void *)bias, (void *)s, zo);
     return tt_requant_s8(out1_, acc1, width, (void *)(bias + 1), (void *)(s + 1), zo);
