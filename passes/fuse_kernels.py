@@ -324,7 +324,9 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
             except ScheduleError:
                 continue
     rows_outside = False
-    if INPUT in staged.values() and not kept:  # rows outside output channels: the input staged a row at a time
+    # rows outside output channels: the input staged a row at a time, or an int8 pointwise
+    # conv's input row read by every output channel pair in turn (tensorize stages it once)
+    if not kept and (INPUT in staged.values() or (not staged and _int8_pointwise_last(sch, sch.get_child_blocks(root)))):
         last = sch.get_loops(sch.get_child_blocks(root)[-1])
         if len(last) == 4:
             sch.reorder(last[2], last[1])
@@ -437,6 +439,15 @@ PLANE_ACCUMULATOR_BYTES = 4096
 # accumulator would raise): at most this many bytes, which TVM keeps on the C stack.
 GRADIENT_PLANE_BYTES = 512
 GRADIENT_PLANE_MIN_TAPS = 25  # stride-1 ones from 5x5 windows up (see _plane_accumulated)
+
+
+def _int8_pointwise_last(sch, blocks) -> bool:
+    """Whether the kernel's last block reads one conv, an int8 pointwise conv."""
+    convs = [b for b in sch.get_producers(blocks[-1]) if _conv_reduction(sch, b) is not None]
+    if len(convs) != 1 or not _is_pointwise(sch, convs[0]):
+        return False
+    conv = sch.get(convs[0])
+    return {str(r.source.ty.dtype) for r in conv.reads if not r.source.same_as(conv.writes[0].source)} == {"int8"}
 
 
 def _pair_channel_rows(sch, blocks, rows_outside: bool) -> str | None:

@@ -108,12 +108,14 @@ def lower(program: TrainingProgram) -> LoweredProgram:
                               trainable=name in program.trainable)
     momenta = {n: Tensor(namer[n], shape, "float32", "momentum", param=n)
                for n, shape in program.momentum_shapes.items()}
+    built = {n: _for_c(f) for n, f in prims.items()}  # as built to C: its buffers are the workspace
+    workspaces = {n: _workspace_bytes(f) for n, f in built.items()}
     schedules = {
-        "train_step": _schedule(mod["train_step"], "train_step", prims, params, momenta, namer),
-        "predict": _schedule(mod["main"], "predict", prims, params, momenta, namer),
+        "train_step": _schedule(mod["train_step"], "train_step", prims, workspaces, params, momenta, namer),
+        "predict": _schedule(mod["main"], "predict", prims, workspaces, params, momenta, namer),
     }
     with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
-        lib = tvm.tirx.build(tvm.IRModule({n: _for_c(f) for n, f in prims.items()}), target="c")
+        lib = tvm.tirx.build(tvm.IRModule(built), target="c")
     tensors = list(params.values()) + list(momenta.values())
     for s in schedules.values():
         for t in s.inputs + [t for c in s.calls for t in c.args]:
@@ -290,7 +292,7 @@ def _tensor_type(ty) -> tuple[tuple[int, ...], str]:
     return tuple(int(d) for d in ty.shape), str(ty.dtype)
 
 
-def _schedule(func, name, prims, params, momenta, namer) -> Schedule:
+def _schedule(func, name, prims, workspaces, params, momenta, namer) -> Schedule:
     env: dict = {}  # relax Var -> Tensor | list (tuples)
     first = func.params[0]
     x = Tensor(namer.fresh("input_" + name), *_tensor_type(first.ty), "input")
@@ -333,7 +335,7 @@ def _schedule(func, name, prims, params, momenta, namer) -> Schedule:
                     tys = list(ty.fields) if isinstance(ty, relax.TupleType) else [ty]
                     outs = [Tensor(namer.fresh(var.name), *_tensor_type(t), "arena") for t in tys]
                     args = ins + outs
-                call = KernelCall(kernel, args, ins, outs, _workspace_bytes(prims[kernel]),
+                call = KernelCall(kernel, args, ins, outs, workspaces[kernel],
                                   *kernel_work(prims[kernel]))
                 if call.kind in CONV_KINDS and (call.is_update or outs[0].shape[:1] != (1,)):
                     call.kind = "weight-grad"  # a conv-shaped reduction whose result is a weight's

@@ -54,6 +54,7 @@ FLOAT_CONV_PLANE = "tt_conv_plane_f32"  # one output channel of a float32 conv, 
 REQUANT = "tt_requant_s8"  # an int8 conv's outputs from its float32 sums: bias, scale, round, zero point, clamp
 INT8_ROW_REQUANT = "tt_pw_row_requant_s8"  # INT8_ROW on a zeroed row, then REQUANT of it, in one call
 INT8_ROWS2_REQUANT = "tt_pw_rows2_requant_s8"  # INT8_ROWS2 on zeroed rows, then REQUANT of each, in one call
+STAGED = {INT8_ROWS2: "tt_pw_rows2_staged_s8", INT8_ROWS2_REQUANT: "tt_pw_rows2_requant_staged_s8"}  # + a staged row
 _REQUANT_MIN_WIDTH = 4  # narrower rows keep TVM's loop: a call costs about what it saves per output
 _CLAMP = (127.49, -128.49)  # the bounds TVM's int8 requantization clamps to before its last rounding
 _REDUCE = 2  # IterVar.CommReduce
@@ -1083,6 +1084,63 @@ def _fused_pairs(seq: list, units: list, readers: dict) -> list:
     return out
 
 
+_STAGE_MIN_BYTES = 1024  # TVM puts smaller buffers on the stack; a staged row belongs in the planned arena
+
+
+def _staged_loop(loop, stages: list):
+    """`loop` with its two-channel pointwise row reading the input from a staged row if the
+    loop runs over output channel pairs of one input row: one tt_pw_rows2(_requant)_s8 block
+    in its body whose input region does not move with the loop, and no block in the loop
+    that writes that input. The call becomes its staged form, with a new buffer (appended to
+    `stages`) and `first` set on the loop's first pass, which stages the row; else None."""
+    if not isinstance(loop.extent, tvm.tirx.IntImm) or int(loop.extent) < 2:
+        return None
+    items = list(loop.body.seq) if isinstance(loop.body, tvm.tirx.SeqStmt) else [loop.body]
+    calls = [(i, _extern(x, *STAGED)) for i, x in enumerate(items) if isinstance(x, tvm.s_tir.SBlockRealize)]
+    calls = [(i, c) for i, c in calls if c is not None]
+    if len(calls) != 1:
+        return None
+    (i, call), realize = calls[0], items[calls[0][0]]
+    k, width = call.args[7], call.args[8]
+    if not all(isinstance(v, tvm.tirx.IntImm) for v in (k, width)) or int(k) < 4 or int(width) < 4:
+        return None
+    source = _matched(realize, _address_buffer(call.args[2]))
+    moving = [iv.var for iv, value in zip(realize.block.iter_vars, realize.iter_values) if uses(value, loop.loop_var)]
+    if any(uses(e, v) for r in source.region for e in (r.min, r.extent) for v in moving):
+        return None
+    if any(w.source.same_as(source.source) for n in tir_nodes(loop.body)
+           if isinstance(n, tvm.s_tir.SBlock) for w in n.writes):
+        return None
+    words = max((int(width) // 4) * 8 * (int(k) // 4), _STAGE_MIN_BYTES // 4)
+    stage = tvm.tirx.decl_buffer((words,), "int32", name=f"pw_stage{len(stages)}")
+    stages.append(stage)
+    first = tvm.tirx.Cast("int32", tvm.tirx.EQ(loop.loop_var, loop.min))
+    whole = tvm.tirx.BufferRegion(stage, [tvm.ir.Range.from_min_extent(0, words)])
+    view = tvm.tirx.decl_buffer((words,), "int32", name="S")  # the block sees it whole, as its other operands
+    staged = tvm.tirx.call_extern("int32", STAGED[call.args[0].value], *call.args[1:],
+                                  tvm.tirx.address_of(tvm.tirx.BufferLoad(view, [0])), first)
+    b = realize.block
+    block = tvm.s_tir.SBlock(b.iter_vars, list(b.reads) + [whole], list(b.writes) + [whole], b.name_hint,
+                             tvm.tirx.Evaluate(staged), b.init, b.alloc_buffers,
+                             list(b.match_buffers) + [tvm.s_tir.MatchBufferRegion(view, whole)], b.annotations)
+    items[i] = tvm.s_tir.SBlockRealize(realize.iter_values, realize.predicate, block)
+    return tvm.tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind,
+                        items[0] if len(items) == 1 else tvm.tirx.SeqStmt(items), loop.thread_binding,
+                        loop.annotations)
+
+
+def _staged_rows(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """`func` with `_staged_loop` applied to every loop, the staged rows allocated in its root block."""
+    stages: list = []
+    body = _rebuild(func.body, on_loop=lambda loop: _staged_loop(loop, stages))
+    if not stages:
+        return func
+    root = body.block
+    root = tvm.s_tir.SBlock(root.iter_vars, root.reads, root.writes, root.name_hint, root.body, root.init,
+                            list(root.alloc_buffers) + stages, root.match_buffers, root.annotations)
+    return func.with_body(tvm.s_tir.SBlockRealize(body.iter_values, body.predicate, root))
+
+
 def tir_nodes(stmt) -> list:
     """Every statement and SBlock under a TIR statement (TVM 0.27 has no Python TIR visitor:
     this walks the statement kinds blocks sit in)."""
@@ -1158,5 +1216,6 @@ def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
     for block in sblocks(func.body):
         for region in block.reads:
             readers.setdefault(region.source.name, []).append(block.name_hint)
-    return func.with_body(_rebuild(func.body, on_seq=lambda seq: _fused_pairs(_fused_rows(seq, units, readers), units,
-                                                                               readers))), replaced
+    func = func.with_body(_rebuild(func.body, on_seq=lambda seq: _fused_pairs(_fused_rows(seq, units, readers), units,
+                                                                               readers)))
+    return _staged_rows(func), replaced

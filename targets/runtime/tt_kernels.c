@@ -410,19 +410,100 @@ static inline __attribute__((always_inline)) void pw_dot2_n(const int8_t *a, int
 #endif
 }
 
+#if defined(__ARM_FEATURE_DSP)
+/* Words of a staged group of 4 pixels: 8 per 4 input channels (see stage_rows). */
+#define TT_STAGED_WORDS(k) (2 * ((k) & ~3))
+
+/* The staged form of a row of k input channels (tt_pw_rows2_staged_s8): for each group of 4
+ * pixels and each 4 channels i..i+3, the 8 words pw_dot4's loop makes from the rows and
+ * throws away, the halfword pairs (a_i, a_i+2) of pixels 0..3, then (a_i+1, a_i+3). Built
+ * once per row, it serves every output channel pair of that row. */
+static void stage_rows(int32_t *st, const int8_t *a, int32_t a_stride, int32_t k, int32_t width) {
+  for (int32_t x = 0; x + 4 <= width; x += 4) {
+    const int8_t *p = a + x;
+    for (int32_t i = 0; i + 4 <= k; i += 4, p = down4(p, a_stride), st += 8) {
+      uint32_t r = load4(p), r2 = load4_down2(p, a_stride);
+      uint32_t lo = pack_low(r, r2), hi = pack_high(r, r2);
+      st[0] = __sxtb16(lo), st[1] = sxtb16_ror8(lo), st[2] = __sxtb16(hi), st[3] = sxtb16_ror8(hi);
+      r = load4(p + a_stride), r2 = load4_down2(p + a_stride, a_stride);
+      lo = pack_low(r, r2), hi = pack_high(r, r2);
+      st[4] = __sxtb16(lo), st[5] = sxtb16_ror8(lo), st[6] = __sxtb16(hi), st[7] = sxtb16_ror8(hi);
+    }
+  }
+}
+
+/* pw_dot2_n from a staged group (st): 4 pixels x 2 channels a step as there, without the
+ * packing: 8 staged words, 2 weight loads and 4 SXTB16 for 32 multiply-accumulates. The last
+ * k % 4 channels come from the rows (a). */
+static inline __attribute__((always_inline)) void pw_dot2_staged(const int32_t *st, const int8_t *a,
+                                                                 int32_t a_stride, const int8_t *w0,
+                                                                 int32_t w_fstride, int32_t k, int32_t *s) {
+  int32_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0; /* s<channel><pixel> */
+  const int32_t *end = st + TT_STAGED_WORDS(k);
+  const int8_t *w = w0;
+#pragma GCC unroll 1
+  for (; st < end; st += 8, w += 4) {
+    uint32_t v0 = load4(w), v1 = load4(w + w_fstride);
+    int32_t wa = __sxtb16(v0), wb = __sxtb16(v1);
+    s00 = __smlad(st[0], wa, s00), s10 = __smlad(st[0], wb, s10);
+    s01 = __smlad(st[1], wa, s01), s11 = __smlad(st[1], wb, s11);
+    s02 = __smlad(st[2], wa, s02), s12 = __smlad(st[2], wb, s12);
+    s03 = __smlad(st[3], wa, s03), s13 = __smlad(st[3], wb, s13);
+    wa = sxtb16_ror8(v0), wb = sxtb16_ror8(v1);
+    s00 = __smlad(st[4], wa, s00), s10 = __smlad(st[4], wb, s10);
+    s01 = __smlad(st[5], wa, s01), s11 = __smlad(st[5], wb, s11);
+    s02 = __smlad(st[6], wa, s02), s12 = __smlad(st[6], wb, s12);
+    s03 = __smlad(st[7], wa, s03), s13 = __smlad(st[7], wb, s13);
+  }
+  s[0] = s00, s[1] = s01, s[2] = s02, s[3] = s03, s[4] = s10, s[5] = s11, s[6] = s12, s[7] = s13;
+  const int32_t done = k & ~3;
+  pw_dot_from(a + done * a_stride, a_stride, w0 + done, 0, k & 3, s, 4);
+  pw_dot_from(a + done * a_stride, a_stride, w0 + w_fstride + done, 0, k & 3, s + 4, 4);
+}
+#endif
+
+/* The int32 sums of n pixels for two channels (pw_dot2_n), from the staged group st if there
+ * is one (only with the DSP extension). */
+static inline __attribute__((always_inline)) void pw_dot2(const int32_t *st, const int8_t *a, int32_t a_stride,
+                                                          const int8_t *w0, int32_t w_fstride, int32_t k, int32_t *s,
+                                                          const int n) {
+#if defined(__ARM_FEATURE_DSP)
+  if (st) {
+    pw_dot2_staged(st, a, a_stride, w0, w_fstride, k, s);
+    return;
+  }
+#else
+  (void)st; /* never staged */
+#endif
+  pw_dot2_n(a, a_stride, w0, w_fstride, k, s, n);
+}
+
+/* The staged group of the pixels from x (a multiple of 4), or none. */
+static inline const int32_t *staged_at(const int32_t *st, int32_t x, int32_t k) {
+#if defined(__ARM_FEATURE_DSP)
+  return st ? st + (x / 4) * TT_STAGED_WORDS(k) : 0;
+#else
+  (void)x, (void)k;
+  return st;
+#endif
+}
+
 /* n pixels of tt_pw_rows2_s8's int32 path. */
 static inline __attribute__((always_inline)) void rows2_step(float *acc0, float *acc1, const int8_t *a, int32_t a_stride,
                                                             const int8_t *w0, int32_t w_fstride, int32_t k,
-                                                            int32_t fold0, int32_t fold1, const int n) {
+                                                            int32_t fold0, int32_t fold1, const int32_t *st, const int n) {
   int32_t s[2 * TT_PW_PIXELS];
-  pw_dot2_n(a, a_stride, w0, w_fstride, k, s, n);
+  pw_dot2(st, a, a_stride, w0, w_fstride, k, s, n);
   for (int j = 0; j < n; ++j) {
     acc0[j] = (float)(s[j] - fold0), acc1[j] = (float)(s[n + j] - fold1);
   }
 }
 
-int32_t tt_pw_rows2_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
-                       int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed) {
+/* tt_pw_rows2_s8, and tt_pw_rows2_staged_s8 with its staged row st (or none). */
+static inline __attribute__((always_inline)) int32_t pw_rows2(void *acc_, void *a_, int32_t a_stride, void *w_,
+                                                              int32_t w_fstride, int32_t w_stride, int32_t k,
+                                                              int32_t width, int32_t acc_stride, int32_t zx,
+                                                              int32_t zeroed, const int32_t *st) {
   float *acc0 = (float *)acc_, *acc1 = acc0 + acc_stride;
   const int8_t *a = (const int8_t *)a_, *w0 = (const int8_t *)w_, *w1 = w0 + w_fstride;
   int32_t fold0, fold1;
@@ -435,11 +516,11 @@ int32_t tt_pw_rows2_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t
   }
   int32_t x = 0;
   for (; x + TT_PW_PIXELS <= width; x += TT_PW_PIXELS) {
-    rows2_step(acc0 + x, acc1 + x, a + x, a_stride, w0, w_fstride, k, fold0, fold1, TT_PW_PIXELS);
+    rows2_step(acc0 + x, acc1 + x, a + x, a_stride, w0, w_fstride, k, fold0, fold1, staged_at(st, x, k), TT_PW_PIXELS);
   }
 #if TT_PW_PIXELS > 4 /* the rest of a row of 4k pixels */
   for (; x + 4 <= width; x += 4) {
-    rows2_step(acc0 + x, acc1 + x, a + x, a_stride, w0, w_fstride, k, fold0, fold1, 4);
+    rows2_step(acc0 + x, acc1 + x, a + x, a_stride, w0, w_fstride, k, fold0, fold1, staged_at(st, x, k), 4);
   }
 #endif
   for (; x < width; ++x) {
@@ -447,6 +528,37 @@ int32_t tt_pw_rows2_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t
     acc1[x] = (float)(pw_dot(a + x, a_stride, w1, 1, k) - fold1);
   }
   return 0;
+}
+
+int32_t tt_pw_rows2_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
+                       int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed) {
+  return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed, 0);
+}
+
+/* Stages the row into `stage` if `first` (stage_rows: what the loop over output channel
+ * pairs that tensorize.py gives these calls does on its first pair), so that every pair of
+ * the row reads its input from there. */
+static const int32_t *staged_row(void *stage, int32_t first, const void *a, int32_t a_stride, int32_t k,
+                                 int32_t width) {
+#if defined(__ARM_FEATURE_DSP)
+  if (first) {
+    stage_rows((int32_t *)stage, (const int8_t *)a, a_stride, k, width);
+  }
+  return (const int32_t *)stage;
+#else
+  (void)stage, (void)first, (void)a, (void)a_stride, (void)k, (void)width;
+  return 0; /* plain C reads the rows: a multiply-accumulate costs the same either way */
+#endif
+}
+
+/* tt_pw_rows2_s8 for one of the output channel pairs of a row, reading its input from
+ * `stage` (made by the pair whose `first` is set: (width / 4) * 8 * (k / 4) words with the DSP extension, unused
+ * without). */
+int32_t tt_pw_rows2_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
+                              int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed, void *stage,
+                              int32_t first) {
+  const int32_t *st = staged_row(stage, first, a_, a_stride, k, width);
+  return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed, st);
 }
 
 /* tt_pw_row_f32s8: one row of the input gradient of a pointwise conv (float32 output
@@ -1569,9 +1681,9 @@ static inline __attribute__((always_inline)) void rows2_requant_step(float *acc0
                                                                     int32_t w_fstride, int32_t k, const int32_t fold[2],
                                                                     int32_t unbiased0, int32_t unbiased1, int8_t *out0,
                                                                     int8_t *out1, float s0, float s1, int32_t offset,
-                                                                    const int keep, const int n) {
+                                                                    const int32_t *st, const int keep, const int n) {
   int32_t sums[2 * TT_PW_PIXELS];
-  pw_dot2_n(a, a_stride, w0, w_fstride, k, sums, n);
+  pw_dot2(st, a, a_stride, w0, w_fstride, k, sums, n);
   for (int j = 0; j < n; ++j) {
     out0[j] = requant_sum(sums[j], fold[0], unbiased0, s0, offset, acc0 + j, keep);
     out1[j] = requant_sum(sums[n + j], fold[1], unbiased1, s1, offset, acc1 + j, keep);
@@ -1583,18 +1695,19 @@ static inline __attribute__((always_inline)) void pw_rows2_requant(float *acc0, 
                                                                  int32_t a_stride, const int8_t *w0, int32_t w_fstride,
                                                                  int32_t k, int32_t width, const int32_t fold[2],
                                                                  int8_t *out0, int8_t *out1, const int32_t bias[2],
-                                                                 const float s[2], int32_t offset, const int keep) {
+                                                                 const float s[2], int32_t offset, const int32_t *st,
+                                                                 const int keep) {
   const int32_t unbiased0 = fold[0] - bias[0], unbiased1 = fold[1] - bias[1];
   const float s0 = s[0], s1 = s[1];
   int32_t x = 0;
   for (; x + TT_PW_PIXELS <= width; x += TT_PW_PIXELS) {
     rows2_requant_step(acc0 + x, acc1 + x, a + x, a_stride, w0, w_fstride, k, fold, unbiased0, unbiased1,
-                       out0 + x, out1 + x, s0, s1, offset, keep, TT_PW_PIXELS);
+                       out0 + x, out1 + x, s0, s1, offset, staged_at(st, x, k), keep, TT_PW_PIXELS);
   }
 #if TT_PW_PIXELS > 4 /* the rest of a row of 4k pixels */
   for (; x + 4 <= width; x += 4) {
     rows2_requant_step(acc0 + x, acc1 + x, a + x, a_stride, w0, w_fstride, k, fold, unbiased0, unbiased1,
-                       out0 + x, out1 + x, s0, s1, offset, keep, 4);
+                       out0 + x, out1 + x, s0, s1, offset, staged_at(st, x, k), keep, 4);
   }
 #endif
   for (; x < width; ++x) {
@@ -1609,9 +1722,12 @@ static inline __attribute__((always_inline)) void pw_rows2_requant(float *acc0, 
  * two tt_requant_s8 calls, channel c's row into out_c with bias[c] and scale[c] (the two
  * channels' values side by side). The sums are also written to the rows if `keep_acc`,
  * which tensorize.py clears when nothing else reads them. */
-int32_t tt_pw_rows2_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
-                               int32_t k, int32_t width, int32_t acc_stride, int32_t zx, void *out0_, void *out1_,
-                               void *bias_, void *scale_, int32_t zo, int32_t keep_acc) {
+static inline __attribute__((always_inline)) int32_t pw_rows2_requant_call(void *acc_, void *a_, int32_t a_stride,
+                                                                           void *w_, int32_t w_fstride, int32_t w_stride,
+                                                                           int32_t k, int32_t width, int32_t acc_stride,
+                                                                           int32_t zx, void *out0_, void *out1_,
+                                                                           void *bias_, void *scale_, int32_t zo,
+                                                                           int32_t keep_acc, const int32_t *st) {
   float *acc0 = (float *)acc_, *acc1 = acc0 + acc_stride;
   const int8_t *a = (const int8_t *)a_, *w0 = (const int8_t *)w_;
   int8_t *out0 = (int8_t *)out0_, *out1 = (int8_t *)out1_;
@@ -1622,14 +1738,31 @@ int32_t tt_pw_rows2_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_,
   if (w_stride != 1 || !__builtin_isfinite(s[0]) || !__builtin_isfinite(s[1]) || !bias_exact(bias[0]) ||
       !bias_exact(bias[1]) || !weights_exact(w0, 1, k, zx, &fold[0]) ||
       !weights_exact(w0 + w_fstride, 1, k, zx, &fold[1])) {
-    tt_pw_rows2_s8(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, 1);
+    pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, 1, st);
     tt_requant_s8(out0_, acc0, width, (void *)bias, (void *)s, zo);
     return tt_requant_s8(out1_, acc1, width, (void *)(bias + 1), (void *)(s + 1), zo);
   }
   if (keep_acc) {
-    pw_rows2_requant(acc0, acc1, a, a_stride, w0, w_fstride, k, width, fold, out0, out1, bias, s, offset, 1);
+    pw_rows2_requant(acc0, acc1, a, a_stride, w0, w_fstride, k, width, fold, out0, out1, bias, s, offset, st, 1);
   } else {
-    pw_rows2_requant(acc0, acc1, a, a_stride, w0, w_fstride, k, width, fold, out0, out1, bias, s, offset, 0);
+    pw_rows2_requant(acc0, acc1, a, a_stride, w0, w_fstride, k, width, fold, out0, out1, bias, s, offset, st, 0);
   }
   return 0;
+}
+
+int32_t tt_pw_rows2_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
+                               int32_t k, int32_t width, int32_t acc_stride, int32_t zx, void *out0_, void *out1_,
+                               void *bias_, void *scale_, int32_t zo, int32_t keep_acc) {
+  return pw_rows2_requant_call(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, out0_, out1_,
+                               bias_, scale_, zo, keep_acc, 0);
+}
+
+/* tt_pw_rows2_requant_s8 reading its input from `stage` (see tt_pw_rows2_staged_s8). */
+int32_t tt_pw_rows2_requant_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride,
+                                      int32_t w_stride, int32_t k, int32_t width, int32_t acc_stride, int32_t zx,
+                                      void *out0_, void *out1_, void *bias_, void *scale_, int32_t zo, int32_t keep_acc,
+                                      void *stage, int32_t first) {
+  const int32_t *st = staged_row(stage, first, a_, a_stride, k, width);
+  return pw_rows2_requant_call(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, out0_, out1_,
+                               bias_, scale_, zo, keep_acc, st);
 }
