@@ -326,7 +326,8 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     rows_outside = False
     # rows outside output channels: the input staged a row at a time, or an int8 pointwise
     # conv's input row read by every output channel pair in turn (tensorize stages it once)
-    if not kept and (INPUT in staged.values() or (not staged and _int8_pointwise_last(sch, sch.get_child_blocks(root)))):
+    paired_int8 = not staged and _int8_pointwise_last(sch, sch.get_child_blocks(root))
+    if not kept and (INPUT in staged.values() or paired_int8):
         last = sch.get_loops(sch.get_child_blocks(root)[-1])
         if len(last) == 4:
             sch.reorder(last[2], last[1])
@@ -442,9 +443,11 @@ GRADIENT_PLANE_MIN_TAPS = 25  # stride-1 ones from 5x5 windows up (see _plane_ac
 
 
 def _int8_pointwise_last(sch, blocks) -> bool:
-    """Whether the kernel's last block reads one conv, an int8 pointwise conv."""
+    """Whether the kernel's last block reads one conv, an int8 pointwise conv with an even
+    number of output channels (which `_pair_channel_rows` pairs)."""
     convs = [b for b in sch.get_producers(blocks[-1]) if _conv_reduction(sch, b) is not None]
-    if len(convs) != 1 or not _is_pointwise(sch, convs[0]):
+    loops = sch.get_loops(blocks[-1])
+    if len(convs) != 1 or not _is_pointwise(sch, convs[0]) or len(loops) != 4 or int(sch.get(loops[1]).extent) % 2:
         return False
     conv = sch.get(convs[0])
     return {str(r.source.ty.dtype) for r in conv.reads if not r.source.same_as(conv.writes[0].source)} == {"int8"}

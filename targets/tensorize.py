@@ -36,6 +36,8 @@ It runs when lowering to C only: the Relax VM reference keeps the plain TIR.
 
 from __future__ import annotations
 
+import functools
+
 import tvm
 from tvm.s_tir import Schedule, ScheduleError, TensorIntrin
 from tvm.script import tirx as T
@@ -55,6 +57,7 @@ REQUANT = "tt_requant_s8"  # an int8 conv's outputs from its float32 sums: bias,
 INT8_ROW_REQUANT = "tt_pw_row_requant_s8"  # INT8_ROW on a zeroed row, then REQUANT of it, in one call
 INT8_ROWS2_REQUANT = "tt_pw_rows2_requant_s8"  # INT8_ROWS2 on zeroed rows, then REQUANT of each, in one call
 STAGED = {INT8_ROWS2: "tt_pw_rows2_staged_s8", INT8_ROWS2_REQUANT: "tt_pw_rows2_requant_staged_s8"}  # + a staged row
+ROW_REQUANT_STAGED = "tt_pw_row_requant_staged_s8"  # INT8_ROW_REQUANT reading the staged input planes
 _REQUANT_MIN_WIDTH = 4  # narrower rows keep TVM's loop: a call costs about what it saves per output
 _CLAMP = (127.49, -128.49)  # the bounds TVM's int8 requantization clamps to before its last rounding
 _REDUCE = 2  # IterVar.CommReduce
@@ -953,7 +956,8 @@ def _fused_rows(seq: list, units: list, readers: dict) -> list:
         pw_block, rq_block = out[i].block, out[j].block
         others = lambda regions: [r for r in regions if not r.source.same_as(acc.source)]
         keep = any(b not in (pw_block.name_hint, rq_block.name_hint) for b in readers[acc.source.name])
-        call = tvm.tirx.call_extern("int32", INT8_ROW_REQUANT, *pw.args[1:], rq.args[1], *rq.args[4:], int(keep))
+        call = tvm.tirx.call_extern("int32", INT8_ROW_REQUANT, *pw.args[1:], rq.args[1], *rq.args[4:], int(keep),
+                                    pw.args[7])  # the accumulator's width: the row's
         fused = tvm.s_tir.SBlock(
             list(pw_block.iter_vars) + list(rq_block.iter_vars), others(pw_block.reads) + others(rq_block.reads),
             list(pw_block.writes) + list(rq_block.writes), rq_block.name_hint, tvm.tirx.Evaluate(call), None, [],
@@ -1084,15 +1088,18 @@ def _fused_pairs(seq: list, units: list, readers: dict) -> list:
     return out
 
 
-_STAGE_MIN_BYTES = 1024  # TVM puts smaller buffers on the stack; a staged row belongs in the planned arena
+STAGE_MIN_BYTES = 1024  # TVM puts smaller buffers on the stack; a staged row belongs in the planned arena
 
 
-def _staged_loop(loop, stages: list):
+def _staged_loop(loop, above: list, written: list, stages: list):
     """`loop` with its two-channel pointwise row reading the input from a staged row if the
     loop runs over output channel pairs of one input row: one tt_pw_rows2(_requant)_s8 block
     in its body whose input region does not move with the loop, and no block in the loop
     that writes that input. The call becomes its staged form, with a new buffer (appended to
-    `stages`) and `first` set on the loop's first pass, which stages the row; else None."""
+    `stages`), `first` set on the loop's first pass, which stages the row, the pair's index,
+    and `fill` set on the first pass of the loops `above` it, where each pair sums its weights
+    for the others, if its weights move with this loop only and the kernel never writes
+    them (`written`); else None."""
     if not isinstance(loop.extent, tvm.tirx.IntImm) or int(loop.extent) < 2:
         return None
     items = list(loop.body.seq) if isinstance(loop.body, tvm.tirx.SeqStmt) else [loop.body]
@@ -1104,21 +1111,28 @@ def _staged_loop(loop, stages: list):
     k, width = call.args[7], call.args[8]
     if not all(isinstance(v, tvm.tirx.IntImm) for v in (k, width)) or int(k) < 4 or int(width) < 4:
         return None
-    source = _matched(realize, _address_buffer(call.args[2]))
-    moving = [iv.var for iv, value in zip(realize.block.iter_vars, realize.iter_values) if uses(value, loop.loop_var)]
-    if any(uses(e, v) for r in source.region for e in (r.min, r.extent) for v in moving):
+    bindings = list(zip(realize.block.iter_vars, realize.iter_values))
+    moving = lambda loops: [iv.var for iv, value in bindings if any(uses(value, l.loop_var) for l in loops)]
+    moves = lambda region, blocks_vars: any(uses(e, v) for r in region.region for e in (r.min, r.extent)
+                                            for v in blocks_vars)
+    source, weights = (_matched(realize, _address_buffer(call.args[n])) for n in (2, 4))
+    if moves(source, moving([loop])) or any(w.source.same_as(source.source) for n in tir_nodes(loop.body)
+                                            if isinstance(n, tvm.s_tir.SBlock) for w in n.writes):
         return None
-    if any(w.source.same_as(source.source) for n in tir_nodes(loop.body)
-           if isinstance(n, tvm.s_tir.SBlock) for w in n.writes):
-        return None
-    words = max((int(width) // 4) * 8 * (int(k) // 4), _STAGE_MIN_BYTES // 4)
+    outer = [l for l in above if not isinstance(l.extent, tvm.tirx.IntImm) or int(l.extent) > 1]
+    fill = tvm.tirx.IntImm("int32", 1)  # each call sums its pair's weights ...
+    if outer and not moves(weights, moving(outer)) and not any(weights.source.same_as(b) for b in written):
+        firsts = [tvm.tirx.EQ(l.loop_var, l.min) for l in outer]  # ... or only the first call of each pair
+        fill = tvm.tirx.Cast("int32", functools.reduce(tvm.tirx.And, firsts))
+    words = max((int(width) // 4) * 8 * (int(k) // 4) + 3 * int(loop.extent), STAGE_MIN_BYTES // 4)
     stage = tvm.tirx.decl_buffer((words,), "int32", name=f"pw_stage{len(stages)}")
     stages.append(stage)
     first = tvm.tirx.Cast("int32", tvm.tirx.EQ(loop.loop_var, loop.min))
+    pair = tvm.tirx.Cast("int32", loop.loop_var - loop.min)
     whole = tvm.tirx.BufferRegion(stage, [tvm.ir.Range.from_min_extent(0, words)])
     view = tvm.tirx.decl_buffer((words,), "int32", name="S")  # the block sees it whole, as its other operands
     staged = tvm.tirx.call_extern("int32", STAGED[call.args[0].value], *call.args[1:],
-                                  tvm.tirx.address_of(tvm.tirx.BufferLoad(view, [0])), first)
+                                  tvm.tirx.address_of(tvm.tirx.BufferLoad(view, [0])), first, pair, fill)
     b = realize.block
     block = tvm.s_tir.SBlock(b.iter_vars, list(b.reads) + [whole], list(b.writes) + [whole], b.name_hint,
                              tvm.tirx.Evaluate(staged), b.init, b.alloc_buffers,
@@ -1129,10 +1143,158 @@ def _staged_loop(loop, stages: list):
                         loop.annotations)
 
 
+STAGE_PLANES_MAX_BYTES = 12 * 1024  # a fused conv's whole input, staged once: the late stages only
+
+
+def _path_to(stmt, block, loops: tuple = ()) -> list | None:
+    """The loops from `stmt` down to `block`'s realize, if `block` is under `stmt`."""
+    if isinstance(stmt, tvm.s_tir.SBlockRealize):
+        return list(loops) if stmt.block.same_as(block) else _path_to(stmt.block.body, block, loops)
+    if isinstance(stmt, tvm.tirx.For):
+        return _path_to(stmt.body, block, loops + (stmt,))
+    children = list(stmt.seq) if isinstance(stmt, tvm.tirx.SeqStmt) else []
+    return next((p for p in (_path_to(c, block, loops) for c in children) if p is not None), None)
+
+
+def _staged_planes_loop(loop, above: list, stages: list):
+    """`loop` with the one-channel pointwise rows under it (tt_pw_row_requant_s8, a conv fused
+    with the depthwise conv after it: one output channel's plane at a time) reading the whole
+    input from planes staged by the loop's first call, if `loop` runs over output channels
+    and the input does not move with it: one such row block under it, whose input rows are
+    whole rows of contiguous planes (4k pixels wide), staged in at most
+    STAGE_PLANES_MAX_BYTES, and no block under it writes that input; else None."""
+    if not isinstance(loop.extent, tvm.tirx.IntImm) or int(loop.extent) < 2:
+        return None
+    rows = [n for n in tir_nodes(loop.body)
+            if isinstance(n, tvm.s_tir.SBlockRealize) and _extern(n, INT8_ROW_REQUANT) is not None]
+    if len(rows) != 1:
+        return None
+    realize = rows[0]
+    call = _extern(realize, INT8_ROW_REQUANT)
+    k, width = call.args[6], call.args[7]
+    source = _matched(realize, _address_buffer(call.args[2]))
+    planes = source.source
+    if not all(isinstance(v, tvm.tirx.IntImm) for v in (k, width)) or int(k) < 4 or len(planes.shape) != 4 \
+            or len(planes.strides) or not all(isinstance(d, tvm.tirx.IntImm) for d in planes.shape):
+        return None
+    h, w = int(planes.shape[2]), int(planes.shape[3])
+    analyzer = _analyzer([], realize)
+    if int(width) != w or w % 4 or not analyzer.can_prove_equal(source.region[3].min, 0):
+        return None
+    words = (h * w // 4) * 8 * (int(k) // 4)
+    if 4 * words > STAGE_PLANES_MAX_BYTES:
+        return None
+    moving = [iv.var for iv, value in zip(realize.block.iter_vars, realize.iter_values) if uses(value, loop.loop_var)]
+    writers = [n for n in tir_nodes(loop.body) if isinstance(n, tvm.s_tir.SBlock)]
+    if any(uses(e, v) for r in source.region for e in (r.min, r.extent) for v in moving) or any(
+            wr.source.same_as(planes) for n in writers for wr in n.writes):
+        return None
+    path = [loop] + _path_to(loop.body, realize.block)
+    if any(uses(e, v) for r in source.region for e in (r.min, r.extent)
+           for v in [iv.var for iv, value in zip(realize.block.iter_vars, realize.iter_values)
+                     if any(uses(value, l.loop_var) for l in above)]):
+        return None  # the rows are walked outside the channels: the planes would be staged again for each
+    firsts = [tvm.tirx.EQ(l.loop_var, l.min) for l in path if not (isinstance(l.extent, tvm.tirx.IntImm)
+                                                                      and int(l.extent) == 1)]
+    stage = tvm.tirx.decl_buffer((max(words, STAGE_MIN_BYTES // 4),), "int32", name=f"pw_stage{len(stages)}")
+    stages.append(stage)
+    whole = tvm.tirx.BufferRegion(stage, [tvm.ir.Range.from_min_extent(0, stage.shape[0])])
+    view = tvm.tirx.decl_buffer(stage.shape, "int32", name="S")
+    origin = [source.region[0].min, source.region[1].min, 0, 0]  # pixel (0, 0) of the input's first channel
+    staged = tvm.tirx.call_extern("int32", ROW_REQUANT_STAGED, *call.args[1:],
+                                  tvm.tirx.address_of(tvm.tirx.BufferLoad(view, [0])),
+                                  tvm.tirx.Cast("int32", functools.reduce(tvm.tirx.And, firsts)),
+                                  tvm.tirx.address_of(tvm.tirx.BufferLoad(planes, origin)), h * w)
+
+    def on_block(b):
+        if not b.same_as(realize.block):
+            return b
+        return tvm.s_tir.SBlock(b.iter_vars, list(b.reads) + [whole], list(b.writes) + [whole], b.name_hint,
+                                tvm.tirx.Evaluate(staged), b.init, b.alloc_buffers,
+                                list(b.match_buffers) + [tvm.s_tir.MatchBufferRegion(view, whole)], b.annotations)
+    return tvm.tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, _rebuild(loop.body, on_block=on_block),
+                        loop.thread_binding, loop.annotations)
+
+
+def _whole_rows(region, loop, analyzer) -> bool:
+    """Whether `region` is one whole row of its buffer's planes, the row `loop` counts, so that
+    the loop's rows lie one after the other: a plane."""
+    buf, r = region.source, region.region
+    if len(buf.strides) or len(r) < 2 or not all(isinstance(d, tvm.tirx.IntImm) for d in buf.shape[-2:]):
+        return False
+    rows, width = int(buf.shape[-2]), int(buf.shape[-1])
+    row = analyzer.simplify(r[-2].min - loop.loop_var)
+    return (analyzer.can_prove_equal(r[-1].min, 0) and analyzer.can_prove_equal(r[-1].extent, width)
+            and analyzer.can_prove_equal(r[-2].extent, 1) and not uses(row, loop.loop_var)
+            and analyzer.can_prove_equal(row, 0) and int(loop.extent) == rows)
+
+
+def _whole_plane_loop(loop):
+    """`loop` as one call for its whole plane if it runs over the rows of a plane and its body
+    is one pointwise row with its requantization (tt_pw_row_requant(_staged)_s8, the sums not
+    kept) whose input and output rows are whole rows of planes, besides blocks that do not
+    move with it (a bias and a scale cached for the row): the call's width becomes the plane's
+    pixels and the loop runs once, saving each row's call (about 150 instructions: the
+    weights' sum, the checks, the tail of the last step); else None."""
+    if not isinstance(loop.extent, tvm.tirx.IntImm) or int(loop.extent) < 2 or not (
+            isinstance(loop.min, tvm.tirx.IntImm) and int(loop.min) == 0):
+        return None
+    items = list(loop.body.seq) if isinstance(loop.body, tvm.tirx.SeqStmt) else [loop.body]
+    if not all(isinstance(x, tvm.s_tir.SBlockRealize) for x in items):
+        return None
+    calls = [(i, _extern(x, INT8_ROW_REQUANT, ROW_REQUANT_STAGED)) for i, x in enumerate(items)]
+    calls = [(i, c) for i, c in calls if c is not None]
+    if len(calls) != 1 or any(uses(v, loop.loop_var) for j, x in enumerate(items) if j != calls[0][0]
+                              for v in x.iter_values):
+        return None
+    (i, call), realize = calls[0], items[calls[0][0]]
+    if not (isinstance(call.args[13], tvm.tirx.IntImm) and int(call.args[13]) == 0):
+        return None  # the sums kept: the accumulator holds one row
+    analyzer = tvm.sym.Analyzer()
+    for iv, value in zip(realize.block.iter_vars, realize.iter_values):
+        analyzer.bind(iv.var, value)
+    rows = [_matched(realize, _address_buffer(call.args[n])) for n in (2, 9)]  # input, output
+    if not all(_whole_rows(r, loop, analyzer) for r in rows) or not isinstance(call.args[7], tvm.tirx.IntImm):
+        return None
+    pixels = int(call.args[7]) * int(loop.extent)
+    plane = tvm.tirx.call_extern("int32", call.args[0].value, *call.args[1:7], pixels, *call.args[8:])
+    b = realize.block
+    block = tvm.s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, tvm.tirx.Evaluate(plane), b.init,
+                             b.alloc_buffers, b.match_buffers, b.annotations)
+    items[i] = tvm.s_tir.SBlockRealize(realize.iter_values, realize.predicate, block)
+    return tvm.tirx.For(loop.loop_var, loop.min, 1, loop.kind, items[0] if len(items) == 1 else tvm.tirx.SeqStmt(items),
+                        loop.thread_binding, loop.annotations)
+
+
+def _loops_above(stmt, above: tuple = (), found: list | None = None) -> list:
+    """(loop, the loops around it, outermost first) for every loop under `stmt`."""
+    found = [] if found is None else found
+    if isinstance(stmt, tvm.tirx.For):
+        found.append((stmt, list(above)))
+        _loops_above(stmt.body, above + (stmt,), found)
+    elif isinstance(stmt, tvm.tirx.SeqStmt):
+        for x in stmt.seq:
+            _loops_above(x, above, found)
+    elif isinstance(stmt, tvm.tirx.IfThenElse):
+        for x in (stmt.then_case, stmt.else_case):
+            if x is not None:
+                _loops_above(x, above, found)
+    elif isinstance(stmt, tvm.s_tir.SBlockRealize):
+        _loops_above(stmt.block.body, above, found)
+    return found
+
+
 def _staged_rows(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     """`func` with `_staged_loop` applied to every loop, the staged rows allocated in its root block."""
     stages: list = []
-    body = _rebuild(func.body, on_loop=lambda loop: _staged_loop(loop, stages))
+    above = _loops_above(func.body)
+    written = [w.source for n in tir_nodes(func.body) if isinstance(n, tvm.s_tir.SBlock) for w in n.writes]
+
+    def on_loop(loop):
+        outer = next(a for l, a in above if l.same_as(loop))
+        staged = _staged_loop(loop, outer, written, stages)
+        return staged if staged is not None else _staged_planes_loop(loop, outer, stages)
+    body = _rebuild(func.body, on_loop=on_loop)
     if not stages:
         return func
     root = body.block
@@ -1218,4 +1380,5 @@ def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
             readers.setdefault(region.source.name, []).append(block.name_hint)
     func = func.with_body(_rebuild(func.body, on_seq=lambda seq: _fused_pairs(_fused_rows(seq, units, readers), units,
                                                                                readers)))
-    return _staged_rows(func), replaced
+    func = _staged_rows(func)
+    return func.with_body(_rebuild(func.body, on_loop=_whole_plane_loop)), replaced

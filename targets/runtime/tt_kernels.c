@@ -460,6 +460,26 @@ static inline __attribute__((always_inline)) void pw_dot2_staged(const int32_t *
   pw_dot_from(a + done * a_stride, a_stride, w0 + done, 0, k & 3, s, 4);
   pw_dot_from(a + done * a_stride, a_stride, w0 + w_fstride + done, 0, k & 3, s + 4, 4);
 }
+
+/* pw_dot4 from a staged group: 8 staged words, one weight load and 2 SXTB16 for 16
+ * multiply-accumulates, where packing the rows took 12 more. */
+static inline __attribute__((always_inline)) void pw_dot1_staged(const int32_t *st, const int8_t *a, int32_t a_stride,
+                                                                 const int8_t *w0, int32_t k, int32_t *s) {
+  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  const int32_t *end = st + TT_STAGED_WORDS(k);
+  const int8_t *w = w0;
+#pragma GCC unroll 1
+  for (; st < end; st += 8, w += 4) {
+    uint32_t v = load4(w);
+    int32_t wp = __sxtb16(v);
+    s0 = __smlad(st[0], wp, s0), s1 = __smlad(st[1], wp, s1), s2 = __smlad(st[2], wp, s2), s3 = __smlad(st[3], wp, s3);
+    wp = sxtb16_ror8(v);
+    s0 = __smlad(st[4], wp, s0), s1 = __smlad(st[5], wp, s1), s2 = __smlad(st[6], wp, s2), s3 = __smlad(st[7], wp, s3);
+  }
+  s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+  const int32_t done = k & ~3;
+  pw_dot_from(a + done * a_stride, a_stride, w0 + done, 0, k & 3, s, 4);
+}
 #endif
 
 /* The int32 sums of n pixels for two channels (pw_dot2_n), from the staged group st if there
@@ -476,6 +496,35 @@ static inline __attribute__((always_inline)) void pw_dot2(const int32_t *st, con
   (void)st; /* never staged */
 #endif
   pw_dot2_n(a, a_stride, w0, w_fstride, k, s, n);
+}
+
+/* What a staged call of a row's channel pair (tt_pw_rows2_staged_s8) has: the row packed by
+ * stage_rows (DSP only), and the pair's 3 words of weight folds (pair_exact), which its first
+ * call in the kernel fills (`fill`) and the others read: the weights do not change within a
+ * kernel, and summing them costs each call about 1 instruction per weight. */
+typedef struct {
+  const int32_t *rows;
+  int32_t *folds;
+  int32_t fill;
+} staged_t;
+
+/* Words of a staged row before the pairs' folds. */
+#define TT_STAGED_ROW_WORDS(k, width) ((width) / 4 * 8 * ((k) / 4))
+
+/* Whether both channels' weights take the int32 path (weights_exact), their folds in fold[],
+ * computed or read from the pair's staged words. */
+static inline __attribute__((always_inline)) int pair_exact(const int8_t *w0, int32_t w_fstride, int32_t k, int32_t zx,
+                                                           int32_t fold[2], const staged_t st) {
+  if (st.folds && !st.fill) {
+    fold[0] = st.folds[0], fold[1] = st.folds[1];
+    return st.folds[2];
+  }
+  fold[1] = 0;
+  int exact = weights_exact(w0, 1, k, zx, &fold[0]) && weights_exact(w0 + w_fstride, 1, k, zx, &fold[1]);
+  if (st.folds) {
+    st.folds[0] = fold[0], st.folds[1] = fold[1], st.folds[2] = exact;
+  }
+  return exact;
 }
 
 /* The staged group of the pixels from x (a multiple of 4), or none. */
@@ -499,21 +548,23 @@ static inline __attribute__((always_inline)) void rows2_step(float *acc0, float 
   }
 }
 
-/* tt_pw_rows2_s8, and tt_pw_rows2_staged_s8 with its staged row st (or none). */
-static inline __attribute__((always_inline)) int32_t pw_rows2(void *acc_, void *a_, int32_t a_stride, void *w_,
-                                                              int32_t w_fstride, int32_t w_stride, int32_t k,
-                                                              int32_t width, int32_t acc_stride, int32_t zx,
-                                                              int32_t zeroed, const int32_t *st) {
+/* tt_pw_rows2_s8, and tt_pw_rows2_staged_s8 with its staged row (or none): one copy for both
+ * (a test per 4 pixels, where inlining it into each doubled the flash it takes). */
+static __attribute__((noinline)) int32_t pw_rows2(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride,
+                                                  int32_t w_stride, int32_t k, int32_t width, int32_t acc_stride,
+                                                  int32_t zx, int32_t zeroed, const staged_t stage) {
   float *acc0 = (float *)acc_, *acc1 = acc0 + acc_stride;
   const int8_t *a = (const int8_t *)a_, *w0 = (const int8_t *)w_, *w1 = w0 + w_fstride;
-  int32_t fold0, fold1;
-  if (w_stride != 1 || !weights_exact(w0, 1, k, zx, &fold0) || !weights_exact(w1, 1, k, zx, &fold1) ||
-      !starts_at_zero(acc0, width, zeroed) || !starts_at_zero(acc1, width, zeroed)) {
+  const int32_t *st = stage.rows;
+  int32_t fold[2];
+  if (w_stride != 1 || !pair_exact(w0, w_fstride, k, zx, fold, stage) || !starts_at_zero(acc0, width, zeroed) ||
+      !starts_at_zero(acc1, width, zeroed)) {
     zero_unless_kept(acc0, width, zeroed), zero_unless_kept(acc1, width, zeroed);
     tt_pw_row_s8(acc0, a_, a_stride, w_, w_stride, k, width, zx);
     tt_pw_row_s8(acc1, a_, a_stride, (void *)w1, w_stride, k, width, zx);
     return 0;
   }
+  const int32_t fold0 = fold[0], fold1 = fold[1];
   int32_t x = 0;
   for (; x + TT_PW_PIXELS <= width; x += TT_PW_PIXELS) {
     rows2_step(acc0 + x, acc1 + x, a + x, a_stride, w0, w_fstride, k, fold0, fold1, staged_at(st, x, k), TT_PW_PIXELS);
@@ -532,32 +583,34 @@ static inline __attribute__((always_inline)) int32_t pw_rows2(void *acc_, void *
 
 int32_t tt_pw_rows2_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
                        int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed) {
-  return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed, 0);
+  return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed, (staged_t){0, 0, 0});
 }
 
-/* Stages the row into `stage` if `first` (stage_rows: what the loop over output channel
- * pairs that tensorize.py gives these calls does on its first pair), so that every pair of
- * the row reads its input from there. */
-static const int32_t *staged_row(void *stage, int32_t first, const void *a, int32_t a_stride, int32_t k,
-                                 int32_t width) {
+/* The staged words of channel pair `pair` in `stage`: the row, which the call of the row's
+ * first pair (`first`) packs (stage_rows: tensorize.py gives these calls the loop over a row's
+ * output channel pairs), and the pair's folds after TT_STAGED_ROW_WORDS(k, width) words,
+ * filled by its first call in the kernel (`fill`). */
+static staged_t staged_row(void *stage, int32_t first, int32_t pair, int32_t fill, const void *a, int32_t a_stride,
+                           int32_t k, int32_t width) {
+  int32_t *words = (int32_t *)stage;
+  staged_t st = {0, words + TT_STAGED_ROW_WORDS(k, width) + 3 * pair, fill};
 #if defined(__ARM_FEATURE_DSP)
   if (first) {
-    stage_rows((int32_t *)stage, (const int8_t *)a, a_stride, k, width);
+    stage_rows(words, (const int8_t *)a, a_stride, k, width);
   }
-  return (const int32_t *)stage;
+  st.rows = words;
 #else
-  (void)stage, (void)first, (void)a, (void)a_stride, (void)k, (void)width;
-  return 0; /* plain C reads the rows: a multiply-accumulate costs the same either way */
+  (void)first, (void)a, (void)a_stride; /* plain C reads the rows: a multiply-accumulate costs the same */
 #endif
+  return st;
 }
 
-/* tt_pw_rows2_s8 for one of the output channel pairs of a row, reading its input from
- * `stage` (made by the pair whose `first` is set: (width / 4) * 8 * (k / 4) words with the DSP extension, unused
- * without). */
+/* tt_pw_rows2_s8 for output channel pair `pair` of a row, reading its input and its weights'
+ * folds from `stage` (staged_row: TT_STAGED_ROW_WORDS(k, width) + 3 x the pairs words). */
 int32_t tt_pw_rows2_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
                               int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed, void *stage,
-                              int32_t first) {
-  const int32_t *st = staged_row(stage, first, a_, a_stride, k, width);
+                              int32_t first, int32_t pair, int32_t fill) {
+  const staged_t st = staged_row(stage, first, pair, fill, a_, a_stride, k, width);
   return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed, st);
 }
 
@@ -1617,9 +1670,19 @@ static inline __attribute__((always_inline)) int8_t requant_sum(int32_t sum, int
 static inline __attribute__((always_inline)) void row_requant_step(float *acc, const int8_t *a, int32_t a_stride,
                                                                   const int8_t *w, int32_t k, int32_t fold,
                                                                   int32_t unbiased, int8_t *out, float s,
-                                                                  int32_t offset, const int keep, const int n) {
+                                                                  int32_t offset, const int32_t *st, const int keep,
+                                                                  const int n) {
   int32_t sums[TT_PW_PIXELS];
+#if defined(__ARM_FEATURE_DSP)
+  if (st) {
+    pw_dot1_staged(st, a, a_stride, w, k, sums);
+  } else {
+    pw_dot_n(a, a_stride, w, k, sums, n);
+  }
+#else
+  (void)st; /* never staged */
   pw_dot_n(a, a_stride, w, k, sums, n);
+#endif
   for (int j = 0; j < n; ++j) {
     out[j] = requant_sum(sums[j], fold, unbiased, s, offset, acc + j, keep);
   }
@@ -1629,15 +1692,16 @@ static inline __attribute__((always_inline)) void row_requant_step(float *acc, c
 static inline __attribute__((always_inline)) void pw_row_requant(float *acc, const int8_t *a, int32_t a_stride,
                                                                const int8_t *w, int32_t k, int32_t width,
                                                                int32_t fold, int8_t *out, int32_t bias, float s,
-                                                               int32_t offset, const int keep) {
+                                                               int32_t offset, const int32_t *st, const int keep) {
   const int32_t unbiased = fold - bias;
   int32_t x = 0;
   for (; x + TT_PW_PIXELS <= width; x += TT_PW_PIXELS) {
-    row_requant_step(acc + x, a + x, a_stride, w, k, fold, unbiased, out + x, s, offset, keep, TT_PW_PIXELS);
+    row_requant_step(acc + x, a + x, a_stride, w, k, fold, unbiased, out + x, s, offset, staged_at(st, x, k), keep,
+                     TT_PW_PIXELS);
   }
 #if TT_PW_PIXELS > 4 /* the rest of a row of 4k pixels */
   for (; x + 4 <= width; x += 4) {
-    row_requant_step(acc + x, a + x, a_stride, w, k, fold, unbiased, out + x, s, offset, keep, 4);
+    row_requant_step(acc + x, a + x, a_stride, w, k, fold, unbiased, out + x, s, offset, staged_at(st, x, k), keep, 4);
   }
 #endif
   for (; x < width; ++x) {
@@ -1649,10 +1713,14 @@ static inline __attribute__((always_inline)) void pw_row_requant(float *acc, con
  * three loops TVM runs one after the other: zeroing the accumulator row, tt_pw_row_s8 on it,
  * tt_requant_s8 of it into out. Each group of 4 sums is requantized as soon as it is made;
  * the sums are also written to acc (what zeroing then adding gives) if `keep_acc`, which
- * tensorize.py clears when nothing else reads that row. */
-int32_t tt_pw_row_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_stride, int32_t k,
-                             int32_t width, int32_t zx, void *out_, void *bias_, void *scale_, int32_t zo,
-                             int32_t keep_acc) {
+ * tensorize.py clears when nothing else reads that row. The accumulator holds acc_width
+ * floats: a call for a whole plane (tensorize.py's `_whole_plane_loop`, the sums not kept)
+ * passes a row's, and the float fallback goes through the plane that many pixels at a time. */
+static inline __attribute__((always_inline)) int32_t pw_row_requant_call(void *acc_, void *a_, int32_t a_stride, void *w_,
+                                                             int32_t w_stride, int32_t k, int32_t width, int32_t zx,
+                                                             void *out_, void *bias_, void *scale_, int32_t zo,
+                                                             int32_t keep_acc, int32_t acc_width,
+                                                             const int32_t *st) {
   float *acc = (float *)acc_;
   const int8_t *a = (const int8_t *)a_, *w = (const int8_t *)w_;
   int8_t *out = (int8_t *)out_;
@@ -1661,18 +1729,55 @@ int32_t tt_pw_row_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_, i
   const int32_t offset = float_bits(12582912.0f) - zo;
   int32_t fold;
   if (w_stride != 1 || !__builtin_isfinite(s) || !bias_exact(bias) || !weights_exact(w, 1, k, zx, &fold)) {
-    for (int32_t x = 0; x < width; ++x) {
-      acc[x] = 0.0f;
+    for (int32_t x0 = 0; x0 < width; x0 += acc_width) { /* the float loop, acc_width pixels at a time */
+      int32_t n = width - x0 < acc_width ? width - x0 : acc_width;
+      for (int32_t x = 0; x < n; ++x) {
+        acc[x] = 0.0f;
+      }
+      tt_pw_row_s8(acc_, (void *)(a + x0), a_stride, w_, w_stride, k, n, zx);
+      tt_requant_s8(out + x0, acc_, n, bias_, scale_, zo);
     }
-    tt_pw_row_s8(acc_, a_, a_stride, w_, w_stride, k, width, zx);
-    return tt_requant_s8(out_, acc_, width, bias_, scale_, zo);
+    return 0;
   }
   if (keep_acc) {
-    pw_row_requant(acc, a, a_stride, w, k, width, fold, out, bias, s, offset, 1);
+    pw_row_requant(acc, a, a_stride, w, k, width, fold, out, bias, s, offset, st, 1);
   } else {
-    pw_row_requant(acc, a, a_stride, w, k, width, fold, out, bias, s, offset, 0);
+    pw_row_requant(acc, a, a_stride, w, k, width, fold, out, bias, s, offset, st, 0);
   }
   return 0;
+}
+
+int32_t tt_pw_row_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_stride, int32_t k,
+                             int32_t width, int32_t zx, void *out_, void *bias_, void *scale_, int32_t zo,
+                             int32_t keep_acc, int32_t acc_width) {
+  return pw_row_requant_call(acc_, a_, a_stride, w_, w_stride, k, width, zx, out_, bias_, scale_, zo, keep_acc,
+                             acc_width, 0);
+}
+
+/* tt_pw_row_requant_s8 for one row of the `pixels`-pixel planes that start at `plane` (their
+ * rows contiguous, this row's pixel offset a multiple of 4), reading its input from `stage`,
+ * which the kernel's first call (`first`) fills with the whole planes (stage_rows over
+ * `pixels`: (pixels / 4) * 8 * (k / 4) words) for every output channel that follows: a
+ * pointwise conv fused with the depthwise conv after it computes one output channel's plane
+ * at a time, each from the same input. */
+int32_t tt_pw_row_requant_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_stride, int32_t k,
+                                    int32_t width, int32_t zx, void *out_, void *bias_, void *scale_, int32_t zo,
+                                    int32_t keep_acc, int32_t acc_width, void *stage, int32_t first, void *plane,
+                                    int32_t pixels) {
+  const int32_t *st = 0;
+#if defined(__ARM_FEATURE_DSP)
+  const int32_t offset = (int32_t)((const int8_t *)a_ - (const int8_t *)plane);
+  if (first) {
+    stage_rows((int32_t *)stage, (const int8_t *)plane, a_stride, k, pixels);
+  }
+  if (offset % 4 == 0) {
+    st = (const int32_t *)stage + (offset / 4) * TT_STAGED_WORDS(k);
+  }
+#else
+  (void)stage, (void)first, (void)plane, (void)pixels; /* plain C reads the rows */
+#endif
+  return pw_row_requant_call(acc_, a_, a_stride, w_, w_stride, k, width, zx, out_, bias_, scale_, zo, keep_acc,
+                             acc_width, st);
 }
 
 /* n pixels of the exact path of tt_pw_rows2_requant_s8. */
@@ -1721,13 +1826,12 @@ static inline __attribute__((always_inline)) void pw_rows2_requant(float *acc0, 
  * in one call, for what TVM runs one after the other: the two channels' rows, then a loop of
  * two tt_requant_s8 calls, channel c's row into out_c with bias[c] and scale[c] (the two
  * channels' values side by side). The sums are also written to the rows if `keep_acc`,
- * which tensorize.py clears when nothing else reads them. */
-static inline __attribute__((always_inline)) int32_t pw_rows2_requant_call(void *acc_, void *a_, int32_t a_stride,
-                                                                           void *w_, int32_t w_fstride, int32_t w_stride,
-                                                                           int32_t k, int32_t width, int32_t acc_stride,
-                                                                           int32_t zx, void *out0_, void *out1_,
-                                                                           void *bias_, void *scale_, int32_t zo,
-                                                                           int32_t keep_acc, const int32_t *st) {
+ * which tensorize.py clears when nothing else reads them. One copy for it and its staged form. */
+static __attribute__((noinline)) int32_t pw_rows2_requant_call(void *acc_, void *a_, int32_t a_stride, void *w_,
+                                                               int32_t w_fstride, int32_t w_stride, int32_t k,
+                                                               int32_t width, int32_t acc_stride, int32_t zx,
+                                                               void *out0_, void *out1_, void *bias_, void *scale_,
+                                                               int32_t zo, int32_t keep_acc, const staged_t stage) {
   float *acc0 = (float *)acc_, *acc1 = acc0 + acc_stride;
   const int8_t *a = (const int8_t *)a_, *w0 = (const int8_t *)w_;
   int8_t *out0 = (int8_t *)out0_, *out1 = (int8_t *)out1_;
@@ -1735,10 +1839,10 @@ static inline __attribute__((always_inline)) int32_t pw_rows2_requant_call(void 
   const float *s = (const float *)scale_;
   const int32_t offset = float_bits(12582912.0f) - zo;
   int32_t fold[2];
-  if (w_stride != 1 || !__builtin_isfinite(s[0]) || !__builtin_isfinite(s[1]) || !bias_exact(bias[0]) ||
-      !bias_exact(bias[1]) || !weights_exact(w0, 1, k, zx, &fold[0]) ||
-      !weights_exact(w0 + w_fstride, 1, k, zx, &fold[1])) {
-    pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, 1, st);
+  const int32_t *st = stage.rows;
+  if (w_stride != 1 || !pair_exact(w0, w_fstride, k, zx, fold, stage) || !__builtin_isfinite(s[0]) ||
+      !__builtin_isfinite(s[1]) || !bias_exact(bias[0]) || !bias_exact(bias[1])) {
+    pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, 1, stage);
     tt_requant_s8(out0_, acc0, width, (void *)bias, (void *)s, zo);
     return tt_requant_s8(out1_, acc1, width, (void *)(bias + 1), (void *)(s + 1), zo);
   }
@@ -1754,15 +1858,15 @@ int32_t tt_pw_rows2_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_,
                                int32_t k, int32_t width, int32_t acc_stride, int32_t zx, void *out0_, void *out1_,
                                void *bias_, void *scale_, int32_t zo, int32_t keep_acc) {
   return pw_rows2_requant_call(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, out0_, out1_,
-                               bias_, scale_, zo, keep_acc, 0);
+                               bias_, scale_, zo, keep_acc, (staged_t){0, 0, 0});
 }
 
 /* tt_pw_rows2_requant_s8 reading its input from `stage` (see tt_pw_rows2_staged_s8). */
 int32_t tt_pw_rows2_requant_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride,
                                       int32_t w_stride, int32_t k, int32_t width, int32_t acc_stride, int32_t zx,
                                       void *out0_, void *out1_, void *bias_, void *scale_, int32_t zo, int32_t keep_acc,
-                                      void *stage, int32_t first) {
-  const int32_t *st = staged_row(stage, first, a_, a_stride, k, width);
+                                      void *stage, int32_t first, int32_t pair, int32_t fill) {
+  const staged_t st = staged_row(stage, first, pair, fill, a_, a_stride, k, width);
   return pw_rows2_requant_call(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, out0_, out1_,
                                bias_, scale_, zo, keep_acc, st);
 }
