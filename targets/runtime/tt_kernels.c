@@ -393,6 +393,26 @@ static inline __attribute__((always_inline)) void pw_dot2_n(const int8_t *a, int
   s[0] = s00, s[1] = s01, s[2] = s02, s[3] = s03, s[4] = s10, s[5] = s11, s[6] = s12, s[7] = s13;
   pw_dot_from(a, a_stride, end, 0, k & 3, s, 4);
   pw_dot_from(a, a_stride, end + w_fstride, 0, k & 3, s + 4, 4);
+#elif defined(__riscv) && defined(__riscv_flen)
+  /* RV32F has no integer multiply-accumulate but a float one, FMADD.S: on these exact
+   * integers (every partial sum is below 2^24 in magnitude whenever the int32 path runs: the
+   * check above bounds sum_i |w_i| * max|a - zx|, and max|a - zx| >= 128 >= |a|) it rounds
+   * nothing, so the float sums are the int32 sums: one instruction a multiply-accumulate
+   * instead of two, each input converted once for both channels. */
+  float t0[8], t1[8];
+  for (int j = 0; j < n; ++j) {
+    t0[j] = t1[j] = 0.0f;
+  }
+  for (int32_t i = 0; i < k; ++i, a += a_stride) {
+    float u = (float)w0[i], v = (float)w0[i + w_fstride];
+    for (int j = 0; j < n; ++j) {
+      float x = (float)a[j];
+      t0[j] = __builtin_fmaf(u, x, t0[j]), t1[j] = __builtin_fmaf(v, x, t1[j]);
+    }
+  }
+  for (int j = 0; j < n; ++j) {
+    s[j] = (int32_t)t0[j], s[n + j] = (int32_t)t1[j];
+  }
 #else
   int32_t t0[8], t1[8];
   for (int j = 0; j < n; ++j) {
