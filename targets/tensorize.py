@@ -29,14 +29,17 @@ left in a row: a pointwise row's zeroing, call and requantization become one cal
 accumulator is dropped (its `zeroed` argument set); then `_fused_pairs` makes a two-channel
 row and the loop requantizing its two rows one call (`tt_pw_rows2_requant_s8`); each only
 where the blocks' regions show the loops touch exactly the same accumulator. Matching is TVM's structural comparison, so a loop that differs in any way
-(another operand expression, a strided input) is left as it is.
+(another operand expression, a strided input) is left as it is. Then the input is packed for
+SMLAD once instead of once per output channel: `_staged_loop` gives a loop over a row's
+channel pairs a staged row (and each pair's weight folds, summed once per kernel),
+`_staged_planes_loop` gives a fused expansion's loop over output channels its whole input
+staged once (where that fits STAGE_PLANES_MAX_BYTES), and `_whole_plane_loop` makes such a
+channel's plane one call instead of one per row.
 
 It runs when lowering to C only: the Relax VM reference keeps the plain TIR.
 """
 
 from __future__ import annotations
-
-import functools
 
 import tvm
 from tvm.s_tir import Schedule, ScheduleError, TensorIntrin
@@ -1088,18 +1091,67 @@ def _fused_pairs(seq: list, units: list, readers: dict) -> list:
     return out
 
 
-STAGE_MIN_BYTES = 1024  # TVM puts smaller buffers on the stack; a staged row belongs in the planned arena
+STAGE_MIN_BYTES = 1024  # TVM puts smaller buffers on the stack; a staged input belongs in the planned arena
+STAGE = "tt_pw_stage_s8"  # packs an input (a row, or whole planes) once for the staged kernels
 
 
-def _staged_loop(loop, above: list, written: list, stages: list):
-    """`loop` with its two-channel pointwise row reading the input from a staged row if the
-    loop runs over output channel pairs of one input row: one tt_pw_rows2(_requant)_s8 block
-    in its body whose input region does not move with the loop, and no block in the loop
-    that writes that input. The call becomes its staged form, with a new buffer (appended to
-    `stages`), `first` set on the loop's first pass, which stages the row, the pair's index,
-    and `fill` set on the first pass of the loops `above` it, where each pair sums its weights
-    for the others, if its weights move with this loop only and the kernel never writes
-    them (`written`); else None."""
+def _stage_block(region, k: int, pixels: int, stages: list):
+    """A block calling STAGE on `region` (an int8 input: k channels x `pixels` pixels, in the
+    variables of the loops around the block), and the buffer it fills, appended to `stages`.
+    The block comes before the loop whose calls read the buffer, so that TVM allocates the
+    buffer around that loop and keeps it alive across it (touched only inside, it would be
+    allocated inside the loop, its contents void at each pass and its storage shared with what
+    the loop computes after the call)."""
+    words = max((pixels // 4) * 8 * (k // 4), STAGE_MIN_BYTES // 4)
+    stage = tvm.tirx.decl_buffer((words,), "int32", name=f"pw_stage{len(stages)}")
+    stages.append(stage)
+    whole = tvm.tirx.BufferRegion(stage, [tvm.ir.Range.from_min_extent(0, words)])
+    idx = str(region.region[0].extent.ty)
+    strides = [tvm.tirx.Var(f"a_s{d}", idx) for d in range(len(region.region) - 1)] + [tvm.tirx.IntImm(idx, 1)]
+    rows = tvm.tirx.decl_buffer([r.extent for r in region.region], "int8", name="A", strides=strides, offset_factor=1)
+    words_view = tvm.tirx.decl_buffer((words,), "int32", name="S")
+    call = tvm.tirx.call_extern("int32", STAGE, tvm.tirx.address_of(tvm.tirx.BufferLoad(words_view, [0])),
+                                tvm.tirx.address_of(tvm.tirx.BufferLoad(rows, [0] * len(region.region))),
+                                tvm.tirx.Cast("int32", strides[1]), k, pixels)
+    block = tvm.s_tir.SBlock([], [region], [whole], f"pw_stage{len(stages) - 1}", tvm.tirx.Evaluate(call), None, [],
+                             [tvm.s_tir.MatchBufferRegion(rows, region), tvm.s_tir.MatchBufferRegion(words_view, whole)],
+                             {})
+    return tvm.s_tir.SBlockRealize([], tvm.tirx.const(True, "bool"), block), stage
+
+
+def _staged_call(realize, call, name: str, stage, *extra):
+    """`realize` calling `name` with `call`'s arguments, the staged buffer and `extra`."""
+    whole = tvm.tirx.BufferRegion(stage, [tvm.ir.Range.from_min_extent(0, stage.shape[0])])
+    view = tvm.tirx.decl_buffer(stage.shape, "int32", name="S")  # the block sees it whole, as its other operands
+    staged = tvm.tirx.call_extern("int32", name, *call.args[1:], tvm.tirx.address_of(tvm.tirx.BufferLoad(view, [0])),
+                                  *extra)
+    b = realize.block
+    block = tvm.s_tir.SBlock(b.iter_vars, list(b.reads) + [whole], b.writes, b.name_hint, tvm.tirx.Evaluate(staged),
+                             b.init, b.alloc_buffers, list(b.match_buffers) + [tvm.s_tir.MatchBufferRegion(view, whole)],
+                             b.annotations)
+    return tvm.s_tir.SBlockRealize(realize.iter_values, realize.predicate, block)
+
+
+def _outside(region, realize, inner: list):
+    """`region` (in `realize`'s block variables) in the variables of the loops outside `inner`
+    (the loops between them and the block, each taken at its first value), or None."""
+    analyzer = tvm.sym.Analyzer()
+    for loop in inner:
+        analyzer.bind(loop.loop_var, loop.min)
+    for iv, value in zip(realize.block.iter_vars, realize.iter_values):
+        analyzer.bind(iv.var, analyzer.simplify(value))
+    ranges = [tvm.ir.Range.from_min_extent(analyzer.simplify(r.min), analyzer.simplify(r.extent)) for r in region.region]
+    bound = [iv.var for iv in realize.block.iter_vars] + [l.loop_var for l in inner]
+    if any(uses(e, v) for r in ranges for e in (r.min, r.extent) for v in bound):
+        return None
+    return tvm.tirx.BufferRegion(region.source, ranges)
+
+
+def _staged_loop(loop, stages: list):
+    """`loop` preceded by a block staging the input row if the loop runs over output channel
+    pairs of one input row: one tt_pw_rows2(_requant)_s8 block in its body whose input region
+    does not move with the loop, and no block in the loop that writes that input. The call
+    becomes its staged form, reading the buffer the block fills; else None."""
     if not isinstance(loop.extent, tvm.tirx.IntImm) or int(loop.extent) < 2:
         return None
     items = list(loop.body.seq) if isinstance(loop.body, tvm.tirx.SeqStmt) else [loop.body]
@@ -1111,36 +1163,21 @@ def _staged_loop(loop, above: list, written: list, stages: list):
     k, width = call.args[7], call.args[8]
     if not all(isinstance(v, tvm.tirx.IntImm) for v in (k, width)) or int(k) < 4 or int(width) < 4:
         return None
-    bindings = list(zip(realize.block.iter_vars, realize.iter_values))
-    moving = lambda loops: [iv.var for iv, value in bindings if any(uses(value, l.loop_var) for l in loops)]
-    moves = lambda region, blocks_vars: any(uses(e, v) for r in region.region for e in (r.min, r.extent)
-                                            for v in blocks_vars)
-    source, weights = (_matched(realize, _address_buffer(call.args[n])) for n in (2, 4))
-    if moves(source, moving([loop])) or any(w.source.same_as(source.source) for n in tir_nodes(loop.body)
-                                            if isinstance(n, tvm.s_tir.SBlock) for w in n.writes):
+    source = _matched(realize, _address_buffer(call.args[2]))
+    moving = [iv.var for iv, value in zip(realize.block.iter_vars, realize.iter_values) if uses(value, loop.loop_var)]
+    if any(uses(e, v) for r in source.region for e in (r.min, r.extent) for v in moving) or any(
+            w.source.same_as(source.source) for n in tir_nodes(loop.body) if isinstance(n, tvm.s_tir.SBlock)
+            for w in n.writes):
         return None
-    outer = [l for l in above if not isinstance(l.extent, tvm.tirx.IntImm) or int(l.extent) > 1]
-    fill = tvm.tirx.IntImm("int32", 1)  # each call sums its pair's weights ...
-    if outer and not moves(weights, moving(outer)) and not any(weights.source.same_as(b) for b in written):
-        firsts = [tvm.tirx.EQ(l.loop_var, l.min) for l in outer]  # ... or only the first call of each pair
-        fill = tvm.tirx.Cast("int32", functools.reduce(tvm.tirx.And, firsts))
-    words = max((int(width) // 4) * 8 * (int(k) // 4) + 3 * int(loop.extent), STAGE_MIN_BYTES // 4)
-    stage = tvm.tirx.decl_buffer((words,), "int32", name=f"pw_stage{len(stages)}")
-    stages.append(stage)
-    first = tvm.tirx.Cast("int32", tvm.tirx.EQ(loop.loop_var, loop.min))
-    pair = tvm.tirx.Cast("int32", loop.loop_var - loop.min)
-    whole = tvm.tirx.BufferRegion(stage, [tvm.ir.Range.from_min_extent(0, words)])
-    view = tvm.tirx.decl_buffer((words,), "int32", name="S")  # the block sees it whole, as its other operands
-    staged = tvm.tirx.call_extern("int32", STAGED[call.args[0].value], *call.args[1:],
-                                  tvm.tirx.address_of(tvm.tirx.BufferLoad(view, [0])), first, pair, fill)
-    b = realize.block
-    block = tvm.s_tir.SBlock(b.iter_vars, list(b.reads) + [whole], list(b.writes) + [whole], b.name_hint,
-                             tvm.tirx.Evaluate(staged), b.init, b.alloc_buffers,
-                             list(b.match_buffers) + [tvm.s_tir.MatchBufferRegion(view, whole)], b.annotations)
-    items[i] = tvm.s_tir.SBlockRealize(realize.iter_values, realize.predicate, block)
-    return tvm.tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind,
-                        items[0] if len(items) == 1 else tvm.tirx.SeqStmt(items), loop.thread_binding,
-                        loop.annotations)
+    region = _outside(source, realize, [loop])
+    if region is None:
+        return None
+    block, stage = _stage_block(region, int(k), int(width), stages)
+    items[i] = _staged_call(realize, call, STAGED[call.args[0].value], stage)
+    staged = tvm.tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind,
+                          items[0] if len(items) == 1 else tvm.tirx.SeqStmt(items), loop.thread_binding,
+                          loop.annotations)
+    return tvm.tirx.SeqStmt([block, staged])
 
 
 STAGE_PLANES_MAX_BYTES = 12 * 1024  # a fused conv's whole input, staged once: the late stages only
@@ -1157,12 +1194,12 @@ def _path_to(stmt, block, loops: tuple = ()) -> list | None:
 
 
 def _staged_planes_loop(loop, above: list, stages: list):
-    """`loop` with the one-channel pointwise rows under it (tt_pw_row_requant_s8, a conv fused
-    with the depthwise conv after it: one output channel's plane at a time) reading the whole
-    input from planes staged by the loop's first call, if `loop` runs over output channels
-    and the input does not move with it: one such row block under it, whose input rows are
-    whole rows of contiguous planes (4k pixels wide), staged in at most
-    STAGE_PLANES_MAX_BYTES, and no block under it writes that input; else None."""
+    """`loop` preceded by a block staging its whole input if the loop runs over the output
+    channels of a pointwise conv fused with the depthwise conv after it (one output channel's
+    plane at a time), a tt_pw_row_requant_s8 row under it, and the input does not move with
+    it: whole rows of contiguous planes (4k pixels wide), staged in at most
+    STAGE_PLANES_MAX_BYTES, not written under the loop, nor moving with the loops `above`
+    it (rows walked outside channels would stage the planes again for each); else None."""
     if not isinstance(loop.extent, tvm.tirx.IntImm) or int(loop.extent) < 2:
         return None
     rows = [n for n in tir_nodes(loop.body)
@@ -1178,42 +1215,29 @@ def _staged_planes_loop(loop, above: list, stages: list):
             or len(planes.strides) or not all(isinstance(d, tvm.tirx.IntImm) for d in planes.shape):
         return None
     h, w = int(planes.shape[2]), int(planes.shape[3])
-    analyzer = _analyzer([], realize)
-    if int(width) != w or w % 4 or not analyzer.can_prove_equal(source.region[3].min, 0):
+    if int(width) != w or w % 4 or not _analyzer([], realize).can_prove_equal(source.region[3].min, 0):
         return None
-    words = (h * w // 4) * 8 * (int(k) // 4)
-    if 4 * words > STAGE_PLANES_MAX_BYTES:
+    if 2 * h * w * (int(k) // 4 * 4) > STAGE_PLANES_MAX_BYTES:
         return None
-    moving = [iv.var for iv, value in zip(realize.block.iter_vars, realize.iter_values) if uses(value, loop.loop_var)]
+    bindings = list(zip(realize.block.iter_vars, realize.iter_values))
+    moving = lambda loops: [iv.var for iv, value in bindings if any(uses(value, l.loop_var) for l in loops)]
+    moves = lambda loops: any(uses(e, v) for r in source.region for e in (r.min, r.extent) for v in moving(loops))
     writers = [n for n in tir_nodes(loop.body) if isinstance(n, tvm.s_tir.SBlock)]
-    if any(uses(e, v) for r in source.region for e in (r.min, r.extent) for v in moving) or any(
-            wr.source.same_as(planes) for n in writers for wr in n.writes):
+    if moves([loop]) or moves(above) or any(wr.source.same_as(planes) for n in writers for wr in n.writes):
         return None
     path = [loop] + _path_to(loop.body, realize.block)
-    if any(uses(e, v) for r in source.region for e in (r.min, r.extent)
-           for v in [iv.var for iv, value in zip(realize.block.iter_vars, realize.iter_values)
-                     if any(uses(value, l.loop_var) for l in above)]):
-        return None  # the rows are walked outside the channels: the planes would be staged again for each
-    firsts = [tvm.tirx.EQ(l.loop_var, l.min) for l in path if not (isinstance(l.extent, tvm.tirx.IntImm)
-                                                                      and int(l.extent) == 1)]
-    stage = tvm.tirx.decl_buffer((max(words, STAGE_MIN_BYTES // 4),), "int32", name=f"pw_stage{len(stages)}")
-    stages.append(stage)
-    whole = tvm.tirx.BufferRegion(stage, [tvm.ir.Range.from_min_extent(0, stage.shape[0])])
-    view = tvm.tirx.decl_buffer(stage.shape, "int32", name="S")
+    whole = tvm.tirx.BufferRegion(planes, list(source.region[:2]) + [tvm.ir.Range.from_min_extent(0, d)
+                                                                      for d in planes.shape[2:]])
+    region = _outside(whole, realize, path)
+    if region is None:
+        return None
+    block, stage = _stage_block(region, int(k), h * w, stages)
     origin = [source.region[0].min, source.region[1].min, 0, 0]  # pixel (0, 0) of the input's first channel
-    staged = tvm.tirx.call_extern("int32", ROW_REQUANT_STAGED, *call.args[1:],
-                                  tvm.tirx.address_of(tvm.tirx.BufferLoad(view, [0])),
-                                  tvm.tirx.Cast("int32", functools.reduce(tvm.tirx.And, firsts)),
-                                  tvm.tirx.address_of(tvm.tirx.BufferLoad(planes, origin)), h * w)
-
-    def on_block(b):
-        if not b.same_as(realize.block):
-            return b
-        return tvm.s_tir.SBlock(b.iter_vars, list(b.reads) + [whole], list(b.writes) + [whole], b.name_hint,
-                                tvm.tirx.Evaluate(staged), b.init, b.alloc_buffers,
-                                list(b.match_buffers) + [tvm.s_tir.MatchBufferRegion(view, whole)], b.annotations)
-    return tvm.tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, _rebuild(loop.body, on_block=on_block),
-                        loop.thread_binding, loop.annotations)
+    staged = _staged_call(realize, call, ROW_REQUANT_STAGED, stage,
+                          tvm.tirx.address_of(tvm.tirx.BufferLoad(planes, origin)))
+    body = _rebuild(loop.body, on_block=lambda b: staged.block if b.same_as(realize.block) else b)
+    return tvm.tirx.SeqStmt([block, tvm.tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body,
+                                                 loop.thread_binding, loop.annotations)])
 
 
 def _whole_rows(region, loop, analyzer) -> bool:
@@ -1285,15 +1309,15 @@ def _loops_above(stmt, above: tuple = (), found: list | None = None) -> list:
 
 
 def _staged_rows(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
-    """`func` with `_staged_loop` applied to every loop, the staged rows allocated in its root block."""
+    """`func` with `_staged_loop` or `_staged_planes_loop` applied to every loop, the staged
+    buffers allocated in its root block."""
     stages: list = []
     above = _loops_above(func.body)
-    written = [w.source for n in tir_nodes(func.body) if isinstance(n, tvm.s_tir.SBlock) for w in n.writes]
 
     def on_loop(loop):
-        outer = next(a for l, a in above if l.same_as(loop))
-        staged = _staged_loop(loop, outer, written, stages)
-        return staged if staged is not None else _staged_planes_loop(loop, outer, stages)
+        staged = _staged_loop(loop, stages)
+        return staged if staged is not None else _staged_planes_loop(
+            loop, next(a for l, a in above if l.same_as(loop)), stages)
     body = _rebuild(func.body, on_loop=on_loop)
     if not stages:
         return func

@@ -182,7 +182,7 @@ def test_mcunet_trains_on_cortex_m7_like_on_the_host(mcunet, scheme, tmp_path):
         assert a.dtype == b.dtype == imported.params[name].dtype, name
         assert np.abs(a.astype(np.int64) - b.astype(np.int64)).max() <= 1, name
     m7 = runs["cortex-m7"]
-    assert len(m7.train_instructions) == 2 and min(m7.train_instructions) > 1e8
+    assert len(m7.train_instructions) == 2 and min(m7.train_instructions) > 5e7  # a real count (about 1e8)
     assert m7.build.flash_bytes <= 1 << 20
     assert m7.output.stack_bytes > 0
 

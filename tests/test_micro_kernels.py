@@ -18,7 +18,7 @@ from tvm_tinytrain.targets.boards import TARGETS_DIR, build, get_board, run, wri
 from tvm_tinytrain.targets.invariant_loads import hoist_invariant_loads
 from tvm_tinytrain.targets.tensorize import (CONV_ROW, DEPTHWISE_PLANE, DW_TRANSPOSE, FLOAT_CONV_PLANE, FLOAT_ROW, FLOAT_ROWS2, INT8_ROW,
                                              INT8_ROW_REQUANT, INT8_ROWS2, INT8_ROWS2_REQUANT, REQUANT,
-                                             ROW_REQUANT_STAGED, STAGED,
+                                             ROW_REQUANT_STAGED, STAGE, STAGED,
                                              tensorize)
 
 KERNELS_C = TARGETS_DIR / "runtime" / "tt_kernels.c"
@@ -84,10 +84,10 @@ def test_tensorized_pointwise_equals_the_tir_kernel_and_numpy(host_kernels, chan
     tensorized, replaced = tensorize(func)
     assert replaced == 2
     calls = re.findall(r"\b(tt_\w+_s8)\b", tensorized.script())
-    if out_channels % 2 == 0:
-        assert calls == [STAGED[INT8_ROWS2_REQUANT] if out_channels > 2 else INT8_ROWS2_REQUANT]
-    else:  # whole planes a call, from staged input planes where the rows are 4k pixels wide
-        assert calls == [ROW_REQUANT_STAGED if w % 4 == 0 else INT8_ROW_REQUANT]
+    if out_channels % 2 == 0:  # the row staged once for its pairs (tt_pw_stage_s8)
+        assert calls == ([STAGE, STAGED[INT8_ROWS2_REQUANT]] if out_channels > 2 else [INT8_ROWS2_REQUANT])
+    else:  # whole planes a call, from input planes staged once where the rows are 4k pixels wide
+        assert calls == ([STAGE, ROW_REQUANT_STAGED] if w % 4 == 0 else [INT8_ROW_REQUANT])
     rng = np.random.default_rng(channels)
     for trial in range(5):
         x = rng.integers(-128, 128, (1, channels, h, w)).astype(np.float32)
@@ -465,18 +465,17 @@ int32_t tt_pw_rows2_requant_s8(void *acc, void *a, int32_t a_stride, void *w, in
                                int32_t k, int32_t width, int32_t acc_stride, int32_t zx, void *out0, void *out1,
                                void *bias, void *scale, int32_t zo, int32_t keep_acc);
 
+int32_t tt_pw_stage_s8(void *stage, void *a, int32_t a_stride, int32_t k, int32_t pixels);
 int32_t tt_pw_rows2_staged_s8(void *acc, void *a, int32_t a_stride, void *w, int32_t w_fstride, int32_t w_stride,
-                              int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed, void *stage,
-                              int32_t first, int32_t pair, int32_t fill);
+                              int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed, void *stage);
 int32_t tt_pw_rows2_requant_staged_s8(void *acc, void *a, int32_t a_stride, void *w, int32_t w_fstride,
                                       int32_t w_stride, int32_t k, int32_t width, int32_t acc_stride, int32_t zx,
                                       void *out0, void *out1, void *bias, void *scale, int32_t zo, int32_t keep_acc,
-                                      void *stage, int32_t first, int32_t pair, int32_t fill);
+                                      void *stage);
 int32_t tt_pw_row_requant_staged_s8(void *acc, void *a, int32_t a_stride, void *w, int32_t w_stride, int32_t k,
                                     int32_t width, int32_t zx, void *out, void *bias, void *scale, int32_t zo,
-                                    int32_t keep_acc, int32_t acc_width, void *stage, int32_t first, void *plane,
-                                    int32_t pixels);
-static int32_t stage[(20 / 4) * 8 * (160 / 4) + 3 * 12];
+                                    int32_t keep_acc, int32_t acc_width, void *stage, void *plane);
+static int32_t stage[(20 / 4) * 8 * (160 / 4)];
 
 /* TVM's requantization of one float32 sum */
 static int8_t requantized(float s, int32_t bias, float scale, int32_t zo) {
@@ -822,9 +821,9 @@ int main(void) {
     }
     if (keep) hash = fnv(hash, acc, 2 * acc_stride);
   }
-  /* the staged kernels, two rows' channel pairs in turn (each row's first pair stages it; the
-   * first row's calls sum each pair's weights, the second's read the sums), against the
-   * unstaged ones: the same bits (those are checked against the float32 loop above) */
+  /* the staged kernels, two rows' channel pairs in turn (tt_pw_stage_s8 stages each row before
+   * its pairs, as the kernels tensorize.py writes do), against the unstaged ones: the same bits
+   * (those are checked against the float32 loop above) */
   for (int t = 0; t < 60; ++t) {
     int timed = t == 1;
     int32_t k = timed ? 160 : 1 + (int32_t)(next() % 160), width = timed ? 8 : 1 + (int32_t)(next() % 20);
@@ -843,21 +842,20 @@ int main(void) {
     for (int32_t row = 0; row < (timed ? 1 : 2); ++row)
     for (int32_t p = 0; p < pairs; ++p) {
       int8_t *ar = a + row * k * a_stride;
+      if (p == 0) tt_pw_stage_s8(stage, ar, a_stride, k, width);
       int8_t out[2][40], staged_out[2][40];
       float *plain = plane, *staged = plane + 2 * acc_stride;
       int8_t *wp = w + 2 * p * w_fstride * (w_stride == 1 ? 1 : 0) + 2 * p * (w_stride == 1 ? 0 : 1);
       if (requant) {
         tt_pw_rows2_requant_staged_s8(staged, ar, a_stride, wp, w_fstride, w_stride, k, width, acc_stride, zx,
-                                      staged_out[0], staged_out[1], bias + 2 * p, scale + 2 * p, zo, keep, stage, p == 0,
-                                      p, row == 0);
+                                      staged_out[0], staged_out[1], bias + 2 * p, scale + 2 * p, zo, keep, stage);
         if (!timed) {
           tt_pw_rows2_requant_s8(plain, ar, a_stride, wp, w_fstride, w_stride, k, width, acc_stride, zx, out[0], out[1],
                                  bias + 2 * p, scale + 2 * p, zo, keep);
           for (int32_t r = 0; r < 2; ++r) bad += memcmp(out[r], staged_out[r], (size_t)width) != 0;
         }
       } else {
-        tt_pw_rows2_staged_s8(staged, ar, a_stride, wp, w_fstride, w_stride, k, width, acc_stride, zx, 1, stage, p == 0, p,
-                              row == 0);
+        tt_pw_rows2_staged_s8(staged, ar, a_stride, wp, w_fstride, w_stride, k, width, acc_stride, zx, 1, stage);
         if (!timed) tt_pw_rows2_s8(plain, ar, a_stride, wp, w_fstride, w_stride, k, width, acc_stride, zx, 1);
       }
       if (!timed && (!requant || keep)) {
@@ -868,7 +866,7 @@ int main(void) {
     if (timed) board_mark_end();
   }
   /* tt_pw_row_requant_staged_s8, a conv fused with a depthwise one: each output channel's
-   * plane from input planes staged by the first call, a row a call or the whole plane in one,
+   * plane from input planes staged once (tt_pw_stage_s8), a row a call or the whole plane in one,
    * against tt_pw_row_requant_s8 (checked against the float32 loop above): the same bits */
   for (int t = 0; t < 40; ++t) {
     int timed = t == 1;
@@ -880,6 +878,7 @@ int main(void) {
     for (int32_t i = 0; i < k * pixels; ++i) a[i] = (int8_t)next();
     for (int32_t i = 0; i < channels * k * w_stride; ++i) w[i] = (int8_t)(next() >> (t % 3 == 1 ? 0 : 3));
     if (timed) board_mark_begin();
+    tt_pw_stage_s8(stage, a, pixels, k, pixels);
     for (int32_t c = 0; c < channels; ++c) {
       int32_t bias = (int32_t)next() >> 12;
       float scale = (float)((int32_t)next() >> 16) * 1e-6f;
@@ -888,7 +887,7 @@ int main(void) {
       for (int32_t y = 0; y < (whole ? 1 : h); ++y) { /* whole: a row's accumulator for the plane */
         int32_t n = whole ? pixels : wd;
         tt_pw_row_requant_staged_s8(plane, a + y * wd, pixels, wc, w_stride, k, n, zx, staged_out + y * wd,
-                                    &bias, &scale, zo, keep, wd, stage, c == 0 && y == 0, a, pixels);
+                                    &bias, &scale, zo, keep, wd, stage, a);
         if (keep) memcpy(ref, plane, 4 * (size_t)n);
       }
       for (int32_t y = 0; y < h && !timed; ++y) { /* the reference: a row a call */

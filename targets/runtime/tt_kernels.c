@@ -518,35 +518,6 @@ static inline __attribute__((always_inline)) void pw_dot2(const int32_t *st, con
   pw_dot2_n(a, a_stride, w0, w_fstride, k, s, n);
 }
 
-/* What a staged call of a row's channel pair (tt_pw_rows2_staged_s8) has: the row packed by
- * stage_rows (DSP only), and the pair's 3 words of weight folds (pair_exact), which its first
- * call in the kernel fills (`fill`) and the others read: the weights do not change within a
- * kernel, and summing them costs each call about 1 instruction per weight. */
-typedef struct {
-  const int32_t *rows;
-  int32_t *folds;
-  int32_t fill;
-} staged_t;
-
-/* Words of a staged row before the pairs' folds. */
-#define TT_STAGED_ROW_WORDS(k, width) ((width) / 4 * 8 * ((k) / 4))
-
-/* Whether both channels' weights take the int32 path (weights_exact), their folds in fold[],
- * computed or read from the pair's staged words. */
-static inline __attribute__((always_inline)) int pair_exact(const int8_t *w0, int32_t w_fstride, int32_t k, int32_t zx,
-                                                           int32_t fold[2], const staged_t st) {
-  if (st.folds && !st.fill) {
-    fold[0] = st.folds[0], fold[1] = st.folds[1];
-    return st.folds[2];
-  }
-  fold[1] = 0;
-  int exact = weights_exact(w0, 1, k, zx, &fold[0]) && weights_exact(w0 + w_fstride, 1, k, zx, &fold[1]);
-  if (st.folds) {
-    st.folds[0] = fold[0], st.folds[1] = fold[1], st.folds[2] = exact;
-  }
-  return exact;
-}
-
 /* The staged group of the pixels from x (a multiple of 4), or none. */
 static inline const int32_t *staged_at(const int32_t *st, int32_t x, int32_t k) {
 #if defined(__ARM_FEATURE_DSP)
@@ -572,13 +543,12 @@ static inline __attribute__((always_inline)) void rows2_step(float *acc0, float 
  * (a test per 4 pixels, where inlining it into each doubled the flash it takes). */
 static __attribute__((noinline)) int32_t pw_rows2(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride,
                                                   int32_t w_stride, int32_t k, int32_t width, int32_t acc_stride,
-                                                  int32_t zx, int32_t zeroed, const staged_t stage) {
+                                                  int32_t zx, int32_t zeroed, const int32_t *st) {
   float *acc0 = (float *)acc_, *acc1 = acc0 + acc_stride;
   const int8_t *a = (const int8_t *)a_, *w0 = (const int8_t *)w_, *w1 = w0 + w_fstride;
-  const int32_t *st = stage.rows;
   int32_t fold[2];
-  if (w_stride != 1 || !pair_exact(w0, w_fstride, k, zx, fold, stage) || !starts_at_zero(acc0, width, zeroed) ||
-      !starts_at_zero(acc1, width, zeroed)) {
+  if (w_stride != 1 || !weights_exact(w0, 1, k, zx, &fold[0]) || !weights_exact(w1, 1, k, zx, &fold[1]) ||
+      !starts_at_zero(acc0, width, zeroed) || !starts_at_zero(acc1, width, zeroed)) {
     zero_unless_kept(acc0, width, zeroed), zero_unless_kept(acc1, width, zeroed);
     tt_pw_row_s8(acc0, a_, a_stride, w_, w_stride, k, width, zx);
     tt_pw_row_s8(acc1, a_, a_stride, (void *)w1, w_stride, k, width, zx);
@@ -603,35 +573,39 @@ static __attribute__((noinline)) int32_t pw_rows2(void *acc_, void *a_, int32_t 
 
 int32_t tt_pw_rows2_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
                        int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed) {
-  return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed, (staged_t){0, 0, 0});
+  return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed, 0);
 }
 
-/* The staged words of channel pair `pair` in `stage`: the row, which the call of the row's
- * first pair (`first`) packs (stage_rows: tensorize.py gives these calls the loop over a row's
- * output channel pairs), and the pair's folds after TT_STAGED_ROW_WORDS(k, width) words,
- * filled by its first call in the kernel (`fill`). */
-static staged_t staged_row(void *stage, int32_t first, int32_t pair, int32_t fill, const void *a, int32_t a_stride,
-                           int32_t k, int32_t width) {
-  int32_t *words = (int32_t *)stage;
-  staged_t st = {0, words + TT_STAGED_ROW_WORDS(k, width) + 3 * pair, fill};
+/* tt_pw_stage_s8: stages `pixels` pixels of k input channels (rows a_stride apart, the pixels
+ * one after the other: a row, or whole planes) for the staged kernels below: stage_rows' words,
+ * (pixels / 4) * 8 * (k / 4) of them. tensorize.py calls it once, in a block of its own before
+ * the loop whose calls read it (so TVM keeps the buffer alive across that loop). Without the
+ * DSP extension it does nothing: the staged kernels read the rows (a multiply-accumulate
+ * costs the same either way). */
+int32_t tt_pw_stage_s8(void *stage, void *a, int32_t a_stride, int32_t k, int32_t pixels) {
 #if defined(__ARM_FEATURE_DSP)
-  if (first) {
-    stage_rows(words, (const int8_t *)a, a_stride, k, width);
-  }
-  st.rows = words;
+  stage_rows((int32_t *)stage, (const int8_t *)a, a_stride, k, pixels);
 #else
-  (void)first, (void)a, (void)a_stride; /* plain C reads the rows: a multiply-accumulate costs the same */
+  (void)stage, (void)a, (void)a_stride, (void)k, (void)pixels;
 #endif
-  return st;
+  return 0;
 }
 
-/* tt_pw_rows2_s8 for output channel pair `pair` of a row, reading its input and its weights'
- * folds from `stage` (staged_row: TT_STAGED_ROW_WORDS(k, width) + 3 x the pairs words). */
+/* The staged words a staged kernel reads (none without the DSP extension). */
+static inline const int32_t *staged(const void *stage) {
+#if defined(__ARM_FEATURE_DSP)
+  return (const int32_t *)stage;
+#else
+  (void)stage;
+  return 0;
+#endif
+}
+
+/* tt_pw_rows2_s8 for one of a row's output channel pairs, reading the input from the row
+ * tt_pw_stage_s8 staged. */
 int32_t tt_pw_rows2_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
-                              int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed, void *stage,
-                              int32_t first, int32_t pair, int32_t fill) {
-  const staged_t st = staged_row(stage, first, pair, fill, a_, a_stride, k, width);
-  return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed, st);
+                              int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed, void *stage) {
+  return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed, staged(stage));
 }
 
 /* tt_pw_row_f32s8: one row of the input gradient of a pointwise conv (float32 output
@@ -1774,28 +1748,18 @@ int32_t tt_pw_row_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_, i
                              acc_width, 0);
 }
 
-/* tt_pw_row_requant_s8 for one row of the `pixels`-pixel planes that start at `plane` (their
- * rows contiguous, this row's pixel offset a multiple of 4), reading its input from `stage`,
- * which the kernel's first call (`first`) fills with the whole planes (stage_rows over
- * `pixels`: (pixels / 4) * 8 * (k / 4) words) for every output channel that follows: a
- * pointwise conv fused with the depthwise conv after it computes one output channel's plane
- * at a time, each from the same input. */
+/* tt_pw_row_requant_s8 for a row (or several) of the planes that start at `plane` (their rows
+ * one after the other, this row's pixel offset a multiple of 4), reading the input from the
+ * planes tt_pw_stage_s8 staged: a pointwise conv fused with the depthwise conv after it
+ * computes one output channel's plane at a time, each from the same input. */
 int32_t tt_pw_row_requant_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_stride, int32_t k,
                                     int32_t width, int32_t zx, void *out_, void *bias_, void *scale_, int32_t zo,
-                                    int32_t keep_acc, int32_t acc_width, void *stage, int32_t first, void *plane,
-                                    int32_t pixels) {
-  const int32_t *st = 0;
-#if defined(__ARM_FEATURE_DSP)
+                                    int32_t keep_acc, int32_t acc_width, void *stage, void *plane) {
+  const int32_t *st = staged(stage);
   const int32_t offset = (int32_t)((const int8_t *)a_ - (const int8_t *)plane);
-  if (first) {
-    stage_rows((int32_t *)stage, (const int8_t *)plane, a_stride, k, pixels);
+  if (st) {
+    st = offset % 4 == 0 ? staged_at(st, offset, k) : 0;
   }
-  if (offset % 4 == 0) {
-    st = (const int32_t *)stage + (offset / 4) * TT_STAGED_WORDS(k);
-  }
-#else
-  (void)stage, (void)first, (void)plane, (void)pixels; /* plain C reads the rows */
-#endif
   return pw_row_requant_call(acc_, a_, a_stride, w_, w_stride, k, width, zx, out_, bias_, scale_, zo, keep_acc,
                              acc_width, st);
 }
@@ -1851,7 +1815,7 @@ static __attribute__((noinline)) int32_t pw_rows2_requant_call(void *acc_, void 
                                                                int32_t w_fstride, int32_t w_stride, int32_t k,
                                                                int32_t width, int32_t acc_stride, int32_t zx,
                                                                void *out0_, void *out1_, void *bias_, void *scale_,
-                                                               int32_t zo, int32_t keep_acc, const staged_t stage) {
+                                                               int32_t zo, int32_t keep_acc, const int32_t *st) {
   float *acc0 = (float *)acc_, *acc1 = acc0 + acc_stride;
   const int8_t *a = (const int8_t *)a_, *w0 = (const int8_t *)w_;
   int8_t *out0 = (int8_t *)out0_, *out1 = (int8_t *)out1_;
@@ -1859,10 +1823,10 @@ static __attribute__((noinline)) int32_t pw_rows2_requant_call(void *acc_, void 
   const float *s = (const float *)scale_;
   const int32_t offset = float_bits(12582912.0f) - zo;
   int32_t fold[2];
-  const int32_t *st = stage.rows;
-  if (w_stride != 1 || !pair_exact(w0, w_fstride, k, zx, fold, stage) || !__builtin_isfinite(s[0]) ||
-      !__builtin_isfinite(s[1]) || !bias_exact(bias[0]) || !bias_exact(bias[1])) {
-    pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, 1, stage);
+  if (w_stride != 1 || !__builtin_isfinite(s[0]) || !__builtin_isfinite(s[1]) || !bias_exact(bias[0]) ||
+      !bias_exact(bias[1]) || !weights_exact(w0, 1, k, zx, &fold[0]) ||
+      !weights_exact(w0 + w_fstride, 1, k, zx, &fold[1])) {
+    pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, 1, st);
     tt_requant_s8(out0_, acc0, width, (void *)bias, (void *)s, zo);
     return tt_requant_s8(out1_, acc1, width, (void *)(bias + 1), (void *)(s + 1), zo);
   }
@@ -1878,15 +1842,14 @@ int32_t tt_pw_rows2_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_,
                                int32_t k, int32_t width, int32_t acc_stride, int32_t zx, void *out0_, void *out1_,
                                void *bias_, void *scale_, int32_t zo, int32_t keep_acc) {
   return pw_rows2_requant_call(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, out0_, out1_,
-                               bias_, scale_, zo, keep_acc, (staged_t){0, 0, 0});
+                               bias_, scale_, zo, keep_acc, 0);
 }
 
-/* tt_pw_rows2_requant_s8 reading its input from `stage` (see tt_pw_rows2_staged_s8). */
+/* tt_pw_rows2_requant_s8 reading its input from the row tt_pw_stage_s8 staged. */
 int32_t tt_pw_rows2_requant_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride,
                                       int32_t w_stride, int32_t k, int32_t width, int32_t acc_stride, int32_t zx,
                                       void *out0_, void *out1_, void *bias_, void *scale_, int32_t zo, int32_t keep_acc,
-                                      void *stage, int32_t first, int32_t pair, int32_t fill) {
-  const staged_t st = staged_row(stage, first, pair, fill, a_, a_stride, k, width);
+                                      void *stage) {
   return pw_rows2_requant_call(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, out0_, out1_,
-                               bias_, scale_, zo, keep_acc, st);
+                               bias_, scale_, zo, keep_acc, staged(stage));
 }
