@@ -1119,6 +1119,31 @@ def _stage_block(region, k: int, pixels: int, stages: list):
     return tvm.s_tir.SBlockRealize([], tvm.tirx.const(True, "bool"), block), stage
 
 
+FOLDS = "tt_pw_folds_s8"  # the zero-point folds of every output channel pair's weights, once per kernel
+
+
+def _folds_block(region, k: int, zx, pairs: int, stages: list):
+    """A block calling FOLDS on `region` (the weights of `pairs` output channel pairs, in no
+    loop's variables: it runs first in the kernel) and the buffer it fills, appended to
+    `stages` (3 words a pair, at least STAGE_MIN_BYTES: in the arena, not on the stack)."""
+    words = max(3 * pairs, STAGE_MIN_BYTES // 4)
+    folds = tvm.tirx.decl_buffer((words,), "int32", name=f"pw_folds{len(stages)}")
+    stages.append(folds)
+    whole = tvm.tirx.BufferRegion(folds, [tvm.ir.Range.from_min_extent(0, words)])
+    idx = str(region.region[0].extent.ty)
+    strides = [tvm.tirx.Var(f"w_s{d}", idx) for d in range(len(region.region))]
+    weights = tvm.tirx.decl_buffer([r.extent for r in region.region], "int8", name="W", strides=strides,
+                                   offset_factor=1)
+    view = tvm.tirx.decl_buffer((words,), "int32", name="F")
+    call = tvm.tirx.call_extern("int32", FOLDS, tvm.tirx.address_of(tvm.tirx.BufferLoad(view, [0])),
+                                tvm.tirx.address_of(tvm.tirx.BufferLoad(weights, [0] * len(region.region))),
+                                tvm.tirx.Cast("int32", strides[0]), k, zx, pairs)
+    block = tvm.s_tir.SBlock([], [region], [whole], f"pw_folds{len(stages) - 1}", tvm.tirx.Evaluate(call), None, [],
+                             [tvm.s_tir.MatchBufferRegion(weights, region), tvm.s_tir.MatchBufferRegion(view, whole)],
+                             {})
+    return tvm.s_tir.SBlockRealize([], tvm.tirx.const(True, "bool"), block), folds
+
+
 def _staged_call(realize, call, name: str, stage, *extra):
     """`realize` calling `name` with `call`'s arguments, the staged buffer and `extra`."""
     whole = tvm.tirx.BufferRegion(stage, [tvm.ir.Range.from_min_extent(0, stage.shape[0])])
@@ -1147,11 +1172,13 @@ def _outside(region, realize, inner: list):
     return tvm.tirx.BufferRegion(region.source, ranges)
 
 
-def _staged_loop(loop, stages: list):
+def _staged_loop(loop, above: list, written: list, stages: list, first: list):
     """`loop` preceded by a block staging the input row if the loop runs over output channel
     pairs of one input row: one tt_pw_rows2(_requant)_s8 block in its body whose input region
-    does not move with the loop, and no block in the loop that writes that input. The call
-    becomes its staged form, reading the buffer the block fills; else None."""
+    does not move with the loop, and no block in the loop that writes that input, the pairs'
+    weights moving with the loop only and never written by the kernel (`written`). The call
+    becomes its staged form, reading the buffer the block fills and its pair's weight folds,
+    which a block appended to `first` (run first in the kernel) computes; else None."""
     if not isinstance(loop.extent, tvm.tirx.IntImm) or int(loop.extent) < 2:
         return None
     items = list(loop.body.seq) if isinstance(loop.body, tvm.tirx.SeqStmt) else [loop.body]
@@ -1170,10 +1197,29 @@ def _staged_loop(loop, stages: list):
             for w in n.writes):
         return None
     region = _outside(source, realize, [loop])
-    if region is None:
+    pair = [iv.var for iv, value in zip(realize.block.iter_vars, realize.iter_values) if value.same_as(loop.loop_var)]
+    weights = _matched(realize, _address_buffer(call.args[4]))
+    if region is None or len(pair) != 1 or not (isinstance(loop.min, tvm.tirx.IntImm) and int(loop.min) == 0) \
+            or any(weights.source.same_as(b) for b in written):
         return None
+    weights = _outside(weights, realize, list(above) + [loop])  # the first pair's, then every pair's
+    if weights is None or not isinstance(weights.region[0].extent, tvm.tirx.IntImm) \
+            or int(weights.region[0].extent) != 2:
+        return None
+    pairs = int(loop.extent)
+    weights = tvm.tirx.BufferRegion(weights.source, [tvm.ir.Range.from_min_extent(weights.region[0].min, 2 * pairs)]
+                                    + list(weights.region[1:]))
     block, stage = _stage_block(region, int(k), int(width), stages)
-    items[i] = _staged_call(realize, call, STAGED[call.args[0].value], stage)
+    fold_block, folds = _folds_block(weights, int(k), call.args[10], pairs, stages)
+    first.append(fold_block)
+    whole = tvm.tirx.BufferRegion(folds, [tvm.ir.Range.from_min_extent(0, folds.shape[0])])
+    view = tvm.tirx.decl_buffer(folds.shape, "int32", name="F")
+    staged = _staged_call(realize, call, STAGED[call.args[0].value], stage,
+                          tvm.tirx.address_of(tvm.tirx.BufferLoad(view, [3 * pair[0]])))
+    b = staged.block
+    items[i] = tvm.s_tir.SBlockRealize(staged.iter_values, staged.predicate, tvm.s_tir.SBlock(
+        b.iter_vars, list(b.reads) + [whole], b.writes, b.name_hint, b.body, b.init, b.alloc_buffers,
+        list(b.match_buffers) + [tvm.s_tir.MatchBufferRegion(view, whole)], b.annotations))
     staged = tvm.tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind,
                           items[0] if len(items) == 1 else tvm.tirx.SeqStmt(items), loop.thread_binding,
                           loop.annotations)
@@ -1312,17 +1358,20 @@ def _staged_rows(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     """`func` with `_staged_loop` or `_staged_planes_loop` applied to every loop, the staged
     buffers allocated in its root block."""
     stages: list = []
+    first: list = []  # blocks that run first in the kernel: the pairs' weight folds
     above = _loops_above(func.body)
+    written = [w.source for n in tir_nodes(func.body) if isinstance(n, tvm.s_tir.SBlock) for w in n.writes]
 
     def on_loop(loop):
-        staged = _staged_loop(loop, stages)
-        return staged if staged is not None else _staged_planes_loop(
-            loop, next(a for l, a in above if l.same_as(loop)), stages)
+        outer = next(a for l, a in above if l.same_as(loop))
+        staged = _staged_loop(loop, outer, written, stages, first)
+        return staged if staged is not None else _staged_planes_loop(loop, outer, stages)
     body = _rebuild(func.body, on_loop=on_loop)
     if not stages:
         return func
     root = body.block
-    root = tvm.s_tir.SBlock(root.iter_vars, root.reads, root.writes, root.name_hint, root.body, root.init,
+    root = tvm.s_tir.SBlock(root.iter_vars, root.reads, root.writes, root.name_hint,
+                            tvm.tirx.SeqStmt(first + [root.body]) if first else root.body, root.init,
                             list(root.alloc_buffers) + stages, root.match_buffers, root.annotations)
     return func.with_body(tvm.s_tir.SBlockRealize(body.iter_values, body.predicate, root))
 

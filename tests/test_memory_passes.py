@@ -201,7 +201,8 @@ def test_fuse_kernels_removes_intermediates(int8_program):
     off, _ = _buffers(int8_program, fuse_kernels=False, inplace_depthwise=False)
     calls_on, calls_off = (low.schedules["train_step"].calls for low in (on, off))
     assert len(calls_on) < len(calls_off) / 1.5
-    assert all(c.workspace_bytes <= 8 * 8 * 4 or (_stages_input(on, c.kernel) and c.workspace_bytes <= STAGE_MIN_BYTES)
+    staging = 2 * STAGE_MIN_BYTES  # this model's staged row and its pairs' weight folds, each at the minimum
+    assert all(c.workspace_bytes <= 8 * 8 * 4 or (_stages_input(on, c.kernel) and c.workspace_bytes <= staging)
                for c in calls_on)
     assert max(c.workspace_bytes for c in calls_off) > 8 * 8 * 4
 

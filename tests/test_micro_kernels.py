@@ -18,7 +18,7 @@ from tvm_tinytrain.targets.boards import TARGETS_DIR, build, get_board, run, wri
 from tvm_tinytrain.targets.invariant_loads import hoist_invariant_loads
 from tvm_tinytrain.targets.tensorize import (CONV_ROW, DEPTHWISE_PLANE, DW_TRANSPOSE, FLOAT_CONV_PLANE, FLOAT_ROW, FLOAT_ROWS2, INT8_ROW,
                                              INT8_ROW_REQUANT, INT8_ROWS2, INT8_ROWS2_REQUANT, REQUANT,
-                                             ROW_REQUANT_STAGED, STAGE, STAGED,
+                                             FOLDS, ROW_REQUANT_STAGED, STAGE, STAGED,
                                              tensorize)
 
 KERNELS_C = TARGETS_DIR / "runtime" / "tt_kernels.c"
@@ -84,8 +84,8 @@ def test_tensorized_pointwise_equals_the_tir_kernel_and_numpy(host_kernels, chan
     tensorized, replaced = tensorize(func)
     assert replaced == 2
     calls = re.findall(r"\b(tt_\w+_s8)\b", tensorized.script())
-    if out_channels % 2 == 0:  # the row staged once for its pairs (tt_pw_stage_s8)
-        assert calls == ([STAGE, STAGED[INT8_ROWS2_REQUANT]] if out_channels > 2 else [INT8_ROWS2_REQUANT])
+    if out_channels % 2 == 0:  # the pairs' weight folds once, the row staged once for its pairs
+        assert calls == ([FOLDS, STAGE, STAGED[INT8_ROWS2_REQUANT]] if out_channels > 2 else [INT8_ROWS2_REQUANT])
     else:  # whole planes a call, from input planes staged once where the rows are 4k pixels wide
         assert calls == ([STAGE, ROW_REQUANT_STAGED] if w % 4 == 0 else [INT8_ROW_REQUANT])
     rng = np.random.default_rng(channels)
@@ -466,12 +466,15 @@ int32_t tt_pw_rows2_requant_s8(void *acc, void *a, int32_t a_stride, void *w, in
                                void *bias, void *scale, int32_t zo, int32_t keep_acc);
 
 int32_t tt_pw_stage_s8(void *stage, void *a, int32_t a_stride, int32_t k, int32_t pixels);
+int32_t tt_pw_folds_s8(void *folds, void *w, int32_t w_fstride, int32_t k, int32_t zx, int32_t pairs);
 int32_t tt_pw_rows2_staged_s8(void *acc, void *a, int32_t a_stride, void *w, int32_t w_fstride, int32_t w_stride,
-                              int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed, void *stage);
+                              int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed, void *stage,
+                              void *folds);
 int32_t tt_pw_rows2_requant_staged_s8(void *acc, void *a, int32_t a_stride, void *w, int32_t w_fstride,
                                       int32_t w_stride, int32_t k, int32_t width, int32_t acc_stride, int32_t zx,
                                       void *out0, void *out1, void *bias, void *scale, int32_t zo, int32_t keep_acc,
-                                      void *stage);
+                                      void *stage, void *folds);
+static int32_t folds[3 * 12];
 int32_t tt_pw_row_requant_staged_s8(void *acc, void *a, int32_t a_stride, void *w, int32_t w_stride, int32_t k,
                                     int32_t width, int32_t zx, void *out, void *bias, void *scale, int32_t zo,
                                     int32_t keep_acc, int32_t acc_width, void *stage, void *plane);
@@ -822,8 +825,9 @@ int main(void) {
     if (keep) hash = fnv(hash, acc, 2 * acc_stride);
   }
   /* the staged kernels, two rows' channel pairs in turn (tt_pw_stage_s8 stages each row before
-   * its pairs, as the kernels tensorize.py writes do), against the unstaged ones: the same bits
-   * (those are checked against the float32 loop above) */
+   * its pairs, tt_pw_folds_s8 sums every pair's weights once first, as the kernels tensorize.py
+   * writes do), against the unstaged ones: the same bits (those are checked against the
+   * float32 loop above) */
   for (int t = 0; t < 60; ++t) {
     int timed = t == 1;
     int32_t k = timed ? 160 : 1 + (int32_t)(next() % 160), width = timed ? 8 : 1 + (int32_t)(next() % 20);
@@ -839,6 +843,7 @@ int main(void) {
     for (int32_t c = 0; c < 2 * pairs; ++c) bias[c] = (int32_t)next() >> 12, scale[c] = (float)((int32_t)next() >> 16) * 1e-6f;
     int32_t requant = t % 2 == 1;
     if (timed) board_mark_begin();
+    if (w_stride == 1) tt_pw_folds_s8(folds, w, w_fstride, k, zx, pairs);
     for (int32_t row = 0; row < (timed ? 1 : 2); ++row)
     for (int32_t p = 0; p < pairs; ++p) {
       int8_t *ar = a + row * k * a_stride;
@@ -848,14 +853,16 @@ int main(void) {
       int8_t *wp = w + 2 * p * w_fstride * (w_stride == 1 ? 1 : 0) + 2 * p * (w_stride == 1 ? 0 : 1);
       if (requant) {
         tt_pw_rows2_requant_staged_s8(staged, ar, a_stride, wp, w_fstride, w_stride, k, width, acc_stride, zx,
-                                      staged_out[0], staged_out[1], bias + 2 * p, scale + 2 * p, zo, keep, stage);
+                                      staged_out[0], staged_out[1], bias + 2 * p, scale + 2 * p, zo, keep, stage,
+                                      folds + 3 * p);
         if (!timed) {
           tt_pw_rows2_requant_s8(plain, ar, a_stride, wp, w_fstride, w_stride, k, width, acc_stride, zx, out[0], out[1],
                                  bias + 2 * p, scale + 2 * p, zo, keep);
           for (int32_t r = 0; r < 2; ++r) bad += memcmp(out[r], staged_out[r], (size_t)width) != 0;
         }
       } else {
-        tt_pw_rows2_staged_s8(staged, ar, a_stride, wp, w_fstride, w_stride, k, width, acc_stride, zx, 1, stage);
+        tt_pw_rows2_staged_s8(staged, ar, a_stride, wp, w_fstride, w_stride, k, width, acc_stride, zx, 1, stage,
+                              folds + 3 * p);
         if (!timed) tt_pw_rows2_s8(plain, ar, a_stride, wp, w_fstride, w_stride, k, width, acc_stride, zx, 1);
       }
       if (!timed && (!requant || keep)) {

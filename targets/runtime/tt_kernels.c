@@ -539,16 +539,46 @@ static inline __attribute__((always_inline)) void rows2_step(float *acc0, float 
   }
 }
 
+/* Whether both channels' weights (w0, w0 + w_fstride) take the int32 path (weights_exact),
+ * their zero-point folds in fold[]: read from `folds` (the pair's 3 words of tt_pw_folds_s8)
+ * if given, else summed here. */
+static inline __attribute__((always_inline)) int pair_exact(const int8_t *w0, int32_t w_fstride, int32_t k, int32_t zx,
+                                                           const int32_t *folds, int32_t fold[2]) {
+  if (folds) {
+    fold[0] = folds[0], fold[1] = folds[1];
+    return folds[2];
+  }
+  return weights_exact(w0, 1, k, zx, &fold[0]) && weights_exact(w0 + w_fstride, 1, k, zx, &fold[1]);
+}
+
+/* tt_pw_folds_s8: pair_exact's 3 words (the two folds, whether both are exact) for `pairs`
+ * output channel pairs of contiguous weights (pair p at w + 2 * p * w_fstride), into `folds`:
+ * tensorize.py calls it once per kernel, in a block of its own before the loops, where the
+ * staged kernels' weights do not change within the kernel, and passes each call its pair's
+ * words, instead of summing the weights again in every call (about one instruction per
+ * weight, per row). */
+int32_t tt_pw_folds_s8(void *folds_, void *w_, int32_t w_fstride, int32_t k, int32_t zx, int32_t pairs) {
+  int32_t *folds = (int32_t *)folds_;
+  const int8_t *w = (const int8_t *)w_;
+  for (int32_t p = 0; p < pairs; ++p, w += 2 * w_fstride, folds += 3) {
+    int32_t fold[2] = {0, 0};
+    folds[2] = pair_exact(w, w_fstride, k, zx, 0, fold);
+    folds[0] = fold[0], folds[1] = fold[1];
+  }
+  return 0;
+}
+
 /* tt_pw_rows2_s8, and tt_pw_rows2_staged_s8 with its staged row (or none): one copy for both
  * (a test per 4 pixels, where inlining it into each doubled the flash it takes). */
 static __attribute__((noinline)) int32_t pw_rows2(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride,
                                                   int32_t w_stride, int32_t k, int32_t width, int32_t acc_stride,
-                                                  int32_t zx, int32_t zeroed, const int32_t *st) {
+                                                  int32_t zx, int32_t zeroed, const int32_t *st,
+                                                  const int32_t *folds) {
   float *acc0 = (float *)acc_, *acc1 = acc0 + acc_stride;
   const int8_t *a = (const int8_t *)a_, *w0 = (const int8_t *)w_, *w1 = w0 + w_fstride;
   int32_t fold[2];
-  if (w_stride != 1 || !weights_exact(w0, 1, k, zx, &fold[0]) || !weights_exact(w1, 1, k, zx, &fold[1]) ||
-      !starts_at_zero(acc0, width, zeroed) || !starts_at_zero(acc1, width, zeroed)) {
+  if (w_stride != 1 || !pair_exact(w0, w_fstride, k, zx, folds, fold) || !starts_at_zero(acc0, width, zeroed) ||
+      !starts_at_zero(acc1, width, zeroed)) {
     zero_unless_kept(acc0, width, zeroed), zero_unless_kept(acc1, width, zeroed);
     tt_pw_row_s8(acc0, a_, a_stride, w_, w_stride, k, width, zx);
     tt_pw_row_s8(acc1, a_, a_stride, (void *)w1, w_stride, k, width, zx);
@@ -573,7 +603,7 @@ static __attribute__((noinline)) int32_t pw_rows2(void *acc_, void *a_, int32_t 
 
 int32_t tt_pw_rows2_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
                        int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed) {
-  return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed, 0);
+  return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed, 0, 0);
 }
 
 /* tt_pw_stage_s8: stages `pixels` pixels of k input channels (rows a_stride apart, the pixels
@@ -602,10 +632,12 @@ static inline const int32_t *staged(const void *stage) {
 }
 
 /* tt_pw_rows2_s8 for one of a row's output channel pairs, reading the input from the row
- * tt_pw_stage_s8 staged. */
+ * tt_pw_stage_s8 staged, and its weights' folds from `folds` if given (tt_pw_folds_s8). */
 int32_t tt_pw_rows2_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
-                              int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed, void *stage) {
-  return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed, staged(stage));
+                              int32_t k, int32_t width, int32_t acc_stride, int32_t zx, int32_t zeroed, void *stage,
+                              void *folds) {
+  return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed, staged(stage),
+                  (const int32_t *)folds);
 }
 
 /* tt_pw_row_f32s8: one row of the input gradient of a pointwise conv (float32 output
@@ -1815,7 +1847,8 @@ static __attribute__((noinline)) int32_t pw_rows2_requant_call(void *acc_, void 
                                                                int32_t w_fstride, int32_t w_stride, int32_t k,
                                                                int32_t width, int32_t acc_stride, int32_t zx,
                                                                void *out0_, void *out1_, void *bias_, void *scale_,
-                                                               int32_t zo, int32_t keep_acc, const int32_t *st) {
+                                                               int32_t zo, int32_t keep_acc, const int32_t *st,
+                                                               const int32_t *folds) {
   float *acc0 = (float *)acc_, *acc1 = acc0 + acc_stride;
   const int8_t *a = (const int8_t *)a_, *w0 = (const int8_t *)w_;
   int8_t *out0 = (int8_t *)out0_, *out1 = (int8_t *)out1_;
@@ -1824,9 +1857,8 @@ static __attribute__((noinline)) int32_t pw_rows2_requant_call(void *acc_, void 
   const int32_t offset = float_bits(12582912.0f) - zo;
   int32_t fold[2];
   if (w_stride != 1 || !__builtin_isfinite(s[0]) || !__builtin_isfinite(s[1]) || !bias_exact(bias[0]) ||
-      !bias_exact(bias[1]) || !weights_exact(w0, 1, k, zx, &fold[0]) ||
-      !weights_exact(w0 + w_fstride, 1, k, zx, &fold[1])) {
-    pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, 1, st);
+      !bias_exact(bias[1]) || !pair_exact(w0, w_fstride, k, zx, folds, fold)) {
+    pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, 1, st, folds);
     tt_requant_s8(out0_, acc0, width, (void *)bias, (void *)s, zo);
     return tt_requant_s8(out1_, acc1, width, (void *)(bias + 1), (void *)(s + 1), zo);
   }
@@ -1842,14 +1874,15 @@ int32_t tt_pw_rows2_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_,
                                int32_t k, int32_t width, int32_t acc_stride, int32_t zx, void *out0_, void *out1_,
                                void *bias_, void *scale_, int32_t zo, int32_t keep_acc) {
   return pw_rows2_requant_call(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, out0_, out1_,
-                               bias_, scale_, zo, keep_acc, 0);
+                               bias_, scale_, zo, keep_acc, 0, 0);
 }
 
-/* tt_pw_rows2_requant_s8 reading its input from the row tt_pw_stage_s8 staged. */
+/* tt_pw_rows2_requant_s8 reading its input from the row tt_pw_stage_s8 staged, and its
+ * weights' folds from `folds` if given (tt_pw_folds_s8). */
 int32_t tt_pw_rows2_requant_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride,
                                       int32_t w_stride, int32_t k, int32_t width, int32_t acc_stride, int32_t zx,
                                       void *out0_, void *out1_, void *bias_, void *scale_, int32_t zo, int32_t keep_acc,
-                                      void *stage) {
+                                      void *stage, void *folds) {
   return pw_rows2_requant_call(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, out0_, out1_,
-                               bias_, scale_, zo, keep_acc, staged(stage));
+                               bias_, scale_, zo, keep_acc, staged(stage), (const int32_t *)folds);
 }
