@@ -300,11 +300,12 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     computed inside the loops of its reader: a reduction at the innermost loop (one
     accumulator; a row for a pointwise conv or an int8 conv whose plane is too large, a
     plane for a small depthwise conv), that kept tensor at the reader's channel loop (one
-    channel at a time), a staged weight or
-    depthwise input plane at the conv's output-channel loop, a staged pointwise input at
-    the conv's row loop (the kernel then walks rows outside output channels), or whole
-    before the conv where channels must stay outside (a depthwise pair). A pointwise conv's
-    row accumulator holds two channels where the kernel ends with it (`_pair_channel_rows`)."""
+    channel at a time), a staged weight or depthwise input plane at the conv's
+    output-channel loop, a staged pointwise input at the conv's row loop (the kernel then
+    walks rows outside output channels), or whole before the conv where channels must stay
+    outside (a depthwise pair). A pointwise conv's row accumulator holds two channels where
+    the kernel ends with it (`_pair_channel_rows`), an input gradient's two whole planes
+    where they are small (`_small_gradient_planes`)."""
     if int(func.attrs.get("op_pattern", 0)) > REDUCTIONS[-1]:
         return func  # opaque: nothing to schedule
     sch = Schedule(func)
@@ -333,6 +334,7 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
             sch.reorder(last[2], last[1])
             rows_outside = True
     paired = _pair_channel_rows(sch, sch.get_child_blocks(root), rows_outside)
+    whole = paired is not None and not rows_outside and _small_gradient_planes(sch, sch.get_sblock(paired))
     reductions = []
     for block in reversed(sch.get_child_blocks(root)[:-1]):
         name = sch.get(block).name_hint
@@ -349,8 +351,8 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
         else:
             row = _is_pointwise(sch, block) or _row_accumulated(sch, block)
             at = len(outer) - (2 if len(outer) > 1 and row else 1)
-            if name == paired:  # the row loop, above the two channels
-                at -= 1
+            if name == paired:  # the row loop above the two channels, or the pair loop: whole planes
+                at -= 2 if whole else 1
         try:
             sch.compute_at(block, outer[at], preserve_unit_loops=True)
         except ScheduleError:
@@ -475,6 +477,22 @@ def _pair_channel_rows(sch, blocks, rows_outside: bool) -> str | None:
     if not rows_outside:
         sch.reorder(outer, loops[2], inner)  # (n, channel pairs, y, the pair, x)
     return conv.name_hint
+
+
+# An input gradient's pointwise conv whose two channels' planes take at most this many bytes of
+# float32 (MCUNet's and MobileNetV2's last stages, 4x4 and 5x5) computes them whole, one call for
+# both planes instead of one per row: rows that narrow leave the micro-kernel 4 pixels a step
+# where 8 fit its registers, and a call per row costs more than the row's pixels.
+GRADIENT_PAIR_PLANES_BYTES = 256
+
+
+def _small_gradient_planes(sch, block) -> bool:
+    """Whether `block`, a paired pointwise conv, is an input gradient (float32 output gradient
+    times int8 weights) whose two channels' planes fit GRADIENT_PAIR_PLANES_BYTES."""
+    b = sch.get(block)
+    operands = {str(r.source.ty.dtype) for r in b.reads if not r.source.same_as(b.writes[0].source)}
+    plane = int(b.iter_vars[2].dom.extent) * int(b.iter_vars[3].dom.extent)
+    return operands == {"float32", "int8"} and 2 * plane * 4 <= GRADIENT_PAIR_PLANES_BYTES
 
 
 def _plane_accumulated(sch, block) -> bool:

@@ -17,7 +17,7 @@ registers. This step matches those loop nests with TVM's `tensorize` against a
 micro-kernel of `runtime/tt_kernels.c` (`tt_pw_row_s8`: int32 sums, SXTB16/SMLA on
 Cortex-M; `tt_pw_rows2_s8`: two channels, each input loaded once for both, SMLAD on
 channel pairs; `tt_pw_row_f32s8`: 8 pixels in registers; `tt_pw_rows2_f32s8`: the same for two
-rows, each gradient value loaded once for both; `tt_dw_plane_s8`: int32 sums, no bounds
+rows, or two small planes whole, each gradient value loaded once for both; `tt_dw_plane_s8`: int32 sums, no bounds
 tests inside the plane; `tt_conv_plane_f32`: a row's outputs in registers, the padding as
 zeros, for a conv and for its input gradient at stride 1, conv2d_transpose, the window read
 flipped). An int8 conv's requantization, the loop that turns a row of its float32 sums into
@@ -222,6 +222,51 @@ def rows2_intrin(kernel: str, channels: int, width: int, zero: int = 0) -> str:
         TensorIntrin.register(name, int8_desc, int8_impl)
     else:  # FLOAT_ROWS2: no zero point
         TensorIntrin.register(name, float_desc, float_impl)
+    return name
+
+
+def planes2_intrin(channels: int, height: int, width: int) -> str:
+    """The registered name of the intrinsic computing two output channels' whole planes
+    (height x width) of an input gradient's pointwise conv, the small planes that
+    `_small_gradient_planes` in passes/fuse_kernels.py pairs: FLOAT_ROWS2 walks each plane as
+    one row of height x width pixels, so the planes' rows must lie one after the other, as
+    they do in the accumulator and in an NCHW tensor (the strides below say so)."""
+    name = f"tinytrain.{FLOAT_ROWS2}.c{channels}.h{height}.w{width}"
+    if TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    K, H, W, two, one = T.int64(channels), T.int64(height), T.int64(width), T.int64(2), T.int64(1)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle):
+        A = T.match_buffer(a, (one, K, H, W), "float32", offset_factor=1)
+        B = T.match_buffer(b, (K, two, one, one), "int8", offset_factor=1)
+        C = T.match_buffer(c, (one, two, H, W), "float32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0, 0:2, 0:H, 0:W], A[0, 0:K, 0:H, 0:W], B[0:K, 0:2, 0, 0])
+            T.writes(C[0, 0:2, 0:H, 0:W])
+            for n, f, y, x, k, ry, rx in T.grid(one, two, H, W, K, one, one):
+                with T.sblock("update"):
+                    vf, vy, vx, vk = T.axis.remap("SSSR", [f, y, x, k])
+                    C[0, vf, vy, vx] = C[0, vf, vy, vx] + A[0, vk, vy, vx] * T.Cast("float32", B[vk, vf, 0, 0])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle):
+        a_stride = T.int64()
+        b_stride = T.int64()
+        b_pair = T.int64()
+        c_pair = T.int64()
+        A = T.match_buffer(a, (one, K, H, W), "float32", offset_factor=1, strides=[T.int64(), a_stride, W, one])
+        B = T.match_buffer(b, (K, two, one, one), "int8", offset_factor=1,
+                           strides=[b_stride, b_pair, T.int64(), T.int64()])
+        C = T.match_buffer(c, (one, two, H, W), "float32", offset_factor=1, strides=[T.int64(), c_pair, W, one])
+        with T.sblock("root"):
+            T.reads(C[0, 0:2, 0:H, 0:W], A[0, 0:K, 0:H, 0:W], B[0:K, 0:2, 0, 0])
+            T.writes(C[0, 0:2, 0:H, 0:W])
+            T.evaluate(T.call_extern("int32", FLOAT_ROWS2, T.address_of(C[0, 0, 0, 0]), T.address_of(A[0, 0, 0, 0]),
+                                     T.Cast("int32", a_stride), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_pair),
+                                     T.Cast("int32", b_stride), channels, height * width, T.Cast("int32", c_pair)))
+
+    TensorIntrin.register(name, desc, impl)
     return name
 
 
@@ -1404,6 +1449,8 @@ def _intrinsic(block, extents: list[int]) -> str | None:
     if row:
         return row
     form = _row_form(block)
+    if form and extents[1] == 2 and extents[2] > 1:  # two channels' small planes (input gradients)
+        return planes2_intrin(extents[4], extents[2], extents[3]) if form[0] == FLOAT_ROW else None
     if form and extents[1] == 2:  # two channels' rows
         return rows2_intrin(INT8_ROWS2 if form[0] == INT8_ROW else FLOAT_ROWS2, extents[4], extents[3], form[1])
     if form:

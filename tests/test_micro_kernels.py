@@ -14,6 +14,7 @@ from tvm import relax
 
 from tvm_tinytrain.frontend import int8_ops
 from tvm_tinytrain.passes import FuseKernels
+from tvm_tinytrain.passes.fuse_kernels import GRADIENT_PAIR_PLANES_BYTES
 from tvm_tinytrain.targets.boards import TARGETS_DIR, build, get_board, run, write_board_files
 from tvm_tinytrain.targets.invariant_loads import hoist_invariant_loads
 from tvm_tinytrain.targets.tensorize import (CONV_ROW, DEPTHWISE_PLANE, DW_TRANSPOSE, FLOAT_CONV_PLANE, FLOAT_ROW, FLOAT_ROWS2, INT8_ROW,
@@ -245,14 +246,20 @@ def input_gradient_kernel(channels: int, out_channels: int, h: int, w: int):
     return _one_fused_kernel(bb)
 
 
-@pytest.mark.parametrize("channels, out_channels, h, w", [(8, 16, 4, 8), (5, 3, 3, 7), (160, 48, 2, 4)])
+@pytest.mark.parametrize("channels, out_channels, h, w", [
+    (8, 16, 4, 8), (5, 3, 3, 7), (160, 48, 2, 4), (6, 4, 5, 5), (8, 16, 8, 8), (4, 6, 1, 12),
+])
 def test_tensorized_input_gradient_equals_the_tir_kernel(host_kernels, channels, out_channels, h, w):
     """An even number of input channels computes two channels' rows per call (FuseKernels
-    pairs them), an odd one a row at a time."""
+    pairs them), two whole planes where they take at most GRADIENT_PAIR_PLANES_BYTES (one
+    call of h * w pixels), an odd one a row at a time."""
     func = input_gradient_kernel(channels, out_channels, h, w)
     tensorized, replaced = tensorize(func)
-    calls = re.findall(r"\b(tt_pw_rows?2?_f32s8)\b", tensorized.script())
-    assert replaced == 1 and calls == [FLOAT_ROWS2 if channels % 2 == 0 else FLOAT_ROW]
+    calls = re.findall(r'"(tt_pw_rows?2?_f32s8)", (.*)\)', tensorized.script())
+    assert replaced == 1 and [c for c, _ in calls] == [FLOAT_ROWS2 if channels % 2 == 0 else FLOAT_ROW]
+    channels_and_width = re.search(r", (\d+), (\d+)", re.sub(r"\[[^]]*\]", "", calls[0][1])).groups()
+    whole = channels % 2 == 0 and 2 * h * w * 4 <= GRADIENT_PAIR_PLANES_BYTES
+    assert [int(n) for n in channels_and_width] == [out_channels, h * w if whole else w]
     rng = np.random.default_rng(channels)
     dy = (rng.standard_normal((1, out_channels, h, w)) * np.float32(1e-3)).astype(np.float32)
     dy[0, 0, 0, 0] = np.float32(3e38)  # an overflow to inf must come out the same too
