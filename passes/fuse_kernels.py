@@ -297,7 +297,8 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     reductions, the narrowest tensor between them (the producer's result, int8 in an int8
     model, which the depthwise conv reads), and the int8 operands of a conv (see
     `_staged_operands`). Then, from the last block backwards, each remaining block is
-    computed inside the loops of its reader: a reduction at the innermost loop (one
+    computed inside the loops of its reader (but a reduction to a single value, which stays
+    in front, computed once): a reduction at the innermost loop (one
     accumulator; a row for a pointwise conv or an int8 conv whose plane is too large, a
     plane for a small depthwise conv), that kept tensor at the reader's channel loop (one
     channel at a time), a staged weight or depthwise input plane at the conv's
@@ -343,6 +344,8 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
             continue
         outer = sch.get_loops(consumers[0])
         reduction = _is_reduction(sch, block)
+        if reduction and _one_value(sch, block):
+            continue  # computed once, not again for every element its reader writes
         if staged.get(name) == INPUT:
             at = ROW_AXIS
         elif (name in kept or staged.get(name) in (WEIGHT, PLANE) or _plane_accumulated(sch, block)) \
@@ -493,6 +496,12 @@ def _small_gradient_planes(sch, block) -> bool:
     operands = {str(r.source.ty.dtype) for r in b.reads if not r.source.same_as(b.writes[0].source)}
     plane = int(b.iter_vars[2].dom.extent) * int(b.iter_vars[3].dom.extent)
     return operands == {"float32", "int8"} and 2 * plane * 4 <= GRADIENT_PAIR_PLANES_BYTES
+
+
+def _one_value(sch, block) -> bool:
+    """Whether `block` writes a tensor of one element (a softmax's maximum or sum of
+    exponentials, which every output of the softmax reads)."""
+    return all(int(d) == 1 for d in sch.get(block).writes[0].source.shape)
 
 
 def _plane_accumulated(sch, block) -> bool:
