@@ -1618,7 +1618,7 @@ int32_t tt_conv_plane_f32(void *acc_, void *a_, int32_t a_chan, int32_t a_row, v
  * integer, |zo| <= 2^15) and clamping to [-128, 127] is what the float clamps and the
  * second rounding do to an integer. For |p| >= 2^22 (infinities included) both clamp to the
  * bound on p's side: here the bits difference keeps p's sign and at least 2^22 of magnitude
- * (QSUB saturates it on Arm; elsewhere p is clamped to +-2^22 first). A scale that is not
+ * (QSUB saturates it on Arm; elsewhere p is clamped to the outputs' range first). A scale that is not
  * finite takes the float32 loop itself. Either way the TIR's bits. */
 static __attribute__((cold, noinline)) void requant_float(int8_t *out, const float *acc, int32_t n, float b, float s,
                                                           float zo) {
@@ -1636,15 +1636,36 @@ static inline int32_t float_bits(float f) {
   return bits;
 }
 
-/* One output from its scaled sum p: offset = the bits of 1.5 * 2^23 minus the zero point. */
+/* min(p, hi) and max(p, lo) as C's `p < hi ? p : hi` and `p > lo ? p : lo` (a NaN p gives
+ * the bound): one FMIN.S / FMAX.S on RISC-V, where gcc calls libm for fminf. */
+static inline __attribute__((always_inline)) float float_min(float p, float hi) {
+#if defined(__riscv) && defined(__riscv_flen)
+  __asm__("fmin.s %0, %0, %1" : "+f"(p) : "f"(hi));
+  return p;
+#else
+  return p < hi ? p : hi;
+#endif
+}
+static inline __attribute__((always_inline)) float float_max(float p, float lo) {
+#if defined(__riscv) && defined(__riscv_flen)
+  __asm__("fmax.s %0, %0, %1" : "+f"(p) : "f"(lo));
+  return p;
+#else
+  return p > lo ? p : lo;
+#endif
+}
+
+/* One output from its scaled sum p: offset = the bits of 1.5 * 2^23 minus the zero point.
+ * Without QSUB/SSAT, p is clamped first to the integers that give the outputs' range,
+ * [-128 - zo, 127 - zo]: rounding keeps integers, so clamping then rounding is rounding then
+ * clamping, and no integer clamp is left (2 float instructions instead of 2 clamps each way). */
 static inline __attribute__((always_inline)) int8_t requant_scaled(float p, int32_t offset) {
 #if defined(__ARM_FEATURE_DSP)
   return (int8_t)__ssat(__qsub(float_bits(p + 12582912.0f), offset), 8);
 #else
-  p = p < 4194304.0f ? p : 4194304.0f; /* not fminf: a libm call on RV32 */
-  p = p > -4194304.0f ? p : -4194304.0f;
-  int32_t r = float_bits(p + 12582912.0f) - offset;
-  return (int8_t)(r < -128 ? -128 : r > 127 ? 127 : r);
+  const int32_t zo = float_bits(12582912.0f) - offset; /* loop invariant: computed once */
+  p = float_max(float_min(p, (float)(127 - zo)), (float)(-128 - zo));
+  return (int8_t)(float_bits(p + 12582912.0f) - offset);
 #endif
 }
 
