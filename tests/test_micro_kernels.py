@@ -44,6 +44,24 @@ def _one_fused_kernel(bb: relax.BlockBuilder) -> tvm.tirx.PrimFunc:
     return prims[0]
 
 
+def test_softmax_reductions_are_computed_once():
+    """A log-softmax's maximum and sum of exponentials, one value each, stay in front of the
+    loop writing its outputs: inside it they were computed again for every output (ten
+    exponentials each, in double precision: a library routine where the FPU has single
+    precision only)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 10), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.log_softmax(relax.op.multiply(x, relax.const(np.float32(0.5)))))
+        bb.emit_func_output(out)
+    sch = tvm.s_tir.Schedule(_one_fused_kernel(bb))
+    *reductions, last = sch.get_child_blocks(sch.get_sblock("root"))
+    outer = [sch.get_sref(loop) for loop in sch.get_loops(last)]
+    assert len(reductions) == 2
+    assert not any(sch.get_sref(loop).same_as(o) for r in reductions for loop in sch.get_loops(r) for o in outer)
+
+
 def conv_kernel(channels: int, out_channels: int, h: int, w: int, x_zero: int, y_zero: int, *,
                 kernel: int = 1, stride: int = 1, groups: int = 1):
     """The fused PrimFunc of one int8 conv with its requantization, as the project builds
