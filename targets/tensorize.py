@@ -28,13 +28,15 @@ left in a row: a pointwise row's zeroing, call and requantization become one cal
 (`tt_pw_row_requant_s8`), and the zeroing loop in front of a kernel that can zero its own
 accumulator is dropped (its `zeroed` argument set); then `_fused_pairs` makes a two-channel
 row and the loop requantizing its two rows one call (`tt_pw_rows2_requant_s8`); each only
-where the blocks' regions show the loops touch exactly the same accumulator. Matching is TVM's structural comparison, so a loop that differs in any way
-(another operand expression, a strided input) is left as it is. Then the input is packed for
-SMLAD once instead of once per output channel: `_staged_loop` gives a loop over a row's
-channel pairs a staged row (and each pair's weight folds, summed once per kernel),
-`_staged_planes_loop` gives a fused expansion's loop over output channels its whole input
-staged once (where that fits STAGE_PLANES_MAX_BYTES), and `_whole_plane_loop` makes such a
-channel's plane one call instead of one per row.
+where the blocks' regions show the loops touch exactly the same accumulator. Matching is
+TVM's structural comparison, so a loop that differs in any way (another operand expression, a
+strided input) is left as it is. Then the input is packed for SMLAD once instead of once per
+output channel: `_staged_loop` gives a loop over a row's channel pairs a staged row (and each
+pair's weight folds, summed once per kernel), `_staged_planes_loop` gives a fused expansion's
+loop over output channels its whole input staged once (where that fits
+STAGE_PLANES_MAX_BYTES), and so a loop over output channel pairs outside rows (weights that
+the kernel concatenates a pair at a time), and `_whole_plane_loop` makes such a channel's
+plane one call instead of one per row.
 
 It runs when lowering to C only: the Relax VM reference keeps the plain TIR.
 """
@@ -61,6 +63,8 @@ INT8_ROW_REQUANT = "tt_pw_row_requant_s8"  # INT8_ROW on a zeroed row, then REQU
 INT8_ROWS2_REQUANT = "tt_pw_rows2_requant_s8"  # INT8_ROWS2 on zeroed rows, then REQUANT of each, in one call
 STAGED = {INT8_ROWS2: "tt_pw_rows2_staged_s8", INT8_ROWS2_REQUANT: "tt_pw_rows2_requant_staged_s8"}  # + a staged row
 ROW_REQUANT_STAGED = "tt_pw_row_requant_staged_s8"  # INT8_ROW_REQUANT reading the staged input planes
+ROWS2_PLANES_STAGED = "tt_pw_rows2_planes_staged_s8"  # INT8_ROWS2 reading the staged input planes
+ROWS2_REQUANT_PLANES_STAGED = "tt_pw_rows2_requant_planes_staged_s8"  # the same for INT8_ROWS2_REQUANT
 _REQUANT_MIN_WIDTH = 4  # narrower rows keep TVM's loop: a call costs about what it saves per output
 _CLAMP = (127.49, -128.49)  # the bounds TVM's int8 requantization clamps to before its last rounding
 _REDUCE = 2  # IterVar.CommReduce
@@ -1284,22 +1288,31 @@ def _path_to(stmt, block, loops: tuple = ()) -> list | None:
     return next((p for p in (_path_to(c, block, loops) for c in children) if p is not None), None)
 
 
+# The rows whose loop over output channels (or channel pairs) `_staged_planes_loop` stages the
+# input planes for: row kernel -> (its staged form, the position of its argument k).
+_PLANES_STAGED = {INT8_ROW_REQUANT: (ROW_REQUANT_STAGED, 6), INT8_ROWS2: (ROWS2_PLANES_STAGED, 7),
+                  INT8_ROWS2_REQUANT: (ROWS2_REQUANT_PLANES_STAGED, 7)}
+
+
 def _staged_planes_loop(loop, above: list, stages: list):
-    """`loop` preceded by a block staging its whole input if the loop runs over the output
-    channels of a pointwise conv fused with the depthwise conv after it (one output channel's
-    plane at a time), a tt_pw_row_requant_s8 row under it, and the input does not move with
-    it: whole rows of contiguous planes (4k pixels wide), staged in at most
-    STAGE_PLANES_MAX_BYTES, not written under the loop, nor moving with the loops `above`
-    it (rows walked outside channels would stage the planes again for each); else None."""
+    """`loop` preceded by a block staging its whole input if the loop runs over output
+    channels of a pointwise conv whose input does not move with it, one row kernel under it:
+    a tt_pw_row_requant_s8 row (a conv fused with the depthwise conv after it: one output
+    channel's plane at a time) or a tt_pw_rows2(_requant)_s8 row (channel pairs outside rows:
+    weights the kernel computes a pair at a time). The input must be whole rows of contiguous planes
+    (4k pixels wide), staged in at most STAGE_PLANES_MAX_BYTES, not written under the loop,
+    nor moving with the loops `above` it (rows walked outside channels would stage the
+    planes again for each); else None."""
     if not isinstance(loop.extent, tvm.tirx.IntImm) or int(loop.extent) < 2:
         return None
     rows = [n for n in tir_nodes(loop.body)
-            if isinstance(n, tvm.s_tir.SBlockRealize) and _extern(n, INT8_ROW_REQUANT) is not None]
+            if isinstance(n, tvm.s_tir.SBlockRealize) and _extern(n, *_PLANES_STAGED) is not None]
     if len(rows) != 1:
         return None
     realize = rows[0]
-    call = _extern(realize, INT8_ROW_REQUANT)
-    k, width = call.args[6], call.args[7]
+    call = _extern(realize, *_PLANES_STAGED)
+    kernel, at = _PLANES_STAGED[call.args[0].value]
+    k, width = call.args[at], call.args[at + 1]
     source = _matched(realize, _address_buffer(call.args[2]))
     planes = source.source
     if not all(isinstance(v, tvm.tirx.IntImm) for v in (k, width)) or int(k) < 4 or len(planes.shape) != 4 \
@@ -1324,8 +1337,7 @@ def _staged_planes_loop(loop, above: list, stages: list):
         return None
     block, stage = _stage_block(region, int(k), h * w, stages)
     origin = [source.region[0].min, source.region[1].min, 0, 0]  # pixel (0, 0) of the input's first channel
-    staged = _staged_call(realize, call, ROW_REQUANT_STAGED, stage,
-                          tvm.tirx.address_of(tvm.tirx.BufferLoad(planes, origin)))
+    staged = _staged_call(realize, call, kernel, stage, tvm.tirx.address_of(tvm.tirx.BufferLoad(planes, origin)))
     body = _rebuild(loop.body, on_block=lambda b: staged.block if b.same_as(realize.block) else b)
     return tvm.tirx.SeqStmt([block, tvm.tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body,
                                                  loop.thread_binding, loop.annotations)])

@@ -20,7 +20,7 @@ from tvm_tinytrain.quantize import post_training_quantize
 from tvm_tinytrain.reference import RelaxVMTrainer
 from tvm_tinytrain.targets.c_emitter import emit, schedule_buffers
 from tvm_tinytrain.targets.lower import join_split, lower, memory_passes
-from tvm_tinytrain.targets.tensorize import ROW_REQUANT_STAGED, STAGE_MIN_BYTES, STAGE_PLANES_MAX_BYTES, STAGED
+from tvm_tinytrain.targets.tensorize import STAGE, STAGE_MIN_BYTES, STAGE_PLANES_MAX_BYTES
 
 FLAGS = [f.name for f in dataclasses.fields(MemoryOptions)]
 
@@ -169,7 +169,7 @@ def _stages_input(low, kernel: str) -> bool:
     """Whether a kernel's C stages its input for a pointwise micro-kernel (targets/tensorize.py),
     in a workspace of its own."""
     body = low.kernels_c.split(f"__tvm_ffi_{kernel}(void* self_handle")[-1].split("\nTVM_DLL")[0]
-    return any(f"{name}(" in body for name in (*STAGED.values(), ROW_REQUANT_STAGED))
+    return f"{STAGE}(" in body
 
 
 def _tensors(low):

@@ -19,7 +19,7 @@ from tvm_tinytrain.targets.boards import TARGETS_DIR, build, get_board, run, wri
 from tvm_tinytrain.targets.invariant_loads import hoist_invariant_loads
 from tvm_tinytrain.targets.tensorize import (CONV_ROW, DEPTHWISE_PLANE, DW_TRANSPOSE, FLOAT_CONV_PLANE, FLOAT_ROW, FLOAT_ROWS2, INT8_ROW,
                                              INT8_ROW_REQUANT, INT8_ROWS2, INT8_ROWS2_REQUANT, REQUANT,
-                                             FOLDS, ROW_REQUANT_STAGED, STAGE, STAGED,
+                                             FOLDS, ROW_REQUANT_STAGED, ROWS2_REQUANT_PLANES_STAGED, STAGE, STAGED,
                                              tensorize)
 
 KERNELS_C = TARGETS_DIR / "runtime" / "tt_kernels.c"
@@ -138,6 +138,51 @@ def test_tensorized_pointwise_equals_the_tir_kernel_and_numpy(host_kernels, chan
             assert not exact.all()  # the float fallback ran, and still equals the TIR
 
 
+def split_conv_kernel(channels: int, out_channels: int, h: int, w: int, trained: int, x_zero: int):
+    """conv_kernel whose weights are the concatenation of trained input channels and frozen
+    ones (SplitTrainedChannels), which the kernel computes an output channel pair at a time."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, channels, h, w), "int8"))
+    wt = relax.Var("w", relax.TensorType((out_channels, trained, 1, 1), "int8"))
+    frozen = relax.Var("w_frozen", relax.TensorType((out_channels, channels - trained, 1, 1), "int8"))
+    b = relax.Var("b", relax.TensorType((out_channels,), "int32"))
+    scale = np.linspace(0.001, 0.02, out_channels).astype(np.float32)
+    with bb.function("main", [x, wt, frozen, b]):
+        with bb.dataflow():
+            xf = bb.emit(relax.op.astype(x, "float32"))
+            whole = bb.emit(relax.op.concat([wt, frozen], axis=1))
+            y = int8_ops.quantized_conv(bb, xf, whole, b, x_zero, scale, -3, strides=1, padding=0, groups=1)
+            out = bb.emit_output(relax.op.astype(y, "int8"))
+        bb.emit_func_output(out)
+    return _one_fused_kernel(bb), scale.reshape(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("channels, out_channels, h, w, trained", [(48, 6, 8, 8, 12), (20, 4, 3, 6, 5), (9, 2, 4, 4, 1)])
+def test_tensorized_pointwise_with_split_weights_equals_the_tir_kernel(host_kernels, channels, out_channels, h, w,
+                                                                      trained):
+    """Weights concatenated in the kernel keep output channel pairs outside rows: the pairs'
+    input, whole planes 4k pixels wide, is staged once for all of them (if there are several:
+    tt_pw_rows2_requant_planes_staged_s8), the same bits as the TIR's loops."""
+    func, scale = split_conv_kernel(channels, out_channels, h, w, trained, x_zero=-128)
+    tensorized, _ = tensorize(func)
+    calls = re.findall(r'"(tt_\w+)"', tensorized.script())
+    staged = w % 4 == 0 and out_channels > 2  # one pair reads its input once anyway
+    assert calls == ([STAGE, ROWS2_REQUANT_PLANES_STAGED] if staged else [INT8_ROWS2_REQUANT])
+    rng = np.random.default_rng(channels)
+    for trial in range(3):
+        x = rng.integers(-128, 128, (1, channels, h, w)).astype(np.int8)
+        wt = rng.integers(-128, 128, (out_channels, channels, 1, 1)).astype(np.int8)
+        if trial == 1:  # sums past 2^24 where the rows are long enough: the float fallback
+            x[:] = 127
+            wt[:] = -128
+        b = rng.integers(-20000, 20000, out_channels).astype(np.int32)
+        out = np.zeros((1, out_channels, h, w), np.int8)
+        args = [x, np.ascontiguousarray(wt[:, :trained]), np.ascontiguousarray(wt[:, trained:]), b, scale]
+        plain = _run_llvm(func, args + [out])
+        fast = _run_llvm(tensorized, args + [out.copy()])
+        assert np.array_equal(plain, fast)
+
+
 def _windowed_conv_matches(channels, out_channels, h, w, kernel, stride, x_zero, groups, micro_kernel):
     """An int8 conv with a window ("same" padding), tensorized: `micro_kernel` is called, and
     on random inputs and on saturating ones the result equals TVM's untensorized kernel and
@@ -202,6 +247,59 @@ def test_small_plane_conv_keeps_tvm_loop():
     more than they save there (the demo's step took 21 % more instructions with it)."""
     func, _ = conv_kernel(8, 8, 8, 8, x_zero=-3, y_zero=2, kernel=3)
     assert tensorize(func)[1] == 0
+
+
+def expansion_kernel(channels: int, expanded: int, h: int, w: int, kernel: int, stride: int, x_zero: int,
+                     m_zero: int):
+    """The fused PrimFunc of an inverted bottleneck's expansion (an int8 pointwise conv, its
+    int8 result) and the depthwise conv after it, as the project builds it."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, channels, h, w), "int8"))
+    w1 = relax.Var("w1", relax.TensorType((expanded, channels, 1, 1), "int8"))
+    b1 = relax.Var("b1", relax.TensorType((expanded,), "int32"))
+    w2 = relax.Var("w2", relax.TensorType((expanded, 1, kernel, kernel), "int8"))
+    b2 = relax.Var("b2", relax.TensorType((expanded,), "int32"))
+    s1 = np.linspace(0.001, 0.02, expanded).astype(np.float32)
+    s2 = np.linspace(0.002, 0.01, expanded).astype(np.float32)
+    with bb.function("main", [x, w1, b1, w2, b2]):
+        with bb.dataflow():
+            xf = bb.emit(relax.op.astype(x, "float32"))
+            m = int8_ops.quantized_conv(bb, xf, w1, b1, x_zero, s1, m_zero, strides=1, padding=0, groups=1)
+            m = bb.emit(relax.op.astype(bb.emit(relax.op.astype(m, "int8")), "float32"))  # int8 activations
+            y = int8_ops.quantized_conv(bb, m, w2, b2, m_zero, s2, -5, strides=stride, padding=kernel // 2,
+                                        groups=expanded)
+            out = bb.emit_output(relax.op.astype(y, "int8"))
+        bb.emit_func_output(out)
+    return _one_fused_kernel(bb), s1.reshape(1, -1, 1, 1), s2.reshape(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("channels, expanded, h, w, kernel, stride, x_zero", [
+    (8, 16, 16, 16, 3, 2, -128), (5, 6, 7, 9, 3, 1, 3), (16, 12, 8, 8, 5, 1, -128), (6, 5, 6, 6, 3, 1, -7),
+])
+def test_tensorized_expansion_equals_the_tir_kernel(host_kernels, channels, expanded, h, w, kernel, stride, x_zero):
+    """An expansion fused with its depthwise conv, one expanded channel at a time: the
+    channel's plane and its requantization a call (from the input planes staged once where
+    its rows are 4k pixels wide), then the depthwise conv's plane. (Two channels' rows a call
+    were measured slower on Cortex-M7: unstaged, the two-channel SMLAD loop spills.)"""
+    func, s1, s2 = expansion_kernel(channels, expanded, h, w, kernel, stride, x_zero, m_zero=-128)
+    tensorized, _ = tensorize(func)
+    calls = re.findall(r'"(tt_\w+)"', tensorized.script())
+    assert calls[-3:] == [ROW_REQUANT_STAGED if w % 4 == 0 else INT8_ROW_REQUANT, DEPTHWISE_PLANE, REQUANT]
+    rng = np.random.default_rng(channels * h)
+    for trial in range(3):
+        x = rng.integers(-128, 128, (1, channels, h, w)).astype(np.int8)
+        w1 = rng.integers(-128, 128, (expanded, channels, 1, 1)).astype(np.int8)
+        if trial == 1:  # saturated expanded values
+            x[:] = 127
+            w1[::2] = 127
+        b1 = rng.integers(-20000, 20000, expanded).astype(np.int32)
+        w2 = rng.integers(-128, 128, (expanded, 1, kernel, kernel)).astype(np.int8)
+        b2 = rng.integers(-20000, 20000, expanded).astype(np.int32)
+        out_h, out_w = (h + 2 * (kernel // 2) - kernel) // stride + 1, (w + 2 * (kernel // 2) - kernel) // stride + 1
+        out = np.zeros((1, expanded, out_h, out_w), np.int8)
+        plain = _run_llvm(func, [x, w1, b1, s1, w2, b2, s2, out])  # the scales: constants the kernel takes
+        fast = _run_llvm(tensorized, [x, w1, b1, s1, w2, b2, s2, out.copy()])
+        assert np.array_equal(plain, fast)
 
 
 def depthwise_input_gradient_kernel(channels: int, h: int, w: int, kernel: int, stride: int):
@@ -504,6 +602,13 @@ int32_t tt_pw_row_requant_staged_s8(void *acc, void *a, int32_t a_stride, void *
                                     int32_t width, int32_t zx, void *out, void *bias, void *scale, int32_t zo,
                                     int32_t keep_acc, int32_t acc_width, void *stage, void *plane);
 static int32_t stage[(20 / 4) * 8 * (160 / 4)];
+int32_t tt_pw_rows2_planes_staged_s8(void *acc, void *a, int32_t a_stride, void *w, int32_t w_fstride,
+                                     int32_t w_stride, int32_t k, int32_t width, int32_t acc_stride, int32_t zx,
+                                     int32_t zeroed, void *stage, void *plane);
+int32_t tt_pw_rows2_requant_planes_staged_s8(void *acc, void *a, int32_t a_stride, void *w, int32_t w_fstride,
+                                             int32_t w_stride, int32_t k, int32_t width, int32_t acc_stride,
+                                             int32_t zx, void *out0, void *out1, void *bias, void *scale,
+                                             int32_t zo, int32_t keep_acc, void *stage, void *plane);
 
 /* TVM's requantization of one float32 sum */
 static int8_t requantized(float s, int32_t bias, float scale, int32_t zo) {
@@ -934,6 +1039,44 @@ int main(void) {
       }
     }
     if (timed) board_mark_end();
+  }
+  /* tt_pw_rows2(_requant)_planes_staged_s8, output channel pairs outside rows: each row from
+   * input planes staged once, against tt_pw_rows2(_requant)_s8 (checked above): the same bits */
+  for (int t = 0; t < 40; ++t) {
+    int32_t k = 1 + (int32_t)(next() % 48), h = 1 + (int32_t)(next() % 6), wd = 4 * (1 + (int32_t)(next() % 4));
+    int32_t zx = (int32_t)(next() % 256) - 128, zo = (int32_t)(next() % 256) - 128, pixels = h * wd;
+    int32_t requant = t % 2, keep = t % 4 == 1;
+    if (k * pixels > 24 * 128) k = 24 * 128 / pixels;
+    for (int32_t i = 0; i < k * pixels; ++i) a[i] = (int8_t)next();
+    for (int32_t i = 0; i < 4 * k; ++i) w[i] = (int8_t)(next() >> (t % 3 == 1 ? 0 : 3));
+    tt_pw_stage_s8(stage, a, pixels, k, pixels);
+    for (int32_t pair = 0; pair < 2; ++pair) {
+      int32_t bias[2] = {(int32_t)next() >> 12, (int32_t)next() >> 12};
+      float scale[2] = {(float)((int32_t)next() >> 16) * 1e-6f, (float)((int32_t)next() >> 16) * 1e-6f};
+      int8_t *wp = w + 2 * pair * k;
+      for (int32_t y = 0; y < h; ++y) {
+        int8_t out[2][16], staged_out[2][16];
+        float staged_acc[32];
+        memset(acc, 0, sizeof acc), memset(staged_acc, 0, sizeof staged_acc);
+        memset(out, 0, sizeof out), memset(staged_out, 0, sizeof staged_out);
+        if (requant) {
+          tt_pw_rows2_requant_planes_staged_s8(staged_acc, a + y * wd, pixels, wp, k, 1, k, wd, 16, zx, staged_out[0],
+                                               staged_out[1], bias, scale, zo, keep, stage, a);
+          tt_pw_rows2_requant_s8(acc, a + y * wd, pixels, wp, k, 1, k, wd, 16, zx, out[0], out[1], bias, scale, zo,
+                                 keep);
+          bad += memcmp(out, staged_out, sizeof out) != 0;
+          for (int32_t x = 0; x < wd; ++x) ref[x] = (float)staged_out[0][x], ref[16 + x] = (float)staged_out[1][x];
+          hash = fnv(fnv(hash, ref, wd), ref + 16, wd);
+        } else {
+          tt_pw_rows2_planes_staged_s8(staged_acc, a + y * wd, pixels, wp, k, 1, k, wd, 16, zx, 1, stage, a);
+          tt_pw_rows2_s8(acc, a + y * wd, pixels, wp, k, 1, k, wd, 16, zx, 1);
+        }
+        if (!requant || keep) {
+          bad += memcmp(acc, staged_acc, 32 * sizeof(float)) != 0;
+          hash = fnv(hash, staged_acc, 32);
+        }
+      }
+    }
   }
   printf("bad %lu hash %08lx timed_macs %lu\n", (unsigned long)bad, (unsigned long)hash, (unsigned long)timed_macs);
   return 0;

@@ -631,6 +631,14 @@ static inline const int32_t *staged(const void *stage) {
 #endif
 }
 
+/* The staged words of the input at a, from the planes that start at `plane` which
+ * tt_pw_stage_s8 staged (none unless a's pixel offset is a multiple of 4). */
+static inline const int32_t *staged_from(const void *stage, const void *a, const void *plane, int32_t k) {
+  const int32_t *st = staged(stage);
+  const int32_t offset = (int32_t)((const int8_t *)a - (const int8_t *)plane);
+  return st && offset % 4 == 0 ? staged_at(st, offset, k) : 0;
+}
+
 /* tt_pw_rows2_s8 for one of a row's output channel pairs, reading the input from the row
  * tt_pw_stage_s8 staged, and its weights' folds from `folds` if given (tt_pw_folds_s8). */
 int32_t tt_pw_rows2_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride, int32_t w_stride,
@@ -638,6 +646,16 @@ int32_t tt_pw_rows2_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, 
                               void *folds) {
   return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed, staged(stage),
                   (const int32_t *)folds);
+}
+
+/* tt_pw_rows2_s8 for a row of the planes that start at `plane`, reading the input from the
+ * planes tt_pw_stage_s8 staged: a conv whose output channel pairs are outside its rows
+ * (weights the kernel computes a pair at a time) stages its whole input once. */
+int32_t tt_pw_rows2_planes_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride,
+                                     int32_t w_stride, int32_t k, int32_t width, int32_t acc_stride, int32_t zx,
+                                     int32_t zeroed, void *stage, void *plane) {
+  return pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, zeroed,
+                  staged_from(stage, a_, plane, k), 0);
 }
 
 /* tt_pw_row_f32s8: one row of the input gradient of a pointwise conv (float32 output
@@ -1808,13 +1826,8 @@ int32_t tt_pw_row_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_, i
 int32_t tt_pw_row_requant_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_stride, int32_t k,
                                     int32_t width, int32_t zx, void *out_, void *bias_, void *scale_, int32_t zo,
                                     int32_t keep_acc, int32_t acc_width, void *stage, void *plane) {
-  const int32_t *st = staged(stage);
-  const int32_t offset = (int32_t)((const int8_t *)a_ - (const int8_t *)plane);
-  if (st) {
-    st = offset % 4 == 0 ? staged_at(st, offset, k) : 0;
-  }
   return pw_row_requant_call(acc_, a_, a_stride, w_, w_stride, k, width, zx, out_, bias_, scale_, zo, keep_acc,
-                             acc_width, st);
+                             acc_width, staged_from(stage, a_, plane, k));
 }
 
 /* n pixels of the exact path of tt_pw_rows2_requant_s8. */
@@ -1906,4 +1919,14 @@ int32_t tt_pw_rows2_requant_staged_s8(void *acc_, void *a_, int32_t a_stride, vo
                                       void *stage, void *folds) {
   return pw_rows2_requant_call(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, out0_, out1_,
                                bias_, scale_, zo, keep_acc, staged(stage), (const int32_t *)folds);
+}
+
+/* tt_pw_rows2_requant_s8 for a row of the planes that start at `plane`, reading the input from
+ * the planes tt_pw_stage_s8 staged (as tt_pw_rows2_planes_staged_s8). */
+int32_t tt_pw_rows2_requant_planes_staged_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w_fstride,
+                                             int32_t w_stride, int32_t k, int32_t width, int32_t acc_stride,
+                                             int32_t zx, void *out0_, void *out1_, void *bias_, void *scale_,
+                                             int32_t zo, int32_t keep_acc, void *stage, void *plane) {
+  return pw_rows2_requant_call(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, out0_, out1_,
+                               bias_, scale_, zo, keep_acc, staged_from(stage, a_, plane, k), 0);
 }
