@@ -306,7 +306,8 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     walks rows outside output channels), or whole before the conv where channels must stay
     outside (a depthwise pair). A pointwise conv's row accumulator holds two channels where
     the kernel ends with it (`_pair_channel_rows`), an input gradient's two whole planes
-    where they are small (`_small_gradient_planes`)."""
+    where they are small (`_small_gradient_planes`); a pointwise weight gradient's
+    accumulator a 4 x 4 tile of weights (`_tile_weight_gradient`)."""
     if int(func.attrs.get("op_pattern", 0)) > REDUCTIONS[-1]:
         return func  # opaque: nothing to schedule
     sch = Schedule(func)
@@ -336,6 +337,7 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
             rows_outside = True
     paired = _pair_channel_rows(sch, sch.get_child_blocks(root), rows_outside)
     whole = paired is not None and not rows_outside and _small_gradient_planes(sch, sch.get_sblock(paired))
+    tiled = _tile_weight_gradient(sch, sch.get_child_blocks(root)) if paired is None and not rows_outside else None
     reductions = []
     for block in reversed(sch.get_child_blocks(root)[:-1]):
         name = sch.get(block).name_hint
@@ -356,6 +358,8 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
             at = len(outer) - (2 if len(outer) > 1 and row else 1)
             if name == paired:  # the row loop above the two channels, or the pair loop: whole planes
                 at -= 2 if whole else 1
+            if name == tiled:  # the loop over tiles of input channels: the accumulator holds a tile
+                at = 1
         try:
             sch.compute_at(block, outer[at], preserve_unit_loops=True)
         except ScheduleError:
@@ -502,6 +506,43 @@ def _one_value(sch, block) -> bool:
     """Whether `block` writes a tensor of one element (a softmax's maximum or sum of
     exponentials, which every output of the softmax reads)."""
     return all(int(d) == 1 for d in sch.get(block).writes[0].source.shape)
+
+
+WEIGHT_GRADIENT_TILE = 4  # output x input channels of a pointwise weight gradient summed by one call
+
+
+def _tile_weight_gradient(sch, blocks) -> str | None:
+    """A pointwise conv's weight gradient (int8 inputs times the float32 output gradient,
+    summed over the plane) that only the kernel's last block reads (its SGD update): that
+    block's output and input channel loops are split by WEIGHT_GRADIENT_TILE and their outer
+    parts moved outside, so that the gradient's accumulator holds a tile of weights and one
+    micro-kernel call sums it, each input and gradient value loaded once for 4 products
+    (targets/tensorize.py). Returns the gradient's block name, else None."""
+    last = blocks[-1]
+    loops = sch.get_loops(last)
+    grads = [b for b in sch.get_producers(last) if _pointwise_weight_gradient(sch, b)]
+    if len(loops) != 4 or len(grads) != 1 or len(sch.get_consumers(grads[0])) != 1 \
+            or any(int(sch.get(loop).extent) % WEIGHT_GRADIENT_TILE for loop in loops[:2]):
+        return None
+    f_outer, f_inner = sch.split(loops[0], [None, WEIGHT_GRADIENT_TILE])
+    c_outer, c_inner = sch.split(loops[1], [None, WEIGHT_GRADIENT_TILE])
+    sch.reorder(f_outer, c_outer, f_inner, c_inner)
+    return sch.get(grads[0]).name_hint
+
+
+def _pointwise_weight_gradient(sch, block) -> bool:
+    """Whether `block` sums a pointwise conv's weight gradient, (f, c, 1, 1) spatial and the
+    plane reduced, `acc + (float(int8 input) - zero point) * float32 output gradient`."""
+    b = sch.get(block)
+    reduced = _conv_reduction(sch, block)
+    if reduced is None or reduced[1] * reduced[2] <= 1 or any(int(v.dom.extent) != 1 for v in b.iter_vars[2:4]):
+        return False
+    store = b.body
+    mul = store.value.b if isinstance(store, tvm.tirx.BufferStore) and isinstance(store.value, tvm.tirx.Add) else None
+    if not isinstance(mul, tvm.tirx.Mul) or str(mul.b.ty) != "float32":
+        return False
+    x = mul.a.a if isinstance(mul.a, tvm.tirx.Sub) and isinstance(mul.a.b, tvm.tirx.FloatImm) else mul.a
+    return isinstance(x, tvm.tirx.Cast) and str(x.ty) == "float32" and str(x.value.ty) == "int8"
 
 
 def _plane_accumulated(sch, block) -> bool:

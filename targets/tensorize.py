@@ -16,11 +16,13 @@ registers. This step matches those loop nests with TVM's `tensorize` against a
 `TensorIntrin` whose description is that very computation and whose implementation calls a
 micro-kernel of `runtime/tt_kernels.c` (`tt_pw_row_s8`: int32 sums, SXTB16/SMLA on
 Cortex-M; `tt_pw_rows2_s8`: two channels, each input loaded once for both, SMLAD on
-channel pairs; `tt_pw_row_f32s8`: 8 pixels in registers; `tt_pw_rows2_f32s8`: the same for two
-rows, or two small planes whole, each gradient value loaded once for both; `tt_dw_plane_s8`: int32 sums, no bounds
-tests inside the plane; `tt_conv_plane_f32`: a row's outputs in registers, the padding as
-zeros, for a conv and for its input gradient at stride 1, conv2d_transpose, the window read
-flipped). An int8 conv's requantization, the loop that turns a row of its float32 sums into
+channel pairs; `tt_pw_row_f32s8`: 8 pixels in registers; `tt_pw_rows2_f32s8`: the same for
+two rows, or two small planes whole, each gradient value loaded once for both;
+`tt_pw_wgrad_f32s8`: a 4 x 4 tile of a pointwise conv's weight gradient
+(`_tile_weight_gradient` in passes/fuse_kernels.py), 16 sums in registers;
+`tt_dw_plane_s8`: int32 sums, no bounds tests inside the plane; `tt_conv_plane_f32`: a
+row's outputs in registers, the padding as zeros, for a conv and for its input gradient at
+stride 1, conv2d_transpose, the window read flipped). An int8 conv's requantization, the loop that turns a row of its float32 sums into
 int8 outputs (bias, scale, rounding, zero point, clamp), becomes `tt_requant_s8` (the
 rounding as one float addition, QSUB/SSAT for the zero point and the clamp). Each gives the
 same bits as the loop it replaces (see there). Last, `_fused_rows` rewrites what tensorizing
@@ -58,6 +60,7 @@ DEPTHWISE_PLANE = "tt_dw_plane_s8"  # one channel of an int8 depthwise conv, pad
 CONV_ROW = "tt_conv_row_s8"  # one row of an int8 conv with a window, away from the top and bottom padding
 DW_TRANSPOSE = "tt_dw_transpose_f32s8"  # one channel of an int8 depthwise conv's input gradient
 FLOAT_CONV_PLANE = "tt_conv_plane_f32"  # one output channel of a float32 conv, padding included
+WEIGHT_GRADIENT = "tt_pw_wgrad_f32s8"  # a tile of a pointwise conv's weight gradient: (float(int8 a) - zx) x gradient
 REQUANT = "tt_requant_s8"  # an int8 conv's outputs from its float32 sums: bias, scale, round, zero point, clamp
 INT8_ROW_REQUANT = "tt_pw_row_requant_s8"  # INT8_ROW on a zeroed row, then REQUANT of it, in one call
 INT8_ROWS2_REQUANT = "tt_pw_rows2_requant_s8"  # INT8_ROWS2 on zeroed rows, then REQUANT of each, in one call
@@ -269,6 +272,54 @@ def planes2_intrin(channels: int, height: int, width: int) -> str:
             T.evaluate(T.call_extern("int32", FLOAT_ROWS2, T.address_of(C[0, 0, 0, 0]), T.address_of(A[0, 0, 0, 0]),
                                      T.Cast("int32", a_stride), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_pair),
                                      T.Cast("int32", b_stride), channels, height * width, T.Cast("int32", c_pair)))
+
+    TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def weight_gradient_intrin(out_channels: int, channels: int, height: int, width: int, zero: int) -> str:
+    """The registered name of the intrinsic summing an out_channels x channels tile of a
+    pointwise conv's weight gradient over height x width planes (`_tile_weight_gradient` in
+    passes/fuse_kernels.py): acc[f, c] += (float(a[c, y, x]) - zx) * b[f, y, x], int8 inputs a
+    of zero point zx, the float32 output gradient b, whose planes must be contiguous (the
+    strides below say so)."""
+    name = f"tinytrain.{WEIGHT_GRADIENT}.f{out_channels}.c{channels}.h{height}.w{width}.z{zero}"
+    if TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    F, C, H, W, one = (T.int64(n) for n in (out_channels, channels, height, width, 1))
+    zx = T.float32(zero)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle):
+        A = T.match_buffer(a, (one, C, H, W), "int8", offset_factor=1)
+        B = T.match_buffer(b, (one, F, H, W), "float32", offset_factor=1)
+        Acc = T.match_buffer(c, (F, C, one, one), "float32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(Acc[0:F, 0:C, 0, 0], A[0, 0:C, 0:H, 0:W], B[0, 0:F, 0:H, 0:W])
+            T.writes(Acc[0:F, 0:C, 0, 0])
+            for f, c, y, x, rc, ry, rx in T.grid(F, C, one, one, one, H, W):
+                with T.sblock("update"):
+                    vf, vc, vry, vrx = T.axis.remap("SSRR", [f, c, ry, rx])
+                    Acc[vf, vc, 0, 0] = Acc[vf, vc, 0, 0] + (T.Cast("float32", A[0, vc, vry, vrx]) - zx) * B[
+                        0, vf, vry, vrx]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle):
+        a_chan = T.int64()
+        b_chan = T.int64()
+        acc_f = T.int64()
+        acc_c = T.int64()
+        A = T.match_buffer(a, (one, C, H, W), "int8", offset_factor=1, strides=[T.int64(), a_chan, W, one])
+        B = T.match_buffer(b, (one, F, H, W), "float32", offset_factor=1, strides=[T.int64(), b_chan, W, one])
+        Acc = T.match_buffer(c, (F, C, one, one), "float32", offset_factor=1,
+                             strides=[acc_f, acc_c, T.int64(), T.int64()])
+        with T.sblock("root"):
+            T.reads(Acc[0:F, 0:C, 0, 0], A[0, 0:C, 0:H, 0:W], B[0, 0:F, 0:H, 0:W])
+            T.writes(Acc[0:F, 0:C, 0, 0])
+            T.evaluate(T.call_extern("int32", WEIGHT_GRADIENT, T.address_of(Acc[0, 0, 0, 0]), T.Cast("int32", acc_f),
+                                     T.Cast("int32", acc_c), T.address_of(A[0, 0, 0, 0]), T.Cast("int32", a_chan),
+                                     T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_chan), out_channels, channels,
+                                     height * width, zero))
 
     TensorIntrin.register(name, desc, impl)
     return name
@@ -1453,10 +1504,24 @@ def sblocks(stmt) -> list:
     return [node for node in tir_nodes(stmt) if isinstance(node, tvm.s_tir.SBlock)]
 
 
+def _weight_gradient_form(block, extents: list[int]) -> str | None:
+    """The intrinsic for `block` when it sums a tile of a pointwise conv's weight gradient,
+    `acc + (float(int8 input) - zx) * float32 gradient` over a plane (`_tile_weight_gradient` in
+    passes/fuse_kernels.py); else None. TVM's structural match confirms the operands."""
+    if _iter_types(block) != [0] * 4 + [_REDUCE] * 3 or extents[2:5] != [1, 1, 1] or extents[5] * extents[6] <= 1:
+        return None
+    store = block.body
+    mul = store.value.b if isinstance(store, tvm.tirx.BufferStore) and isinstance(store.value, tvm.tirx.Add) else None
+    operand = _zero_point(mul.a) if isinstance(mul, tvm.tirx.Mul) else None
+    if operand is None or not _loaded(mul.b, "float32"):
+        return None
+    return weight_gradient_intrin(extents[0], extents[1], extents[5], extents[6], operand[1])
+
+
 def _intrinsic(block, extents: list[int]) -> str | None:
     """The tensor intrinsic for the loop nest of `block` (its 7 innermost loops' extents), if any."""
     if _conv_product(block) is None:
-        return _float_conv_plane_form(block, extents)
+        return _weight_gradient_form(block, extents) or _float_conv_plane_form(block, extents)
     row = _conv_row_form(block, extents) or _depthwise_transpose_form(block, extents)
     if row:
         return row

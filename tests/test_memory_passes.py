@@ -262,8 +262,9 @@ def test_inplace_depthwise_writes_the_input_gradient_over_the_output_gradient(de
 @pytest.mark.parametrize("which", ["frozen depthwise", "depthwise backward"])
 def test_fused_kernels_in_c_match_the_vm(mobile_program, depthwise_backward_program, which, tmp_path):
     """The generated C of the fused kernels (depthwise with its expansion, gradients with
-    their updates, the in-place depthwise backward) on the host: the unfused Relax VM's
-    losses and integers, exactly."""
+    their updates, the projection's weight gradient summed in 4 x 4 tiles by a micro-kernel,
+    the in-place depthwise backward) on the host: the unfused Relax VM's losses and integers,
+    exactly."""
     mobile_program = mobile_program if which == "frozen depthwise" else depthwise_backward_program
     from tvm_tinytrain.session import run_stream
     from tvm_tinytrain.targets.boards import get_board
@@ -271,6 +272,8 @@ def test_fused_kernels_in_c_match_the_vm(mobile_program, depthwise_backward_prog
     from tvm_tinytrain.targets.project import write_project
 
     board = get_board("host")
+    if which == "frozen depthwise":  # the projection trains 8 x 8 weights: two tiles
+        assert lower(mobile_program).kernels_c.count("tt_pw_wgrad_f32s8((") == 1
     write_project(mobile_program, tmp_path, board)
     xs, ys = samples(4, seed=9)
     run = run_stream(board, tmp_path, [Record(TRAIN, x, int(y)) for x, y in zip(xs, ys)] + [Record(DUMP)])

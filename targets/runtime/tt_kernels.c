@@ -7,8 +7,9 @@
  *
  * tt_pw_row_s8: one row of an int8 pointwise conv, for one output channel (the forward;
  * tt_pw_rows2_s8 the same for two output channels' rows, tt_pw_row_f32s8 the input gradient,
- * tt_pw_rows2_f32s8 that for two channels' rows; tt_dw_plane_s8, tt_conv_row_s8, the
- * depthwise input gradient tt_dw_transpose_f32s8, for float models tt_conv_plane_f32,
+ * tt_pw_rows2_f32s8 that for two channels' rows, tt_pw_wgrad_f32s8 a tile of the weight
+ * gradient; tt_dw_plane_s8, tt_conv_row_s8, the depthwise input gradient
+ * tt_dw_transpose_f32s8, for float models tt_conv_plane_f32,
  * tt_requant_s8, the int8 outputs of any of the int8 convs' sums, and tt_pw_row_requant_s8
  * and tt_pw_rows2_requant_s8, rows and their requantization in one call, come after them):
  *
@@ -1270,6 +1271,74 @@ int32_t tt_pw_rows2_f32s8(void *acc_, void *a_, int32_t a_stride, void *w_, int3
   if (x < width) {
     tt_pw_row_f32s8(acc0 + x, (void *)(a + x), a_stride, w_, w_stride, k, width - x);
     tt_pw_row_f32s8(acc1 + x, (void *)(a + x), a_stride, (void *)w1, w_stride, k, width - x);
+  }
+  return 0;
+}
+
+/* tt_pw_wgrad_f32s8: an f x c tile of a pointwise conv's weight gradient (int8 inputs a,
+ * float32 output gradient b, both planes of `pixels` values), for the SGD update that reads it:
+ *
+ *     acc[i * acc_f + j * acc_c] += sum_{p < pixels} ((float)a[j * a_chan + p] - zx) * b[i * b_chan + p]
+ *
+ * each sum taken in increasing p from acc, each product rounded before its addition, as TVM's
+ * loop does: the same float32 operations in the same order, so the same bits (a - zx, an
+ * integer below 2^8, is exact either way). Its loop keeps one sum in memory and converts an
+ * input for every product; here 4 x 4 sums stay in registers, each input converted and each
+ * gradient value loaded once for 4 products. */
+static inline __attribute__((always_inline)) void wgrad_tile(float *acc, int32_t acc_f, int32_t acc_c, const int8_t *a,
+                                                            int32_t a_chan, const float *b, int32_t b_chan,
+                                                            int32_t pixels, int32_t zx, const int f, const int c) {
+  float s[4][4]; /* f x c <= 4 x 4 sums, in registers once the loops over them are unrolled */
+#pragma GCC unroll 4
+  for (int i = 0; i < f; ++i) {
+#pragma GCC unroll 4
+    for (int j = 0; j < c; ++j) {
+      s[i][j] = acc[i * acc_f + j * acc_c];
+    }
+  }
+  for (int32_t p = 0; p < pixels; ++p) {
+    float x[4], g[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < c; ++j) {
+      x[j] = (float)(a[j * a_chan + p] - zx);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < f; ++i) {
+      g[i] = b[i * b_chan + p];
+#pragma GCC unroll 4
+      for (int j = 0; j < c; ++j) {
+        s[i][j] = mul_add(s[i][j], x[j], g[i]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < f; ++i) {
+#pragma GCC unroll 4
+    for (int j = 0; j < c; ++j) {
+      acc[i * acc_f + j * acc_c] = s[i][j];
+    }
+  }
+}
+
+int32_t tt_pw_wgrad_f32s8(void *acc_, int32_t acc_f, int32_t acc_c, void *a_, int32_t a_chan, void *b_, int32_t b_chan,
+                          int32_t f, int32_t c, int32_t pixels, int32_t zx) {
+  float *acc = (float *)acc_;
+  const int8_t *a = (const int8_t *)a_;
+  const float *b = (const float *)b_;
+  for (int32_t i = 0; i < f; i += 4) {
+    for (int32_t j = 0; j < c; j += 4) {
+      float *t = acc + i * acc_f + j * acc_c;
+      if (i + 4 <= f && j + 4 <= c) {
+        wgrad_tile(t, acc_f, acc_c, a + j * a_chan, a_chan, b + i * b_chan, b_chan, pixels, zx, 4, 4);
+      } else { /* a tile's edge: one sum at a time */
+        for (int32_t ii = i; ii < f && ii < i + 4; ++ii) {
+          for (int32_t jj = j; jj < c && jj < j + 4; ++jj) {
+            wgrad_tile(acc + ii * acc_f + jj * acc_c, acc_f, acc_c, a + jj * a_chan, a_chan, b + ii * b_chan, b_chan,
+                       pixels, zx, 1, 1);
+          }
+        }
+      }
+    }
   }
   return 0;
 }
