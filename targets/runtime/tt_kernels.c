@@ -763,6 +763,28 @@ static inline __attribute__((always_inline)) void conv_row_pairs_k3(float *out, 
   }
 #endif
   int32_t ox = ox0;
+#if !defined(__ARM_FEATURE_DSP)
+  /* Plain C: four outputs a step, the 6 or 9 inputs they read loaded once for their 12 taps
+   * (a multiply and an add a tap whatever the blocking: what a wider step saves is loads). */
+  for (; ox + 4 <= ox1; ox += 4) {
+    const int8_t *p = row + ox * stride;
+    int32_t s[4] = {0, 0, 0, 0};
+    for (int32_t j = 0; j < rows; ++j) {
+      const int8_t *r = p + off[j];
+      const int32_t w0 = w[3 * j], w1 = w[3 * j + 1], w2 = w[3 * j + 2];
+      int32_t x[9];
+      for (int i = 0; i < 3 * stride + 3; ++i) {
+        x[i] = r[i];
+      }
+      for (int o = 0; o < 4; ++o) {
+        s[o] += w0 * x[o * stride] + w1 * x[o * stride + 1] + w2 * x[o * stride + 2];
+      }
+    }
+    for (int o = 0; o < 4; ++o) {
+      out[ox + o] = (float)(s[o] - fold);
+    }
+  }
+#endif
   for (; ox + 2 <= ox1; ox += 2) {
     const int8_t *p = row + ox * stride;
     int32_t s0 = 0, s1 = 0;
