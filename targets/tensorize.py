@@ -1195,6 +1195,27 @@ STAGE_MIN_BYTES = 1024  # TVM puts smaller buffers on the stack; a staged input 
 STAGE = "tt_pw_stage_s8"  # packs an input (a row, or whole planes) once for the staged kernels
 
 
+def _filling_block(kernel: str, name: str, region, words: int, strides: list, stride: int, stages: list, *args):
+    """A block calling `kernel` to fill an int32 buffer of `words` words (at least
+    STAGE_MIN_BYTES: in the arena, not on the stack) from the int8 `region`, viewed with
+    `strides`, and the buffer, appended to `stages`. The call takes the buffer's address, the
+    region's, its stride at dimension `stride`, then `args`."""
+    words = max(words, STAGE_MIN_BYTES // 4)
+    filled = tvm.tirx.decl_buffer((words,), "int32", name=f"{name}{len(stages)}")
+    stages.append(filled)
+    whole = tvm.tirx.BufferRegion(filled, [tvm.ir.Range.from_min_extent(0, words)])
+    operand = tvm.tirx.decl_buffer([r.extent for r in region.region], "int8", name="A", strides=strides,
+                                   offset_factor=1)
+    view = tvm.tirx.decl_buffer((words,), "int32", name="S")
+    call = tvm.tirx.call_extern("int32", kernel, tvm.tirx.address_of(tvm.tirx.BufferLoad(view, [0])),
+                                tvm.tirx.address_of(tvm.tirx.BufferLoad(operand, [0] * len(region.region))),
+                                tvm.tirx.Cast("int32", strides[stride]), *args)
+    block = tvm.s_tir.SBlock([], [region], [whole], f"{name}{len(stages) - 1}", tvm.tirx.Evaluate(call), None, [],
+                             [tvm.s_tir.MatchBufferRegion(operand, region), tvm.s_tir.MatchBufferRegion(view, whole)],
+                             {})
+    return tvm.s_tir.SBlockRealize([], tvm.tirx.const(True, "bool"), block), filled
+
+
 def _stage_block(region, k: int, pixels: int, stages: list):
     """A block calling STAGE on `region` (an int8 input: k channels x `pixels` pixels, in the
     variables of the loops around the block), and the buffer it fills, appended to `stages`.
@@ -1202,21 +1223,9 @@ def _stage_block(region, k: int, pixels: int, stages: list):
     buffer around that loop and keeps it alive across it (touched only inside, it would be
     allocated inside the loop, its contents void at each pass and its storage shared with what
     the loop computes after the call)."""
-    words = max((pixels // 4) * 8 * (k // 4), STAGE_MIN_BYTES // 4)
-    stage = tvm.tirx.decl_buffer((words,), "int32", name=f"pw_stage{len(stages)}")
-    stages.append(stage)
-    whole = tvm.tirx.BufferRegion(stage, [tvm.ir.Range.from_min_extent(0, words)])
     idx = str(region.region[0].extent.ty)
     strides = [tvm.tirx.Var(f"a_s{d}", idx) for d in range(len(region.region) - 1)] + [tvm.tirx.IntImm(idx, 1)]
-    rows = tvm.tirx.decl_buffer([r.extent for r in region.region], "int8", name="A", strides=strides, offset_factor=1)
-    words_view = tvm.tirx.decl_buffer((words,), "int32", name="S")
-    call = tvm.tirx.call_extern("int32", STAGE, tvm.tirx.address_of(tvm.tirx.BufferLoad(words_view, [0])),
-                                tvm.tirx.address_of(tvm.tirx.BufferLoad(rows, [0] * len(region.region))),
-                                tvm.tirx.Cast("int32", strides[1]), k, pixels)
-    block = tvm.s_tir.SBlock([], [region], [whole], f"pw_stage{len(stages) - 1}", tvm.tirx.Evaluate(call), None, [],
-                             [tvm.s_tir.MatchBufferRegion(rows, region), tvm.s_tir.MatchBufferRegion(words_view, whole)],
-                             {})
-    return tvm.s_tir.SBlockRealize([], tvm.tirx.const(True, "bool"), block), stage
+    return _filling_block(STAGE, "pw_stage", region, (pixels // 4) * 8 * (k // 4), strides, 1, stages, k, pixels)
 
 
 FOLDS = "tt_pw_folds_s8"  # the zero-point folds of every output channel pair's weights, once per kernel
@@ -1224,24 +1233,11 @@ FOLDS = "tt_pw_folds_s8"  # the zero-point folds of every output channel pair's 
 
 def _folds_block(region, k: int, zx, pairs: int, stages: list):
     """A block calling FOLDS on `region` (the weights of `pairs` output channel pairs, in no
-    loop's variables: it runs first in the kernel) and the buffer it fills, appended to
-    `stages` (3 words a pair, at least STAGE_MIN_BYTES: in the arena, not on the stack)."""
-    words = max(3 * pairs, STAGE_MIN_BYTES // 4)
-    folds = tvm.tirx.decl_buffer((words,), "int32", name=f"pw_folds{len(stages)}")
-    stages.append(folds)
-    whole = tvm.tirx.BufferRegion(folds, [tvm.ir.Range.from_min_extent(0, words)])
+    loop's variables: it runs first in the kernel) and the buffer it fills (3 words a pair),
+    appended to `stages`."""
     idx = str(region.region[0].extent.ty)
     strides = [tvm.tirx.Var(f"w_s{d}", idx) for d in range(len(region.region))]
-    weights = tvm.tirx.decl_buffer([r.extent for r in region.region], "int8", name="W", strides=strides,
-                                   offset_factor=1)
-    view = tvm.tirx.decl_buffer((words,), "int32", name="F")
-    call = tvm.tirx.call_extern("int32", FOLDS, tvm.tirx.address_of(tvm.tirx.BufferLoad(view, [0])),
-                                tvm.tirx.address_of(tvm.tirx.BufferLoad(weights, [0] * len(region.region))),
-                                tvm.tirx.Cast("int32", strides[0]), k, zx, pairs)
-    block = tvm.s_tir.SBlock([], [region], [whole], f"pw_folds{len(stages) - 1}", tvm.tirx.Evaluate(call), None, [],
-                             [tvm.s_tir.MatchBufferRegion(weights, region), tvm.s_tir.MatchBufferRegion(view, whole)],
-                             {})
-    return tvm.s_tir.SBlockRealize([], tvm.tirx.const(True, "bool"), block), folds
+    return _filling_block(FOLDS, "pw_folds", region, 3 * pairs, strides, 0, stages, k, zx, pairs)
 
 
 def _staged_call(realize, call, name: str, stage, *extra):
