@@ -38,14 +38,18 @@ pair's weight folds, summed once per kernel), `_staged_planes_loop` gives a fuse
 loop over output channels its whole input staged once (where that fits
 STAGE_PLANES_MAX_BYTES), and so a loop over output channel pairs outside rows (weights that
 the kernel concatenates a pair at a time), and `_whole_plane_loop` makes such a channel's
-plane one call instead of one per row.
+plane one call instead of one per row. One kernel tensorize cannot match is swapped whole
+for a call (`_mask_bits`, a documented lowering rule): PackBackwardMasks' packing of a
+condition 8 elements a byte, whose index expressions differ with every shape.
 
 It runs when lowering to C only: the Relax VM reference keeps the plain TIR.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
+import tvm_ffi
 from tvm.s_tir import Schedule, ScheduleError, TensorIntrin
 from tvm.script import tirx as T
 from tvm.tirx.analysis import undefined_vars
@@ -1531,9 +1535,95 @@ def _intrinsic(block, extents: list[int]) -> str | None:
     return _depthwise_form(block, extents)
 
 
+MASK_BITS = "tt_mask_bits_f32"  # a float32 tensor's condition lo < x < hi, 8 elements a byte
+
+# comparison `x op c` -> (c is a lower bound, strict)
+_BOUNDS = {tvm.tirx.LT: (False, True), tvm.tirx.LE: (False, False), tvm.tirx.GT: (True, True),
+           tvm.tirx.GE: (True, False)}
+
+
+def _bound(cmp, x):
+    """(is a lower bound, strict, the bound) when `cmp` compares `x` with a float32 constant."""
+    if type(cmp) not in _BOUNDS:
+        return None
+    lower, strict = _BOUNDS[type(cmp)]
+    if tvm_ffi.structural_equal(cmp.a, x) and isinstance(cmp.b, tvm.tirx.FloatImm):
+        return lower, strict, cmp.b.value
+    if tvm_ffi.structural_equal(cmp.b, x) and isinstance(cmp.a, tvm.tirx.FloatImm):
+        return not lower, strict, cmp.a.value  # c < x is x > c
+    return None
+
+
+def _order_key(value: float) -> int:
+    """The integer tt_mask_bits_f32 maps a float32 to: its bits read as sign and magnitude, so
+    that keys order as the floats do (-0.0 and +0.0 both 0)."""
+    bits = int(np.array(value, np.float32).view(np.uint32))
+    return -(bits & 0x7FFFFFFF) if bits >> 31 else bits
+
+
+def _mask_bits(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
+    """`func` as one MASK_BITS call when it is PackBackwardMasks' packing of a float32 tensor's
+    condition, `bits[i] = sum_k uint8(cond(x[8 i + k])) * weights[k]` with cond one bound or
+    two (`lo < x`, `x <= hi`, ...), x read in row-major order; else None. Tensorize cannot
+    match it (the reshape leaves a different index expression for every shape), so the whole
+    body is swapped for the call (a documented lowering rule, the same arithmetic)."""
+    root = func.body.block if isinstance(func.body, tvm.s_tir.SBlockRealize) else None
+    nest = root.body if root is not None else None
+    loops = []
+    while isinstance(nest, tvm.tirx.For):
+        loops.append(nest)
+        nest = nest.body
+    if len(loops) != 2 or not isinstance(nest, tvm.s_tir.SBlockRealize) or [int(l.extent) for l in loops][1] != 8:
+        return None
+    block, store = nest.block, nest.block.body
+    if _iter_types(block) != [0, _REDUCE] or not isinstance(store, tvm.tirx.BufferStore) \
+            or str(store.buffer.dtype) != "uint8" or not isinstance(store.value, tvm.tirx.Add) \
+            or not isinstance(store.value.b, tvm.tirx.Mul):
+        return None
+    cast, weights = store.value.b.a, store.value.b.b
+    if not (isinstance(cast, tvm.tirx.Cast) and _loaded(weights, "uint8")):
+        return None
+    cond = cast.value
+    terms = [cond.a, cond.b] if isinstance(cond, tvm.tirx.And) else [cond]
+    first = terms[0].a if _loaded(terms[0].a, "float32") else terms[0].b
+    if not _loaded(first, "float32"):
+        return None
+    bounds = [_bound(t, first) for t in terms]
+    if None in bounds or len({b[0] for b in bounds}) != len(bounds):
+        return None  # one lower and one upper bound at most
+    lo = next((_order_key(b[2]) - (0 if b[1] else 1) for b in bounds if b[0]), _order_key(float("-inf")) - 1)
+    hi = next((_order_key(b[2]) + (0 if b[1] else 1) for b in bounds if not b[0]), _order_key(float("inf")) + 1)
+    if lo >= hi:
+        return None
+    v0, v1 = (iv.var for iv in block.iter_vars)
+    analyzer = tvm.sym.Analyzer()
+    for iv in block.iter_vars:
+        analyzer.bind(iv.var, iv.dom)
+    x = first.source
+    flat = _flat(x, list(first.indices))
+    if len(x.strides) or not analyzer.can_prove_equal(flat, v0 * 8 + v1) \
+            or not analyzer.can_prove_equal(store.indices[0], v0) or not analyzer.can_prove_equal(weights.indices[0], v1):
+        return None
+    n = int(block.iter_vars[0].dom.extent)
+    address = lambda buffer: tvm.tirx.address_of(tvm.tirx.BufferLoad(buffer, [0] * len(buffer.shape)))
+    base, span = lo + 1, hi - lo - 1  # lo < key < hi: key - base < span, unsigned
+    call = tvm.tirx.call_extern("int32", MASK_BITS, address(store.buffer), address(x), n, base,
+                                span - (1 << 32) if span >= 1 << 31 else span, address(weights.source))
+    whole = lambda buffer: tvm.tirx.BufferRegion(buffer, [tvm.ir.Range.from_min_extent(0, d) for d in buffer.shape])
+    swapped = tvm.s_tir.SBlock([], [whole(x), whole(weights.source)], [whole(store.buffer)], block.name_hint,
+                               tvm.tirx.Evaluate(call))
+    body = tvm.s_tir.SBlock(root.iter_vars, root.reads, root.writes, root.name_hint,
+                            tvm.s_tir.SBlockRealize([], tvm.tirx.const(True, "bool"), swapped), root.init,
+                            root.alloc_buffers, root.match_buffers, root.annotations)
+    return func.with_body(tvm.s_tir.SBlockRealize(func.body.iter_values, func.body.predicate, body))
+
+
 def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
     """`func` with every matching pointwise row, depthwise plane and float conv plane
     computed by a micro-kernel, and how many loop nests were replaced."""
+    packed = _mask_bits(func)
+    if packed is not None:
+        return packed, 1
     func = _split_padded_rows(func)
     sch, replaced = Schedule(func), 0
     for block in sblocks(func.body):

@@ -62,6 +62,53 @@ def test_softmax_reductions_are_computed_once():
     assert not any(sch.get_sref(loop).same_as(o) for r in reductions for loop in sch.get_loops(r) for o in outer)
 
 
+def mask_bits_kernel(shape: tuple, condition):
+    """The fused PrimFunc packing `condition(x)` 8 elements a byte, as PackBackwardMasks
+    writes it."""
+    n = int(np.prod(shape))
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            cond = bb.emit(condition(x))
+            bits = relax.op.astype(relax.op.reshape(cond, (n // 8, 8)), "uint8")
+            weights = relax.const(np.array([1 << k for k in range(8)], np.uint8))
+            out = bb.emit_output(relax.op.sum(relax.op.multiply(bits, weights), axis=1))
+        bb.emit_func_output(out)
+    return _one_fused_kernel(bb)
+
+
+def _f32(value):
+    return relax.const(np.float32(value))
+
+
+@pytest.mark.parametrize("shape, condition", [
+    ((1, 16, 4, 4), lambda x: relax.op.logical_and(relax.op.greater(x, _f32(-128.49)), relax.op.less(x, _f32(127.49)))),
+    ((1, 8, 2, 4), lambda x: relax.op.greater(x, _f32(0.0))),
+    ((2, 12), lambda x: relax.op.logical_and(relax.op.greater_equal(x, _f32(0.0)), relax.op.less_equal(x, _f32(6.0)))),
+    ((1, 3, 8, 8), lambda x: relax.op.logical_and(relax.op.less(_f32(-1.5), x), relax.op.greater(_f32(-0.0), x))),
+    ((1, 40), lambda x: relax.op.less_equal(x, _f32(float("inf")))),
+])
+def test_mask_bits_equal_the_tir_kernel(host_kernels, shape, condition):
+    """The bit masks the backward pass keeps, 8 conditions a byte (tt_mask_bits_f32: each
+    element's bits mapped to an integer that orders as the floats do, the bounds one unsigned
+    range test): the same bytes as TVM's float compares, on values at and around the bounds,
+    both zeros, infinities and NaNs of either sign."""
+    func = mask_bits_kernel(shape, condition)
+    swapped, replaced = tensorize(func)
+    assert replaced == 1 and '"tt_mask_bits_f32"' in swapped.script()
+    rng = np.random.default_rng(len(shape))
+    special = np.float32([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 6.0, -1.5, 127.49, -128.49, 1e-45, -1e-45])
+    special = np.concatenate([special, np.nextafter(special, np.float32(np.inf)), np.nextafter(special, np.float32(-np.inf))])
+    for trial in range(3):
+        x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-2, 3)).astype(np.float32)
+        x.reshape(-1)[:: 3] = rng.choice(special, x.size)[:: 3]
+        # the bit weights, a parameter of the kernel: powers of two, or any bytes (sums that wrap)
+        weights = np.uint8([1 << k for k in range(8)]) if trial < 2 else rng.integers(0, 256, 8).astype(np.uint8)
+        out = np.zeros((x.size // 8,), np.uint8)
+        assert np.array_equal(_run_llvm(func, [x, weights, out]), _run_llvm(swapped, [x, weights, out.copy()]))
+
+
 def conv_kernel(channels: int, out_channels: int, h: int, w: int, x_zero: int, y_zero: int, *,
                 kernel: int = 1, stride: int = 1, groups: int = 1):
     """The fused PrimFunc of one int8 conv with its requantization, as the project builds

@@ -9,8 +9,8 @@
  * tt_pw_rows2_s8 the same for two output channels' rows, tt_pw_row_f32s8 the input gradient,
  * tt_pw_rows2_f32s8 that for two channels' rows, tt_pw_wgrad_f32s8 a tile of the weight
  * gradient; tt_dw_plane_s8, tt_conv_row_s8, the depthwise input gradient
- * tt_dw_transpose_f32s8, for float models tt_conv_plane_f32,
- * tt_requant_s8, the int8 outputs of any of the int8 convs' sums, and tt_pw_row_requant_s8
+ * tt_dw_transpose_f32s8, the backward's bit masks tt_mask_bits_f32, for float models
+ * tt_conv_plane_f32, tt_requant_s8, the int8 outputs of any of the int8 convs' sums, and tt_pw_row_requant_s8
  * and tt_pw_rows2_requant_s8, rows and their requantization in one call, come after them):
  *
  *     acc[x] += sum_i ((float)a[i * a_stride + x] - zx) * (float)w[i * w_stride]
@@ -1361,6 +1361,34 @@ int32_t tt_pw_wgrad_f32s8(void *acc_, int32_t acc_f, int32_t acc_c, void *a_, in
         }
       }
     }
+  }
+  return 0;
+}
+
+/* tt_mask_bits_f32: the 1-bit masks the backward pass keeps (passes/pack_backward_masks.py),
+ * n bytes of 8 elements of x each:
+ *
+ *     out[i] = sum_k cond(x[8 i + k]) * weights[k]   (uint8, wrapping)
+ *
+ * where cond is one bound or two (lo < x, x <= hi, ...) as C compares floats: -0.0 equals
+ * +0.0, and a NaN is in no interval. Each element's bits are mapped to an integer that orders
+ * as the floats do (sign and magnitude to two's complement: both zeros map to 0, NaNs beyond
+ * the infinities), so that the condition is one unsigned range test, key - base < span;
+ * tensorize.py computes base and span from the bounds. TVM's loop tested each bound with a
+ * float compare and a flags transfer, and stored the byte after every element. */
+int32_t tt_mask_bits_f32(void *out_, void *x_, int32_t n, int32_t base, int32_t span, void *weights_) {
+  uint8_t *out = (uint8_t *)out_;
+  const int32_t *x = (const int32_t *)x_; /* the floats' bits */
+  uint8_t w[8];
+  memcpy(w, weights_, sizeof w);
+  for (int32_t i = 0; i < n; ++i, x += 8) {
+    uint32_t byte = 0;
+    for (int k = 0; k < 8; ++k) {
+      int32_t sign = x[k] >> 31; /* 0 or -1 */
+      int32_t key = ((x[k] & 0x7fffffff) ^ sign) - sign;
+      byte += (uint32_t)(key - base) < (uint32_t)span ? w[k] : 0u;
+    }
+    out[i] = (uint8_t)byte;
   }
   return 0;
 }
