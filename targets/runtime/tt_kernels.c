@@ -1384,9 +1384,9 @@ int32_t tt_mask_bits_f32(void *out_, void *x_, int32_t n, int32_t base, int32_t 
   for (int32_t i = 0; i < n; ++i, x += 8) {
     uint32_t byte = 0;
     for (int k = 0; k < 8; ++k) {
-      int32_t sign = x[k] >> 31; /* 0 or -1 */
-      int32_t key = ((x[k] & 0x7fffffff) ^ sign) - sign;
-      byte += (uint32_t)(key - base) < (uint32_t)span ? w[k] : 0u;
+      uint32_t sign = (uint32_t)(x[k] >> 31); /* 0 or all ones */
+      uint32_t key = (((uint32_t)x[k] & 0x7fffffffu) ^ sign) - sign; /* two's complement, unsigned arithmetic */
+      byte += key - (uint32_t)base < (uint32_t)span ? w[k] : 0u;
     }
     out[i] = (uint8_t)byte;
   }
