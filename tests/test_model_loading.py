@@ -53,6 +53,20 @@ def nets(tmp_path_factory):
                                  nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU6(), nn.AdaptiveAvgPool2d(1),
                                  nn.Flatten(), nn.Linear(8, classes)).eval(), torch.zeros(INPUT_SHAPE)
 
+        class HardNet(nn.Module):  # Hardswish after the stem, a gate multiply, a scalar add
+            def __init__(self):
+                super().__init__()
+                self.stem, self.gate, self.head = nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 1), nn.Linear(4, 3)
+
+            def forward(self, x):
+                x = nn.functional.hardswish(self.stem(x))
+                x = x * torch.sigmoid(self.gate(x))
+                return self.head(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)) + 1.0
+
+        def hard():
+            torch.manual_seed(0)
+            return HardNet().eval(), torch.zeros(INPUT_SHAPE)
+
         def conv_head():
             return nn.Sequential(nn.Conv2d(2, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()), torch.zeros(INPUT_SHAPE)
     """ % os.path.dirname(__file__)))
@@ -168,6 +182,19 @@ def test_quantize_refuses_calibration_samples_of_another_shape(nets, tmp_path):
     proc = tinytrain("compile", f"{nets}/nets.py:with_example", "--quantize", "int8", "--calibration",
                      tmp_path / "other.npz", "-o", tmp_path / "p")
     assert_clean_error(proc, "x_train holds samples of shape (1, 8, 8), the model takes (1, 2, 8, 8)")
+
+
+def test_quantize_lists_every_place_it_cannot_quantize(nets, tmp_path):
+    """PTQ of a model with Hardswish, a sigmoid gate and a scalar add: one clean error naming
+    each place by the layer before it, in graph order, then what PTQ supports."""
+    proc = tinytrain("compile", f"{nets}/nets.py:hard", "--quantize", "int8", "--calibration",
+                     nets / "data.npz", "-o", tmp_path / "p")
+    assert_clean_error(proc, "3 places hold ops that cannot be quantized (in graph order): "
+                             "after stem (conv): cannot quantize an add of a constant (x + 3 in Hardswish, "
+                             "Hardsigmoid), clip, multiply, divide; after gate (conv): cannot quantize "
+                             "sigmoid, multiply; after head (linear): cannot quantize an add of a constant")
+    assert "Supported ops: conv2d and linear layers" in proc.stderr
+    assert "BlockBuilder" not in proc.stderr and not (tmp_path / "p").exists()
 
 
 def test_an_onnx_file_from_torch_default_exporter_compiles_from_the_command_line(tmp_path):

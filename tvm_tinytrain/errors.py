@@ -59,8 +59,8 @@ MAX_PROBLEM_CHARS = 150
 LISTING_CHARS = 3000
 
 
-def unsupported_ops_error(source: str, problems: list[tuple[str, str]],
-                          supported: str) -> UnsupportedOpError:
+def unsupported_ops_error(source: str, problems: list[tuple[str, str]], supported: str,
+                          refused: str = "ops cannot be trained") -> UnsupportedOpError:
     """One error for every op of a model the pipeline cannot train, so a user fixes them
     all in one round instead of meeting them one by one.
 
@@ -77,7 +77,7 @@ def unsupported_ops_error(source: str, problems: list[tuple[str, str]],
 
     if len(problems) == 1:
         return UnsupportedOpError(f"{source}: {entry(*problems[0])}. Supported ops: {supported}")
-    parts = [f"{source}: {len(problems)} ops cannot be trained (in graph order):"]
+    parts = [f"{source}: {len(problems)} {refused} (in graph order):"]
     parts += [f"{entry(*p)};" for p in shown]
     if len(problems) > len(shown):
         parts.append(f"... and {len(problems) - len(shown)} more;")

@@ -20,12 +20,14 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .errors import UnsupportedOpError
+from .errors import unsupported_ops_error
 from .frontend.imported import ImportedModel
 from .layers import bias_operand
 from .frontend.int8_ops import dequantize, f32, quantize_input, quantized_add, quantized_conv, quantized_linear
 
 ACTIVATIONS = {"relax.nn.relu", "relax.clip"}
+QUANTIZABLE = ("conv2d and linear layers, residual add, ReLU/ReLU6/clip after them, max pool, "
+               "global average pool, reshape/flatten")
 
 
 @dataclass(frozen=True)
@@ -96,11 +98,18 @@ def post_training_quantize(model: ImportedModel, calibration: np.ndarray, logit_
     with bb.function("main", attrs={"num_input": 1}):
         with bb.dataflow():
             env[func.params[0]] = (quantize_input(bb, x, q_in.scale, q_in.zero), q_in)
-            done = set()
+            done, problems = set(), {}  # problems: place -> what cannot be quantized there
             for b in bindings:
                 var, value, op = b.var, b.value, op_name(b.value)
                 if var in done or (op in ("relax.permute_dims", "relax.reshape") and value.args[0] in params):
                     continue  # a linear's weight or a conv's bias: handled with their layer
+                problem = _problem(value, op, env)
+                if problem:
+                    place = problems.setdefault(f"after {_layer_before(var, producer, params)}", [])
+                    place += [problem] * (problem not in place)
+                    # stands in for the refused value, so that the rest of the graph is checked too
+                    env[var] = next((env[a] for a in value.args if a in env), env[func.params[0]])
+                    continue
                 if op in ("relax.nn.conv2d", "relax.matmul"):
                     weight = value.args[1] if op == "relax.nn.conv2d" else producer[value.args[1]].args[0]
                     end = chain_end(var)
@@ -139,23 +148,53 @@ def post_training_quantize(model: ImportedModel, calibration: np.ndarray, logit_
                     env[var] = (bb.emit(new), qs)
                 elif op in ("relax.mean", "relax.nn.adaptive_avg_pool2d", "relax.nn.avg_pool2d"):
                     src, qs = env[value.args[0]]
-                    if op == "relax.nn.avg_pool2d" and any(int(p) for p in value.attrs.padding):
-                        raise UnsupportedOpError("post-training quantization: avg_pool2d with padding "
-                                                 f"(at {var.name}) is not supported")
                     env[var] = (bb.emit(relax.op.round(relax.Call(value.op, [src, *value.args[1:]], value.attrs))), qs)
                 elif isinstance(value, relax.Var):
                     env[var] = env[value]
-                else:
-                    raise UnsupportedOpError(
-                        f"post-training quantization cannot quantize {op or type(value).__name__} "
-                        f"(at {var.name}); it supports conv2d, linear, residual add, ReLU/ReLU6/clip after "
-                        f"them, max pool, global average pool, reshape")
             out_q, q_out = env[func.body.body]
-            logits = bb.emit_output(dequantize(bb, out_q, q_out.scale, q_out.zero))
-        bb.emit_func_output(logits, params=[x, *new_vars])
+            logits = bb.emit_output(x if problems else dequantize(bb, out_q, q_out.scale, q_out.zero))
+        bb.emit_func_output(logits, params=[x, *new_vars])  # closed cleanly even when refused
+    if problems:
+        raise unsupported_ops_error(f"post-training quantization of {model.source}",
+                                    [(where, "cannot quantize " + ", ".join(what)) for where, what in problems.items()],
+                                    QUANTIZABLE, refused="places hold ops that cannot be quantized")
     return ImportedModel(mod=tvm.IRModule({"main": bb.get()["main"]}), params=new_params,
                          input_shape=model.input_shape, source=f"{model.source} (int8, post-training quantized)",
                          quant_scales=scales)
+
+
+def _problem(value, op: str, env: dict) -> str | None:
+    """Why this binding cannot be quantized (it is not a layer's chain, which the caller
+    takes whole), or None."""
+    if op == "relax.add" and not all(isinstance(a, relax.Var) and a in env for a in value.args):
+        return "an add of a constant (x + 3 in Hardswish, Hardsigmoid)"
+    if op == "relax.nn.avg_pool2d" and any(int(p) for p in value.attrs.padding):
+        return "avg_pool2d with padding"
+    if op in ("relax.nn.conv2d", "relax.matmul", "relax.add", "relax.nn.max_pool2d", "relax.reshape",
+              "relax.flatten", "relax.mean", "relax.nn.adaptive_avg_pool2d", "relax.nn.avg_pool2d"):
+        return None
+    if isinstance(value, relax.Var):
+        return None
+    return op.removeprefix("relax.").removeprefix("nn.") or type(value).__name__
+
+
+def _layer_before(var, producer: dict, params: dict) -> str:
+    """The nearest conv or linear layer upstream of `var`, by its module path (its weight's
+    name without `.weight`): the user's name for a place in the graph."""
+    seen, todo = set(), [var]
+    while todo:
+        v = todo.pop(0)
+        value = producer.get(v)
+        if not isinstance(value, relax.Call) or v in seen:
+            continue
+        seen.add(v)
+        name = getattr(value.op, "name", "")
+        if name in ("relax.nn.conv2d", "relax.matmul"):
+            w = value.args[1] if name == "relax.nn.conv2d" else producer.get(value.args[1], value).args[0]
+            if w in params:
+                return f"{w.name.removesuffix('.weight')} ({'conv' if name == 'relax.nn.conv2d' else 'linear'})"
+        todo += [a for a in value.args if isinstance(a, relax.Var)]
+    return "the input"
 
 
 def _find_bias(start, end, producer, params, users):
