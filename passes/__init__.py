@@ -3,7 +3,7 @@
 Each is an ordinary TVM pass, usable on its own in a `tvm.transform.Sequential`.
 """
 
-from .append_loss import AppendCrossEntropyLoss
+from .append_loss import LOSSES, AppendCrossEntropyLoss, AppendReconstructionLoss, check_reconstruction
 from .build_gradient import BuildGradient
 from .float_trainable_params import FloatTrainableParams
 from .forward_tuple_items import ForwardTupleItems
@@ -18,6 +18,6 @@ from .pack_backward_masks import PackBackwardMasks
 from .reorder_for_memory import ReorderForMemory
 from .split_trained_channels import SplitTrainedChannels
 
-__all__ = ["AppendCrossEntropyLoss", "BuildGradient", "FloatTrainableParams", "ForwardTupleItems", "FuseKernels", "FuseSGDUpdate",
+__all__ = ["LOSSES", "AppendCrossEntropyLoss", "AppendReconstructionLoss", "check_reconstruction", "BuildGradient", "FloatTrainableParams", "ForwardTupleItems", "FuseKernels", "FuseSGDUpdate",
            "InplaceDepthwise", "InsertQASRescale", "Int8Activations", "NarrowWeightGradient", "NormalizeONNX",
            "PackBackwardMasks", "ReorderForMemory", "SplitTrainedChannels"]

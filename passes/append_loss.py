@@ -1,10 +1,19 @@
-"""AppendCrossEntropyLoss: add `main_loss(x, label, *params) -> loss` beside `main`."""
+"""Add `main_loss(x, label, *params) -> loss` beside `main`: the classifier's softmax
+cross-entropy (AppendCrossEntropyLoss), or an autoencoder's mean squared reconstruction
+error (AppendReconstructionLoss, `--loss mse`). Both keep the label parameter, so every
+training step has the same signature (a reconstruction ignores it)."""
 
 from __future__ import annotations
+
+import math
 
 import tvm
 from tvm import relax
 from tvm.relax.utils import copy_with_new_vars
+
+from tvm_tinytrain.errors import ConfigError
+
+LOSSES = ("cross-entropy", "mse")
 
 
 @tvm.transform.module_pass(opt_level=0, name="AppendCrossEntropyLoss")
@@ -43,17 +52,55 @@ class AppendCrossEntropyLoss:
         self.loss_func_name = loss_func_name
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        func = copy_with_new_vars(mod[self.func_name])
-        x, params = func.params[0], list(func.params[1:])
-        label = relax.Var("label", relax.TensorType((1,), "int64"))
-        bb = relax.BlockBuilder(mod)
-        with bb.function(self.loss_func_name, [x, label, *params]):
-            with bb.dataflow():
-                for block in func.body.blocks:
-                    for binding in block.bindings:
-                        bb.emit_normalized(binding)
-                lsm = bb.emit(relax.op.nn.log_softmax(func.body.body, axis=-1))
-                loss = bb.emit_output(relax.op.nn.nll_loss(lsm, label, reduction="mean"))
-            bb.emit_func_output(loss)
-        # The logits stop being an output of the block: make them a dataflow var again.
-        return relax.transform.CanonicalizeBindings()(bb.get())
+        return _append_loss(mod, self.func_name, self.loss_func_name, self.loss)
+
+    @staticmethod
+    def loss(bb: relax.BlockBuilder, out: relax.Expr, x: relax.Var, label: relax.Var) -> relax.Expr:
+        lsm = bb.emit(relax.op.nn.log_softmax(out, axis=-1))
+        return relax.op.nn.nll_loss(lsm, label, reduction="mean")
+
+
+@tvm.transform.module_pass(opt_level=0, name="AppendReconstructionLoss")
+class AppendReconstructionLoss:
+    """Append the mean squared error between the output and the input (an autoencoder's
+    reconstruction loss: `mean((out - reshape(x, out.shape)) ** 2)`), as a new function with
+    the signature of AppendCrossEntropyLoss's, its label unused. The output must have as
+    many elements as the input."""
+
+    def __init__(self, func_name: str = "main", loss_func_name: str = "main_loss"):
+        self.func_name = func_name
+        self.loss_func_name = loss_func_name
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        check_reconstruction(mod[self.func_name])
+        return _append_loss(mod, self.func_name, self.loss_func_name, self.loss)
+
+    @staticmethod
+    def loss(bb: relax.BlockBuilder, out: relax.Expr, x: relax.Var, label: relax.Var) -> relax.Expr:
+        diff = bb.emit(relax.op.subtract(out, relax.op.reshape(x, out.ty.shape)))
+        return relax.op.mean(relax.op.multiply(diff, diff))
+
+
+def check_reconstruction(func: relax.Function) -> None:
+    """Refuse a model whose output is not the input's size for the mse loss (call it before
+    the pass: an error raised inside a TVM pass reaches the caller as a RuntimeError)."""
+    shapes = [tuple(int(d) for d in t.shape) for t in (func.params[0].ty, func.ret_ty)]
+    if math.prod(shapes[0]) != math.prod(shapes[1]):
+        raise ConfigError(f"the mse (reconstruction) loss compares the output with the input: the model's "
+                          f"output {shapes[1]} must have as many elements as its input {shapes[0]}")
+
+
+def _append_loss(mod: tvm.IRModule, func_name: str, loss_func_name: str, loss) -> tvm.IRModule:
+    func = copy_with_new_vars(mod[func_name])
+    x, params = func.params[0], list(func.params[1:])
+    label = relax.Var("label", relax.TensorType((1,), "int64"))
+    bb = relax.BlockBuilder(mod)
+    with bb.function(loss_func_name, [x, label, *params]):
+        with bb.dataflow():
+            for block in func.body.blocks:
+                for binding in block.bindings:
+                    bb.emit_normalized(binding)
+            out = bb.emit_output(loss(bb, func.body.body, x, label))
+        bb.emit_func_output(out)
+    # The logits stop being an output of the block: make them a dataflow var again.
+    return relax.transform.CanonicalizeBindings()(bb.get())

@@ -261,7 +261,7 @@ def _header(program: TrainingProgram, arena: int, n_params: int, quant, persist:
 #include <math.h>
 #include <stdint.h>
 
-#define TT_INPUT_ELEMS {n_in}u      /* one sample, NCHW {shape} */
+#define TT_INPUT_ELEMS {n_in}u      /* one sample, {"NCHW" if len(program.input_shape) == 4 else "shape"} {shape} */
 #define TT_NUM_CLASSES {program.num_classes}u
 #define TT_NUM_PARAMS {n_params}u
 #define TT_ARENA_BYTES {arena}u
@@ -295,6 +295,7 @@ void tt_init(void);
 tt_input_t *tt_input(void);
 
 /* One SGD step on the sample in tt_input(): forward, loss, backward, in-place update.
+{_loss_doc(program)}
  * Returns 0; TT_ERR_LABEL if the label is out of range; TT_ERR_KERNEL if a kernel failed;
  * TT_ERR_NONFINITE if the loss is NaN or Inf (checked before any weight changes). */
 #define TT_ERR_LABEL (-1)
@@ -302,11 +303,19 @@ tt_input_t *tt_input(void);
 #define TT_ERR_NONFINITE (-3)
 int tt_train_step(int32_t label, float *loss);
 
-/* Class scores (logits) for the sample in tt_input() with the current weights. Returns 0. */
+/* The model's outputs (class scores, or an autoencoder's reconstruction) for the sample in
+ * tt_input() with the current weights. Returns 0. */
 int tt_predict(float logits[TT_NUM_CLASSES]);
 {_persist_api(persist)}
 #endif /* TINYTRAIN_MODEL_H */
 """
+
+
+def _loss_doc(program: TrainingProgram) -> str:
+    if _classifies(program):
+        return " * Loss: softmax cross-entropy of the outputs against `label` (0 .. TT_NUM_CLASSES - 1)."
+    return (" * Loss (--loss mse): the mean squared error between the TT_NUM_CLASSES outputs and the\n"
+            " * sample itself (an autoencoder's reconstruction); `label` is ignored.")
 
 
 def _params_header(params: list[Tensor], momenta: list[Tensor]) -> str:
@@ -388,7 +397,7 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts, 
             *(['#include "tt_persist.h"'] if persist else []),
             '#include "tvm/ffi/c_api.h"', '',
             f"static uint8_t tt_arena[TT_ARENA_BYTES] __attribute__((aligned(16)));",
-            "static int64_t tt_label[1];", "",
+            *(["static int64_t tt_label[1];"] if _classifies(program) else []), "",
             "#define TT_TENSOR(ptr, shp, nd, code, bits) \\",
             "  {.data = (void *)(ptr), .device = {kDLCPU, 0}, .ndim = (nd), .dtype = {(code), (bits), 1}, \\",
             "   .shape = (int64_t *)(shp), .strides = NULL, .byte_offset = 0}",
@@ -405,6 +414,8 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts, 
         out.append("};")
     out += ["", "/* Tensor descriptors: where each tensor of the graph lives. */"]
     for t in lowered.tensors:
+        if t.storage == "label" and not _classifies(program):
+            continue
         shape = ", ".join(map(str, t.shape)) or "1"
         out.append(f"static const int64_t shape_{t.name}[] = {{{shape}}};")
         if t.storage == "arena":
@@ -434,7 +445,7 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts, 
         out.append(f"  for (uint32_t i = 0; i < {int(np.prod(t.shape))}u; ++i) {{\n    {t.name}[i] = 0.0f;\n  }}")
     out += ["}", ""]
     out += _function_body(lowered.schedules["train_step"], plans["train_step"], offsets,
-                          count_steps=persist is not None)
+                          count_steps=persist is not None, label=_classifies(program))
     out += _function_body(lowered.schedules["predict"], plans["predict"], offsets)
     out += ["const tt_param_t tt_params[TT_NUM_PARAMS] = {"]
     by_param = {t.param: t for t in params}
@@ -472,11 +483,20 @@ def _layout_comment(plans, arena) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _function_body(schedule: Schedule, p: Plan, offsets: dict[str, int], count_steps: bool = False) -> list[str]:
-    if schedule.name == "train_step":
+def _classifies(program: TrainingProgram) -> bool:
+    """Whether the step's loss reads a class label (cross-entropy), not the input alone (mse)."""
+    return program.options.loss == "cross-entropy"
+
+
+def _function_body(schedule: Schedule, p: Plan, offsets: dict[str, int], count_steps: bool = False,
+                   label: bool = True) -> list[str]:
+    if schedule.name == "train_step" and label:
         out = ["int tt_train_step(int32_t label, float *loss) {",
                "  if (label < 0 || label >= (int32_t)TT_NUM_CLASSES) {", "    return TT_ERR_LABEL;", "  }",
                "  tt_label[0] = label;"]
+    elif schedule.name == "train_step":
+        out = ["int tt_train_step(int32_t label, float *loss) {",
+               "  (void)label; /* the mse loss reconstructs the input: no label */"]
     else:
         out = ["int tt_predict(float logits[TT_NUM_CLASSES]) {"]
     for i, call in enumerate(schedule.calls):

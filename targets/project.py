@@ -91,7 +91,8 @@ def write_project(program: TrainingProgram, out_dir: Path, board: Board, *, ram_
                           persist_bytes=persist_bytes)
         report = memory_report(emitted, estimate, board, ram_bytes, flash_bytes)
         report["model"] = {"source": program.source, "input_shape": list(program.input_shape),
-                           "num_classes": program.num_classes, "trainable": list(program.trainable.names)}
+                           "num_classes": program.num_classes, "loss": program.options.loss,
+                           "trainable": list(program.trainable.names)}
         (tmp / "memory_report.json").write_text(json.dumps(report, indent=2) + "\n")
         try:
             check_sources(board, tmp)

@@ -175,7 +175,12 @@ def torch_sgd_reference(net: nn.Module, program, xs, ys):
     losses = []
     for x, y in zip(xs, ys):
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(ref(torch.from_numpy(x[None])), torch.tensor([int(y)]))
+        xt = torch.from_numpy(x[None])
+        out = ref(xt)
+        if program.options.loss == "mse":  # an autoencoder: the output against the input
+            loss = nn.functional.mse_loss(out, xt.reshape(out.shape))
+        else:
+            loss = nn.functional.cross_entropy(out, torch.tensor([int(y)]))
         loss.backward()
         for name in program.trainable.names:
             ratio = program.trainable.ratio[name]

@@ -39,7 +39,7 @@ def test_explicit_names_and_classifier_always(small_imported):
 @pytest.mark.parametrize("cfg, message", [
     (dict(manual_weight_idx=[3]), "out of range"),
     (dict(manual_weight_idx=[-1]), "out of range"),
-    (dict(n_bias_update=4), "only 3 convs"),
+    (dict(n_bias_update=4), r"only 3 layers \(convs and linear layers besides the classifier\)"),
     (dict(params=["nope.weight"]), "'nope.weight' does not exist"),
 ])
 def test_invalid_for_this_model(small_imported, cfg, message):

@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="build a compiled project and train it on a data stream")
     r.add_argument("project", help="a folder written by `tinytrain compile`")
     r.add_argument("--data", required=True,
-                   help=".npz with x_train, y_train, x_test, y_test (float32 NCHW samples, int labels)")
+                   help=".npz with x_train, y_train, x_test, y_test (float32 samples, int labels; an mse model "
+                        "ignores the labels)")
     r.add_argument("--epochs", type=int, default=1)
     r.add_argument("--timeout", type=float, default=1800, help="seconds before the run is stopped")
     r.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
@@ -136,12 +137,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scheme", choices=sorted(PAPER_SCHEMES),
                    help="one of the paper's MCUNet-5FPS schemes (flags below add to it)")
     g.add_argument("--param", action="append", default=[], metavar="NAME", help="train this parameter")
-    g.add_argument("--n-bias-update", type=int, help="train the biases of the last N convs")
-    g.add_argument("--weight-idx", type=int, nargs="+", help="train the weights of these convs (0 = first)")
+    g.add_argument("--n-bias-update", type=int,
+                   help="train the biases of the last N layers (convs and linear layers before the classifier)")
+    g.add_argument("--weight-idx", type=int, nargs="+", help="train the weights of these layers (0 = first)")
     g.add_argument("--ratio", type=float, nargs="+", help="per --weight-idx: fraction of input channels")
     g.add_argument("--lr", type=float, help=f"SGD learning rate (default {DEFAULT_STEP} x (1 - momentum): the best "
                    "step bench/qas.py measured for int8 + QAS and float32 fine-tuning; 0.05 diverges on int8 + QAS)")
     g.add_argument("--momentum", type=float, default=TrainOptions.momentum, help="SGD momentum")
+    g.add_argument("--loss", choices=["cross-entropy", "mse"], default=TrainOptions.loss,
+                   help="cross-entropy of the outputs against the label (classifiers, the default), or mse: the "
+                        "mean squared error between the outputs and the input (autoencoders; labels unused)")
     g.add_argument("--no-qas", action="store_true",
                    help="int8 models: train without Quantization-Aware Scaling (on by default)")
     g.add_argument("--float-master", action="store_true",
@@ -319,7 +324,8 @@ def _cmd_compile(args) -> int:
                                           args.factory_args), args)
     config = config_from_args(args)
     lr = args.lr if args.lr is not None else default_lr(args.momentum)
-    options = TrainOptions(lr, args.momentum, qas=False if args.no_qas else None, float_master=args.float_master)
+    options = TrainOptions(lr, args.momentum, qas=False if args.no_qas else None, float_master=args.float_master,
+                           loss=args.loss)
     board, program, emitted, est = compile_to_project(
         model, config, options, args.target, Path(args.output),
         ram_kb=args.ram_kb, flash_kb=args.flash_kb, stack_kb=args.stack_kb,
@@ -327,7 +333,8 @@ def _cmd_compile(args) -> int:
         persist=args.persist)
     print(f"wrote {args.output} for {board.description}; its C compiles ({board.cc}, checked)")
     precision = ("int8, with QAS" if not args.no_qas else "int8, no QAS") if model.is_quantized else "float32"
-    print(f"  model {model.source}: input {tuple(model.input_shape)}, {model.num_classes} classes, {precision}")
+    outputs = f"{model.num_classes} classes" if args.loss == "cross-entropy" else f"{model.num_classes} outputs, mse"
+    print(f"  model {model.source}: input {tuple(model.input_shape)}, {outputs}, {precision}")
     print(f"  trains {len(program.trainable.names)} tensors: {', '.join(program.trainable.names)}")
     print(f"  SGD: learning rate {lr:g}{'' if args.lr is not None else ' (default)'}, momentum {args.momentum:g}")
     print(f"  planned RAM {est.ram_bytes} bytes (arena {est.arena_bytes}, trainable {est.trainable_bytes}, "
@@ -435,7 +442,11 @@ def _report(result: dict, as_json: bool) -> None:
     curve = " ".join(f"{v:.2f}" for v in result["loss_curve"])
     print(f"  ran on {result['ran_on']}: {result['steps']} training steps")
     print(f"  loss (mean over 20 chunks of steps): {curve}")
-    print(f"  held-out accuracy: before {result['accuracy_before']:.3f}  after {result['accuracy_after']:.3f}")
+    if result["accuracy_before"] is not None:
+        print(f"  held-out accuracy: before {result['accuracy_before']:.3f}  after {result['accuracy_after']:.3f}")
+    else:
+        print(f"  held-out reconstruction error (mean squared): before {result['reconstruction_error_before']:.4g}"
+              f"  after {result['reconstruction_error_after']:.4g}")
     print(f"  peak SRAM {result['peak_sram_bytes']} bytes (static {result['static_ram_bytes']}, "
           f"stack high-water {result['stack_high_water_bytes']}), flash {result['flash_bytes']} bytes")
     print(f"  instructions per training step: {'n/a on host' if ins is None else f'{ins:,.0f}'}")

@@ -3,10 +3,12 @@
 Two ways to say it, combinable:
 
 * explicit parameter names (`params: ["fc.weight", "features.6.bias"]`), and
-* the tiny-training keys: `n_bias_update` (biases of the last N convs),
-  `manual_weight_idx` (weights of these convs, counted from the input, 0-based) and
-  `weight_update_ratio` (per listed conv, the fraction in (0, 1] of its input channels
-  whose weights train: a sub-tensor update).
+* the tiny-training keys: `n_bias_update` (biases of the last N layers),
+  `manual_weight_idx` (weights of these layers, counted from the input, 0-based) and
+  `weight_update_ratio` (per listed layer, the fraction in (0, 1] of its input channels
+  whose weights train: a sub-tensor update). Layers are the convs and linear layers
+  before the classifier, in graph order (the paper's conv indices for CNNs, whose only
+  linear layer is the classifier; an MLP's hidden layers).
 
 The classifier (the last conv or linear layer) always trains, weight and bias, unless
 `train_classifier: false`.
@@ -230,7 +232,7 @@ class SparseUpdateConfig:
         """Map the config onto one model's parameters."""
         if not layers:
             raise ConfigError("the model has no conv or linear layer to train")
-        classifier, convs = layers[-1], [l for l in layers[:-1] if l.kind == "conv2d"]
+        classifier, convs = layers[-1], layers[:-1]
         ratios: dict[str, float] = {}
         for name in self.params:
             if name not in param_names:
@@ -238,14 +240,14 @@ class SparseUpdateConfig:
                                   f"{', '.join(param_names)}")
             ratios[name] = 1.0
         if self.n_bias_update > len(convs):
-            raise ConfigError(f"n_bias_update={self.n_bias_update} but the model has only {len(convs)} convs "
-                              f"(besides the classifier)")
+            raise ConfigError(f"n_bias_update={self.n_bias_update} but the model has only {len(convs)} layers "
+                              f"(convs and linear layers besides the classifier)")
         for layer in convs[len(convs) - self.n_bias_update:]:
             if layer.bias is not None:
                 ratios[layer.bias] = 1.0
         for idx, ratio in zip(self.manual_weight_idx, self.weight_update_ratio):
             if not 0 <= idx < len(convs):
-                raise ConfigError(f"manual_weight_idx {idx} is out of range: the model has {len(convs)} convs "
+                raise ConfigError(f"manual_weight_idx {idx} is out of range: the model has {len(convs)} layers "
                                   f"(indices 0..{len(convs) - 1}, counted from the input)")
             ratios[convs[idx].weight] = ratio
         if self.train_classifier:

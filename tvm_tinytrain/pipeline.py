@@ -2,6 +2,7 @@
 
     ImportedModel (main(x, *params) -> logits)
       -> AppendCrossEntropyLoss   main_loss(x, label, *params) -> loss
+         (or AppendReconstructionLoss, --loss mse: an autoencoder's mean squared error)
       -> FloatTrainableParams     int8 graphs: trainable integer params become float for Gradient
       -> BuildGradient            main_loss_adjoint(...) -> (loss, grads of the trainable set)
       -> NarrowWeightGradient     sub-tensor updates: weight gradients of the trained channels only
@@ -25,8 +26,9 @@ from .config import SparseUpdateConfig, TrainableSet
 from .errors import ConfigError
 from .frontend.imported import ImportedModel
 from .layers import find_layers
-from tvm_tinytrain.passes import (AppendCrossEntropyLoss, BuildGradient, FloatTrainableParams, FuseSGDUpdate,
-                                  InsertQASRescale, NarrowWeightGradient)
+from tvm_tinytrain.passes import (LOSSES, AppendCrossEntropyLoss, AppendReconstructionLoss, BuildGradient,
+                                  FloatTrainableParams, FuseSGDUpdate, InsertQASRescale, NarrowWeightGradient,
+                                  check_reconstruction)
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,13 @@ class TrainOptions:
     # those tensors) that accumulate sub-step updates, the forward using their rounded
     # values, as tiny-training trains; False rounds every update into the integers.
     float_master: bool = False
+    # "cross-entropy" (a classifier and its label) or "mse" (an autoencoder: the mean squared
+    # error between the output and the input; the label is ignored)
+    loss: str = "cross-entropy"
 
     def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not self.lr > 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
         if not 0 <= self.momentum < 1:
@@ -94,6 +101,8 @@ def build_training_program(model: ImportedModel, config: SparseUpdateConfig,
     if qas and not model.is_quantized:
         raise ConfigError("QAS rescales the gradients of int8 weights by their quantization scales; "
                           f"{model.source} is a float model, which has none: train it without QAS")
+    if options.loss == "mse":
+        check_reconstruction(main)
     train = list(trainable.names)
     ints = {n: str(model.params[n].dtype) for n in train if model.params[n].dtype != np.float32}
     storage = {} if options.float_master else ints
@@ -101,7 +110,7 @@ def build_training_program(model: ImportedModel, config: SparseUpdateConfig,
     if options.float_master:
         params.update({n: model.params[n].astype(np.float32) for n in ints})
     seq = tvm.transform.Sequential([
-        AppendCrossEntropyLoss(),
+        AppendReconstructionLoss() if options.loss == "mse" else AppendCrossEntropyLoss(),
         FloatTrainableParams(train, master=options.float_master),
         BuildGradient(train),
         NarrowWeightGradient(train, trainable.ratio, trainable.channel_axis),

@@ -74,6 +74,7 @@ def _check_records(records: list[Record], model: dict) -> None:
     """Refuse data that does not fit the compiled model, before anything is built or runs:
     sample sizes, finite real samples, integer labels within the classes."""
     shape, classes = tuple(model["input_shape"]), model["num_classes"]
+    labelled = model.get("loss", "cross-entropy") == "cross-entropy"
     for i, r in enumerate(records):
         if r.x is not None:
             x = np.asarray(r.x)
@@ -84,7 +85,7 @@ def _check_records(records: list[Record], model: dict) -> None:
             if not finite:
                 raise TinyTrainError(f"sample {i} is not finite real numbers (dtype {x.dtype})")
         label = r.label
-        if r.op == TRAIN and (isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer))
+        if labelled and r.op == TRAIN and (isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer))
                               or not 0 <= label < classes):
             raise TinyTrainError(f"sample {i} has label {brief(label)}, the model has classes "
                                  f"0..{classes - 1}")
@@ -93,16 +94,20 @@ def _check_records(records: list[Record], model: dict) -> None:
 def train_and_evaluate(board: Board, project_dir: Path, x_train: np.ndarray, y_train: np.ndarray,
                        x_test: np.ndarray, y_test: np.ndarray, *, epochs: int = 1, dump_params: bool = False,
                        progress: bool = False, timeout_s: float = 1800) -> dict:
-    """Held-out accuracy before and after training on the stream, with the program's numbers."""
+    """Held-out accuracy (an autoencoder's reconstruction error) before and after training on
+    the stream, with the program's numbers."""
+    report = json.loads((project_dir / "memory_report.json").read_text())
+    labelled = report["model"].get("loss", "cross-entropy") == "cross-entropy"
     test = [Record(PREDICT, x) for x in x_test]
-    stream = [Record(TRAIN, x, int(y)) for _ in range(epochs) for x, y in zip(x_train, y_train)]
+    stream = [Record(TRAIN, x, int(y) if labelled else 0) for _ in range(epochs) for x, y in zip(x_train, y_train)]
     records = test + stream + test + ([Record(DUMP)] if dump_params else [])
     res = run_stream(board, project_dir, records, timeout_s=timeout_s, progress=progress)
     out = res.output
     n = len(test)
     before, after = np.array(out.predictions[:n]), np.array(out.predictions[n:])
     losses = np.array(out.losses)
-    report = json.loads((project_dir / "memory_report.json").read_text())
+    outputs = np.array(out.logits, np.float64).reshape(2, n, -1)
+    error = ((outputs - np.asarray(x_test, np.float64).reshape(1, n, -1)) ** 2).mean(axis=(1, 2))
     curve = [float(chunk.mean()) for chunk in np.array_split(losses, min(20, len(losses)))]
     return {
         "target": board.name,
@@ -114,8 +119,11 @@ def train_and_evaluate(board: Board, project_dir: Path, x_train: np.ndarray, y_t
         "loss_last_window_mean": curve[-1],
         "loss_curve": curve,
         "loss_curve_points": "mean loss over 20 equal consecutive chunks of the steps",
-        "accuracy_before": float((before == y_test).mean()),
-        "accuracy_after": float((after == y_test).mean()),
+        "accuracy_before": float((before == y_test).mean()) if labelled else None,
+        "accuracy_after": float((after == y_test).mean()) if labelled else None,
+        # mse models: the mean squared error between output and input over the held-out set
+        "reconstruction_error_before": None if labelled else float(error[0]),
+        "reconstruction_error_after": None if labelled else float(error[1]),
         "peak_sram_bytes": res.build.static_ram_bytes + out.stack_bytes,
         "static_ram_bytes": res.build.static_ram_bytes,
         "stack_high_water_bytes": out.stack_bytes if board.is_emulated else None,

@@ -426,10 +426,10 @@ class _Graph:
         name = _shown(self.input.name)
         if ty.elem_type != TensorProto.FLOAT:
             raise TinyTrainError(f"{self.source}: input {name} must be float32")
-        if len(dims) != 4 or None in dims or dims[0] != 1:
+        if len(dims) not in (2, 4) or None in dims or dims[0] != 1:
             shown = brief(["?" if d is None else d for d in dims])
             raise TinyTrainError(
-                f"{self.source}: input {name} must be NCHW with a static shape "
+                f"{self.source}: input {name} must be NCHW or (1, features) with a static shape "
                 f"and batch 1, got {shown}")
         problem = _activation_problem(dims)
         if problem:
@@ -707,8 +707,9 @@ class _Graph:
                 raise _ShapeError(f"concatenates only NCHW tensors of equal N, H, W along channels (axis 1), "
                                   f"got axis {brief(axis)} and shapes {brief([tuple(s) if s else s for s in shapes])}")
             return [x[0], sum(s[1] for s in shapes), x[2], x[3]]
-        if op in ("Conv", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
-                  "ReduceMean") and len(x) != 4:
+        if op == "BatchNormalization" and len(x) not in (2, 4):
+            raise _ShapeError(f"expects a 4-D NCHW or a 2-D (N, features) input, got shape {brief(x)}")
+        if op in ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean") and len(x) != 4:
             raise _ShapeError(f"expects a 4-D NCHW input, got shape {brief(x)}")
         if op == "Conv":
             w, group = const(1), attrs.get("group", 1)
@@ -863,7 +864,8 @@ class _Graph:
     # ---------------------------------------------------------------- rewrites
 
     def fold_batch_norm(self) -> None:
-        """y = gamma (conv(x) - mean) / sqrt(var + eps) + beta folded into W and b."""
+        """y = gamma (conv(x) - mean) / sqrt(var + eps) + beta folded into W and b (a Conv's,
+        or a Gemm's: BatchNorm1d after a Linear, as torch's TorchScript exporter writes it)."""
         for index, bn in enumerate(list(self.nodes)):
             if bn.op_type != "BatchNormalization":
                 continue
@@ -878,7 +880,11 @@ class _Graph:
                     f"{self.source}: {_where(bn, index)}: variance + epsilon must be positive "
                     f"(epsilon is {eps})")
             scale = gamma / np.sqrt(var + eps)
-            weight = self.consts[conv.input[1]] * scale.reshape(-1, 1, 1, 1)
+            w = self.consts[conv.input[1]]
+            if conv.op_type == "Gemm" and not _attr(conv, "transB", 0):  # W is (in, out)
+                weight = w * scale.reshape(1, -1)
+            else:  # (out, in, ...) of a Conv, or (out, in) of a Gemm with transB=1
+                weight = w * scale.reshape(-1, *[1] * (w.ndim - 1))
             has_bias = len(conv.input) > 2 and conv.input[2]
             bias = self.consts[conv.input[2]] if has_bias else np.zeros_like(mean)
             self.nodes.remove(bn)
@@ -893,10 +899,14 @@ class _Graph:
         """Why this batch norm cannot be folded into a conv, or None (`producers` and `uses`
         from `_producers_and_uses`: one pass over the graph for all its batch norms)."""
         conv = producers.get(bn.input[0])
-        if conv is None or conv.op_type != "Conv" or uses.get(bn.input[0], 0) != 1 \
+        if conv is None or conv.op_type not in ("Conv", "Gemm") or uses.get(bn.input[0], 0) != 1 \
                 or bn.input[0] == self.output.name:
-            return ("batch norm that does not directly follow a Conv (whose output it alone "
-                    "uses) cannot be folded into it; only Conv -> BatchNormalization is supported")
+            return ("batch norm that does not directly follow a Conv or a Gemm (whose output it alone "
+                    "uses) cannot be folded into it; only Conv or Gemm -> BatchNormalization is supported")
+        if conv.op_type == "Gemm" and (_attr(conv, "alpha", 1.0) != 1.0 or _attr(conv, "beta", 1.0) != 1.0
+                                       or conv.input[1] not in self.consts
+                                       or (len(conv.input) > 2 and conv.input[2] not in self.consts)):
+            return "batch norm after a Gemm is folded only into constant weights with alpha = beta = 1"
         if any(n not in self.consts for n in bn.input[1:5]):
             return "batch norm with non-constant statistics cannot be folded into its Conv"
         return None
@@ -1087,6 +1097,11 @@ class _Graph:
             producer = self._producer(node.input[0])
             return producer is not None and producer.op_type == "MatMul"
         return False
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    """A node attribute's value, or `default`."""
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _exporter_named(name: str) -> bool:

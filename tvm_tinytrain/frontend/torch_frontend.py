@@ -1,6 +1,6 @@
 """PyTorch frontend: `torch.nn.Module` + example input -> `ImportedModel`.
 
-Batch norm is folded into the conv before it (torch.fx's conv-bn fusion), the model is
+Batch norm is folded into the conv or linear layer before it (torch.fx's fusion), the model is
 exported with `torch.export`, every aten op is checked against what we can train (before
 TVM sees it, so the error names the module, and lists every refused op at once), and TVM's
 exported-program importer builds the Relax graph with parameters kept as inputs, renamed
@@ -36,8 +36,8 @@ SUPPORTED_ATEN_OPS = {
     "flatten": "flatten", "reshape": "reshape", "view": "view", "_unsafe_view": "view",
     "linear": "Linear", "dropout": "Dropout", "dropout_": "Dropout",
     "pad": "F.pad (constant)", "constant_pad_nd": "F.pad (constant)",
-    "batch_norm": "BatchNorm2d (after a conv)",
-    "_native_batch_norm_legit_no_training": "BatchNorm2d (after a conv)",
+    "batch_norm": "BatchNorm (after a conv or a linear layer)",
+    "_native_batch_norm_legit_no_training": "BatchNorm (after a conv or a linear layer)",
     # MobileNetV3 / EfficientNet-lite: TVM writes each as adds, clips, multiplies, divides and
     # a sigmoid, all of which Relax differentiates
     "hardswish": "Hardswish", "hardswish_": "Hardswish",
@@ -54,9 +54,9 @@ _BATCH_NORM = {"batch_norm", "_native_batch_norm_legit_no_training"}
 
 def import_torch(model: torch.nn.Module, example_input: torch.Tensor, *, source: str | None = None) -> ImportedModel:
     """Import a float CNN for training. The model itself is left untouched."""
-    if example_input.dim() != 4 or example_input.shape[0] != 1:
-        raise TinyTrainError(
-            f"example input must be NCHW with batch 1, got shape {tuple(example_input.shape)}")
+    if example_input.dim() not in (2, 4) or example_input.shape[0] != 1:
+        raise TinyTrainError(f"example input must be NCHW (images, spectrograms) or (1, features) with batch 1, "
+                             f"got shape {tuple(example_input.shape)}")
     source = source or type(model).__name__
     model = _fold_batch_norm(copy.deepcopy(model).eval())
     with warnings.catch_warnings():
@@ -128,7 +128,7 @@ def _op_problem(node: torch.fx.Node) -> str | None:
     name = getattr(node.target, "_opname", None) or getattr(node.target, "__name__", str(node.target))
     name = name.split(".")[0]
     if name in _BATCH_NORM:
-        return "batch norm that does not follow a conv cannot be folded for training"
+        return "batch norm that does not follow a conv or a linear layer cannot be folded for training"
     if name not in SUPPORTED_ATEN_OPS:
         return f"unsupported operator '{name}' (aten.{name}){_user_code(node)}"
     if name in ("conv2d", "convolution"):
