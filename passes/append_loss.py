@@ -13,6 +13,8 @@ from tvm.relax.utils import copy_with_new_vars
 
 from tvm_tinytrain.errors import ConfigError
 
+from .int8_activations import input_quantization_chain
+
 LOSSES = ("cross-entropy", "mse")
 
 
@@ -55,7 +57,8 @@ class AppendCrossEntropyLoss:
         return _append_loss(mod, self.func_name, self.loss_func_name, self.loss)
 
     @staticmethod
-    def loss(bb: relax.BlockBuilder, out: relax.Expr, x: relax.Var, label: relax.Var) -> relax.Expr:
+    def loss(bb: relax.BlockBuilder, out: relax.Expr, x: relax.Var, label: relax.Var,
+             func: relax.Function) -> relax.Expr:
         lsm = bb.emit(relax.op.nn.log_softmax(out, axis=-1))
         return relax.op.nn.nll_loss(lsm, label, reduction="mean")
 
@@ -65,7 +68,8 @@ class AppendReconstructionLoss:
     """Append the mean squared error between the output and the input (an autoencoder's
     reconstruction loss: `mean((out - reshape(x, out.shape)) ** 2)`), as a new function with
     the signature of AppendCrossEntropyLoss's, its label unused. The output must have as
-    many elements as the input."""
+    many elements as the input. An int8 model compares with its quantized input,
+    `(q - zero) * scale`: the device holds the sample only as int8 (`tt_input_from_float`)."""
 
     def __init__(self, func_name: str = "main", loss_func_name: str = "main_loss"):
         self.func_name = func_name
@@ -76,8 +80,15 @@ class AppendReconstructionLoss:
         return _append_loss(mod, self.func_name, self.loss_func_name, self.loss)
 
     @staticmethod
-    def loss(bb: relax.BlockBuilder, out: relax.Expr, x: relax.Var, label: relax.Var) -> relax.Expr:
-        diff = bb.emit(relax.op.subtract(out, relax.op.reshape(x, out.ty.shape)))
+    def loss(bb: relax.BlockBuilder, out: relax.Expr, x: relax.Var, label: relax.Var,
+             func: relax.Function) -> relax.Expr:
+        target = x
+        quantized = input_quantization_chain(func, [b for blk in func.body.blocks for b in blk.bindings])
+        if quantized is not None:  # an int8 model: the sample as it sees it, int8 on the device
+            _, q, scale, zero = quantized
+            target = bb.emit(relax.op.multiply(relax.op.subtract(q, relax.const(zero, "float32")),
+                                               relax.const(scale, "float32")))
+        diff = bb.emit(relax.op.subtract(out, relax.op.reshape(target, out.ty.shape)))
         return relax.op.mean(relax.op.multiply(diff, diff))
 
 
@@ -100,7 +111,7 @@ def _append_loss(mod: tvm.IRModule, func_name: str, loss_func_name: str, loss) -
             for block in func.body.blocks:
                 for binding in block.bindings:
                     bb.emit_normalized(binding)
-            out = bb.emit_output(loss(bb, func.body.body, x, label))
+            out = bb.emit_output(loss(bb, func.body.body, x, label, func))
         bb.emit_func_output(out)
     # The logits stop being an output of the block: make them a dataflow var again.
     return relax.transform.CanonicalizeBindings()(bb.get())

@@ -380,8 +380,9 @@ INPUT, WEIGHT, PLANE = "input", "weight", "plane"
 
 
 def _staged_operands(sch, blocks) -> dict[str, str]:
-    """The int8 operands of pointwise and depthwise convs that the kernel computes itself:
-    block name -> INPUT or WEIGHT (pointwise), PLANE (depthwise). An int8 input computed in
+    """The int8 operands of pointwise and depthwise convs and of linear layers that the
+    kernel computes itself: block name -> INPUT or WEIGHT (pointwise), PLANE (depthwise),
+    INPUT (a linear layer's input vector, computed whole before the product). An int8 input computed in
     the kernel (a requantized residual sum, the rounding of a float tensor kept for
     backward) or weights concatenated from a trained and a frozen part would, inlined, be
     recomputed for every multiply-accumulate; kept as a small int8 buffer they are computed
@@ -390,8 +391,8 @@ def _staged_operands(sch, blocks) -> dict[str, str]:
     channel plane at a time (computed once instead of once per window tap)."""
     staged = {}
     for conv in blocks:
-        depthwise = _is_depthwise_conv(sch, conv)
-        if not (depthwise or _is_pointwise(sch, conv)):
+        depthwise, matmul = _is_depthwise_conv(sch, conv), _is_matmul(sch, conv)
+        if not (depthwise or matmul or _is_pointwise(sch, conv)):
             continue
         frontier, seen = list(sch.get_producers(conv)), set()
         while frontier:  # back from the conv through injective blocks, up to the first int8 result
@@ -405,6 +406,9 @@ def _staged_operands(sch, blocks) -> dict[str, str]:
                 shape = [int(d) for d in writes[0].source.shape]
                 if depthwise:  # its window reads each input element kh x kw times
                     staged[name] = PLANE
+                elif matmul:  # the input vector; a weight is read once per product anyway
+                    if shape[0] == 1:
+                        staged[name] = INPUT
                 else:
                     staged[name] = WEIGHT if len(shape) == 4 and shape[0] != 1 and shape[2:] == [1, 1] else INPUT
                 continue
@@ -629,6 +633,13 @@ def transposed_depthwise(block):
     if not (isinstance(load, tvm.ir.expr.TensorLoad) and str(load.ty) == "float32"):
         return None
     return padded.args[0], grid, load, weight
+
+
+def _is_matmul(sch, block) -> bool:
+    """A linear layer's product (batch, out) = (batch, in) x (in, out): its input vector,
+    computed once when the kernel computes it (`_staged_operands`), is read by every output."""
+    ivs = sch.get(block).iter_vars
+    return [int(v.iter_type) for v in ivs] == [0, 0, tvm.tirx.IterVar.CommReduce]
 
 
 def _is_depthwise_conv(sch, block) -> bool:

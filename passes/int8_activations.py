@@ -68,7 +68,7 @@ def _rewrite(func: relax.Function) -> relax.Function:
     bindings = list(func.body.blocks[0].bindings)
     values = {b.var: b.value for b in bindings}
     params = list(func.params)
-    quantized_input = _input_quantization(func, bindings)
+    quantized_input = input_quantization_chain(func, bindings)
     skip, stored, input_attr = set(), {}, None
     if quantized_input is not None:
         chain, y, scale, zero = quantized_input
@@ -125,7 +125,7 @@ def _rewrite(func: relax.Function) -> relax.Function:
     return bb.get()[func.attrs["global_symbol"]]
 
 
-def _input_quantization(func, bindings):
+def input_quantization_chain(func, bindings):
     """(bindings, result, scale, zero) if the graph begins `sat(round(x / s) + z)`, else None."""
     x = func.params[0]
     if str(getattr(x.ty, "dtype", "")) != "float32":

@@ -24,7 +24,7 @@ from tvm_tinytrain.pipeline import TrainOptions, build_training_program
 from tvm_tinytrain.reference import RelaxVMTrainer
 from tvm_tinytrain.session import run_stream
 from tvm_tinytrain.targets.boards import get_board
-from tvm_tinytrain.targets.harness import DUMP, TRAIN, Record
+from tvm_tinytrain.targets.harness import DUMP, PREDICT, TRAIN, Record
 
 FEATURES = 24
 N_STEPS = 4
@@ -154,3 +154,26 @@ def test_onnx_autoencoder_from_both_exporters_trains_like_torch(tmp_path, dynamo
     np.testing.assert_allclose([vm.step(x, 0) for x in xs], ref_losses, rtol=1e-5)
     for name in program.trainable.names:
         np.testing.assert_allclose(vm.param(name), ref_params[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_int8_autoencoder_reconstructs_its_int8_sample(tmp_path):
+    """PTQ + QAS with --loss mse: the device keeps the sample only as int8, so the target is
+    the quantized sample, and training and prediction both take the int8 input. The host
+    program equals the Relax VM (losses, trained parameters, outputs)."""
+    from tvm_tinytrain.cli import compile_to_project
+    from tvm_tinytrain.quantize import post_training_quantize
+
+    net, example = make_autoencoder()
+    imported = post_training_quantize(import_torch(net, example), samples(32, seed=5))
+    program = build_training_program(imported, CONFIG, TrainOptions(lr=0.01, loss="mse"))
+    compile_to_project(imported, CONFIG, program.options, "host", tmp_path / "p")
+    assert "typedef int8_t tt_input_t;" in (tmp_path / "p" / "tinytrain_model.h").read_text()
+    xs = samples(N_STEPS)
+    res = run_stream(get_board("host"), tmp_path / "p",
+                     [Record(TRAIN, x, 0) for x in xs] + [Record(PREDICT, xs[0]), Record(DUMP)]).output
+    vm = RelaxVMTrainer(program)
+    np.testing.assert_allclose(res.losses, [vm.step(x, 0) for x in xs], rtol=1e-5)
+    np.testing.assert_allclose(res.logits[0], vm.predict(xs[0]), rtol=1e-5, atol=1e-6)
+    for name in program.trainable.names:
+        np.testing.assert_allclose(res.params[0][name], vm.param(name).ravel(), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
