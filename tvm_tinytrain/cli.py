@@ -132,7 +132,7 @@ def default_lr(momentum: float) -> float:
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sparse update (which parameters train; the classifier always does)")
+    g = p.add_argument_group("sparse update (which parameters train; the classifier does unless --no-classifier)")
     g.add_argument("--config", help="YAML or JSON file with the keys below")
     g.add_argument("--scheme", choices=sorted(PAPER_SCHEMES),
                    help="one of the paper's MCUNet-5FPS schemes (flags below add to it)")
@@ -141,6 +141,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="train the biases of the last N layers (convs and linear layers before the classifier)")
     g.add_argument("--weight-idx", type=int, nargs="+", help="train the weights of these layers (0 = first)")
     g.add_argument("--ratio", type=float, nargs="+", help="per --weight-idx: fraction of input channels")
+    g.add_argument("--no-classifier", action="store_true",
+                   help="leave the last layer frozen (train_classifier: false), e.g. an autoencoder's wide output")
     g.add_argument("--lr", type=float, help=f"SGD learning rate (default {DEFAULT_STEP} x (1 - momentum): the best "
                    "step bench/qas.py measured for int8 + QAS and float32 fine-tuning; 0.05 diverges on int8 + QAS)")
     g.add_argument("--momentum", type=float, default=TrainOptions.momentum, help="SGD momentum")
@@ -182,6 +184,8 @@ def config_from_args(args) -> SparseUpdateConfig:
         data["weight_update_ratio"] = args.ratio or ()
     elif args.ratio:
         raise ConfigError("--ratio needs --weight-idx (one ratio per conv index)")
+    if args.no_classifier:
+        data["train_classifier"] = False
     return SparseUpdateConfig.from_dict(data)
 
 
@@ -300,7 +304,9 @@ def quantize_from_args(model, args):
     if math.prod(x.shape[1:]) != math.prod(model.input_shape):
         raise TinyTrainError(f"{args.calibration}: x_train holds samples of shape {x.shape[1:]}, the model "
                              f"takes {tuple(model.input_shape)}")
-    return post_training_quantize(model, x)
+    # a classifier's logits get room to grow confident (and its head's weights with them); an
+    # autoencoder's outputs keep the calibrated range, that of the samples it reconstructs
+    return post_training_quantize(model, x, logit_range=0.0 if getattr(args, "loss", None) == "mse" else 8.0)
 
 
 def compile_to_project(model, config: SparseUpdateConfig, options: TrainOptions, target: str, out: Path,

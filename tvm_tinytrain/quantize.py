@@ -47,15 +47,22 @@ def post_training_quantize(model: ImportedModel, calibration: np.ndarray, logit_
 
     The logits get a range of at least +-`logit_range`: a freshly initialised head has tiny
     outputs on the calibration data, and an output scale fitted to them would saturate as
-    soon as training makes the logits confident (saturation also stops the gradient)."""
+    soon as training makes the logits confident (saturation also stops the gradient).
+    For the same reason the layer computing the logits gets a weight range of at least
+    `logit_range / x_max` (x_max: the largest magnitude its int8 input represents), so that
+    one input at the top of its range can carry a logit across the logit range: a weight
+    scale fitted to a fresh head's random weights (+-1/sqrt(features)) saturates as soon as
+    training grows them, and a saturated weight's master copy gets no gradient again."""
     func = model.mod["main"]
     ranges = _activation_ranges(model, calibration)
     bindings = [b for block in func.body.blocks for b in block.bindings]
     producer = {b.var: b.value for b in bindings}
     out = func.body.body
+    logit_vars = set()
     while True:  # the logits and the vars they alias
         lo, hi = ranges[out]
         ranges[out] = (min(lo, -logit_range), max(hi, logit_range))
+        logit_vars.add(out)
         if not isinstance(producer.get(out), relax.Var):
             break
         out = producer[out]
@@ -118,6 +125,9 @@ def post_training_quantize(model: ImportedModel, calibration: np.ndarray, logit_
                     qy = qparams(end)
                     w = params[weight]
                     s_w = np.maximum(np.abs(w.reshape(w.shape[0], -1)).max(axis=1), 1e-12) / 127.0
+                    if end in logit_vars:  # the head: room for the weights training will grow
+                        x_max = qx.scale * max(128 + qx.zero, 127 - qx.zero)
+                        s_w = np.maximum(s_w, logit_range / x_max / 127.0)
                     s_w = s_w.astype(np.float32)
                     w_q = np.clip(np.rint(w / s_w.reshape(-1, *[1] * (w.ndim - 1))), -127, 127).astype(np.int8)
                     b_real = params[bias] if bias is not None else np.zeros(w.shape[0], np.float32)

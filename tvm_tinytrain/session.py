@@ -106,8 +106,10 @@ def train_and_evaluate(board: Board, project_dir: Path, x_train: np.ndarray, y_t
     n = len(test)
     before, after = np.array(out.predictions[:n]), np.array(out.predictions[n:])
     losses = np.array(out.losses)
-    outputs = np.array(out.logits, np.float64).reshape(2, n, -1)
-    error = ((outputs - np.asarray(x_test, np.float64).reshape(1, n, -1)) ** 2).mean(axis=(1, 2))
+    error = None
+    if not labelled:  # an autoencoder: its outputs against the held-out samples themselves
+        outputs = np.array(out.logits, np.float64).reshape(2, n, -1)
+        error = ((outputs - np.asarray(x_test, np.float64).reshape(1, n, -1)) ** 2).mean(axis=(1, 2))
     curve = [float(chunk.mean()) for chunk in np.array_split(losses, min(20, len(losses)))]
     return {
         "target": board.name,
