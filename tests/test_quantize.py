@@ -70,3 +70,20 @@ def test_quantized_model_trains_with_qas_and_float_masters(digits_models):
     assert np.isfinite(losses).all()
     assert not np.array_equal(vm.param("down.0.weight"), program.params["down.0.weight"])
     assert np.array_equal(vm.param("stem.0.weight"), program.params["stem.0.weight"])
+
+
+def test_a_fresh_head_gets_room_to_grow(digits_models):
+    """The head's weight scale is at least logit_range / x_max / 127 (x_max: the largest
+    input its int8 input represents): a scale fitted to a fresh head's random weights
+    (|w| <= 1/sqrt(24)) saturated as training grew them, and a saturated master weight
+    gets no gradient again (the int8 demo learned 5-9 to 0.885 instead of 0.944)."""
+    float_model, int8_model, _ = digits_models
+    s = int8_model.quant_scales["classifier.weight"].astype(np.float64)
+    x_scale = int8_model.quant_scales["classifier.bias"] / s  # s_b = s_W * s_x
+    steps = 8.0 / (s * 127 * x_scale)  # x_max in input steps: max(128 + zero, 127 - zero)
+    assert np.allclose(steps, np.round(steps), atol=1e-3) and (127 <= steps).all() and (steps <= 256).all()
+    fitted = np.abs(float_model.params["classifier.weight"]).max(axis=1) / 127
+    assert (s > 2 * fitted).all()  # the floor, well above the fitted scale
+    assert np.abs(int8_model.params["classifier.weight"]).max() < 127
+    down = int8_model.quant_scales["down.0.weight"]
+    assert np.abs(int8_model.params["down.0.weight"]).reshape(len(down), -1).max(axis=1).tolist() == [127] * len(down)
