@@ -47,6 +47,10 @@ It runs when lowering to C only: the Relax VM reference keeps the plain TIR.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+
 import numpy as np
 import tvm
 import tvm_ffi
@@ -1618,6 +1622,23 @@ def _mask_bits(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
     return func.with_body(tvm.s_tir.SBlockRealize(func.body.iter_values, func.body.predicate, body))
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Around a tensorize that may not match: TVM then renders the mismatch, and its printer
+    warns on the process's stderr about the intrinsic's own variables ("Variable is not
+    defined in the environment: v_rx_o") before the ScheduleError that says the loop stays.
+    The failure is expected and handled; its warnings would only alarm the user."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
     """`func` with every matching pointwise row, depthwise plane and float conv plane
     computed by a micro-kernel, and how many loop nests were replaced."""
@@ -1634,7 +1655,8 @@ def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
         if intrin is None:
             continue
         try:
-            sch.tensorize(loops[-7], intrin)
+            with _quiet_stderr():
+                sch.tensorize(loops[-7], intrin)
             replaced += 1
         except ScheduleError:
             continue  # not the loop nest the intrinsic describes: keep it
@@ -1648,7 +1670,8 @@ def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
         if width < _REQUANT_MIN_WIDTH:
             continue
         try:
-            sch.tensorize(loop, requant_intrin(width, zero))
+            with _quiet_stderr():
+                sch.tensorize(loop, requant_intrin(width, zero))
             replaced += 1
         except ScheduleError:
             continue
