@@ -300,9 +300,10 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     computed inside the loops of its reader (but a reduction to a single value, which stays
     in front, computed once): a reduction at the innermost loop (one
     accumulator; a row for a pointwise conv or an int8 conv whose plane is too large, a
-    plane for a small depthwise conv), that kept tensor at the reader's channel loop (one
+    plane for a small depthwise conv or int8 conv with a window), that kept tensor at the reader's channel loop (one
     channel at a time), a staged weight or depthwise input plane at the conv's
-    output-channel loop, a staged pointwise input at the conv's row loop (the kernel then
+    output-channel loop (an int8 conv's weights concatenated from trained and frozen parts, or
+    cast to float32 for its input gradient), a staged pointwise input at the conv's row loop (the kernel then
     walks rows outside output channels), or whole before the conv where channels must stay
     outside (a depthwise pair). A pointwise conv's row accumulator holds two channels where
     the kernel ends with it (`_pair_channel_rows`), an input gradient's two whole planes
@@ -380,8 +381,9 @@ INPUT, WEIGHT, PLANE = "input", "weight", "plane"
 
 
 def _staged_operands(sch, blocks) -> dict[str, str]:
-    """The int8 operands of pointwise and depthwise convs and of linear layers that the
-    kernel computes itself: block name -> INPUT or WEIGHT (pointwise), PLANE (depthwise),
+    """The int8 operands of pointwise and depthwise convs, of convs with a window (their
+    weights) and of linear layers that the kernel computes itself: block name -> INPUT or
+    WEIGHT (pointwise), PLANE (depthwise), WEIGHT (a conv with a window: an output channel's),
     INPUT (a linear layer's input vector, computed whole before the product). An int8 input computed in
     the kernel (a requantized residual sum, the rounding of a float tensor kept for
     backward) or weights concatenated from a trained and a frozen part would, inlined, be
@@ -392,7 +394,12 @@ def _staged_operands(sch, blocks) -> dict[str, str]:
     staged = {}
     for conv in blocks:
         depthwise, matmul = _is_depthwise_conv(sch, conv), _is_matmul(sch, conv)
-        if not (depthwise or matmul or _is_pointwise(sch, conv)):
+        reduced = _conv_reduction(sch, conv)
+        window = reduced is not None and reduced[0] > 1 and reduced[1] * reduced[2] > 1  # over channels, with a window
+        if not (depthwise or matmul or window or _is_pointwise(sch, conv)):
+            continue
+        if window and _float_data_int8_weights(sch, conv):
+            staged.update({sch.get(b).name_hint: WEIGHT for b in _weight_cast(sch, conv)})
             continue
         frontier, seen = list(sch.get_producers(conv)), set()
         while frontier:  # back from the conv through injective blocks, up to the first int8 result
@@ -409,11 +416,58 @@ def _staged_operands(sch, blocks) -> dict[str, str]:
                 elif matmul:  # the input vector; a weight is read once per product anyway
                     if shape[0] == 1:
                         staged[name] = INPUT
+                elif window:  # an output channel's weights, read by each of its outputs
+                    if len(shape) == 4 and shape[0] != 1:
+                        staged[name] = WEIGHT
                 else:
                     staged[name] = WEIGHT if len(shape) == 4 and shape[0] != 1 and shape[2:] == [1, 1] else INPUT
                 continue
             frontier.extend(sch.get_producers(block))
     return staged
+
+
+def _operand_producer(sch, conv, side: str):
+    """The block writing the buffer that a conv's product reads on `side` ("a": the data,
+    "b": the weights), or None."""
+    store = sch.get(conv).body
+    mul = store.value.b if isinstance(store, tvm.tirx.BufferStore) and isinstance(store.value, tvm.tirx.Add) else None
+    load = getattr(mul, side, None) if isinstance(mul, tvm.tirx.Mul) else None
+    if not isinstance(load, tvm.ir.expr.TensorLoad):
+        return None
+    for block in sch.get_producers(conv):
+        if any(w.source.same_as(load.source) for w in sch.get(block).writes):
+            return block
+    return None
+
+
+def _int8_behind(sch, block) -> list:
+    """The chain of injective blocks from `block` back to the first that reads an int8
+    tensor (that one last), or [] if there is none."""
+    chain = []
+    while block is not None and not _is_reduction(sch, block):
+        chain.append(block)
+        if any(str(r.source.ty.dtype) == "int8" for r in sch.get(block).reads):
+            return chain
+        producers = sch.get_producers(block)
+        block = producers[0] if len(producers) == 1 else None
+    return []
+
+
+def _float_data_int8_weights(sch, conv) -> bool:
+    """A conv of float32 data with int8 weights: a conv's input gradient (conv2d_transpose) in
+    an int8 model, whose data is the float32 output gradient."""
+    data, weights = _operand_producer(sch, conv, "a"), _operand_producer(sch, conv, "b")
+    if weights is None or not _int8_behind(sch, weights):
+        return False
+    return data is None or not _int8_behind(sch, data)
+
+
+def _weight_cast(sch, conv) -> list:
+    """The block casting a conv's int8 weights to float32 (the last of its weights' chain):
+    staged an output channel at a time, the conv reads float32 weights, the form of a float
+    conv's plane (tt_conv_plane_f32); the float of an int8 is exact, so the same products."""
+    chain = _int8_behind(sch, _operand_producer(sch, conv, "b"))
+    return chain[-1:] if chain and str(sch.get(chain[-1]).writes[0].source.ty.dtype) == "float32" else []
 
 
 def scheduled(sch: Schedule, func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
@@ -551,7 +605,8 @@ def _pointwise_weight_gradient(sch, block) -> bool:
 
 def _plane_accumulated(sch, block) -> bool:
     """A conv whose output plane, at most PLANE_ACCUMULATOR_BYTES of float32, a micro-kernel
-    computes whole: an int8 depthwise conv, a float32 conv with a window (float models;
+    computes whole: an int8 conv with a window (depthwise, or over all its input channels in
+    TOPI's padded form: `_padded_int8_conv`), a float32 conv with a window (float models;
     `acc + if_then_else(inside, a, 0) * w`, TOPI's padded form, `a` possibly through a ReLU),
     or the input gradient of an int8 depthwise conv (`transposed_depthwise`) with a stride,
     or a window of GRADIENT_PLANE_MIN_TAPS or more (the kernel skips the taps off the grid or
@@ -566,13 +621,29 @@ def _plane_accumulated(sch, block) -> bool:
         return False
     operands = {str(r.source.ty.dtype) for r in b.reads if not r.source.same_as(b.writes[0].source)}
     if operands == {"int8"}:
-        return _is_depthwise_conv(sch, block)
+        return _is_depthwise_conv(sch, block) or _padded_int8_conv(b)
     if operands == {"float32", "int8"}:  # most taps lie off the grid or the plane, which the kernel skips
         form = _is_depthwise_conv(sch, block) and transposed_depthwise(b)
         small = int(b.iter_vars[2].dom.extent) * int(b.iter_vars[3].dom.extent) * 4 <= GRADIENT_PLANE_BYTES
         many_taps = reduced[1] * reduced[2] >= GRADIENT_PLANE_MIN_TAPS
         return bool(form) and (form[1] is not None or many_taps) and small
     return operands == {"float32"} and padded_float_conv(b) is not None
+
+
+def _padded_int8_conv(block) -> bool:
+    """An int8 conv over all its input channels (not grouped) in TOPI's padded form, `acc +
+    if_then_else(inside, float(a[n, r, ..]) - zx, 0) * float(w)`, r the reduced channel: one
+    output channel's plane is what a micro-kernel computes (tt_conv_plane_s8)."""
+    store = block.body
+    term = store.value.b if isinstance(store, tvm.tirx.BufferStore) and isinstance(store.value, tvm.tirx.Add) else None
+    padded = term.a if isinstance(term, tvm.tirx.Mul) else None
+    if not (isinstance(padded, tvm.ir.expr.Call) and padded.op.name == "prim.if_then_else"):
+        return False
+    value = padded.args[1]
+    load = value.a if isinstance(value, tvm.tirx.Sub) else value
+    load = load.value if isinstance(load, tvm.tirx.Cast) else None
+    return (isinstance(load, tvm.ir.expr.TensorLoad) and str(load.ty) == "int8"
+            and load.indices[1].same_as(block.iter_vars[4].var))
 
 
 def _row_accumulated(sch, block) -> bool:

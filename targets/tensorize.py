@@ -20,7 +20,9 @@ channel pairs; `tt_pw_row_f32s8`: 8 pixels in registers; `tt_pw_rows2_f32s8`: th
 two rows, or two small planes whole, each gradient value loaded once for both;
 `tt_pw_wgrad_f32s8`: a 4 x 4 tile of a pointwise conv's weight gradient
 (`_tile_weight_gradient` in passes/fuse_kernels.py), 16 sums in registers;
-`tt_dw_plane_s8`: int32 sums, no bounds tests inside the plane; `tt_conv_plane_f32`: a
+`tt_dw_plane_s8`: int32 sums, no bounds tests inside the plane; `tt_conv_plane_s8`: the
+same for an int8 conv over several input channels (a ResNet's 3x3 convs), an output
+channel's plane a call, four outputs a step with SMLAD; `tt_conv_plane_f32`: a
 row's outputs in registers, the padding as zeros, for a conv and for its input gradient at
 stride 1, conv2d_transpose, the window read flipped). An int8 conv's requantization, the loop that turns a row of its float32 sums into
 int8 outputs (bias, scale, rounding, zero point, clamp), becomes `tt_requant_s8` (the
@@ -66,6 +68,7 @@ INT8_ROWS2 = "tt_pw_rows2_s8"  # two output channels' rows: acc[f, x] += (float(
 FLOAT_ROWS2 = "tt_pw_rows2_f32s8"  # the same for input gradients: acc[f, x] += a[i, x] * float(w[i, f])
 DEPTHWISE_PLANE = "tt_dw_plane_s8"  # one channel of an int8 depthwise conv, padding included
 CONV_ROW = "tt_conv_row_s8"  # one row of an int8 conv with a window, away from the top and bottom padding
+CONV_PLANE = "tt_conv_plane_s8"  # one output channel of an int8 conv with a window over several channels, padding included
 DW_TRANSPOSE = "tt_dw_transpose_f32s8"  # one channel of an int8 depthwise conv's input gradient
 FLOAT_CONV_PLANE = "tt_conv_plane_f32"  # one output channel of a float32 conv, padding included
 WEIGHT_GRADIENT = "tt_pw_wgrad_f32s8"  # a tile of a pointwise conv's weight gradient: (float(int8 a) - zx) x gradient
@@ -379,6 +382,57 @@ def depthwise_plane_intrin(h: int, w: int, kh: int, kw: int, stride: int, pad: i
             T.evaluate(T.call_extern("int32", DEPTHWISE_PLANE, T.address_of(C[0, 0, 0, 0]), T.address_of(A[0, 0, p, p]),
                                      T.Cast("int32", a_row), T.address_of(B[0, 0, 0, 0]), T.Cast("int32", b_row),
                                      h, w, kh, kw, stride, pad, out_h, out_w, zero, 0))
+
+    TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def conv_plane_intrin(c: int, h: int, w: int, kh: int, kw: int, stride: int, pad: int, zero: int) -> str:
+    """The registered name of the intrinsic for one output channel of an int8 conv with a
+    window over `c` > 1 input channels of h x w: a kh x kw window, `stride`, `pad` zeros on
+    every side, zero point `zero` (the depthwise plane's, summed over channels)."""
+    out_h, out_w = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    name = f"tinytrain.{CONV_PLANE}.c{c}.{h}x{w}.k{kh}x{kw}.s{stride}.p{pad}.z{zero}"
+    if TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    C, H, Wd, KH, KW, OH, OW = (T.int64(v) for v in (c, h, w, kh, kw, out_h, out_w))
+    AH, AW = T.int64((out_h - 1) * stride + kh), T.int64((out_w - 1) * stride + kw)
+    s, p, zx, one = T.int64(stride), T.int64(pad), T.float32(zero), T.int64(1)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, o: T.handle):
+        A = T.match_buffer(a, (one, C, AH, AW), "int8", offset_factor=1)
+        B = T.match_buffer(b, (one, C, KH, KW), "int8", offset_factor=1)
+        O = T.match_buffer(o, (one, one, OH, OW), "float32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0:C, 0:AH, 0:AW], B[0, 0:C, 0:KH, 0:KW])
+            T.writes(O[0, 0, 0:OH, 0:OW])
+            for n, f, y, x, r, ky, kx in T.grid(one, one, OH, OW, C, KH, KW):
+                with T.sblock("update"):
+                    vy, vx, vr, vky, vkx = T.axis.remap("SSRRR", [y, x, r, ky, kx])
+                    O[0, 0, vy, vx] = O[0, 0, vy, vx] + T.if_then_else(
+                        p <= vy * s + vky and vy * s + vky < H + p and p <= vx * s + vkx and vx * s + vkx < Wd + p,
+                        T.Cast("float32", A[0, vr, vy * s + vky, vx * s + vkx]) - zx,
+                        T.float32(0.0)) * T.Cast("float32", B[0, vr, vky, vkx])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, o: T.handle):
+        a_chan = T.int64()
+        a_row = T.int64()
+        b_chan = T.int64()
+        b_row = T.int64()
+        A = T.match_buffer(a, (one, C, AH, AW), "int8", offset_factor=1, strides=[T.int64(), a_chan, a_row, one])
+        B = T.match_buffer(b, (one, C, KH, KW), "int8", offset_factor=1, strides=[T.int64(), b_chan, b_row, one])
+        O = T.match_buffer(o, (one, one, OH, OW), "float32", offset_factor=1,
+                           strides=[T.int64(), T.int64(), OW, one])
+        with T.sblock("root"):
+            T.reads(O[0, 0, 0:OH, 0:OW], A[0, 0:C, 0:AH, 0:AW], B[0, 0:C, 0:KH, 0:KW])
+            T.writes(O[0, 0, 0:OH, 0:OW])
+            # the plane's element (0, 0) of channel 0: `pad` rows and columns into the box
+            T.evaluate(T.call_extern("int32", CONV_PLANE, T.address_of(O[0, 0, 0, 0]), T.address_of(A[0, 0, p, p]),
+                                     T.Cast("int32", a_chan), T.Cast("int32", a_row), T.address_of(B[0, 0, 0, 0]),
+                                     T.Cast("int32", b_chan), T.Cast("int32", b_row), c, h, w, kh, kw, stride, pad,
+                                     out_h, out_w, zero, 0))
 
     TensorIntrin.register(name, desc, impl)
     return name
@@ -737,6 +791,19 @@ def _conv_row_form(block, loops_extents) -> str | None:
     return conv_row_intrin(c, w, kh, kw, stride, pad, out_w, padded[2])
 
 
+def _conv_plane_form(block, loops_extents) -> str | None:
+    """The intrinsic for `block` when it is one output channel's plane of an int8 conv with a
+    window over several input channels, in TOPI's padded form; else None."""
+    padded = _padded_int8(block)
+    if padded is None or loops_extents[4] == 1 or loops_extents[2] != int(block.iter_vars[2].dom.extent):
+        return None
+    window = _window(padded[0], padded[1].source, loops_extents)
+    if not window:
+        return None
+    h, w, stride, pad = window
+    return conv_plane_intrin(loops_extents[4], h, w, loops_extents[5], loops_extents[6], stride, pad, padded[2])
+
+
 def _depthwise_transpose_form(block, loops_extents) -> str | None:
     """The intrinsic for `block` when it is one channel plane of the input gradient of an int8
     depthwise conv (`transposed_depthwise`; at a stride above 1 its taps off the stride's
@@ -1021,7 +1088,7 @@ def _zeroes(loops, region, analyzer) -> bool:
     return True
 
 
-_ZEROED = (INT8_ROWS2, DEPTHWISE_PLANE, CONV_ROW)  # kernels whose last argument says TVM's zeroing was left to them
+_ZEROED = (INT8_ROWS2, DEPTHWISE_PLANE, CONV_ROW, CONV_PLANE)  # kernels whose last argument says TVM's zeroing was left to them
 
 
 def _fused_rows(seq: list, units: list, readers: dict) -> list:
@@ -1526,7 +1593,7 @@ def _intrinsic(block, extents: list[int]) -> str | None:
     """The tensor intrinsic for the loop nest of `block` (its 7 innermost loops' extents), if any."""
     if _conv_product(block) is None:
         return _weight_gradient_form(block, extents) or _float_conv_plane_form(block, extents)
-    row = _conv_row_form(block, extents) or _depthwise_transpose_form(block, extents)
+    row = _conv_row_form(block, extents) or _conv_plane_form(block, extents) or _depthwise_transpose_form(block, extents)
     if row:
         return row
     form = _row_form(block)

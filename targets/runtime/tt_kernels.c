@@ -8,7 +8,7 @@
  * tt_pw_row_s8: one row of an int8 pointwise conv, for one output channel (the forward;
  * tt_pw_rows2_s8 the same for two output channels' rows, tt_pw_row_f32s8 the input gradient,
  * tt_pw_rows2_f32s8 that for two channels' rows, tt_pw_wgrad_f32s8 a tile of the weight
- * gradient; tt_dw_plane_s8, tt_conv_row_s8, the depthwise input gradient
+ * gradient; tt_dw_plane_s8, tt_conv_row_s8, tt_conv_plane_s8, the depthwise input gradient
  * tt_dw_transpose_f32s8, the backward's bit masks tt_mask_bits_f32, for float models
  * tt_conv_plane_f32, tt_requant_s8, the int8 outputs of any of the int8 convs' sums, and tt_pw_row_requant_s8
  * and tt_pw_rows2_requant_s8, rows and their requantization in one call, come after them):
@@ -1058,6 +1058,393 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
   return 0;
 }
 
+/* tt_conv_plane_s8: one output channel of an int8 conv with a window over c input channels
+ * (a ResNet's 3x3 convs, a keyword-spotting net's first conv), its whole out_h x out_w plane,
+ * padding included; `a` points at element (0, 0) of input channel 0's plane:
+ *
+ *     acc[oy][ox] += sum_{i, ky, kx} (inside ? (float)a[i][iy][ix] - zx : 0.0f) * (float)w[i][ky][kx]
+ *
+ * with iy = oy * stride + ky - pad_y, ix = ox * stride + kx - pad_x, in the TIR's order
+ * (i, ky, kx). The int32 sum gives the TIR's bits when the accumulators start at +0.0 and
+ * sum |w| * max|a - zx| <= 2^24 over the window (then every partial sum of the float loop
+ * is an exact integer, see the top of this file; a window cut by the padding sums fewer
+ * terms): the kernel checks both on the weights it is given, and otherwise runs the float32
+ * loop. tt_conv_row_s8 hands its windows of more than TT_DW_MAX_TAPS taps to the same code
+ * (one output row whose input rows all lie inside: h = kh, pad_y = 0). */
+#define TT_CONV_TABLE_ROWS 64 /* window rows (channel, ky) of packed 3-wide weights a pass holds on the stack */
+#define TT_CONV_MAX_KH 7      /* the tallest window of the fast path (its per-row zero-point folds) */
+
+/* The TIR's own arithmetic: the fallback when the int32 sum could differ from it. */
+static __attribute__((cold, noinline)) void conv_plane_float(float *acc, const int8_t *a, int32_t a_chan,
+                                                             int32_t a_row, const int8_t *w, int32_t w_chan,
+                                                             int32_t w_row, int32_t c, int32_t h, int32_t wd,
+                                                             int32_t kh, int32_t kw, int32_t stride, int32_t pad_y,
+                                                             int32_t pad_x, int32_t out_h, int32_t out_w, float zx) {
+  for (int32_t oy = 0; oy < out_h; ++oy) {
+    for (int32_t ox = 0; ox < out_w; ++ox) {
+      float s = acc[oy * out_w + ox];
+      for (int32_t i = 0; i < c; ++i) {
+        for (int32_t ky = 0; ky < kh; ++ky) {
+          for (int32_t kx = 0; kx < kw; ++kx) {
+            int32_t iy = oy * stride + ky - pad_y, ix = ox * stride + kx - pad_x;
+            float v = iy >= 0 && iy < h && ix >= 0 && ix < wd ? (float)a[i * a_chan + iy * a_row + ix] - zx : 0.0f;
+            s = s + v * (float)w[i * w_chan + ky * w_row + kx];
+          }
+        }
+      }
+      acc[oy * out_w + ox] = s;
+    }
+  }
+}
+
+/* Whether the int32 sums of windows of these c x kh x kw weights give the float loop's bits
+ * (on accumulators that start at +0.0). */
+static int window_exact(const int8_t *w, int32_t w_chan, int32_t w_row, int32_t c, int32_t kh, int32_t kw,
+                        int32_t zx) {
+  int64_t max_dev = zx < 0 ? 127 - zx : 128 + zx, sum_abs = 0;
+  int32_t s, sa;
+  if (w_row == kw && w_chan == kh * kw) { /* contiguous (OIHW): one pass, 4 weights a step with USADA8 */
+    weight_sums(w, 1, c * kh * kw, 1, &s, &sa);
+    return sa * max_dev <= TT_EXACT_FLOAT_INTEGERS;
+  }
+  for (int32_t i = 0; i < c; ++i) {
+    for (int32_t ky = 0; ky < kh; ++ky) {
+      weight_sums(w + i * w_chan + ky * w_row, 1, kw, 1, &s, &sa);
+      sum_abs += sa;
+    }
+  }
+  return sum_abs * max_dev <= TT_EXACT_FLOAT_INTEGERS;
+}
+
+/* One output whose window the plane's edge cuts: the taps inside, each minus the zero point
+ * (the padding adds zero); (iy0, ix0) is its window's top left tap. */
+static int32_t conv_border(const int8_t *a, int32_t a_chan, int32_t a_row, const int8_t *w, int32_t w_chan,
+                           int32_t w_row, int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t iy0,
+                           int32_t ix0, int32_t zx) {
+  int32_t ky0 = iy0 < 0 ? -iy0 : 0, ky1 = iy0 + kh > h ? h - iy0 : kh;
+  int32_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = ix0 + kw > wd ? wd - ix0 : kw, s = 0;
+  for (int32_t i = 0; i < c; ++i) {
+    for (int32_t ky = ky0; ky < ky1; ++ky) {
+      const int8_t *r = a + i * a_chan + (iy0 + ky) * a_row + ix0, *wr = w + i * w_chan + ky * w_row;
+      for (int32_t kx = kx0; kx < kx1; ++kx) {
+        s += wr[kx] * (r[kx] - zx);
+      }
+    }
+  }
+  return s;
+}
+
+/* A 3-wide window row's weights as the fast path reads them: with the DSP extension (w0, w2)
+ * as halfwords for SMLAD and w1 apart, else the three. */
+#if defined(__ARM_FEATURE_DSP)
+typedef struct {
+  int32_t w02, w1;
+} k3_taps;
+static inline k3_taps k3_pack(const int8_t *w) {
+  k3_taps t = {(int32_t)((uint32_t)(uint16_t)w[0] | (uint32_t)w[2] << 16), w[1]};
+  return t;
+}
+static inline int32_t k3_w0(k3_taps t) { return (int16_t)(uint16_t)(uint32_t)t.w02; }
+static inline int32_t k3_w2(k3_taps t) { return (int16_t)(uint16_t)((uint32_t)t.w02 >> 16); }
+#else
+typedef struct {
+  int32_t w0, w1, w2;
+} k3_taps;
+static inline k3_taps k3_pack(const int8_t *w) {
+  k3_taps t = {w[0], w[1], w[2]};
+  return t;
+}
+static inline int32_t k3_w0(k3_taps t) { return t.w0; }
+static inline int32_t k3_w2(k3_taps t) { return t.w2; }
+#endif
+
+/* The int32 sum a pass left in an accumulator (the bits of *p), and the other way. */
+static inline int32_t partial_at(const float *p) {
+  int32_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+static inline void set_partial(float *p, int32_t v) { memcpy(p, &v, sizeof v); }
+
+/* Output o of a pass over some input channels: its first pass sets the int32 partial sum,
+ * later ones add to it, the last writes the float the loop would (the zero point folded). */
+static inline __attribute__((always_inline)) void k3_put(float *o, int32_t s, int first, int last, int32_t fold) {
+  s += first ? 0 : partial_at(o);
+  if (last) {
+    *o = (float)(s - fold);
+  } else {
+    set_partial(o, s);
+  }
+}
+
+/* Outputs [0, count) of one output row whose 3-wide windows lie inside the row, over the
+ * `rows` x n window rows of table t (window row ky of input channel j at row + ky * a_row +
+ * j * a_chan, ky-major); stride 1 or 2. Four outputs a step, then two: with the DSP extension
+ * two word loads give the inputs as halfword pairs (x0, x2), (x1, x3), (x2, x4) or (x4, x6),
+ * ... for SMLAD with (w0, w2) and SMLA<x><y> with w1: 12 multiply-accumulates in 8 (stride 1)
+ * or 10 instructions; in plain C the 6 or 9 inputs loaded once for the 12 taps. No input
+ * outside the windows is read. */
+static inline __attribute__((always_inline)) void k3_row(float *out, const int8_t *row, int32_t a_chan,
+                                                       int32_t a_row, const k3_taps *t, int32_t n, int32_t rows,
+                                                       const int32_t stride, int32_t count, int first, int last,
+                                                       int32_t fold) {
+  int32_t ox = 0;
+  for (; ox + 4 <= count; ox += 4) {
+    int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    const k3_taps *tk = t;
+    for (int32_t ky = 0; ky < rows; ++ky) {
+      const int8_t *r = row + ox * stride + ky * a_row;
+      for (int32_t j = 0; j < n; ++j, r += a_chan, ++tk) {
+#if defined(__ARM_FEATURE_DSP)
+        const int32_t w02 = tk->w02, w1 = tk->w1;
+        if (stride == 1) {
+          uint32_t v0 = load4(r), v1 = load4(r + 2);
+          int32_t e0 = __sxtb16(v0), o0 = sxtb16_ror8(v0), e1 = __sxtb16(v1), o1 = sxtb16_ror8(v1);
+          s0 = __smlad(e0, w02, s0), s0 = __smlabb(o0, w1, s0);
+          s1 = __smlad(o0, w02, s1), s1 = __smlatb(e0, w1, s1);
+          s2 = __smlad(e1, w02, s2), s2 = __smlatb(o0, w1, s2);
+          s3 = __smlad(o1, w02, s3), s3 = __smlatb(e1, w1, s3);
+        } else {
+          uint32_t v0 = load4(r), v1 = load4(r + 4);
+          int32_t e0 = __sxtb16(v0), o0 = sxtb16_ror8(v0), e1 = __sxtb16(v1), o1 = sxtb16_ror8(v1);
+          s0 = __smlad(e0, w02, s0), s0 = __smlabb(o0, w1, s0);
+          s1 = __smlatb(e0, w02, s1), s1 = __smlatb(o0, w1, s1), s1 = __smlabt(e1, w02, s1);
+          s2 = __smlad(e1, w02, s2), s2 = __smlabb(o1, w1, s2);
+          s3 = __smlatb(e1, w02, s3), s3 = __smlatb(o1, w1, s3), s3 = __smlabt(r[8], w02, s3);
+        }
+#else
+        const int32_t w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
+        int32_t x[9];
+        for (int q = 0; q < 3 * stride + 3; ++q) {
+          x[q] = r[q];
+        }
+        s0 += w0 * x[0] + w1 * x[1] + w2 * x[2];
+        s1 += w0 * x[stride] + w1 * x[stride + 1] + w2 * x[stride + 2];
+        s2 += w0 * x[2 * stride] + w1 * x[2 * stride + 1] + w2 * x[2 * stride + 2];
+        s3 += w0 * x[3 * stride] + w1 * x[3 * stride + 1] + w2 * x[3 * stride + 2];
+#endif
+      }
+    }
+    k3_put(out + ox, s0, first, last, fold), k3_put(out + ox + 1, s1, first, last, fold);
+    k3_put(out + ox + 2, s2, first, last, fold), k3_put(out + ox + 3, s3, first, last, fold);
+  }
+  for (; ox + 2 <= count; ox += 2) {
+    int32_t s0 = 0, s1 = 0;
+    const k3_taps *tk = t;
+    for (int32_t ky = 0; ky < rows; ++ky) {
+      const int8_t *r = row + ox * stride + ky * a_row;
+      for (int32_t j = 0; j < n; ++j, r += a_chan, ++tk) {
+#if defined(__ARM_FEATURE_DSP)
+        const int32_t w02 = tk->w02, w1 = tk->w1;
+        uint32_t v = load4(r);
+        int32_t e = __sxtb16(v), o = sxtb16_ror8(v); /* (x0, x2), (x1, x3) */
+        s0 = __smlad(e, w02, s0), s0 = __smlabb(o, w1, s0);
+        if (stride == 1) {
+          s1 = __smlad(o, w02, s1), s1 = __smlatb(e, w1, s1);
+        } else {
+          s1 = __smlatb(e, w02, s1), s1 = __smlatb(o, w1, s1), s1 = __smlabt(r[4], w02, s1);
+        }
+#else
+        const int32_t w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
+        s0 += w0 * r[0] + w1 * r[1] + w2 * r[2];
+        s1 += w0 * r[stride] + w1 * r[stride + 1] + w2 * r[stride + 2];
+#endif
+      }
+    }
+    k3_put(out + ox, s0, first, last, fold), k3_put(out + ox + 1, s1, first, last, fold);
+  }
+  if (ox < count) { /* the last one alone */
+    int32_t s = 0;
+    const k3_taps *tk = t;
+    for (int32_t ky = 0; ky < rows; ++ky) {
+      const int8_t *r = row + ox * stride + ky * a_row;
+      for (int32_t j = 0; j < n; ++j, r += a_chan, ++tk) {
+        s += k3_w0(*tk) * r[0] + tk->w1 * r[1] + k3_w2(*tk) * r[2];
+      }
+    }
+    k3_put(out + ox, s, first, last, fold);
+  }
+}
+
+/* The window sum of one output whose 3-wide window the plane's left or right edge cuts: its
+ * taps kx0 <= kx < kx1 only (`row` at tap kx0 of window row 0 of channel 0); constant tap
+ * ranges where inlined with them. */
+static inline __attribute__((always_inline)) int32_t k3_cut(const int8_t *row, int32_t a_chan, int32_t a_row,
+                                                          const k3_taps *t, int32_t n, int32_t rows, const int32_t kx0,
+                                                          const int32_t kx1) {
+  int32_t s = 0;
+  for (int32_t ky = 0; ky < rows; ++ky) {
+    const int8_t *r = row + ky * a_row;
+    for (int32_t j = 0; j < n; ++j, r += a_chan, ++t) {
+      s += kx0 <= 0 && 0 < kx1 ? k3_w0(*t) * r[-kx0] : 0;
+      s += kx0 <= 1 && 1 < kx1 ? t->w1 * r[1 - kx0] : 0;
+      s += kx0 <= 2 && 2 < kx1 ? k3_w2(*t) * r[2 - kx0] : 0;
+    }
+  }
+  return s;
+}
+
+static __attribute__((noinline)) int32_t k3_edge(const int8_t *row, int32_t a_chan, int32_t a_row, const k3_taps *t,
+                                                 int32_t n, int32_t rows, int32_t kx0, int32_t kx1) {
+  if (kx0 == 1 && kx1 == 3) { /* the left edge at padding 1 */
+    return k3_cut(row, a_chan, a_row, t, n, rows, 1, 3);
+  }
+  if (kx0 == 0 && kx1 == 2) { /* the right edge at padding 1 */
+    return k3_cut(row, a_chan, a_row, t, n, rows, 0, 2);
+  }
+  return k3_cut(row, a_chan, a_row, t, n, rows, kx0, kx1);
+}
+
+/* The two outputs at an edge of a row at padding 1, from one word of inputs x0..x3 per window
+ * row (`row` at its first): on the left (x0 at column 0) the cut output 0 (taps 1, 2 on
+ * x0, x1) and output 1 (x0..x2 at stride 1, x1..x3 at stride 2); on the right at stride 1
+ * (x3 at the last column) output wd - 2 (x1..x3) and the cut wd - 1 (taps 0, 1 on x2, x3).
+ * No input outside the plane is read. */
+static inline __attribute__((always_inline)) void k3_edge_pair(const int8_t *row, int32_t a_chan, int32_t a_row,
+                                                             const k3_taps *t, int32_t n, int32_t rows,
+                                                             const int right, const int32_t stride, int32_t *p0,
+                                                             int32_t *p1) {
+  int32_t s0 = 0, s1 = 0;
+  for (int32_t ky = 0; ky < rows; ++ky) {
+    const int8_t *r = row + ky * a_row;
+    for (int32_t j = 0; j < n; ++j, r += a_chan, ++t) {
+#if defined(__ARM_FEATURE_DSP)
+      const int32_t w02 = t->w02, w1 = t->w1;
+      uint32_t v = load4(r);
+      int32_t e = __sxtb16(v), o = sxtb16_ror8(v); /* (x0, x2), (x1, x3) */
+      if (right) {
+        s0 = __smlad(o, w02, s0), s0 = __smlatb(e, w1, s0);
+        s1 = __smlatb(e, w02, s1), s1 = __smlatb(o, w1, s1);
+      } else {
+        s0 = __smlabb(e, w1, s0), s0 = __smlabt(o, w02, s0);
+        if (stride == 1) {
+          s1 = __smlad(e, w02, s1), s1 = __smlabb(o, w1, s1);
+        } else {
+          s1 = __smlad(o, w02, s1), s1 = __smlatb(e, w1, s1);
+        }
+      }
+#else
+      const int32_t w0 = t->w0, w1 = t->w1, w2 = t->w2, x0 = r[0], x1 = r[1], x2 = r[2], x3 = r[3];
+      if (right) {
+        s0 += w0 * x1 + w1 * x2 + w2 * x3, s1 += w0 * x2 + w1 * x3;
+      } else {
+        s0 += w1 * x0 + w2 * x1;
+        s1 += stride == 1 ? w0 * x0 + w1 * x1 + w2 * x2 : w0 * x1 + w1 * x2 + w2 * x3;
+      }
+#endif
+    }
+  }
+  *p0 = s0, *p1 = s1;
+}
+
+/* tt_conv_plane_s8's int32 path (see there). A window 3 wide at stride 1 or 2 (and at most
+ * TT_CONV_MAX_KH tall) takes the fast path: the weights packed once a pass into a table on
+ * the stack, TT_CONV_TABLE_ROWS window rows of it (the input channels in passes if they are
+ * more, the partial sums kept in the accumulators), an output row's windows cut by the top or
+ * bottom padding summing fewer window rows and those cut left or right fewer taps, each with
+ * the zero-point fold of the taps it sums. Any other window sums each tap minus the zero point. */
+static void conv_plane_int32(float *acc, const int8_t *a, int32_t a_chan, int32_t a_row, const int8_t *w,
+                             int32_t w_chan, int32_t w_row, int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw,
+                             int32_t stride, int32_t pad_y, int32_t pad_x, int32_t out_h, int32_t out_w, int32_t zx) {
+  if (!(kw == 3 && (stride == 1 || stride == 2) && kh <= TT_CONV_MAX_KH)) {
+    for (int32_t oy = 0; oy < out_h; ++oy) {
+      for (int32_t ox = 0; ox < out_w; ++ox) {
+        acc[oy * out_w + ox] = (float)conv_border(a, a_chan, a_row, w, w_chan, w_row, c, h, wd, kh, kw,
+                                                  oy * stride - pad_y, ox * stride - pad_x, zx);
+      }
+    }
+    return;
+  }
+  /* the outputs whose windows lie inside across: [lo, hi) */
+  int32_t lo = (pad_x + stride - 1) / stride, hi = wd + pad_x < kw ? 0 : (wd + pad_x - kw) / stride + 1;
+  hi = hi > out_w ? out_w : hi;
+  lo = lo > hi ? hi : lo;
+  /* sum_i w[i][ky][kx], complete by the last pass: a window's fold is zx times its taps' */
+  int32_t tap_sum[TT_CONV_MAX_KH][3] = {{0}};
+  /* at padding 1 the edge outputs two at a time with their neighbours (k3_edge_pair) */
+  const int left_pair = pad_x == 1 && lo == 1 && hi >= 2 && wd >= 4;
+  const int right_pair = pad_x == 1 && stride == 1 && out_w == wd && hi == wd - 1 && wd >= 4 && hi - 2 >= lo + left_pair;
+  k3_taps table[TT_CONV_TABLE_ROWS];
+  const int32_t chunk = TT_CONV_TABLE_ROWS / kh; /* input channels a pass */
+  for (int32_t c0 = 0; c0 < c; c0 += chunk) {
+    const int32_t n = c - c0 < chunk ? c - c0 : chunk, first = c0 == 0, last = c0 + n == c;
+    for (int32_t ky = 0; ky < kh; ++ky) {
+      for (int32_t j = 0; j < n; ++j) {
+        const int8_t *wr = w + (c0 + j) * w_chan + ky * w_row;
+        table[ky * n + j] = k3_pack(wr);
+        tap_sum[ky][0] += wr[0], tap_sum[ky][1] += wr[1], tap_sum[ky][2] += wr[2];
+      }
+    }
+    for (int32_t oy = 0; oy < out_h; ++oy) {
+      int32_t iy0 = oy * stride - pad_y, ky0 = iy0 < 0 ? -iy0 : 0, ky1 = iy0 + kh > h ? h - iy0 : kh;
+      ky1 = ky1 < ky0 ? ky0 : ky1;
+      int32_t fold[3] = {0, 0, 0}; /* the fold of each tap column over the window rows inside */
+      for (int32_t ky = ky0; ky < ky1; ++ky) {
+        fold[0] += tap_sum[ky][0], fold[1] += tap_sum[ky][1], fold[2] += tap_sum[ky][2];
+      }
+      const int8_t *row = a + c0 * a_chan + (iy0 + ky0) * a_row;
+      const k3_taps *t = table + ky0 * n;
+      float *out = acc + oy * out_w;
+      const int32_t f = zx * (fold[0] + fold[1] + fold[2]);
+      int32_t from = lo, to = hi; /* the outputs k3_row computes */
+      if (left_pair) {
+        int32_t s0, s1;
+        if (stride == 1) {
+          k3_edge_pair(row, a_chan, a_row, t, n, ky1 - ky0, 0, 1, &s0, &s1);
+        } else {
+          k3_edge_pair(row, a_chan, a_row, t, n, ky1 - ky0, 0, 2, &s0, &s1);
+        }
+        k3_put(out, s0, first, last, zx * (fold[1] + fold[2])), k3_put(out + 1, s1, first, last, f);
+        from = 2;
+      }
+      if (right_pair) {
+        int32_t s0, s1;
+        k3_edge_pair(row + wd - 4, a_chan, a_row, t, n, ky1 - ky0, 1, 1, &s0, &s1);
+        k3_put(out + wd - 2, s0, first, last, f), k3_put(out + wd - 1, s1, first, last, zx * (fold[0] + fold[1]));
+        to = wd - 2;
+      }
+      for (int32_t ox = 0; ox < out_w; ++ox) {
+        if (ox == lo && hi > lo) {
+          const int8_t *r = row + from * stride - pad_x;
+          if (stride == 1) {
+            k3_row(out + from, r, a_chan, a_row, t, n, ky1 - ky0, 1, to - from, first, last, f);
+          } else {
+            k3_row(out + from, r, a_chan, a_row, t, n, ky1 - ky0, 2, to - from, first, last, f);
+          }
+          ox = hi - 1;
+          continue;
+        }
+        if ((left_pair && ox == 0) || (right_pair && ox == wd - 1)) {
+          continue;
+        }
+        int32_t ix0 = ox * stride - pad_x, kx0 = ix0 < 0 ? -ix0 : 0, kx1 = ix0 + 3 > wd ? wd - ix0 : 3, s = 0, f = 0;
+        if (kx1 > kx0) {
+          s = k3_edge(row + ix0 + kx0, a_chan, a_row, t, n, ky1 - ky0, kx0, kx1);
+          for (int32_t kx = kx0; kx < kx1; ++kx) {
+            f += fold[kx];
+          }
+        }
+        k3_put(out + ox, s, first, last, zx * f);
+      }
+    }
+  }
+}
+
+int32_t tt_conv_plane_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void *w_, int32_t w_chan,
+                         int32_t w_row, int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t stride,
+                         int32_t pad, int32_t out_h, int32_t out_w, int32_t zx, int32_t zeroed) {
+  float *acc = (float *)acc_;
+  const int8_t *a = (const int8_t *)a_, *w = (const int8_t *)w_;
+  if (!starts_at_zero(acc, out_h * out_w, zeroed) || !window_exact(w, w_chan, w_row, c, kh, kw, zx)) {
+    zero_unless_kept(acc, out_h * out_w, zeroed);
+    conv_plane_float(acc, a, a_chan, a_row, w, w_chan, w_row, c, h, wd, kh, kw, stride, pad, pad, out_h, out_w,
+                     (float)zx);
+    return 0;
+  }
+  conv_plane_int32(acc, a, a_chan, a_row, w, w_chan, w_row, c, h, wd, kh, kw, stride, pad, pad, out_h, out_w, zx);
+  return 0;
+}
+
 /* tt_conv_row_s8: one output row of an int8 conv with a window (c input channels, c = 1
  * for a depthwise conv; kh x kw window, stride, `pad` zeros left and right) whose kh input
  * rows all lie inside the plane, for a plane too large for a plane accumulator (the stem, a
@@ -1069,25 +1456,8 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
  *
  * with ix = ox * stride + kx - pad, in the TIR's order (i, ky, kx). The same argument as for
  * tt_dw_plane_s8 makes the int32 sum exact for up to TT_DW_MAX_TAPS taps from an accumulator
- * at +0.0; otherwise the float32 loop runs. */
-static __attribute__((cold, noinline)) void conv_row_float(float *acc, const int8_t *a, int32_t a_chan, int32_t a_row, const int8_t *w,
-                           int32_t w_chan, int32_t w_row, int32_t c, int32_t wd, int32_t kh, int32_t kw,
-                           int32_t stride, int32_t pad, int32_t out_w, float zx) {
-  for (int32_t ox = 0; ox < out_w; ++ox) {
-    float s = acc[ox];
-    for (int32_t i = 0; i < c; ++i) {
-      for (int32_t ky = 0; ky < kh; ++ky) {
-        for (int32_t kx = 0; kx < kw; ++kx) {
-          int32_t ix = ox * stride + kx - pad;
-          float v = ix >= 0 && ix < wd ? (float)a[i * a_chan + ky * a_row + ix] - zx : 0.0f;
-          s = s + v * (float)w[i * w_chan + ky * w_row + kx];
-        }
-      }
-    }
-    acc[ox] = s;
-  }
-}
-
+ * at +0.0; a larger window goes to tt_conv_plane_s8's int32 path where its weights' bound
+ * holds; otherwise the float32 loop runs. */
 /* The full window sums of outputs [ox0, ox1) over c channels (taps of channel i at
  * row + i * a_chan, weights w + i * kh * kw), the zero point folded by the caller. */
 static inline __attribute__((always_inline)) void conv_row_inside(float *out, const int8_t *row, int32_t a_chan,
@@ -1108,9 +1478,15 @@ int32_t tt_conv_row_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void
                        int32_t zx, int32_t zeroed) {
   float *acc = (float *)acc_;
   const int8_t *a = (const int8_t *)a_, *w8 = (const int8_t *)w_;
-  if (c * kh * kw > TT_DW_MAX_TAPS || !starts_at_zero(acc, out_w, zeroed)) {
+  int exact = starts_at_zero(acc, out_w, zeroed);
+  if (exact && c * kh * kw > TT_DW_MAX_TAPS && window_exact(w8, w_chan, w_row, c, kh, kw, zx)) {
+    conv_plane_int32(acc, a, a_chan, a_row, w8, w_chan, w_row, c, kh, wd, kh, kw, stride, 0, pad, 1, out_w, zx);
+    return 0;
+  }
+  if (!exact || c * kh * kw > TT_DW_MAX_TAPS) {
     zero_unless_kept(acc, out_w, zeroed);
-    conv_row_float(acc, a, a_chan, a_row, w8, w_chan, w_row, c, wd, kh, kw, stride, pad, out_w, (float)zx);
+    conv_plane_float(acc, a, a_chan, a_row, w8, w_chan, w_row, c, kh, wd, kh, kw, stride, 0, pad, 1, out_w,
+                     (float)zx);
     return 0;
   }
   int32_t w[TT_DW_MAX_TAPS], fold = 0;
