@@ -68,6 +68,8 @@ INT8_ROWS2 = "tt_pw_rows2_s8"  # two output channels' rows: acc[f, x] += (float(
 FLOAT_ROWS2 = "tt_pw_rows2_f32s8"  # the same for input gradients: acc[f, x] += a[i, x] * float(w[i, f])
 DEPTHWISE_PLANE = "tt_dw_plane_s8"  # one channel of an int8 depthwise conv, padding included
 CONV_ROW = "tt_conv_row_s8"  # one row of an int8 conv with a window, away from the top and bottom padding
+CONV_ROW_WIDE = "tt_conv_row_wide_s8"  # the same for windows of more than 49 taps (tt_conv_plane_s8's code)
+CONV_ROW_MAX_TAPS = 49  # tt_conv_row_s8's int32 path (TT_DW_MAX_TAPS); wider windows call CONV_ROW_WIDE
 CONV_PLANE = "tt_conv_plane_s8"  # one output channel of an int8 conv with a window over several channels, padding included
 DW_TRANSPOSE = "tt_dw_transpose_f32s8"  # one channel of an int8 depthwise conv's input gradient
 FLOAT_CONV_PLANE = "tt_conv_plane_f32"  # one output channel of a float32 conv, padding included
@@ -443,6 +445,8 @@ def conv_row_intrin(c: int, w: int, kh: int, kw: int, stride: int, pad: int, out
     whose input rows all lie inside the plane (`_split_padded_rows`): `c` input channels (1
     for a depthwise conv) of width w, a kh x kw window, `stride`, `pad` zeros left and right."""
     name = f"tinytrain.{CONV_ROW}.c{c}.w{w}.k{kh}x{kw}.s{stride}.p{pad}.o{out_w}.z{zero}"
+    # a wide window takes the conv plane's code, linked only into the programs that call it
+    kernel = CONV_ROW if c * kh * kw <= CONV_ROW_MAX_TAPS else CONV_ROW_WIDE
     if TensorIntrin.get(name, allow_missing=True) is not None:
         return name
     C, Wd, KH, KW, OW = (T.int64(v) for v in (c, w, kh, kw, out_w))
@@ -497,7 +501,7 @@ def conv_row_intrin(c: int, w: int, kh: int, kw: int, stride: int, pad: int, out
             T.reads(O[0, 0, 0, 0:OW], A[0, 0:C, 0:KH, 0:AW], B[0, 0:C, 0:KH, 0:KW])
             T.writes(O[0, 0, 0, 0:OW])
             # column 0 of the first row: `pad` columns into the box
-            T.evaluate(T.call_extern("int32", CONV_ROW, T.address_of(O[0, 0, 0, 0]), T.address_of(A[0, 0, 0, p]),
+            T.evaluate(T.call_extern("int32", kernel, T.address_of(O[0, 0, 0, 0]), T.address_of(A[0, 0, 0, p]),
                                      T.Cast("int32", a_chan), T.Cast("int32", a_row), T.address_of(B[0, 0, 0, 0]),
                                      T.Cast("int32", b_chan), T.Cast("int32", b_row), c, w, kh, kw, stride, pad,
                                      out_w, zero, 0))
@@ -1088,7 +1092,7 @@ def _zeroes(loops, region, analyzer) -> bool:
     return True
 
 
-_ZEROED = (INT8_ROWS2, DEPTHWISE_PLANE, CONV_ROW, CONV_PLANE)  # kernels whose last argument says TVM's zeroing was left to them
+_ZEROED = (INT8_ROWS2, DEPTHWISE_PLANE, CONV_ROW, CONV_ROW_WIDE, CONV_PLANE)  # kernels whose last argument says TVM's zeroing was left to them
 
 
 def _fused_rows(seq: list, units: list, readers: dict) -> list:

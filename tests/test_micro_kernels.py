@@ -17,7 +17,7 @@ from tvm_tinytrain.passes import FuseKernels
 from tvm_tinytrain.passes.fuse_kernels import GRADIENT_PAIR_PLANES_BYTES
 from tvm_tinytrain.targets.boards import TARGETS_DIR, build, get_board, run, write_board_files
 from tvm_tinytrain.targets.invariant_loads import hoist_invariant_loads
-from tvm_tinytrain.targets.tensorize import (CONV_PLANE, CONV_ROW, DEPTHWISE_PLANE, DW_TRANSPOSE, FLOAT_CONV_PLANE, FLOAT_ROW, FLOAT_ROWS2, INT8_ROW,
+from tvm_tinytrain.targets.tensorize import (CONV_PLANE, CONV_ROW, CONV_ROW_WIDE, DEPTHWISE_PLANE, DW_TRANSPOSE, FLOAT_CONV_PLANE, FLOAT_ROW, FLOAT_ROWS2, INT8_ROW,
                                              INT8_ROW_REQUANT, INT8_ROWS2, INT8_ROWS2_REQUANT, REQUANT,
                                              FOLDS, ROW_REQUANT_STAGED, ROWS2_REQUANT_PLANES_STAGED, STAGE, STAGED,
                                              tensorize)
@@ -286,6 +286,17 @@ def test_tensorized_large_plane_conv_equals_the_tir_kernel_and_numpy(host_kernel
     stem, a depthwise conv at full resolution): a row accumulator, the rows that read no top or
     bottom padding computed by tt_conv_row_s8, the others by TVM's loop."""
     _windowed_conv_matches(channels, out_channels, h, w, kernel, stride, x_zero, groups, CONV_ROW)
+
+
+@pytest.mark.parametrize("channels, out_channels, h, w, kernel, stride, x_zero", [
+    (16, 2, 40, 36, 3, 1, -128), (8, 3, 130, 66, 3, 2, 7), (4, 2, 36, 34, 5, 1, 0),
+])
+def test_tensorized_large_plane_wide_window_conv_equals_the_tir_kernel_and_numpy(host_kernels, channels, out_channels,
+                                                                                h, w, kernel, stride, x_zero):
+    """A large plane's rows with windows of more than 49 taps (16 channels at 3x3): the row
+    split as for the stem, each inside row through tt_conv_row_wide_s8 (tt_conv_plane_s8's
+    code, a plane of one row)."""
+    _windowed_conv_matches(channels, out_channels, h, w, kernel, stride, x_zero, 1, CONV_ROW_WIDE)
 
 
 @pytest.mark.parametrize("channels, out_channels, h, w, kernel, stride, x_zero", [
@@ -672,6 +683,9 @@ int32_t tt_conv_row_s8(void *acc, void *a, int32_t a_chan, int32_t a_row, void *
 int32_t tt_conv_plane_s8(void *acc, void *a, int32_t a_chan, int32_t a_row, void *w, int32_t w_chan, int32_t w_row,
                          int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad,
                          int32_t out_h, int32_t out_w, int32_t zx, int32_t zeroed);
+int32_t tt_conv_row_wide_s8(void *acc, void *a, int32_t a_chan, int32_t a_row, void *w, int32_t w_chan,
+                            int32_t w_row, int32_t c, int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad,
+                            int32_t out_w, int32_t zx, int32_t zeroed);
 int32_t tt_dw_transpose_f32s8(void *acc, void *a, int32_t a_row, void *w, int32_t w_row, int32_t h, int32_t wd,
                               int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w);
 int32_t tt_dw_plane_s8(void *acc, void *a, int32_t a_row, void *w, int32_t w_row, int32_t h, int32_t wd, int32_t kh,
@@ -925,11 +939,16 @@ int main(void) {
           }
       ref_plane[ox] = s;
     }
+    float wide[64];
+    for (int32_t x = 0; x < out_w; ++x) wide[x] = plane[x];
     if (timed) board_mark_begin();
     tt_conv_row_s8(plane, a, a_chan, a_row, w, kh * kw, kw, c, wd, kh, kw, stride, pad, out_w, zx, zeroed);
     if (timed) board_mark_end();
     if (memcmp(plane, ref_plane, (size_t)out_w * sizeof(float)) != 0) ++bad;
     hash = fnv(hash, plane, out_w);
+    /* the same row through tt_conv_row_wide_s8 (what wider windows call) */
+    tt_conv_row_wide_s8(wide, a, a_chan, a_row, w, kh * kw, kw, c, wd, kh, kw, stride, pad, out_w, zx, zeroed);
+    if (memcmp(wide, ref_plane, (size_t)out_w * sizeof(float)) != 0) ++bad;
   }
   /* tt_dw_transpose_f32s8 (a depthwise conv's input gradient) against the loop over every tap */
   for (int t = 0; t < 150; ++t) {

@@ -1430,18 +1430,33 @@ static void conv_plane_int32(float *acc, const int8_t *a, int32_t a_chan, int32_
   }
 }
 
-int32_t tt_conv_plane_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void *w_, int32_t w_chan,
-                         int32_t w_row, int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t stride,
-                         int32_t pad, int32_t out_h, int32_t out_w, int32_t zx, int32_t zeroed) {
-  float *acc = (float *)acc_;
-  const int8_t *a = (const int8_t *)a_, *w = (const int8_t *)w_;
+/* tt_conv_plane_s8 with its padding apart above (pad_y) and across (pad_x). */
+static void conv_plane_s8(float *acc, const int8_t *a, int32_t a_chan, int32_t a_row, const int8_t *w, int32_t w_chan,
+                          int32_t w_row, int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t stride,
+                          int32_t pad_y, int32_t pad_x, int32_t out_h, int32_t out_w, int32_t zx, int32_t zeroed) {
   if (!starts_at_zero(acc, out_h * out_w, zeroed) || !window_exact(w, w_chan, w_row, c, kh, kw, zx)) {
     zero_unless_kept(acc, out_h * out_w, zeroed);
-    conv_plane_float(acc, a, a_chan, a_row, w, w_chan, w_row, c, h, wd, kh, kw, stride, pad, pad, out_h, out_w,
+    conv_plane_float(acc, a, a_chan, a_row, w, w_chan, w_row, c, h, wd, kh, kw, stride, pad_y, pad_x, out_h, out_w,
                      (float)zx);
-    return 0;
+    return;
   }
-  conv_plane_int32(acc, a, a_chan, a_row, w, w_chan, w_row, c, h, wd, kh, kw, stride, pad, pad, out_h, out_w, zx);
+  conv_plane_int32(acc, a, a_chan, a_row, w, w_chan, w_row, c, h, wd, kh, kw, stride, pad_y, pad_x, out_h, out_w, zx);
+}
+
+int32_t tt_conv_plane_s8(void *acc, void *a, int32_t a_chan, int32_t a_row, void *w, int32_t w_chan, int32_t w_row,
+                         int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad,
+                         int32_t out_h, int32_t out_w, int32_t zx, int32_t zeroed) {
+  conv_plane_s8((float *)acc, (const int8_t *)a, a_chan, a_row, (const int8_t *)w, w_chan, w_row, c, h, wd, kh, kw,
+                stride, pad, pad, out_h, out_w, zx, zeroed);
+  return 0;
+}
+
+/* tt_conv_row_s8's arguments, for windows of more than TT_DW_MAX_TAPS taps (see there). */
+int32_t tt_conv_row_wide_s8(void *acc, void *a, int32_t a_chan, int32_t a_row, void *w, int32_t w_chan, int32_t w_row,
+                            int32_t c, int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_w,
+                            int32_t zx, int32_t zeroed) {
+  conv_plane_s8((float *)acc, (const int8_t *)a, a_chan, a_row, (const int8_t *)w, w_chan, w_row, c, kh, wd, kh, kw,
+                stride, 0, pad, 1, out_w, zx, zeroed);
   return 0;
 }
 
@@ -1456,8 +1471,10 @@ int32_t tt_conv_plane_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, vo
  *
  * with ix = ox * stride + kx - pad, in the TIR's order (i, ky, kx). The same argument as for
  * tt_dw_plane_s8 makes the int32 sum exact for up to TT_DW_MAX_TAPS taps from an accumulator
- * at +0.0; a larger window goes to tt_conv_plane_s8's int32 path where its weights' bound
- * holds; otherwise the float32 loop runs. */
+ * at +0.0; otherwise the float32 loop runs. tt_conv_row_wide_s8 is the same row for windows
+ * of more taps (tensorize.py calls it for them), through tt_conv_plane_s8's code: a plane of
+ * one row with no padding above, h = kh. Two names, so that only the programs with such
+ * windows link that code. */
 /* The full window sums of outputs [ox0, ox1) over c channels (taps of channel i at
  * row + i * a_chan, weights w + i * kh * kw), the zero point folded by the caller. */
 static inline __attribute__((always_inline)) void conv_row_inside(float *out, const int8_t *row, int32_t a_chan,
@@ -1478,12 +1495,7 @@ int32_t tt_conv_row_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void
                        int32_t zx, int32_t zeroed) {
   float *acc = (float *)acc_;
   const int8_t *a = (const int8_t *)a_, *w8 = (const int8_t *)w_;
-  int exact = starts_at_zero(acc, out_w, zeroed);
-  if (exact && c * kh * kw > TT_DW_MAX_TAPS && window_exact(w8, w_chan, w_row, c, kh, kw, zx)) {
-    conv_plane_int32(acc, a, a_chan, a_row, w8, w_chan, w_row, c, kh, wd, kh, kw, stride, 0, pad, 1, out_w, zx);
-    return 0;
-  }
-  if (!exact || c * kh * kw > TT_DW_MAX_TAPS) {
+  if (c * kh * kw > TT_DW_MAX_TAPS || !starts_at_zero(acc, out_w, zeroed)) {
     zero_unless_kept(acc, out_w, zeroed);
     conv_plane_float(acc, a, a_chan, a_row, w8, w_chan, w_row, c, kh, wd, kh, kw, stride, 0, pad, 1, out_w,
                      (float)zx);
