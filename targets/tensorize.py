@@ -22,7 +22,8 @@ two rows, or two small planes whole, each gradient value loaded once for both;
 (`_tile_weight_gradient` in passes/fuse_kernels.py), 16 sums in registers;
 `tt_dw_plane_s8`: int32 sums, no bounds tests inside the plane; `tt_conv_plane_s8`: the
 same for an int8 conv over several input channels (a ResNet's 3x3 convs), an output
-channel's plane a call, four outputs a step with SMLAD; `tt_conv_plane_f32`: a
+channel's plane a call, four outputs a step with SMLAD (`tt_conv_row_wide_s8` its code for a
+large plane's rows whose window has more than 49 taps); `tt_conv_plane_f32`: a
 row's outputs in registers, the padding as zeros, for a conv and for its input gradient at
 stride 1, conv2d_transpose, the window read flipped). An int8 conv's requantization, the loop that turns a row of its float32 sums into
 int8 outputs (bias, scale, rounding, zero point, clamp), becomes `tt_requant_s8` (the
