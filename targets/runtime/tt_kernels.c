@@ -1069,8 +1069,8 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
  * sum |w| * max|a - zx| <= 2^24 over the window (then every partial sum of the float loop
  * is an exact integer, see the top of this file; a window cut by the padding sums fewer
  * terms): the kernel checks both on the weights it is given, and otherwise runs the float32
- * loop. tt_conv_row_s8 hands its windows of more than TT_DW_MAX_TAPS taps to the same code
- * (one output row whose input rows all lie inside: h = kh, pad_y = 0). */
+ * loop. tt_conv_row_wide_s8 is the same code for a large plane's row whose window has more
+ * than TT_DW_MAX_TAPS taps (one output row whose input rows all lie inside: h = kh, pad_y = 0). */
 #define TT_CONV_TABLE_ROWS 64 /* window rows (channel, ky) of packed 3-wide weights a pass holds on the stack */
 #define TT_CONV_MAX_KH 7      /* the tallest window of the fast path (its per-row zero-point folds) */
 
