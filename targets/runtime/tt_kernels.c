@@ -747,74 +747,163 @@ static __attribute__((cold, noinline)) void dw_plane_float(float *acc, const int
   }
 }
 
-/* Outputs [ox0, ox1) of a row for a window 3 wide at stride 1 or 2 (the stem's, the commonest
- * depthwise one), two outputs a step: the 4 or 5 inputs they read are loaded once for the 6
- * taps. `off` holds the offset of each of the `rows` window rows (channel and row), `w` their
- * 3 weights each. With the DSP extension one word load gives the 4 inputs as the halfword
- * pairs (x0, x2) and (x1, x3), which SMLAD / SMLA<x><y> multiply with (w0, w2) and w1. */
-static inline __attribute__((always_inline)) void conv_row_pairs_k3(float *out, const int8_t *row,
-                                                                  const int32_t *off, const int32_t *w,
-                                                                  int32_t rows, const int32_t stride, int32_t ox0,
-                                                                  int32_t ox1, int32_t fold) {
+/* A 3-wide window row's weights as the fast path reads them: with the DSP extension (w0, w2)
+ * as halfwords for SMLAD and w1 apart, else the three. */
 #if defined(__ARM_FEATURE_DSP)
-  int32_t w02[TT_DW_MAX_TAPS / 3], w1[TT_DW_MAX_TAPS / 3];
-  for (int32_t j = 0; j < rows; ++j) {
-    w02[j] = (int32_t)((uint32_t)(uint16_t)w[3 * j] | (uint32_t)w[3 * j + 2] << 16), w1[j] = w[3 * j + 1];
-  }
-#endif
-  int32_t ox = ox0;
-#if !defined(__ARM_FEATURE_DSP)
-  /* Plain C: four outputs a step, the 6 or 9 inputs they read loaded once for their 12 taps
-   * (a multiply and an add a tap whatever the blocking: what a wider step saves is loads). */
-  for (; ox + 4 <= ox1; ox += 4) {
-    const int8_t *p = row + ox * stride;
-    int32_t s[4] = {0, 0, 0, 0};
-    for (int32_t j = 0; j < rows; ++j) {
-      const int8_t *r = p + off[j];
-      const int32_t w0 = w[3 * j], w1 = w[3 * j + 1], w2 = w[3 * j + 2];
-      int32_t x[9];
-      for (int i = 0; i < 3 * stride + 3; ++i) {
-        x[i] = r[i];
-      }
-      for (int o = 0; o < 4; ++o) {
-        s[o] += w0 * x[o * stride] + w1 * x[o * stride + 1] + w2 * x[o * stride + 2];
-      }
-    }
-    for (int o = 0; o < 4; ++o) {
-      out[ox + o] = (float)(s[o] - fold);
-    }
-  }
-#endif
-  for (; ox + 2 <= ox1; ox += 2) {
-    const int8_t *p = row + ox * stride;
-    int32_t s0 = 0, s1 = 0;
-    for (int32_t j = 0; j < rows; ++j) {
-      const int8_t *r = p + off[j];
-#if defined(__ARM_FEATURE_DSP)
-      uint32_t v = load4(r);
-      int32_t e = __sxtb16(v), o = sxtb16_ror8(v); /* (x0, x2), (x1, x3) */
-      s0 = __smlad(e, w02[j], s0), s0 = __smlabb(o, w1[j], s0);
-      if (stride == 2) {
-        s1 = __smlatb(e, w02[j], s1), s1 = __smlatb(o, w1[j], s1), s1 = __smlabt(r[4], w02[j], s1);
-      } else {
-        s1 = __smlad(o, w02[j], s1), s1 = __smlatb(e, w1[j], s1);
-      }
+typedef struct {
+  int32_t w02, w1;
+} k3_taps;
+static inline k3_taps k3_taps_of(int32_t w0, int32_t w1, int32_t w2) {
+  k3_taps t = {(int32_t)((uint32_t)(uint16_t)w0 | (uint32_t)w2 << 16), w1};
+  return t;
+}
+static inline int32_t k3_w0(k3_taps t) { return (int16_t)(uint16_t)(uint32_t)t.w02; }
+static inline int32_t k3_w2(k3_taps t) { return (int16_t)(uint16_t)((uint32_t)t.w02 >> 16); }
 #else
-      const int32_t *wj = w + 3 * j;
-      int32_t x0 = r[0], x1 = r[1], x2 = r[2], x3 = r[3];
-      s0 += wj[0] * x0 + wj[1] * x1 + wj[2] * x2;
-      s1 += stride == 2 ? wj[0] * x2 + wj[1] * x3 + wj[2] * r[4] : wj[0] * x1 + wj[1] * x2 + wj[2] * x3;
+typedef struct {
+  int32_t w0, w1, w2;
+} k3_taps;
+static inline k3_taps k3_taps_of(int32_t w0, int32_t w1, int32_t w2) {
+  k3_taps t = {w0, w1, w2};
+  return t;
+}
+static inline int32_t k3_w0(k3_taps t) { return t.w0; }
+static inline int32_t k3_w2(k3_taps t) { return t.w2; }
 #endif
-    }
-    out[ox] = (float)(s0 - fold), out[ox + 1] = (float)(s1 - fold);
+
+static inline k3_taps k3_pack(const int8_t *w) { return k3_taps_of(w[0], w[1], w[2]); }
+
+/* The int32 sum a pass left in an accumulator (the bits of *p), and the other way. */
+static inline int32_t partial_at(const float *p) {
+  int32_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+static inline void set_partial(float *p, int32_t v) { memcpy(p, &v, sizeof v); }
+
+/* Output o of a pass over some input channels: its first pass sets the int32 partial sum,
+ * later ones add to it, the last writes the float the loop would (the zero point folded). */
+static inline __attribute__((always_inline)) void k3_put(float *o, int32_t s, int first, int last, int32_t fold) {
+  s += first ? 0 : partial_at(o);
+  if (last) {
+    *o = (float)(s - fold);
+  } else {
+    set_partial(o, s);
   }
-  for (; ox < ox1; ++ox) {
-    const int8_t *p = row + ox * stride;
-    int32_t s = 0;
-    for (int32_t j = 0; j < rows; ++j) {
-      s += w[3 * j] * p[off[j]] + w[3 * j + 1] * p[off[j] + 1] + w[3 * j + 2] * p[off[j] + 2];
+}
+
+/* Outputs [0, count) of one output row whose 3-wide windows lie inside the row, over the
+ * `rows` x n window rows of table t (window row ky of input channel j at row + ky * a_row +
+ * j * a_chan, ky-major); stride 1 or 2. Four outputs a step, then two: with the DSP extension
+ * two word loads give the inputs as halfword pairs (x0, x2), (x1, x3), (x2, x4) or (x4, x6),
+ * ... for SMLAD with (w0, w2) and SMLA<x><y> with w1: 12 multiply-accumulates in 8 (stride 1)
+ * or 10 instructions; in plain C the 6 or 9 inputs loaded once for the 12 taps. No input
+ * outside the windows is read. */
+static inline __attribute__((always_inline)) void k3_row(float *out, const int8_t *row, int32_t a_chan,
+                                                       int32_t a_row, const k3_taps *t, int32_t n, int32_t rows,
+                                                       const int32_t stride, int32_t count, int first, int last,
+                                                       int32_t fold) {
+  int32_t ox = 0;
+  for (; ox + 4 <= count; ox += 4) {
+    int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    const k3_taps *tk = t;
+    for (int32_t ky = 0; ky < rows; ++ky) {
+      const int8_t *r = row + ox * stride + ky * a_row;
+      for (int32_t j = 0; j < n; ++j, r += a_chan, ++tk) {
+#if defined(__ARM_FEATURE_DSP)
+        const int32_t w02 = tk->w02, w1 = tk->w1;
+        if (stride == 1) {
+          uint32_t v0 = load4(r), v1 = load4(r + 2);
+          int32_t e0 = __sxtb16(v0), o0 = sxtb16_ror8(v0), e1 = __sxtb16(v1), o1 = sxtb16_ror8(v1);
+          s0 = __smlad(e0, w02, s0), s0 = __smlabb(o0, w1, s0);
+          s1 = __smlad(o0, w02, s1), s1 = __smlatb(e0, w1, s1);
+          s2 = __smlad(e1, w02, s2), s2 = __smlatb(o0, w1, s2);
+          s3 = __smlad(o1, w02, s3), s3 = __smlatb(e1, w1, s3);
+        } else {
+          uint32_t v0 = load4(r), v1 = load4(r + 4);
+          int32_t e0 = __sxtb16(v0), o0 = sxtb16_ror8(v0), e1 = __sxtb16(v1), o1 = sxtb16_ror8(v1);
+          s0 = __smlad(e0, w02, s0), s0 = __smlabb(o0, w1, s0);
+          s1 = __smlatb(e0, w02, s1), s1 = __smlatb(o0, w1, s1), s1 = __smlabt(e1, w02, s1);
+          s2 = __smlad(e1, w02, s2), s2 = __smlabb(o1, w1, s2);
+          s3 = __smlatb(e1, w02, s3), s3 = __smlatb(o1, w1, s3), s3 = __smlabt(r[8], w02, s3);
+        }
+#else
+        const int32_t w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
+        int32_t x[9];
+        for (int q = 0; q < 3 * stride + 3; ++q) {
+          x[q] = r[q];
+        }
+        s0 += w0 * x[0] + w1 * x[1] + w2 * x[2];
+        s1 += w0 * x[stride] + w1 * x[stride + 1] + w2 * x[stride + 2];
+        s2 += w0 * x[2 * stride] + w1 * x[2 * stride + 1] + w2 * x[2 * stride + 2];
+        s3 += w0 * x[3 * stride] + w1 * x[3 * stride + 1] + w2 * x[3 * stride + 2];
+#endif
+      }
     }
-    out[ox] = (float)(s - fold);
+    k3_put(out + ox, s0, first, last, fold), k3_put(out + ox + 1, s1, first, last, fold);
+    k3_put(out + ox + 2, s2, first, last, fold), k3_put(out + ox + 3, s3, first, last, fold);
+  }
+  for (; ox + 2 <= count; ox += 2) {
+    int32_t s0 = 0, s1 = 0;
+    const k3_taps *tk = t;
+    for (int32_t ky = 0; ky < rows; ++ky) {
+      const int8_t *r = row + ox * stride + ky * a_row;
+      for (int32_t j = 0; j < n; ++j, r += a_chan, ++tk) {
+#if defined(__ARM_FEATURE_DSP)
+        const int32_t w02 = tk->w02, w1 = tk->w1;
+        uint32_t v = load4(r);
+        int32_t e = __sxtb16(v), o = sxtb16_ror8(v); /* (x0, x2), (x1, x3) */
+        s0 = __smlad(e, w02, s0), s0 = __smlabb(o, w1, s0);
+        if (stride == 1) {
+          s1 = __smlad(o, w02, s1), s1 = __smlatb(e, w1, s1);
+        } else {
+          s1 = __smlatb(e, w02, s1), s1 = __smlatb(o, w1, s1), s1 = __smlabt(r[4], w02, s1);
+        }
+#else
+        const int32_t w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
+        s0 += w0 * r[0] + w1 * r[1] + w2 * r[2];
+        s1 += w0 * r[stride] + w1 * r[stride + 1] + w2 * r[stride + 2];
+#endif
+      }
+    }
+    k3_put(out + ox, s0, first, last, fold), k3_put(out + ox + 1, s1, first, last, fold);
+  }
+  if (ox < count) { /* the last one alone */
+    int32_t s = 0;
+    const k3_taps *tk = t;
+    for (int32_t ky = 0; ky < rows; ++ky) {
+      const int8_t *r = row + ox * stride + ky * a_row;
+      for (int32_t j = 0; j < n; ++j, r += a_chan, ++tk) {
+        s += k3_w0(*tk) * r[0] + tk->w1 * r[1] + k3_w2(*tk) * r[2];
+      }
+    }
+    k3_put(out + ox, s, first, last, fold);
+  }
+}
+
+/* Outputs [0, count) of a row of whole windows, 3 wide at stride 1 or 2, over the `rows` x n
+ * window rows of table t (as k3_row), each the window's sum minus `fold`: k3_row with the
+ * commonest shapes as compile-time constants, so that their loops over window rows unroll
+ * (a depthwise 3x3 window, one channel, and the stem's, three). */
+static __attribute__((noinline)) void k3_row_sums(float *out, const int8_t *row, int32_t a_chan, int32_t a_row,
+                                                  const k3_taps *t, int32_t n, int32_t rows, int32_t stride,
+                                                  int32_t count, int32_t fold) {
+  if (n == 1 && rows == 3) {
+    if (stride == 1) {
+      k3_row(out, row, a_chan, a_row, t, 1, 3, 1, count, 1, 1, fold);
+    } else {
+      k3_row(out, row, a_chan, a_row, t, 1, 3, 2, count, 1, 1, fold);
+    }
+  } else if (n == 3 && rows == 3) {
+    if (stride == 1) {
+      k3_row(out, row, a_chan, a_row, t, 3, 3, 1, count, 1, 1, fold);
+    } else {
+      k3_row(out, row, a_chan, a_row, t, 3, 3, 2, count, 1, 1, fold);
+    }
+  } else if (stride == 1) {
+    k3_row(out, row, a_chan, a_row, t, n, rows, 1, count, 1, 1, fold);
+  } else {
+    k3_row(out, row, a_chan, a_row, t, n, rows, 2, count, 1, 1, fold);
   }
 }
 
@@ -839,20 +928,6 @@ static inline __attribute__((always_inline)) void dw_inside(float *out, const in
                                                           int32_t ox0, int32_t ox1, int32_t fold) {
   for (int32_t ox = ox0; ox < ox1; ++ox) {
     out[ox] = (float)(dw_window(row + ox * stride, a_row, w, kh, kw) - fold);
-  }
-}
-
-/* Outputs [ox0, ox1) of a row whose 3x3 windows lie inside the plane (the commonest
- * window): at stride 1 or 2 two outputs a step, the inputs they share loaded once. */
-static __attribute__((noinline)) void dw_inside_3x3(float *out, const int8_t *row, int32_t a_row, const int32_t *w,
-                                                   int32_t stride, int32_t ox0, int32_t ox1, int32_t fold) {
-  const int32_t off[3] = {0, a_row, 2 * a_row};
-  if (stride == 1) {
-    conv_row_pairs_k3(out, row, off, w, 3, 1, ox0, ox1, fold);
-  } else if (stride == 2) {
-    conv_row_pairs_k3(out, row, off, w, 3, 2, ox0, ox1, fold);
-  } else {
-    dw_inside(out, row, a_row, w, 3, 3, stride, ox0, ox1, fold);
   }
 }
 
@@ -936,18 +1011,29 @@ static void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t o
                            const int32_t *wp, int32_t kh, int32_t kw, int32_t stride, int32_t oy0, int32_t oy1,
                            int32_t ox0, int32_t ox1, int32_t out_w, int32_t fold) {
   (void)wp; /* NULL without the DSP extension */
+  const int k3 = kh == 3 && kw == 3 && (stride == 1 || stride == 2);
+  k3_taps t3[3];
+  for (int32_t ky = 0; k3 && ky < 3; ++ky) {
+    t3[ky] = k3_taps_of(w[3 * ky], w[3 * ky + 1], w[3 * ky + 2]);
+  }
   for (int32_t oy = oy0; oy < oy1; ++oy) {
     float *out = acc + oy * out_w;
     const int8_t *row = a + oy * stride * a_row + off;
-    if (kh == 3 && kw == 3) {
-      dw_inside_3x3(out, row, a_row, w, stride, ox0, ox1, fold);
+    if (k3) {
+      k3_row_sums(out + ox0, row + ox0 * stride, 0, a_row, t3, 1, 3, stride, ox1 - ox0, fold);
+      continue;
+    }
 #if defined(__ARM_FEATURE_DSP)
-    } else if (wp && kh == 5 && kw == 5) {
+    if (wp && kh == 5 && kw == 5) {
       dw_inside_packed(out, row, a_row, wp, 5, 5, stride, ox0, ox1, fold);
-    } else if (wp && kh == 7 && kw == 7) {
+      continue;
+    }
+    if (wp && kh == 7 && kw == 7) {
       dw_inside_packed(out, row, a_row, wp, 7, 7, stride, ox0, ox1, fold);
+      continue;
+    }
 #endif
-    } else if (kh == 5 && kw == 5) {
+    if (kh == 5 && kw == 5) {
       dw_inside(out, row, a_row, w, 5, 5, stride, ox0, ox1, fold);
     } else if (kh == 7 && kw == 7) {
       dw_inside(out, row, a_row, w, 7, 7, stride, ox0, ox1, fold);
@@ -1132,138 +1218,6 @@ static int32_t conv_border(const int8_t *a, int32_t a_chan, int32_t a_row, const
     }
   }
   return s;
-}
-
-/* A 3-wide window row's weights as the fast path reads them: with the DSP extension (w0, w2)
- * as halfwords for SMLAD and w1 apart, else the three. */
-#if defined(__ARM_FEATURE_DSP)
-typedef struct {
-  int32_t w02, w1;
-} k3_taps;
-static inline k3_taps k3_pack(const int8_t *w) {
-  k3_taps t = {(int32_t)((uint32_t)(uint16_t)w[0] | (uint32_t)w[2] << 16), w[1]};
-  return t;
-}
-static inline int32_t k3_w0(k3_taps t) { return (int16_t)(uint16_t)(uint32_t)t.w02; }
-static inline int32_t k3_w2(k3_taps t) { return (int16_t)(uint16_t)((uint32_t)t.w02 >> 16); }
-#else
-typedef struct {
-  int32_t w0, w1, w2;
-} k3_taps;
-static inline k3_taps k3_pack(const int8_t *w) {
-  k3_taps t = {w[0], w[1], w[2]};
-  return t;
-}
-static inline int32_t k3_w0(k3_taps t) { return t.w0; }
-static inline int32_t k3_w2(k3_taps t) { return t.w2; }
-#endif
-
-/* The int32 sum a pass left in an accumulator (the bits of *p), and the other way. */
-static inline int32_t partial_at(const float *p) {
-  int32_t v;
-  memcpy(&v, p, sizeof v);
-  return v;
-}
-static inline void set_partial(float *p, int32_t v) { memcpy(p, &v, sizeof v); }
-
-/* Output o of a pass over some input channels: its first pass sets the int32 partial sum,
- * later ones add to it, the last writes the float the loop would (the zero point folded). */
-static inline __attribute__((always_inline)) void k3_put(float *o, int32_t s, int first, int last, int32_t fold) {
-  s += first ? 0 : partial_at(o);
-  if (last) {
-    *o = (float)(s - fold);
-  } else {
-    set_partial(o, s);
-  }
-}
-
-/* Outputs [0, count) of one output row whose 3-wide windows lie inside the row, over the
- * `rows` x n window rows of table t (window row ky of input channel j at row + ky * a_row +
- * j * a_chan, ky-major); stride 1 or 2. Four outputs a step, then two: with the DSP extension
- * two word loads give the inputs as halfword pairs (x0, x2), (x1, x3), (x2, x4) or (x4, x6),
- * ... for SMLAD with (w0, w2) and SMLA<x><y> with w1: 12 multiply-accumulates in 8 (stride 1)
- * or 10 instructions; in plain C the 6 or 9 inputs loaded once for the 12 taps. No input
- * outside the windows is read. */
-static inline __attribute__((always_inline)) void k3_row(float *out, const int8_t *row, int32_t a_chan,
-                                                       int32_t a_row, const k3_taps *t, int32_t n, int32_t rows,
-                                                       const int32_t stride, int32_t count, int first, int last,
-                                                       int32_t fold) {
-  int32_t ox = 0;
-  for (; ox + 4 <= count; ox += 4) {
-    int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    const k3_taps *tk = t;
-    for (int32_t ky = 0; ky < rows; ++ky) {
-      const int8_t *r = row + ox * stride + ky * a_row;
-      for (int32_t j = 0; j < n; ++j, r += a_chan, ++tk) {
-#if defined(__ARM_FEATURE_DSP)
-        const int32_t w02 = tk->w02, w1 = tk->w1;
-        if (stride == 1) {
-          uint32_t v0 = load4(r), v1 = load4(r + 2);
-          int32_t e0 = __sxtb16(v0), o0 = sxtb16_ror8(v0), e1 = __sxtb16(v1), o1 = sxtb16_ror8(v1);
-          s0 = __smlad(e0, w02, s0), s0 = __smlabb(o0, w1, s0);
-          s1 = __smlad(o0, w02, s1), s1 = __smlatb(e0, w1, s1);
-          s2 = __smlad(e1, w02, s2), s2 = __smlatb(o0, w1, s2);
-          s3 = __smlad(o1, w02, s3), s3 = __smlatb(e1, w1, s3);
-        } else {
-          uint32_t v0 = load4(r), v1 = load4(r + 4);
-          int32_t e0 = __sxtb16(v0), o0 = sxtb16_ror8(v0), e1 = __sxtb16(v1), o1 = sxtb16_ror8(v1);
-          s0 = __smlad(e0, w02, s0), s0 = __smlabb(o0, w1, s0);
-          s1 = __smlatb(e0, w02, s1), s1 = __smlatb(o0, w1, s1), s1 = __smlabt(e1, w02, s1);
-          s2 = __smlad(e1, w02, s2), s2 = __smlabb(o1, w1, s2);
-          s3 = __smlatb(e1, w02, s3), s3 = __smlatb(o1, w1, s3), s3 = __smlabt(r[8], w02, s3);
-        }
-#else
-        const int32_t w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
-        int32_t x[9];
-        for (int q = 0; q < 3 * stride + 3; ++q) {
-          x[q] = r[q];
-        }
-        s0 += w0 * x[0] + w1 * x[1] + w2 * x[2];
-        s1 += w0 * x[stride] + w1 * x[stride + 1] + w2 * x[stride + 2];
-        s2 += w0 * x[2 * stride] + w1 * x[2 * stride + 1] + w2 * x[2 * stride + 2];
-        s3 += w0 * x[3 * stride] + w1 * x[3 * stride + 1] + w2 * x[3 * stride + 2];
-#endif
-      }
-    }
-    k3_put(out + ox, s0, first, last, fold), k3_put(out + ox + 1, s1, first, last, fold);
-    k3_put(out + ox + 2, s2, first, last, fold), k3_put(out + ox + 3, s3, first, last, fold);
-  }
-  for (; ox + 2 <= count; ox += 2) {
-    int32_t s0 = 0, s1 = 0;
-    const k3_taps *tk = t;
-    for (int32_t ky = 0; ky < rows; ++ky) {
-      const int8_t *r = row + ox * stride + ky * a_row;
-      for (int32_t j = 0; j < n; ++j, r += a_chan, ++tk) {
-#if defined(__ARM_FEATURE_DSP)
-        const int32_t w02 = tk->w02, w1 = tk->w1;
-        uint32_t v = load4(r);
-        int32_t e = __sxtb16(v), o = sxtb16_ror8(v); /* (x0, x2), (x1, x3) */
-        s0 = __smlad(e, w02, s0), s0 = __smlabb(o, w1, s0);
-        if (stride == 1) {
-          s1 = __smlad(o, w02, s1), s1 = __smlatb(e, w1, s1);
-        } else {
-          s1 = __smlatb(e, w02, s1), s1 = __smlatb(o, w1, s1), s1 = __smlabt(r[4], w02, s1);
-        }
-#else
-        const int32_t w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
-        s0 += w0 * r[0] + w1 * r[1] + w2 * r[2];
-        s1 += w0 * r[stride] + w1 * r[stride + 1] + w2 * r[stride + 2];
-#endif
-      }
-    }
-    k3_put(out + ox, s0, first, last, fold), k3_put(out + ox + 1, s1, first, last, fold);
-  }
-  if (ox < count) { /* the last one alone */
-    int32_t s = 0;
-    const k3_taps *tk = t;
-    for (int32_t ky = 0; ky < rows; ++ky) {
-      const int8_t *r = row + ox * stride + ky * a_row;
-      for (int32_t j = 0; j < n; ++j, r += a_chan, ++tk) {
-        s += k3_w0(*tk) * r[0] + tk->w1 * r[1] + k3_w2(*tk) * r[2];
-      }
-    }
-    k3_put(out + ox, s, first, last, fold);
-  }
 }
 
 /* The window sum of one output whose 3-wide window the plane's left or right edge cuts: its
@@ -1517,17 +1471,13 @@ int32_t tt_conv_row_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void
   lo = lo > hi ? hi : lo;
   const int8_t *row = a - pad;
   if (kw == 3 && (stride == 1 || stride == 2)) {
-    int32_t off[TT_DW_MAX_TAPS / 3];
-    for (int32_t i = 0; i < c; ++i) {
-      for (int32_t ky = 0; ky < kh; ++ky) {
-        off[i * kh + ky] = i * a_chan + ky * a_row;
+    k3_taps t[TT_DW_MAX_TAPS / 3];
+    for (int32_t ky = 0; ky < kh; ++ky) {
+      for (int32_t i = 0; i < c; ++i) {
+        t[ky * c + i] = k3_pack(w8 + i * w_chan + ky * w_row);
       }
     }
-    if (stride == 1) {
-      conv_row_pairs_k3(acc, row, off, w, c * kh, 1, lo, hi, fold);
-    } else {
-      conv_row_pairs_k3(acc, row, off, w, c * kh, 2, lo, hi, fold);
-    }
+    k3_row_sums(acc + lo, row + lo * stride, a_chan, a_row, t, c, kh, stride, hi - lo, fold);
   } else if (c == 1) {
     dw_rows_inside(acc, row, a_row, 0, w, NULL, kh, kw, stride, 0, 1, lo, hi, out_w, fold);
   } else {
