@@ -758,17 +758,31 @@ static inline k3_taps k3_taps_of(int32_t w0, int32_t w1, int32_t w2) {
   return t;
 }
 static inline int32_t k3_w0(k3_taps t) { return (int16_t)(uint16_t)(uint32_t)t.w02; }
+static inline int32_t k3_w1(k3_taps t) { return t.w1; }
 static inline int32_t k3_w2(k3_taps t) { return (int16_t)(uint16_t)((uint32_t)t.w02 >> 16); }
 #else
+/* Plain C: the three, as floats where the core has a float multiply-accumulate (RV32F's
+ * FMADD.S) and no integer one: k3_row then sums in float, which rounds nothing, as every
+ * partial sum of its at most TT_CONV_TABLE_ROWS x 3 taps of |w * x| <= 2^14 is an integer
+ * below 2^24 (see pw_dot2_n): one instruction a multiply-accumulate instead of two, each
+ * input converted once for the taps that read it. */
+#if defined(__riscv) && defined(__riscv_flen)
+typedef float k3_sum;
+#define k3_mac(s, w, x) __builtin_fmaf((w), (x), (s))
+#else
+typedef int32_t k3_sum;
+#define k3_mac(s, w, x) ((s) + (w) * (x))
+#endif
 typedef struct {
-  int32_t w0, w1, w2;
+  k3_sum w0, w1, w2;
 } k3_taps;
 static inline k3_taps k3_taps_of(int32_t w0, int32_t w1, int32_t w2) {
-  k3_taps t = {w0, w1, w2};
+  k3_taps t = {(k3_sum)w0, (k3_sum)w1, (k3_sum)w2};
   return t;
 }
-static inline int32_t k3_w0(k3_taps t) { return t.w0; }
-static inline int32_t k3_w2(k3_taps t) { return t.w2; }
+static inline int32_t k3_w0(k3_taps t) { return (int32_t)t.w0; }
+static inline int32_t k3_w1(k3_taps t) { return (int32_t)t.w1; }
+static inline int32_t k3_w2(k3_taps t) { return (int32_t)t.w2; }
 #endif
 
 static inline k3_taps k3_pack(const int8_t *w) { return k3_taps_of(w[0], w[1], w[2]); }
@@ -797,8 +811,8 @@ static inline __attribute__((always_inline)) void k3_put(float *o, int32_t s, in
  * j * a_chan, ky-major); stride 1 or 2. Four outputs a step, then two: with the DSP extension
  * two word loads give the inputs as halfword pairs (x0, x2), (x1, x3), (x2, x4) or (x4, x6),
  * ... for SMLAD with (w0, w2) and SMLA<x><y> with w1: 12 multiply-accumulates in 8 (stride 1)
- * or 10 instructions; in plain C the 6 or 9 inputs loaded once for the 12 taps. No input
- * outside the windows is read. */
+ * or 10 instructions; in plain C the 6 or 9 inputs loaded once for the 12 taps (FMADD.S on
+ * RV32F, see k3_taps). No input outside the windows is read. */
 static inline __attribute__((always_inline)) void k3_row(float *out, const int8_t *row, int32_t a_chan,
                                                        int32_t a_row, const k3_taps *t, int32_t n, int32_t rows,
                                                        const int32_t stride, int32_t count, int first, int last,
@@ -806,6 +820,9 @@ static inline __attribute__((always_inline)) void k3_row(float *out, const int8_
   int32_t ox = 0;
   for (; ox + 4 <= count; ox += 4) {
     int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#if !defined(__ARM_FEATURE_DSP)
+    k3_sum f0 = 0, f1 = 0, f2 = 0, f3 = 0;
+#endif
     const k3_taps *tk = t;
     for (int32_t ky = 0; ky < rows; ++ky) {
       const int8_t *r = row + ox * stride + ky * a_row;
@@ -828,23 +845,29 @@ static inline __attribute__((always_inline)) void k3_row(float *out, const int8_
           s3 = __smlatb(e1, w02, s3), s3 = __smlatb(o1, w1, s3), s3 = __smlabt(r[8], w02, s3);
         }
 #else
-        const int32_t w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
-        int32_t x[9];
+        const k3_sum w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
+        k3_sum x[9];
         for (int q = 0; q < 3 * stride + 3; ++q) {
-          x[q] = r[q];
+          x[q] = (k3_sum)r[q];
         }
-        s0 += w0 * x[0] + w1 * x[1] + w2 * x[2];
-        s1 += w0 * x[stride] + w1 * x[stride + 1] + w2 * x[stride + 2];
-        s2 += w0 * x[2 * stride] + w1 * x[2 * stride + 1] + w2 * x[2 * stride + 2];
-        s3 += w0 * x[3 * stride] + w1 * x[3 * stride + 1] + w2 * x[3 * stride + 2];
+        f0 = k3_mac(k3_mac(k3_mac(f0, w0, x[0]), w1, x[1]), w2, x[2]);
+        f1 = k3_mac(k3_mac(k3_mac(f1, w0, x[stride]), w1, x[stride + 1]), w2, x[stride + 2]);
+        f2 = k3_mac(k3_mac(k3_mac(f2, w0, x[2 * stride]), w1, x[2 * stride + 1]), w2, x[2 * stride + 2]);
+        f3 = k3_mac(k3_mac(k3_mac(f3, w0, x[3 * stride]), w1, x[3 * stride + 1]), w2, x[3 * stride + 2]);
 #endif
       }
     }
+#if !defined(__ARM_FEATURE_DSP)
+    s0 = (int32_t)f0, s1 = (int32_t)f1, s2 = (int32_t)f2, s3 = (int32_t)f3;
+#endif
     k3_put(out + ox, s0, first, last, fold), k3_put(out + ox + 1, s1, first, last, fold);
     k3_put(out + ox + 2, s2, first, last, fold), k3_put(out + ox + 3, s3, first, last, fold);
   }
   for (; ox + 2 <= count; ox += 2) {
     int32_t s0 = 0, s1 = 0;
+#if !defined(__ARM_FEATURE_DSP)
+    k3_sum f0 = 0, f1 = 0;
+#endif
     const k3_taps *tk = t;
     for (int32_t ky = 0; ky < rows; ++ky) {
       const int8_t *r = row + ox * stride + ky * a_row;
@@ -860,12 +883,15 @@ static inline __attribute__((always_inline)) void k3_row(float *out, const int8_
           s1 = __smlatb(e, w02, s1), s1 = __smlatb(o, w1, s1), s1 = __smlabt(r[4], w02, s1);
         }
 #else
-        const int32_t w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
-        s0 += w0 * r[0] + w1 * r[1] + w2 * r[2];
-        s1 += w0 * r[stride] + w1 * r[stride + 1] + w2 * r[stride + 2];
+        const k3_sum w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
+        f0 = k3_mac(k3_mac(k3_mac(f0, w0, (k3_sum)r[0]), w1, (k3_sum)r[1]), w2, (k3_sum)r[2]);
+        f1 = k3_mac(k3_mac(k3_mac(f1, w0, (k3_sum)r[stride]), w1, (k3_sum)r[stride + 1]), w2, (k3_sum)r[stride + 2]);
 #endif
       }
     }
+#if !defined(__ARM_FEATURE_DSP)
+    s0 = (int32_t)f0, s1 = (int32_t)f1;
+#endif
     k3_put(out + ox, s0, first, last, fold), k3_put(out + ox + 1, s1, first, last, fold);
   }
   if (ox < count) { /* the last one alone */
@@ -874,7 +900,7 @@ static inline __attribute__((always_inline)) void k3_row(float *out, const int8_
     for (int32_t ky = 0; ky < rows; ++ky) {
       const int8_t *r = row + ox * stride + ky * a_row;
       for (int32_t j = 0; j < n; ++j, r += a_chan, ++tk) {
-        s += k3_w0(*tk) * r[0] + tk->w1 * r[1] + k3_w2(*tk) * r[2];
+        s += k3_w0(*tk) * r[0] + k3_w1(*tk) * r[1] + k3_w2(*tk) * r[2];
       }
     }
     k3_put(out + ox, s, first, last, fold);
@@ -1231,7 +1257,7 @@ static inline __attribute__((always_inline)) int32_t k3_cut(const int8_t *row, i
     const int8_t *r = row + ky * a_row;
     for (int32_t j = 0; j < n; ++j, r += a_chan, ++t) {
       s += kx0 <= 0 && 0 < kx1 ? k3_w0(*t) * r[-kx0] : 0;
-      s += kx0 <= 1 && 1 < kx1 ? t->w1 * r[1 - kx0] : 0;
+      s += kx0 <= 1 && 1 < kx1 ? k3_w1(*t) * r[1 - kx0] : 0;
       s += kx0 <= 2 && 2 < kx1 ? k3_w2(*t) * r[2 - kx0] : 0;
     }
   }
@@ -1278,7 +1304,7 @@ static inline __attribute__((always_inline)) void k3_edge_pair(const int8_t *row
         }
       }
 #else
-      const int32_t w0 = t->w0, w1 = t->w1, w2 = t->w2, x0 = r[0], x1 = r[1], x2 = r[2], x3 = r[3];
+      const int32_t w0 = k3_w0(*t), w1 = k3_w1(*t), w2 = k3_w2(*t), x0 = r[0], x1 = r[1], x2 = r[2], x3 = r[3];
       if (right) {
         s0 += w0 * x1 + w1 * x2 + w2 * x3, s1 += w0 * x2 + w1 * x3;
       } else {
