@@ -725,8 +725,8 @@ TT_VLDM_LOOP
  * int32 sum (zero point folded, padded taps skipped since they add zero) gives the same
  * bits. It is taken for windows up to TT_DW_MAX_TAPS (7x7, whose weights it copies to the
  * stack as int32); otherwise (larger windows, an accumulator not at zero) the float32 loop
- * runs. Windows inside the plane need no bounds tests and take an unrolled path for 3x3,
- * 5x5 and 7x7. A small plane (TT_DW_PADDED_BYTES with its padding) is first copied into a
+ * runs. Windows inside the plane need no bounds tests and take paths of four outputs a step
+ * for 3x3 (k3_row), 5x5 and 7x7 (dw_inside_packed, dw_inside4). A small plane (TT_DW_PADDED_BYTES with its padding) is first copied into a
  * frame of zero points, so that all its windows are inside; in a larger one the windows on
  * the border add the taps inside the plane only. */
 static __attribute__((cold, noinline)) void dw_plane_float(float *acc, const int8_t *a, int32_t a_row, const int8_t *w, int32_t w_row, int32_t h,
@@ -747,6 +747,21 @@ static __attribute__((cold, noinline)) void dw_plane_float(float *acc, const int
   }
 }
 
+#if !defined(__ARM_FEATURE_DSP)
+/* The window sums of the plain C paths (k3_row, dw_inside4): in float where the core has a
+ * float multiply-accumulate (RV32F's FMADD.S) and no integer one. It rounds nothing, as every
+ * partial sum of a window's taps (at most TT_CONV_TABLE_ROWS x 3 of them, |w * x| <= 2^14)
+ * is an integer below 2^24 (see pw_dot2_n): one instruction a multiply-accumulate instead of
+ * two, each input converted once for the taps that read it. */
+#if defined(__riscv) && defined(__riscv_flen)
+typedef float tap_sum;
+#define tap_mac(s, w, x) __builtin_fmaf((w), (x), (s))
+#else
+typedef int32_t tap_sum;
+#define tap_mac(s, w, x) ((s) + (w) * (x))
+#endif
+#endif
+
 /* A 3-wide window row's weights as the fast path reads them: with the DSP extension (w0, w2)
  * as halfwords for SMLAD and w1 apart, else the three. */
 #if defined(__ARM_FEATURE_DSP)
@@ -761,23 +776,12 @@ static inline int32_t k3_w0(k3_taps t) { return (int16_t)(uint16_t)(uint32_t)t.w
 static inline int32_t k3_w1(k3_taps t) { return t.w1; }
 static inline int32_t k3_w2(k3_taps t) { return (int16_t)(uint16_t)((uint32_t)t.w02 >> 16); }
 #else
-/* Plain C: the three, as floats where the core has a float multiply-accumulate (RV32F's
- * FMADD.S) and no integer one: k3_row then sums in float, which rounds nothing, as every
- * partial sum of its at most TT_CONV_TABLE_ROWS x 3 taps of |w * x| <= 2^14 is an integer
- * below 2^24 (see pw_dot2_n): one instruction a multiply-accumulate instead of two, each
- * input converted once for the taps that read it. */
-#if defined(__riscv) && defined(__riscv_flen)
-typedef float k3_sum;
-#define k3_mac(s, w, x) __builtin_fmaf((w), (x), (s))
-#else
-typedef int32_t k3_sum;
-#define k3_mac(s, w, x) ((s) + (w) * (x))
-#endif
+/* Plain C: the three, as tap_sum (below). */
 typedef struct {
-  k3_sum w0, w1, w2;
+  tap_sum w0, w1, w2;
 } k3_taps;
 static inline k3_taps k3_taps_of(int32_t w0, int32_t w1, int32_t w2) {
-  k3_taps t = {(k3_sum)w0, (k3_sum)w1, (k3_sum)w2};
+  k3_taps t = {(tap_sum)w0, (tap_sum)w1, (tap_sum)w2};
   return t;
 }
 static inline int32_t k3_w0(k3_taps t) { return (int32_t)t.w0; }
@@ -812,7 +816,7 @@ static inline __attribute__((always_inline)) void k3_put(float *o, int32_t s, in
  * two word loads give the inputs as halfword pairs (x0, x2), (x1, x3), (x2, x4) or (x4, x6),
  * ... for SMLAD with (w0, w2) and SMLA<x><y> with w1: 12 multiply-accumulates in 8 (stride 1)
  * or 10 instructions; in plain C the 6 or 9 inputs loaded once for the 12 taps (FMADD.S on
- * RV32F, see k3_taps). No input outside the windows is read. */
+ * RV32F, see tap_sum). No input outside the windows is read. */
 static inline __attribute__((always_inline)) void k3_row(float *out, const int8_t *row, int32_t a_chan,
                                                        int32_t a_row, const k3_taps *t, int32_t n, int32_t rows,
                                                        const int32_t stride, int32_t count, int first, int last,
@@ -821,7 +825,7 @@ static inline __attribute__((always_inline)) void k3_row(float *out, const int8_
   for (; ox + 4 <= count; ox += 4) {
     int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
 #if !defined(__ARM_FEATURE_DSP)
-    k3_sum f0 = 0, f1 = 0, f2 = 0, f3 = 0;
+    tap_sum f0 = 0, f1 = 0, f2 = 0, f3 = 0;
 #endif
     const k3_taps *tk = t;
     for (int32_t ky = 0; ky < rows; ++ky) {
@@ -845,15 +849,15 @@ static inline __attribute__((always_inline)) void k3_row(float *out, const int8_
           s3 = __smlatb(e1, w02, s3), s3 = __smlatb(o1, w1, s3), s3 = __smlabt(r[8], w02, s3);
         }
 #else
-        const k3_sum w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
-        k3_sum x[9];
+        const tap_sum w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
+        tap_sum x[9];
         for (int q = 0; q < 3 * stride + 3; ++q) {
-          x[q] = (k3_sum)r[q];
+          x[q] = (tap_sum)r[q];
         }
-        f0 = k3_mac(k3_mac(k3_mac(f0, w0, x[0]), w1, x[1]), w2, x[2]);
-        f1 = k3_mac(k3_mac(k3_mac(f1, w0, x[stride]), w1, x[stride + 1]), w2, x[stride + 2]);
-        f2 = k3_mac(k3_mac(k3_mac(f2, w0, x[2 * stride]), w1, x[2 * stride + 1]), w2, x[2 * stride + 2]);
-        f3 = k3_mac(k3_mac(k3_mac(f3, w0, x[3 * stride]), w1, x[3 * stride + 1]), w2, x[3 * stride + 2]);
+        f0 = tap_mac(tap_mac(tap_mac(f0, w0, x[0]), w1, x[1]), w2, x[2]);
+        f1 = tap_mac(tap_mac(tap_mac(f1, w0, x[stride]), w1, x[stride + 1]), w2, x[stride + 2]);
+        f2 = tap_mac(tap_mac(tap_mac(f2, w0, x[2 * stride]), w1, x[2 * stride + 1]), w2, x[2 * stride + 2]);
+        f3 = tap_mac(tap_mac(tap_mac(f3, w0, x[3 * stride]), w1, x[3 * stride + 1]), w2, x[3 * stride + 2]);
 #endif
       }
     }
@@ -866,7 +870,7 @@ static inline __attribute__((always_inline)) void k3_row(float *out, const int8_
   for (; ox + 2 <= count; ox += 2) {
     int32_t s0 = 0, s1 = 0;
 #if !defined(__ARM_FEATURE_DSP)
-    k3_sum f0 = 0, f1 = 0;
+    tap_sum f0 = 0, f1 = 0;
 #endif
     const k3_taps *tk = t;
     for (int32_t ky = 0; ky < rows; ++ky) {
@@ -883,9 +887,9 @@ static inline __attribute__((always_inline)) void k3_row(float *out, const int8_
           s1 = __smlatb(e, w02, s1), s1 = __smlatb(o, w1, s1), s1 = __smlabt(r[4], w02, s1);
         }
 #else
-        const k3_sum w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
-        f0 = k3_mac(k3_mac(k3_mac(f0, w0, (k3_sum)r[0]), w1, (k3_sum)r[1]), w2, (k3_sum)r[2]);
-        f1 = k3_mac(k3_mac(k3_mac(f1, w0, (k3_sum)r[stride]), w1, (k3_sum)r[stride + 1]), w2, (k3_sum)r[stride + 2]);
+        const tap_sum w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
+        f0 = tap_mac(tap_mac(tap_mac(f0, w0, (tap_sum)r[0]), w1, (tap_sum)r[1]), w2, (tap_sum)r[2]);
+        f1 = tap_mac(tap_mac(tap_mac(f1, w0, (tap_sum)r[stride]), w1, (tap_sum)r[stride + 1]), w2, (tap_sum)r[stride + 2]);
 #endif
       }
     }
@@ -987,13 +991,51 @@ static inline __attribute__((always_inline)) int32_t dw_row_taps(const int8_t *p
   return __smlatb(__sxtb16(v), wp[3], s); /* x5 w5 */
 }
 
-/* Outputs [ox0, ox1) of a row whose kh x kw (5x5, 7x7) windows lie inside the plane, two
- * outputs a step: each window row's packed weights loaded once for both. */
+/* The halfword pair (x_j, x_j+2) of inputs p[0 .. span): SXTB16 of the word at p + j, or,
+ * where that word would read past the span, the ror-8 form of the word at p + j - 1. */
+static inline __attribute__((always_inline)) int32_t dw_pair(const int8_t *p, const int j, const int span) {
+  return j % 2 == 0 && j + 3 < span ? __sxtb16(load4(p + j)) : sxtb16_ror8(load4(p + j - 1));
+}
+
+/* s[0..3] plus one window row of four outputs stride apart, inputs p[0 .. span): each output's
+ * window row as dw_row_taps takes it, from the pairs (x_j, x_j+2) of the words at even j,
+ * each loaded and split once for the four (a tap alone: the bottom of the pair starting at it,
+ * or the top of the one two before). */
+static inline __attribute__((always_inline)) void dw_row_taps4(const int8_t *p, const int32_t *wp, const int kw,
+                                                              const int stride, int32_t s[4]) {
+  const int span = 3 * stride + kw;
+  const int32_t w0 = wp[0], w1 = wp[1], w2 = wp[2];
+  for (int o = 0; o < 4; ++o) {
+    const int b = o * stride;
+    s[o] = __smlad(dw_pair(p, b, span), w0, s[o]);
+    s[o] = __smlad(dw_pair(p, b + 1, span), w1, s[o]);
+    if (kw == 5) {
+      s[o] = b + 4 + 2 < span ? __smlabb(dw_pair(p, b + 4, span), w2, s[o]) : __smlatb(dw_pair(p, b + 2, span), w2, s[o]);
+    } else {
+      s[o] = __smlad(dw_pair(p, b + 4, span), w2, s[o]);
+      s[o] = b + 5 + 2 < span ? __smlabb(dw_pair(p, b + 5, span), wp[3], s[o])
+                              : __smlatb(dw_pair(p, b + 3, span), wp[3], s[o]);
+    }
+  }
+}
+
+/* Outputs [ox0, ox1) of a row whose kh x kw (5x5, 7x7) windows lie inside the plane, four
+ * outputs a step (then two, then one): each window row's packed weights loaded once for them,
+ * and at stride 1 each input word split once for the four. */
 static inline __attribute__((always_inline)) void dw_inside_packed(float *out, const int8_t *row, int32_t a_row,
                                                                  const int32_t *wp, const int kh, const int kw,
-                                                                 int32_t stride, int32_t ox0, int32_t ox1,
+                                                                 const int32_t stride, int32_t ox0, int32_t ox1,
                                                                  int32_t fold) {
   int32_t ox = ox0;
+  for (; (stride == 1 || stride == 2) && ox + 4 <= ox1; ox += 4) {
+    const int8_t *p = row + ox * stride;
+    int32_t s[4] = {0, 0, 0, 0};
+    for (int ky = 0; ky < kh; ++ky, p += a_row) {
+      dw_row_taps4(p, wp + ky * TT_DW_PACKED_ROW, kw, stride, s);
+    }
+    out[ox] = (float)(s[0] - fold), out[ox + 1] = (float)(s[1] - fold);
+    out[ox + 2] = (float)(s[2] - fold), out[ox + 3] = (float)(s[3] - fold);
+  }
   for (; ox + 2 <= ox1; ox += 2) {
     const int8_t *p = row + ox * stride;
     int32_t s0 = 0, s1 = 0;
@@ -1012,7 +1054,67 @@ static inline __attribute__((always_inline)) void dw_inside_packed(float *out, c
     out[ox] = (float)(s - fold);
   }
 }
+
+#else
+/* Outputs [ox0, ox1) of a row whose k x k windows (5x5, 7x7) lie inside the plane, four
+ * outputs a step in plain C: a window row's inputs converted once to tap_sum for the four,
+ * the weights wk already tap_sum. */
+static inline __attribute__((always_inline)) void dw_inside4(float *out, const int8_t *row, int32_t a_row,
+                                                           const tap_sum *wk, const int k, const int32_t stride,
+                                                           int32_t ox0, int32_t ox1, int32_t fold) {
+  int32_t ox = ox0;
+  for (; (stride == 1 || stride == 2) && ox + 4 <= ox1; ox += 4) {
+    const int8_t *p = row + ox * stride;
+    tap_sum s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int ky = 0; ky < k; ++ky, p += a_row) {
+      tap_sum x[3 * 2 + 7];
+      for (int q = 0; q < 3 * stride + k; ++q) {
+        x[q] = (tap_sum)p[q];
+      }
+      for (int kx = 0; kx < k; ++kx) {
+        const tap_sum w = wk[ky * k + kx];
+        s0 = tap_mac(s0, w, x[kx]), s1 = tap_mac(s1, w, x[kx + stride]);
+        s2 = tap_mac(s2, w, x[kx + 2 * stride]), s3 = tap_mac(s3, w, x[kx + 3 * stride]);
+      }
+    }
+    out[ox] = (float)((int32_t)s0 - fold), out[ox + 1] = (float)((int32_t)s1 - fold);
+    out[ox + 2] = (float)((int32_t)s2 - fold), out[ox + 3] = (float)((int32_t)s3 - fold);
+  }
+  for (; ox < ox1; ++ox) {
+    const int8_t *p = row + ox * stride;
+    tap_sum s = 0;
+    for (int ky = 0; ky < k; ++ky, p += a_row) {
+      for (int kx = 0; kx < k; ++kx) {
+        s = tap_mac(s, wk[ky * k + kx], (tap_sum)p[kx]);
+      }
+    }
+    out[ox] = (float)((int32_t)s - fold);
+  }
+}
 #endif
+
+/* The rows of a k x k window (5x5, 7x7): dw_inside_packed with the DSP extension, else
+ * dw_inside4, the commonest strides as constants; `wt` their weights as those take them. */
+#if defined(__ARM_FEATURE_DSP)
+typedef int32_t wide_weight;
+#define dw_inside_wide(out, row, a_row, wt, k, stride, ox0, ox1, fold) \
+  dw_inside_packed(out, row, a_row, wt, k, k, stride, ox0, ox1, fold)
+#else
+typedef tap_sum wide_weight;
+#define dw_inside_wide dw_inside4
+#endif
+
+static inline __attribute__((always_inline)) void dw_wide_rows(float *out, const int8_t *row, int32_t a_row,
+                                                             const wide_weight *wt, const int k, int32_t stride,
+                                                             int32_t ox0, int32_t ox1, int32_t fold) {
+  if (stride == 1) {
+    dw_inside_wide(out, row, a_row, wt, k, 1, ox0, ox1, fold);
+  } else if (stride == 2) {
+    dw_inside_wide(out, row, a_row, wt, k, 2, ox0, ox1, fold);
+  } else {
+    dw_inside_wide(out, row, a_row, wt, k, stride, ox0, ox1, fold);
+  }
+}
 
 /* One output on the border: the taps inside the plane only (the padding adds zero). */
 static int32_t dw_border(const int8_t *a, int32_t a_row, const int32_t *w, int32_t h, int32_t wd, int32_t kh,
@@ -1036,7 +1138,17 @@ static int32_t dw_border(const int8_t *a, int32_t a_row, const int32_t *w, int32
 static void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t off, const int32_t *w,
                            const int32_t *wp, int32_t kh, int32_t kw, int32_t stride, int32_t oy0, int32_t oy1,
                            int32_t ox0, int32_t ox1, int32_t out_w, int32_t fold) {
+  const int wide = kh == kw && (kh == 5 || kh == 7);
+#if defined(__ARM_FEATURE_DSP)
+  const wide_weight *wt = wp; /* NULL from tt_conv_row_s8 */
+#else
   (void)wp; /* NULL without the DSP extension */
+  wide_weight wk[TT_DW_MAX_TAPS];
+  for (int32_t i = 0; wide && i < kh * kw; ++i) {
+    wk[i] = (wide_weight)w[i];
+  }
+  const wide_weight *wt = wk;
+#endif
   const int k3 = kh == 3 && kw == 3 && (stride == 1 || stride == 2);
   k3_taps t3[3];
   for (int32_t ky = 0; k3 && ky < 3; ++ky) {
@@ -1049,17 +1161,13 @@ static void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t o
       k3_row_sums(out + ox0, row + ox0 * stride, 0, a_row, t3, 1, 3, stride, ox1 - ox0, fold);
       continue;
     }
-#if defined(__ARM_FEATURE_DSP)
-    if (wp && kh == 5 && kw == 5) {
-      dw_inside_packed(out, row, a_row, wp, 5, 5, stride, ox0, ox1, fold);
-      continue;
-    }
-    if (wp && kh == 7 && kw == 7) {
-      dw_inside_packed(out, row, a_row, wp, 7, 7, stride, ox0, ox1, fold);
-      continue;
-    }
-#endif
-    if (kh == 5 && kw == 5) {
+    if (wt && wide) {
+      if (kh == 5) {
+        dw_wide_rows(out, row, a_row, wt, 5, stride, ox0, ox1, fold);
+      } else {
+        dw_wide_rows(out, row, a_row, wt, 7, stride, ox0, ox1, fold);
+      }
+    } else if (kh == 5 && kw == 5) {
       dw_inside(out, row, a_row, w, 5, 5, stride, ox0, ox1, fold);
     } else if (kh == 7 && kw == 7) {
       dw_inside(out, row, a_row, w, 7, 7, stride, ox0, ox1, fold);
