@@ -1589,6 +1589,40 @@ int32_t tt_conv_row_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void
                      (float)zx);
     return 0;
   }
+  /* the outputs whose windows lie inside the row, [lo, hi), have no bounds tests */
+  int32_t lo = (pad + stride - 1) / stride, hi = wd + pad < kw ? 0 : (wd + pad - kw) / stride + 1;
+  hi = hi > out_w ? out_w : hi;
+  lo = lo > hi ? hi : lo;
+  const int8_t *row = a - pad;
+  if (kw == 3 && (stride == 1 || stride == 2)) {
+    /* one pass over the weights: their table and the sum of each tap column (the fold of a
+     * window the row's edge cuts is zx times its columns'); the border through k3_edge */
+    k3_taps t[TT_DW_MAX_TAPS / 3];
+    int32_t col[3] = {0, 0, 0};
+    for (int32_t ky = 0; ky < kh; ++ky) {
+      for (int32_t i = 0; i < c; ++i) {
+        const int8_t *wr = w8 + i * w_chan + ky * w_row;
+        t[ky * c + i] = k3_pack(wr);
+        col[0] += wr[0], col[1] += wr[1], col[2] += wr[2];
+      }
+    }
+    k3_row_sums(acc + lo, row + lo * stride, a_chan, a_row, t, c, kh, stride, hi - lo, zx * (col[0] + col[1] + col[2]));
+    for (int32_t ox = 0; ox < out_w; ++ox) {
+      if (ox == lo && hi > lo) {
+        ox = hi - 1;
+        continue;
+      }
+      int32_t ix0 = ox * stride - pad, kx0 = ix0 < 0 ? -ix0 : 0, kx1 = ix0 + 3 > wd ? wd - ix0 : 3, s = 0, f = 0;
+      if (kx1 > kx0) {
+        s = k3_edge(a + ix0 + kx0, a_chan, a_row, t, c, kh, kx0, kx1);
+        for (int32_t kx = kx0; kx < kx1; ++kx) {
+          f += col[kx];
+        }
+      }
+      acc[ox] = (float)(s - zx * f);
+    }
+    return 0;
+  }
   int32_t w[TT_DW_MAX_TAPS], fold = 0;
   for (int32_t i = 0; i < c; ++i) {
     for (int32_t ky = 0; ky < kh; ++ky) {
@@ -1599,20 +1633,7 @@ int32_t tt_conv_row_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void
     }
   }
   fold *= zx;
-  /* the outputs whose windows lie inside the row, [lo, hi), have no bounds tests */
-  int32_t lo = (pad + stride - 1) / stride, hi = wd + pad < kw ? 0 : (wd + pad - kw) / stride + 1;
-  hi = hi > out_w ? out_w : hi;
-  lo = lo > hi ? hi : lo;
-  const int8_t *row = a - pad;
-  if (kw == 3 && (stride == 1 || stride == 2)) {
-    k3_taps t[TT_DW_MAX_TAPS / 3];
-    for (int32_t ky = 0; ky < kh; ++ky) {
-      for (int32_t i = 0; i < c; ++i) {
-        t[ky * c + i] = k3_pack(w8 + i * w_chan + ky * w_row);
-      }
-    }
-    k3_row_sums(acc + lo, row + lo * stride, a_chan, a_row, t, c, kh, stride, hi - lo, fold);
-  } else if (c == 1) {
+  if (c == 1) {
     dw_rows_inside(acc, row, a_row, 0, w, NULL, kh, kw, stride, 0, 1, lo, hi, out_w, fold);
   } else {
     conv_row_inside(acc, row, a_chan, a_row, w, c, kh, kw, stride, lo, hi, fold);
