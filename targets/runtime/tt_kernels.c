@@ -822,6 +822,28 @@ static inline __attribute__((always_inline)) void k3_row(float *out, const int8_
                                                        const int32_t stride, int32_t count, int first, int last,
                                                        int32_t fold) {
   int32_t ox = 0;
+#if !defined(__ARM_FEATURE_DSP)
+  for (; ox + 8 <= count; ox += 8) { /* plain C: eight outputs a step, each input converted once for them */
+    tap_sum f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const k3_taps *tk = t;
+    for (int32_t ky = 0; ky < rows; ++ky) {
+      const int8_t *r = row + ox * stride + ky * a_row;
+      for (int32_t j = 0; j < n; ++j, r += a_chan, ++tk) {
+        const tap_sum w0 = tk->w0, w1 = tk->w1, w2 = tk->w2;
+        tap_sum x[7 * 2 + 3];
+        for (int q = 0; q < 7 * stride + 3; ++q) {
+          x[q] = (tap_sum)r[q];
+        }
+        for (int o = 0; o < 8; ++o) {
+          f[o] = tap_mac(tap_mac(tap_mac(f[o], w0, x[o * stride]), w1, x[o * stride + 1]), w2, x[o * stride + 2]);
+        }
+      }
+    }
+    for (int o = 0; o < 8; ++o) {
+      k3_put(out + ox + o, (int32_t)f[o], first, last, fold);
+    }
+  }
+#endif
   for (; ox + 4 <= count; ox += 4) {
     int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
 #if !defined(__ARM_FEATURE_DSP)
@@ -1063,6 +1085,25 @@ static inline __attribute__((always_inline)) void dw_inside4(float *out, const i
                                                            const tap_sum *wk, const int k, const int32_t stride,
                                                            int32_t ox0, int32_t ox1, int32_t fold) {
   int32_t ox = ox0;
+  for (; k == 5 && stride == 1 && ox + 8 <= ox1; ox += 8) { /* 8 a step: 7 wide or at stride 2, gcc spills */
+    const int8_t *p = row + ox * stride;
+    tap_sum f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int ky = 0; ky < k; ++ky, p += a_row) {
+      tap_sum x[7 * 2 + 7];
+      for (int q = 0; q < 7 * stride + k; ++q) {
+        x[q] = (tap_sum)p[q];
+      }
+      for (int kx = 0; kx < k; ++kx) {
+        const tap_sum w = wk[ky * k + kx];
+        for (int o = 0; o < 8; ++o) {
+          f[o] = tap_mac(f[o], w, x[kx + o * stride]);
+        }
+      }
+    }
+    for (int o = 0; o < 8; ++o) {
+      out[ox + o] = (float)((int32_t)f[o] - fold);
+    }
+  }
   for (; (stride == 1 || stride == 2) && ox + 4 <= ox1; ox += 4) {
     const int8_t *p = row + ox * stride;
     tap_sum s0 = 0, s1 = 0, s2 = 0, s3 = 0;
