@@ -2427,6 +2427,79 @@ static inline __attribute__((always_inline)) void pw_row_requant(float *acc, con
   }
 }
 
+#if defined(__ARM_FEATURE_DSP)
+/* pw_row_requant's exact path for 8 or 16 input channels (MCUNet's expansions at 64x64 and
+ * 32x32, too wide to stage), the sums not kept: the weights split into halfword pairs once
+ * a call and kept in registers, 4 pixels a step in one pass over the k rows (pw_dot4's
+ * steps unrolled). */
+static inline __attribute__((always_inline)) void pw_row_requant_k(const int8_t *a, int32_t a_stride, const int8_t *w,
+                                                                 const int k, int32_t width, int32_t unbiased,
+                                                                 int8_t *out, float s, int32_t offset) {
+  int32_t wp[8]; /* (w_i, w_i+2) for i = 0, 1, 4, 5, 8, ... */
+  for (int i = 0; i < k / 4; ++i) {
+    const uint32_t v = load4(w + 4 * i);
+    wp[2 * i] = __sxtb16(v), wp[2 * i + 1] = sxtb16_ror8(v);
+  }
+  int32_t x = 0;
+  for (; x + 4 <= width; x += 4) {
+    const int8_t *p = a + x;
+    int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int i = 0; i < k / 4; ++i, p = down4(p, a_stride)) {
+      for (int h = 0; h < 2; ++h) { /* rows 4i + h and 4i + h + 2 */
+        const int32_t c = wp[2 * i + h];
+        uint32_t r = load4(p + h * a_stride), r2 = load4_down2(p + h * a_stride, a_stride);
+        uint32_t lo = pack_low(r, r2), hi = pack_high(r, r2);
+        s0 = __smlad(__sxtb16(lo), c, s0), s1 = __smlad(sxtb16_ror8(lo), c, s1);
+        s2 = __smlad(__sxtb16(hi), c, s2), s3 = __smlad(sxtb16_ror8(hi), c, s3);
+      }
+    }
+    out[x] = requant_biased(s0 - unbiased, s, offset), out[x + 1] = requant_biased(s1 - unbiased, s, offset);
+    out[x + 2] = requant_biased(s2 - unbiased, s, offset), out[x + 3] = requant_biased(s3 - unbiased, s, offset);
+  }
+  for (; x < width; ++x) {
+    out[x] = requant_biased(pw_dot(a + x, a_stride, w, 1, k) - unbiased, s, offset);
+  }
+}
+
+#else
+/* The same in plain C: the weights in registers for the row, 8 pixels a step (on RV32,
+ * float sums with FMADD.S measured slower here: every input is used once). */
+static inline __attribute__((always_inline)) void pw_row_requant_k(const int8_t *a, int32_t a_stride, const int8_t *w,
+                                                                 const int k, int32_t width, int32_t unbiased,
+                                                                 int8_t *out, float s, int32_t offset) {
+  int32_t wf[16];
+  for (int i = 0; i < k; ++i) {
+    wf[i] = w[i];
+  }
+  int32_t x = 0;
+  for (; x + 8 <= width; x += 8) {
+    const int8_t *p = a + x;
+    int32_t f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int i = 0; i < k; ++i, p += a_stride) {
+      for (int j = 0; j < 8; ++j) {
+        f[j] += wf[i] * p[j];
+      }
+    }
+    for (int j = 0; j < 8; ++j) {
+      out[x + j] = requant_biased(f[j] - unbiased, s, offset);
+    }
+  }
+  for (; x < width; ++x) {
+    out[x] = requant_biased(pw_dot(a + x, a_stride, w, 1, k) - unbiased, s, offset);
+  }
+}
+#endif
+
+static __attribute__((noinline)) void pw_row_requant_k8_k16(const int8_t *a, int32_t a_stride, const int8_t *w,
+                                                            int32_t k, int32_t width, int32_t unbiased, int8_t *out,
+                                                            float s, int32_t offset) {
+  if (k == 8) {
+    pw_row_requant_k(a, a_stride, w, 8, width, unbiased, out, s, offset);
+  } else {
+    pw_row_requant_k(a, a_stride, w, 16, width, unbiased, out, s, offset);
+  }
+}
+
 /* tt_pw_row_requant_s8: a pointwise conv's row and its requantization in one call, for the
  * three loops TVM runs one after the other: zeroing the accumulator row, tt_pw_row_s8 on it,
  * tt_requant_s8 of it into out. Each group of 4 sums is requantized as soon as it is made;
@@ -2438,7 +2511,7 @@ static inline __attribute__((always_inline)) int32_t pw_row_requant_call(void *a
                                                              int32_t w_stride, int32_t k, int32_t width, int32_t zx,
                                                              void *out_, void *bias_, void *scale_, int32_t zo,
                                                              int32_t keep_acc, int32_t acc_width,
-                                                             const int32_t *st) {
+                                                             const int32_t *st, const int unstaged) {
   float *acc = (float *)acc_;
   const int8_t *a = (const int8_t *)a_, *w = (const int8_t *)w_;
   int8_t *out = (int8_t *)out_;
@@ -2457,6 +2530,10 @@ static inline __attribute__((always_inline)) int32_t pw_row_requant_call(void *a
     }
     return 0;
   }
+  if (unstaged && (k == 8 || k == 16) && !keep_acc) { /* weights in registers for the row */
+    pw_row_requant_k8_k16(a, a_stride, w, k, width, fold - bias, out, s, offset);
+    return 0;
+  }
   if (keep_acc) {
     pw_row_requant(acc, a, a_stride, w, k, width, fold, out, bias, s, offset, st, 1);
   } else {
@@ -2469,7 +2546,7 @@ int32_t tt_pw_row_requant_s8(void *acc_, void *a_, int32_t a_stride, void *w_, i
                              int32_t width, int32_t zx, void *out_, void *bias_, void *scale_, int32_t zo,
                              int32_t keep_acc, int32_t acc_width) {
   return pw_row_requant_call(acc_, a_, a_stride, w_, w_stride, k, width, zx, out_, bias_, scale_, zo, keep_acc,
-                             acc_width, 0);
+                             acc_width, 0, 1);
 }
 
 /* tt_pw_row_requant_s8 for a row (or several) of the planes that start at `plane` (their rows
@@ -2480,7 +2557,7 @@ int32_t tt_pw_row_requant_staged_s8(void *acc_, void *a_, int32_t a_stride, void
                                     int32_t width, int32_t zx, void *out_, void *bias_, void *scale_, int32_t zo,
                                     int32_t keep_acc, int32_t acc_width, void *stage, void *plane) {
   return pw_row_requant_call(acc_, a_, a_stride, w_, w_stride, k, width, zx, out_, bias_, scale_, zo, keep_acc,
-                             acc_width, staged_from(stage, a_, plane, k));
+                             acc_width, staged_from(stage, a_, plane, k), 0);
 }
 
 /* n pixels of the exact path of tt_pw_rows2_requant_s8. */
