@@ -726,9 +726,10 @@ TT_VLDM_LOOP
  * bits. It is taken for windows up to TT_DW_MAX_TAPS (7x7, whose weights it copies to the
  * stack as int32); otherwise (larger windows, an accumulator not at zero) the float32 loop
  * runs. Windows inside the plane need no bounds tests and take paths of four outputs a step
- * for 3x3 (k3_row), 5x5 and 7x7 (dw_inside_packed, dw_inside4). A small plane (TT_DW_PADDED_BYTES with its padding) is first copied into a
- * frame of zero points, so that all its windows are inside; in a larger one the windows on
- * the border add the taps inside the plane only. */
+ * for 3x3 (k3_row), 5x5 and 7x7 (dw_inside_packed, dw_inside4). A small plane
+ * (TT_DW_PADDED_BYTES with its padding) is first copied into a frame of zero points, so that
+ * all its windows are inside; in a larger one the windows on the border add the taps inside
+ * the plane only. */
 static __attribute__((cold, noinline)) void dw_plane_float(float *acc, const int8_t *a, int32_t a_row, const int8_t *w, int32_t w_row, int32_t h,
                            int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h,
                            int32_t out_w, float zx) {
@@ -776,7 +777,7 @@ static inline int32_t k3_w0(k3_taps t) { return (int16_t)(uint16_t)(uint32_t)t.w
 static inline int32_t k3_w1(k3_taps t) { return t.w1; }
 static inline int32_t k3_w2(k3_taps t) { return (int16_t)(uint16_t)((uint32_t)t.w02 >> 16); }
 #else
-/* Plain C: the three, as tap_sum (below). */
+/* Plain C: the three, as tap_sum (above). */
 typedef struct {
   tap_sum w0, w1, w2;
 } k3_taps;
