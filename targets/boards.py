@@ -223,7 +223,10 @@ _MAKEFILE = """\
 # Needs (Debian/Ubuntu): apt-get install {packages}
 # Extra headers: make INCLUDES="-Iinclude -I/some/dir"
 
-CC        = {cc}
+# ccache, when installed, caches objects across projects: each carries the same kernels
+# file, seconds of -O3 per build. `make CCACHE=` builds without it.
+CCACHE   ?= $(shell command -v ccache 2>/dev/null)
+CC        = $(CCACHE) {cc}
 ARCH      = {arch_flags}
 OPT      ?= -O2
 INCLUDES ?= -Iinclude
@@ -444,7 +447,7 @@ class BuildResult:
 
 
 # Variables our Makefile reads: keep a caller's environment (e.g. conda's CFLAGS) out.
-_MAKE_ENV_SCRUB = ("CFLAGS", "CPPFLAGS", "LDFLAGS", "LDLIBS", "INCLUDES", "OPT", "SRCS",
+_MAKE_ENV_SCRUB = ("CCACHE", "CFLAGS", "CPPFLAGS", "LDFLAGS", "LDLIBS", "INCLUDES", "OPT", "SRCS",
                    "ASRCS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
 
 _OVERFLOW_RE = re.compile(r"region [`']?(\w+)'? overflowed by (\d+) bytes")
