@@ -92,13 +92,20 @@ static inline __attribute__((always_inline)) void load_floats(const float *p, fl
   }
 }
 
+/* A float's bits. Read from a float, never by memcpy from the array: the arrays arrive as
+ * void *, so gcc cannot prove their alignment and on RV32 (no unaligned loads) copies such
+ * a memcpy byte by byte, 9 instructions for what one load does. */
+static inline int32_t float_bits(float f) {
+  int32_t bits;
+  memcpy(&bits, &f, sizeof bits);
+  return bits;
+}
+
 /* Whether n accumulators all hold +0.0f (all bits zero): the int32 paths' precondition. */
 static int all_positive_zero(const float *acc, int32_t n) {
   uint32_t any = 0;
   for (int32_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    memcpy(&bits, &acc[i], sizeof bits);
-    any |= bits;
+    any |= (uint32_t)float_bits(acc[i]);
   }
   return any == 0;
 }
@@ -122,9 +129,7 @@ static void zero_unless_kept(float *acc, int32_t n, int32_t zeroed) {
  * there, which lets the float kernels skip taps that add a zero). */
 static int no_negative_zero(const float *acc, int32_t n) {
   for (int32_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    memcpy(&bits, &acc[i], sizeof bits);
-    if (bits == 0x80000000u) {
+    if ((uint32_t)float_bits(acc[i]) == 0x80000000u) {
       return 0;
     }
   }
@@ -793,12 +798,12 @@ static inline int32_t k3_w2(k3_taps t) { return (int32_t)t.w2; }
 static inline k3_taps k3_pack(const int8_t *w) { return k3_taps_of(w[0], w[1], w[2]); }
 
 /* The int32 sum a pass left in an accumulator (the bits of *p), and the other way. */
-static inline int32_t partial_at(const float *p) {
-  int32_t v;
-  memcpy(&v, p, sizeof v);
-  return v;
+static inline int32_t partial_at(const float *p) { return float_bits(*p); }
+static inline void set_partial(float *p, int32_t v) {
+  float f;
+  memcpy(&f, &v, sizeof f);
+  *p = f;
 }
-static inline void set_partial(float *p, int32_t v) { memcpy(p, &v, sizeof v); }
 
 /* Output o of a pass over some input channels: its first pass sets the int32 partial sum,
  * later ones add to it, the last writes the float the loop would (the zero point folded). */
@@ -1799,7 +1804,11 @@ static inline __attribute__((always_inline)) void rows2_block(float *acc0, float
   for (int j = 0; j < n; ++j) {
     s[j] = acc0[j], t[j] = acc1[j];
   }
+#if TT_ARM_FPU
 TT_VLDM_LOOP
+#else
+#pragma GCC unroll 4
+#endif
   for (int32_t i = 0; i < k; ++i, ap += a_stride) {
     float wa = (float)w0[i * w_stride], wb = (float)w1[i * w_stride], v[8];
     load_floats(ap, v, n);
@@ -2208,8 +2217,7 @@ static int conv_plane_f32_skips_padding(const float *acc, int32_t n, const float
   for (int32_t i = 0; i < c; ++i) {
     for (int32_t ky = 0; ky < kh; ++ky) {
       for (int32_t kx = 0; kx < kw; ++kx) {
-        uint32_t bits;
-        memcpy(&bits, &w[i * w_chan + ky * w_row + kx * w_col], sizeof bits);
+        uint32_t bits = (uint32_t)float_bits(w[i * w_chan + ky * w_row + kx * w_col]);
         if ((bits & 0x7f800000u) == 0x7f800000u) {
           return 0;
         }
@@ -2300,12 +2308,6 @@ static __attribute__((cold, noinline)) void requant_float(int8_t *out, const flo
     t = t > -128.49f ? t : -128.49f;
     out[x] = (int8_t)__builtin_nearbyintf(t);
   }
-}
-
-static inline int32_t float_bits(float f) {
-  int32_t bits;
-  memcpy(&bits, &f, sizeof bits);
-  return bits;
 }
 
 /* min(p, hi) and max(p, lo) as C's `p < hi ? p : hi` and `p > lo ? p : lo` (a NaN p gives
@@ -2432,7 +2434,8 @@ static inline __attribute__((always_inline)) void pw_row_requant(float *acc, con
 /* pw_row_requant's exact path for 8 or 16 input channels (MCUNet's expansions at 64x64 and
  * 32x32, too wide to stage), the sums not kept: the weights split into halfword pairs once
  * a call and kept in registers, 4 pixels a step in one pass over the k rows (pw_dot4's
- * steps unrolled). */
+ * steps unrolled). The sums start at -unbiased, which requant_biased needs subtracted:
+ * the same exact integers, one subtraction per output fewer. */
 static inline __attribute__((always_inline)) void pw_row_requant_k(const int8_t *a, int32_t a_stride, const int8_t *w,
                                                                  const int k, int32_t width, int32_t unbiased,
                                                                  int8_t *out, float s, int32_t offset) {
@@ -2444,7 +2447,7 @@ static inline __attribute__((always_inline)) void pw_row_requant_k(const int8_t 
   int32_t x = 0;
   for (; x + 4 <= width; x += 4) {
     const int8_t *p = a + x;
-    int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int32_t s0 = -unbiased, s1 = -unbiased, s2 = -unbiased, s3 = -unbiased;
     for (int i = 0; i < k / 4; ++i, p = down4(p, a_stride)) {
       for (int h = 0; h < 2; ++h) { /* rows 4i + h and 4i + h + 2 */
         const int32_t c = wp[2 * i + h];
@@ -2454,8 +2457,8 @@ static inline __attribute__((always_inline)) void pw_row_requant_k(const int8_t 
         s2 = __smlad(__sxtb16(hi), c, s2), s3 = __smlad(sxtb16_ror8(hi), c, s3);
       }
     }
-    out[x] = requant_biased(s0 - unbiased, s, offset), out[x + 1] = requant_biased(s1 - unbiased, s, offset);
-    out[x + 2] = requant_biased(s2 - unbiased, s, offset), out[x + 3] = requant_biased(s3 - unbiased, s, offset);
+    out[x] = requant_biased(s0, s, offset), out[x + 1] = requant_biased(s1, s, offset);
+    out[x + 2] = requant_biased(s2, s, offset), out[x + 3] = requant_biased(s3, s, offset);
   }
   for (; x < width; ++x) {
     out[x] = requant_biased(pw_dot(a + x, a_stride, w, 1, k) - unbiased, s, offset);
@@ -2463,8 +2466,9 @@ static inline __attribute__((always_inline)) void pw_row_requant_k(const int8_t 
 }
 
 #else
-/* The same in plain C: the weights in registers for the row, 8 pixels a step (on RV32,
- * float sums with FMADD.S measured slower here: every input is used once). */
+/* The same in plain C: the weights in registers for the row, 8 pixels a step, the sums
+ * from -unbiased (on RV32, float sums with FMADD.S measured slower here: every input is
+ * used once). */
 static inline __attribute__((always_inline)) void pw_row_requant_k(const int8_t *a, int32_t a_stride, const int8_t *w,
                                                                  const int k, int32_t width, int32_t unbiased,
                                                                  int8_t *out, float s, int32_t offset) {
@@ -2475,14 +2479,17 @@ static inline __attribute__((always_inline)) void pw_row_requant_k(const int8_t 
   int32_t x = 0;
   for (; x + 8 <= width; x += 8) {
     const int8_t *p = a + x;
-    int32_t f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int32_t f[8];
+    for (int j = 0; j < 8; ++j) {
+      f[j] = -unbiased;
+    }
     for (int i = 0; i < k; ++i, p += a_stride) {
       for (int j = 0; j < 8; ++j) {
         f[j] += wf[i] * p[j];
       }
     }
     for (int j = 0; j < 8; ++j) {
-      out[x + j] = requant_biased(f[j] - unbiased, s, offset);
+      out[x + j] = requant_biased(f[j], s, offset);
     }
   }
   for (; x < width; ++x) {
