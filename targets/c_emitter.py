@@ -239,9 +239,10 @@ static inline tt_input_t tt_input_from_float(float x) {
 #define TT_INPUT_SCALE {_float_literal(np.float32(scale))} /* {scale:.9g} */
 #define TT_INPUT_ZERO {_float_literal(np.float32(zero))}
 
-/* x -> sat(round_half_even(x / scale) + zero), in float32 like the model's own quantization. */
+/* x -> sat(round_half_even(x / scale) + zero), in float32 like the model's own quantization
+ * (tt_nearbyintf: nearbyintf's bits, inline where the FPU has no rounding instruction). */
 static inline tt_input_t tt_input_from_float(float x) {{
-  float q = nearbyintf(x / TT_INPUT_SCALE) + TT_INPUT_ZERO;
+  float q = tt_nearbyintf(x / TT_INPUT_SCALE) + TT_INPUT_ZERO;
   if (!(q >= -128.0f)) {{
     q = -128.0f; /* NaN too */
   }}
@@ -260,6 +261,8 @@ def _header(program: TrainingProgram, arena: int, n_params: int, quant, persist:
 
 #include <math.h>
 #include <stdint.h>
+
+#include "tt_round.h"
 
 #define TT_INPUT_ELEMS {n_in}u      /* one sample, {"NCHW" if len(program.input_shape) == 4 else "shape"} {shape} */
 #define TT_NUM_CLASSES {program.num_classes}u

@@ -7,8 +7,8 @@
  *    multiply-accumulate in fused kernels. Where the FPU has a float rounding instruction
  *    (FPv5 on Cortex-M7: VRINTR; the board's Makefile then defines TT_FPU_ROUNDS) gcc emits
  *    it; where it has none (FPv4 on Cortex-M4, RISC-V's F extension, baseline x86-64)
- *    nearbyintf is a libm call of some 40 instructions. tt_nearbyintf gives the same bits
- *    for every input in a few instructions:
+ *    nearbyintf is a libm call of some 40 instructions. tt_nearbyintf (tt_round.h) gives
+ *    the same bits for every input in a few instructions:
  *      - for |x| < 2^23, (|x| + 2^23) - 2^23 rounds |x| to an integer in the default
  *        rounding mode (to nearest, ties to even), exactly: the sum's last place is 1;
  *      - |x| >= 2^23, Inf and NaN are returned unchanged (integers already, or no number);
@@ -30,15 +30,8 @@
 
 #include <math.h>
 
+#include "tt_round.h"
 #ifndef TT_FPU_ROUNDS
-static inline float tt_nearbyintf(float x) {
-  const float two23 = 8388608.0f;
-  float a = fabsf(x);
-  if (!(a < two23)) {
-    return x;
-  }
-  return copysignf((a + two23) - two23, x);
-}
 #define nearbyintf tt_nearbyintf
 #endif
 
