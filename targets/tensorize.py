@@ -41,7 +41,7 @@ pair's weight folds, summed once per kernel), `_staged_planes_loop` gives a fuse
 loop over output channels its whole input staged once (where that fits
 STAGE_PLANES_MAX_BYTES), and so a loop over output channel pairs outside rows (weights that
 the kernel concatenates a pair at a time), and `_whole_plane_loop` makes such a channel's
-plane one call instead of one per row. One kernel tensorize cannot match is swapped whole
+plane one call instead of one per row, as it does the requantization of a depthwise plane. One kernel tensorize cannot match is swapped whole
 for a call (`_mask_bits`, a documented lowering rule): PackBackwardMasks' packing of a
 condition 8 elements a byte, whose index expressions differ with every shape.
 
@@ -1483,35 +1483,45 @@ def _whole_rows(region, loop, analyzer) -> bool:
             and analyzer.can_prove_equal(row, 0) and int(loop.extent) == rows)
 
 
+# The row calls `_whole_plane_loop` widens: kernel -> (the arguments that address a row
+# which must be a whole row of a plane, the width's argument, an argument that must be 0).
+_PLANE_CALLS = {INT8_ROW_REQUANT: ((2, 9), 7, 13), ROW_REQUANT_STAGED: ((2, 9), 7, 13),  # input, output; keep_acc
+                REQUANT: ((1, 2), 3, None)}  # output, sums
+
+
 def _whole_plane_loop(loop):
     """`loop` as one call for its whole plane if it runs over the rows of a plane and its body
-    is one pointwise row with its requantization (tt_pw_row_requant(_staged)_s8, the sums not
-    kept) whose input and output rows are whole rows of planes, besides blocks that do not
-    move with it (a bias and a scale cached for the row): the call's width becomes the plane's
-    pixels and the loop runs once, saving each row's call (about 150 instructions: the
-    weights' sum, the checks, the tail of the last step); else None."""
+    is one row call of `_PLANE_CALLS` whose rows are whole rows of planes, besides blocks that
+    do not move with it (a bias and a scale cached for the row): the call's width becomes the
+    plane's pixels and the loop runs once, saving each row's call. That is a pointwise row
+    with its requantization (tt_pw_row_requant(_staged)_s8, the sums not kept: about 150
+    instructions a row, the weights' sum, the checks, the tail of the last step), or the
+    requantization of a plane's rows (tt_requant_s8 after a depthwise plane: about 35 a row
+    with the loop's own); else None."""
     if not isinstance(loop.extent, tvm.tirx.IntImm) or int(loop.extent) < 2 or not (
             isinstance(loop.min, tvm.tirx.IntImm) and int(loop.min) == 0):
         return None
     items = list(loop.body.seq) if isinstance(loop.body, tvm.tirx.SeqStmt) else [loop.body]
     if not all(isinstance(x, tvm.s_tir.SBlockRealize) for x in items):
         return None
-    calls = [(i, _extern(x, INT8_ROW_REQUANT, ROW_REQUANT_STAGED)) for i, x in enumerate(items)]
+    calls = [(i, _extern(x, *_PLANE_CALLS)) for i, x in enumerate(items)]
     calls = [(i, c) for i, c in calls if c is not None]
     if len(calls) != 1 or any(uses(v, loop.loop_var) for j, x in enumerate(items) if j != calls[0][0]
                               for v in x.iter_values):
         return None
     (i, call), realize = calls[0], items[calls[0][0]]
-    if not (isinstance(call.args[13], tvm.tirx.IntImm) and int(call.args[13]) == 0):
+    row_args, width_arg, zero_arg = _PLANE_CALLS[call.args[0].value]
+    if zero_arg is not None and not (isinstance(call.args[zero_arg], tvm.tirx.IntImm) and int(call.args[zero_arg]) == 0):
         return None  # the sums kept: the accumulator holds one row
     analyzer = tvm.sym.Analyzer()
     for iv, value in zip(realize.block.iter_vars, realize.iter_values):
         analyzer.bind(iv.var, value)
-    rows = [_matched(realize, _address_buffer(call.args[n])) for n in (2, 9)]  # input, output
-    if not all(_whole_rows(r, loop, analyzer) for r in rows) or not isinstance(call.args[7], tvm.tirx.IntImm):
+    rows = [_matched(realize, _address_buffer(call.args[n])) for n in row_args]
+    if not all(_whole_rows(r, loop, analyzer) for r in rows) or not isinstance(call.args[width_arg], tvm.tirx.IntImm):
         return None
-    pixels = int(call.args[7]) * int(loop.extent)
-    plane = tvm.tirx.call_extern("int32", call.args[0].value, *call.args[1:7], pixels, *call.args[8:])
+    pixels = int(call.args[width_arg]) * int(loop.extent)
+    plane = tvm.tirx.call_extern("int32", call.args[0].value, *call.args[1:width_arg], pixels,
+                                 *call.args[width_arg + 1:])
     b = realize.block
     block = tvm.s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, tvm.tirx.Evaluate(plane), b.init,
                              b.alloc_buffers, b.match_buffers, b.annotations)

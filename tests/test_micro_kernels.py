@@ -384,12 +384,15 @@ def expansion_kernel(channels: int, expanded: int, h: int, w: int, kernel: int, 
 def test_tensorized_expansion_equals_the_tir_kernel(host_kernels, channels, expanded, h, w, kernel, stride, x_zero):
     """An expansion fused with its depthwise conv, one expanded channel at a time: the
     channel's plane and its requantization a call (from the input planes staged once where
-    its rows are 4k pixels wide), then the depthwise conv's plane. (Two channels' rows a call
-    were measured slower on Cortex-M7: unstaged, the two-channel SMLAD loop spills.)"""
+    its rows are 4k pixels wide), then the depthwise conv's plane, then that plane's
+    requantization, one call for the plane. (Two channels' rows a call were measured slower
+    on Cortex-M7: unstaged, the two-channel SMLAD loop spills.)"""
     func, s1, s2 = expansion_kernel(channels, expanded, h, w, kernel, stride, x_zero, m_zero=-128)
     tensorized, _ = tensorize(func)
     calls = re.findall(r'"(tt_\w+)"', tensorized.script())
     assert calls[-3:] == [ROW_REQUANT_STAGED if w % 4 == 0 else INT8_ROW_REQUANT, DEPTHWISE_PLANE, REQUANT]
+    out_h, out_w = (h + 2 * (kernel // 2) - kernel) // stride + 1, (w + 2 * (kernel // 2) - kernel) // stride + 1
+    assert re.search(rf'"{REQUANT}", [^\n]*\), {out_h * out_w}, ', tensorized.script())  # the plane, not a row
     rng = np.random.default_rng(channels * h)
     for trial in range(3):
         x = rng.integers(-128, 128, (1, channels, h, w)).astype(np.int8)
@@ -400,7 +403,6 @@ def test_tensorized_expansion_equals_the_tir_kernel(host_kernels, channels, expa
         b1 = rng.integers(-20000, 20000, expanded).astype(np.int32)
         w2 = rng.integers(-128, 128, (expanded, 1, kernel, kernel)).astype(np.int8)
         b2 = rng.integers(-20000, 20000, expanded).astype(np.int32)
-        out_h, out_w = (h + 2 * (kernel // 2) - kernel) // stride + 1, (w + 2 * (kernel // 2) - kernel) // stride + 1
         out = np.zeros((1, expanded, out_h, out_w), np.int8)
         plain = _run_llvm(func, [x, w1, b1, s1, w2, b2, s2, out])  # the scales: constants the kernel takes
         fast = _run_llvm(tensorized, [x, w1, b1, s1, w2, b2, s2, out.copy()])
