@@ -1351,10 +1351,10 @@ def test_float_micro_kernel_instructions_per_mac(checker_runs):
 @pytest.mark.slow
 def test_float_conv_micro_kernel_instructions_per_mac(checker_runs):
     """A float32 3x3 conv, 16 channels of 16x16, stride 1, padding 1 (36,864 MACs): at most 2.0
-    instructions per MAC on Cortex-M4/M7/M33, border included (measured 1.53-1.71: each MAC
+    instructions per MAC on Cortex-M4/M7/M33, border included (measured 1.50-1.68: each MAC
     one VMLA, a multiply-accumulate that rounds the product as C does, so the same bits as a
     multiply and an add, which took 2.74-2.80; a window row's 8 inputs one VLDM), at most
-    3.0 on RV32 (2.82: its FMADD.S is
+    3.0 on RV32 (2.79: its FMADD.S is
     fused, so a multiply and an add it is; the TIR loop took about 6.6 on Cortex-M7)."""
     for name, limit in (("cortex-m4", 2.0), ("cortex-m7", 2.0), ("cortex-m33", 2.0), ("riscv32", 3.0)):
         result = checker_runs[name][3]
