@@ -41,9 +41,10 @@ pair's weight folds, summed once per kernel), `_staged_planes_loop` gives a fuse
 loop over output channels its whole input staged once (where that fits
 STAGE_PLANES_MAX_BYTES), and so a loop over output channel pairs outside rows (weights that
 the kernel concatenates a pair at a time), and `_whole_plane_loop` makes such a channel's
-plane one call instead of one per row, as it does the requantization of a depthwise plane. One kernel tensorize cannot match is swapped whole
-for a call (`_mask_bits`, a documented lowering rule): PackBackwardMasks' packing of a
-condition 8 elements a byte, whose index expressions differ with every shape.
+plane one call instead of one per row, as it does the requantization of a depthwise plane.
+One kernel tensorize cannot match is swapped whole for a call (`_mask_bits`, a documented
+lowering rule): PackBackwardMasks' packing of a condition 8 elements a byte, whose index
+expressions differ with every shape.
 
 It runs when lowering to C only: the Relax VM reference keeps the plain TIR.
 """

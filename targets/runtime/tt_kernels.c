@@ -101,7 +101,8 @@ static inline int32_t float_bits(float f) {
 
 /* The bits of the float at p, one integer load. The arrays arrive as void *, so gcc cannot
  * prove their alignment unless told: RV32 (no unaligned loads) then copied a memcpy from
- * them byte by byte, 9 instructions; float_bits(*p) is a float load and a move on Arm. */
+ * them byte by byte, 9 instructions. float_bits(*p) is a float load and a move instead;
+ * each reader uses whichever measured fewer instructions on Cortex-M and RV32. */
 static inline uint32_t bits_at(const float *p) {
   uint32_t bits;
   memcpy(&bits, __builtin_assume_aligned(p, 4), sizeof bits);
