@@ -339,6 +339,10 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     paired = _pair_channel_rows(sch, sch.get_child_blocks(root), rows_outside)
     whole = paired is not None and not rows_outside and _small_gradient_planes(sch, sch.get_sblock(paired))
     tiled = _tile_weight_gradient(sch, sch.get_child_blocks(root)) if paired is None and not rows_outside else None
+    pair_kept = _pair_kept_planes(sch, sch.get_child_blocks(root), kept) if paired is None and not rows_outside \
+        else None
+    if pair_kept is not None:
+        paired = pair_kept[1]
     reductions = []
     for block in reversed(sch.get_child_blocks(root)[:-1]):
         name = sch.get(block).name_hint
@@ -354,6 +358,8 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
         elif (name in kept or staged.get(name) in (WEIGHT, PLANE) or _plane_accumulated(sch, block)) \
                 and len(outer) > CHANNEL_AXIS:
             at = CHANNEL_AXIS
+            if pair_kept is not None and name != pair_kept[0]:
+                at += 1  # one channel of the pair: the loop inside the pairs
         else:
             row = _is_pointwise(sch, block) or _row_accumulated(sch, block)
             at = len(outer) - (2 if len(outer) > 1 and row else 1)
@@ -365,6 +371,9 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
             sch.compute_at(block, outer[at], preserve_unit_loops=True)
         except ScheduleError:
             continue
+        if pair_kept is not None and name == pair_kept[0]:
+            loops = sch.get_loops(block)  # (n, pair, n, the pair, y, x): the rows outside the pair
+            sch.reorder(loops[-2], loops[-3])
         if reduction:
             reductions.append((block, at + 1))
     for block, depth in reductions:
@@ -542,6 +551,29 @@ def _pair_channel_rows(sch, blocks, rows_outside: bool) -> str | None:
     if not rows_outside:
         sch.reorder(outer, loops[2], inner)  # (n, channel pairs, y, the pair, x)
     return conv.name_hint
+
+
+def _pair_kept_planes(sch, blocks, kept: set[str]) -> tuple[str, str] | None:
+    """A depthwise pair (pointwise expansion, depthwise conv) whose kept tensor is the int8
+    result of an int8 pointwise conv with an even number of channels: the last block's
+    channel loop is split by 2, so that the kept tensor holds two channels' planes, computed
+    row by row for both channels at once (the conv's row accumulator holds two rows, one
+    micro-kernel call computes both, loading each input value once for the two:
+    targets/tensorize.py), and the depthwise conv then runs on each plane of the pair. Costs
+    one more int8 plane of workspace. Returns (kept block, conv block) names, else None."""
+    last = blocks[-1]
+    loops = sch.get_loops(last)
+    if len(kept) != 1 or len(loops) != 4 or int(sch.get(loops[1]).extent) % 2:
+        return None
+    block = next(b for b in blocks if sch.get(b).name_hint in kept)
+    convs = [b for b in sch.get_producers(block) if _is_pointwise(sch, b)]
+    if len(convs) != 1 or str(sch.get(block).writes[0].source.ty.dtype) != "int8":
+        return None
+    conv = sch.get(convs[0])
+    if {str(r.source.ty.dtype) for r in conv.reads if not r.source.same_as(conv.writes[0].source)} != {"int8"}:
+        return None
+    sch.split(loops[1], [None, 2])
+    return sch.get(block).name_hint, conv.name_hint
 
 
 # An input gradient's pointwise conv whose two channels' planes take at most this many bytes of

@@ -1487,7 +1487,22 @@ def _whole_rows(region, loop, analyzer) -> bool:
 # The row calls `_whole_plane_loop` widens: kernel -> (the arguments that address a row
 # which must be a whole row of a plane, the width's argument, an argument that must be 0).
 _PLANE_CALLS = {INT8_ROW_REQUANT: ((2, 9), 7, 13), ROW_REQUANT_STAGED: ((2, 9), 7, 13),  # input, output; keep_acc
+                INT8_ROWS2_REQUANT: ((2, 11, 12), 8, 16),  # input, the two outputs; keep_acc
+                ROWS2_REQUANT_PLANES_STAGED: ((2, 11, 12), 8, 16),
                 REQUANT: ((1, 2), 3, None)}  # output, sums
+
+
+def _row_region(realize, arg):
+    """The row a call's argument addresses: its match_buffer's region, or, for
+    `address_of(buf[indices])` of a buffer the block does not match (the two output rows of
+    `_fused_pair`), the row of buf that starts there."""
+    load = arg.args[0]
+    match = [m.source for m in realize.block.match_buffers if m.buffer.same_as(load.source)]
+    if match:
+        return match[0]
+    ranges = [tvm.ir.Range.from_min_extent(i, 1) for i in load.indices[:-1]]
+    width = load.source.shape[-1]
+    return tvm.tirx.BufferRegion(load.source, ranges + [tvm.ir.Range.from_min_extent(load.indices[-1], width)])
 
 
 def _whole_plane_loop(loop):
@@ -1495,7 +1510,7 @@ def _whole_plane_loop(loop):
     is one row call of `_PLANE_CALLS` whose rows are whole rows of planes, besides blocks that
     do not move with it (a bias and a scale cached for the row): the call's width becomes the
     plane's pixels and the loop runs once, saving each row's call. That is a pointwise row
-    with its requantization (tt_pw_row_requant(_staged)_s8, the sums not kept: about 150
+    (or two channels' rows) with its requantization (tt_pw_row(s2)_requant_*_s8, the sums not kept: about 150
     instructions a row, the weights' sum, the checks, the tail of the last step), or the
     requantization of a plane's rows (tt_requant_s8 after a depthwise plane: about 35 a row
     with the loop's own); else None."""
@@ -1517,7 +1532,7 @@ def _whole_plane_loop(loop):
     analyzer = tvm.sym.Analyzer()
     for iv, value in zip(realize.block.iter_vars, realize.iter_values):
         analyzer.bind(iv.var, value)
-    rows = [_matched(realize, _address_buffer(call.args[n])) for n in row_args]
+    rows = [_row_region(realize, call.args[n]) for n in row_args]
     if not all(_whole_rows(r, loop, analyzer) for r in rows) or not isinstance(call.args[width_arg], tvm.tirx.IntImm):
         return None
     pixels = int(call.args[width_arg]) * int(loop.extent)

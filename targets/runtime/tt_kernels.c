@@ -389,13 +389,16 @@ int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w
   } while (0)
 #endif
 
-/* The int32 sums of n pixels (TT_PW_PIXELS, or 4) for two channels: s[j] channel 0's, s[n + j]
- * channel 1's. */
+/* The int32 sums of n pixels (TT_PW_PIXELS, or 4) for two channels, plus init0 and init1: s[j]
+ * channel 0's, s[n + j] channel 1's. (A sum that starts at what its caller would subtract
+ * saves a subtraction per output.) */
 static inline __attribute__((always_inline)) void pw_dot2_n(const int8_t *a, int32_t a_stride, const int8_t *w0,
-                                                            int32_t w_fstride, int32_t k, int32_t *s, const int n) {
+                                                            int32_t w_fstride, int32_t k, int32_t *s, const int n,
+                                                            int32_t init0, int32_t init1) {
 #if defined(__ARM_FEATURE_DSP)
   (void)n; /* always 4 */
-  int32_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0; /* s<channel><pixel> */
+  int32_t s00 = init0, s01 = init0, s02 = init0, s03 = init0; /* s<channel><pixel> */
+  int32_t s10 = init1, s11 = init1, s12 = init1, s13 = init1;
   const int8_t *end = w0 + (k & ~3);
   const int32_t a_stride2 = 2 * a_stride;
 #pragma GCC unroll 1
@@ -424,13 +427,13 @@ static inline __attribute__((always_inline)) void pw_dot2_n(const int8_t *a, int
       t0[j] = __builtin_fmaf(u, x, t0[j]), t1[j] = __builtin_fmaf(v, x, t1[j]);
     }
   }
-  for (int j = 0; j < n; ++j) {
-    s[j] = (int32_t)t0[j], s[n + j] = (int32_t)t1[j];
+  for (int j = 0; j < n; ++j) { /* the inits added in int32: the float sums stay exact */
+    s[j] = (int32_t)t0[j] + init0, s[n + j] = (int32_t)t1[j] + init1;
   }
 #else
   int32_t t0[8], t1[8];
   for (int j = 0; j < n; ++j) {
-    t0[j] = t1[j] = 0;
+    t0[j] = init0, t1[j] = init1;
   }
   for (int32_t i = 0; i < k; ++i, a += a_stride) {
     int32_t u = w0[i], v = w0[i + w_fstride];
@@ -471,8 +474,10 @@ static void stage_rows(int32_t *st, const int8_t *a, int32_t a_stride, int32_t k
  * k % 4 channels come from the rows (a). */
 static inline __attribute__((always_inline)) void pw_dot2_staged(const int32_t *st, const int8_t *a,
                                                                  int32_t a_stride, const int8_t *w0,
-                                                                 int32_t w_fstride, int32_t k, int32_t *s) {
-  int32_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0; /* s<channel><pixel> */
+                                                                 int32_t w_fstride, int32_t k, int32_t *s,
+                                                                 int32_t init0, int32_t init1) {
+  int32_t s00 = init0, s01 = init0, s02 = init0, s03 = init0; /* s<channel><pixel> */
+  int32_t s10 = init1, s11 = init1, s12 = init1, s13 = init1;
   const int32_t *end = st + TT_STAGED_WORDS(k);
   const int8_t *w = w0;
 #pragma GCC unroll 1
@@ -516,20 +521,20 @@ static inline __attribute__((always_inline)) void pw_dot1_staged(const int32_t *
 }
 #endif
 
-/* The int32 sums of n pixels for two channels (pw_dot2_n), from the staged group st if there
- * is one (only with the DSP extension). */
+/* The int32 sums of n pixels for two channels plus init0 and init1 (pw_dot2_n), from the staged
+ * group st if there is one (only with the DSP extension). */
 static inline __attribute__((always_inline)) void pw_dot2(const int32_t *st, const int8_t *a, int32_t a_stride,
                                                           const int8_t *w0, int32_t w_fstride, int32_t k, int32_t *s,
-                                                          const int n) {
+                                                          const int n, int32_t init0, int32_t init1) {
 #if defined(__ARM_FEATURE_DSP)
   if (st) {
-    pw_dot2_staged(st, a, a_stride, w0, w_fstride, k, s);
+    pw_dot2_staged(st, a, a_stride, w0, w_fstride, k, s, init0, init1);
     return;
   }
 #else
   (void)st; /* never staged */
 #endif
-  pw_dot2_n(a, a_stride, w0, w_fstride, k, s, n);
+  pw_dot2_n(a, a_stride, w0, w_fstride, k, s, n, init0, init1);
 }
 
 /* The staged group of the pixels from x (a multiple of 4), or none. */
@@ -547,9 +552,9 @@ static inline __attribute__((always_inline)) void rows2_step(float *acc0, float 
                                                             const int8_t *w0, int32_t w_fstride, int32_t k,
                                                             int32_t fold0, int32_t fold1, const int32_t *st, const int n) {
   int32_t s[2 * TT_PW_PIXELS];
-  pw_dot2(st, a, a_stride, w0, w_fstride, k, s, n);
+  pw_dot2(st, a, a_stride, w0, w_fstride, k, s, n, -fold0, -fold1);
   for (int j = 0; j < n; ++j) {
-    acc0[j] = (float)(s[j] - fold0), acc1[j] = (float)(s[n + j] - fold1);
+    acc0[j] = (float)s[j], acc1[j] = (float)s[n + j];
   }
 }
 
@@ -2588,10 +2593,17 @@ static inline __attribute__((always_inline)) void rows2_requant_step(float *acc0
                                                                     int8_t *out1, float s0, float s1, int32_t offset,
                                                                     const int32_t *st, const int keep, const int n) {
   int32_t sums[2 * TT_PW_PIXELS];
-  pw_dot2(st, a, a_stride, w0, w_fstride, k, sums, n);
-  for (int j = 0; j < n; ++j) {
-    out0[j] = requant_sum(sums[j], fold[0], unbiased0, s0, offset, acc0 + j, keep);
-    out1[j] = requant_sum(sums[n + j], fold[1], unbiased1, s1, offset, acc1 + j, keep);
+  if (keep) {
+    pw_dot2(st, a, a_stride, w0, w_fstride, k, sums, n, 0, 0);
+    for (int j = 0; j < n; ++j) {
+      out0[j] = requant_sum(sums[j], fold[0], unbiased0, s0, offset, acc0 + j, 1);
+      out1[j] = requant_sum(sums[n + j], fold[1], unbiased1, s1, offset, acc1 + j, 1);
+    }
+  } else { /* the sums start at -unbiased, which requant_biased needs subtracted */
+    pw_dot2(st, a, a_stride, w0, w_fstride, k, sums, n, -unbiased0, -unbiased1);
+    for (int j = 0; j < n; ++j) {
+      out0[j] = requant_biased(sums[j], s0, offset), out1[j] = requant_biased(sums[n + j], s1, offset);
+    }
   }
 }
 
@@ -2622,11 +2634,63 @@ static inline __attribute__((always_inline)) void pw_rows2_requant(float *acc0, 
   }
 }
 
+#if defined(__ARM_FEATURE_DSP)
+/* pw_rows2_requant's exact path for 8 or 16 input channels read from the rows (MCUNet's
+ * expansions at 64x64 and 32x32, fused with the depthwise conv after them, whose input is
+ * too large to stage), the sums not kept: pw_row_requant_k for two output channels, each
+ * pair of input rows loaded, packed and split once for both (TT_DOT2X4_HALF), the weights
+ * split into halfword pairs once a call. The sums start at -unbiased. */
+static inline __attribute__((always_inline)) void pw_rows2_requant_k(const int8_t *a, int32_t a_stride,
+                                                                  const int8_t *w0, int32_t w_fstride, const int k,
+                                                                  int32_t width, int32_t unbiased0, int32_t unbiased1,
+                                                                  int8_t *out0, int8_t *out1, float f0, float f1,
+                                                                  int32_t offset) {
+  int32_t wp[2][8]; /* per channel: (w_i, w_i+2) for i = 0, 1, 4, 5, 8, ... */
+  for (int32_t i = 0; i < k / 4; ++i) {
+    const uint32_t v0 = load4(w0 + 4 * i), v1 = load4(w0 + w_fstride + 4 * i);
+    wp[0][2 * i] = __sxtb16(v0), wp[0][2 * i + 1] = sxtb16_ror8(v0);
+    wp[1][2 * i] = __sxtb16(v1), wp[1][2 * i + 1] = sxtb16_ror8(v1);
+  }
+  const int32_t a_stride2 = 2 * a_stride;
+  int32_t x = 0;
+  for (; x + 4 <= width; x += 4) {
+    const int8_t *p = a + x;
+    int32_t s00 = -unbiased0, s01 = -unbiased0, s02 = -unbiased0, s03 = -unbiased0; /* s<channel><pixel> */
+    int32_t s10 = -unbiased1, s11 = -unbiased1, s12 = -unbiased1, s13 = -unbiased1;
+    for (int i = 0; i < k / 4; ++i, p = down4(p, a_stride)) {
+      TT_DOT2X4_HALF(load4(p), load4(p + a_stride2), wp[0][2 * i], wp[1][2 * i]);
+      TT_DOT2X4_HALF(load4(p + a_stride), load4(p + a_stride + a_stride2), wp[0][2 * i + 1], wp[1][2 * i + 1]);
+    }
+    out0[x] = requant_biased(s00, f0, offset), out0[x + 1] = requant_biased(s01, f0, offset);
+    out0[x + 2] = requant_biased(s02, f0, offset), out0[x + 3] = requant_biased(s03, f0, offset);
+    out1[x] = requant_biased(s10, f1, offset), out1[x + 1] = requant_biased(s11, f1, offset);
+    out1[x + 2] = requant_biased(s12, f1, offset), out1[x + 3] = requant_biased(s13, f1, offset);
+  }
+  for (; x < width; ++x) {
+    out0[x] = requant_biased(pw_dot(a + x, a_stride, w0, 1, k) - unbiased0, f0, offset);
+    out1[x] = requant_biased(pw_dot(a + x, a_stride, w0 + w_fstride, 1, k) - unbiased1, f1, offset);
+  }
+}
+
+static __attribute__((noinline, optimize("no-schedule-insns"))) void pw_rows2_requant_k8_k16(const int8_t *a, int32_t a_stride, const int8_t *w0,
+                                                              int32_t w_fstride, int32_t k, int32_t width,
+                                                              int32_t unbiased0, int32_t unbiased1, int8_t *out0,
+                                                              int8_t *out1, float f0, float f1, int32_t offset) {
+  if (k == 8) {
+    pw_rows2_requant_k(a, a_stride, w0, w_fstride, 8, width, unbiased0, unbiased1, out0, out1, f0, f1, offset);
+  } else {
+    pw_rows2_requant_k(a, a_stride, w0, w_fstride, 16, width, unbiased0, unbiased1, out0, out1, f0, f1, offset);
+  }
+}
+#endif
+
 /* tt_pw_rows2_requant_s8: tt_pw_rows2_s8 on zeroed rows and the requantization of both rows
  * in one call, for what TVM runs one after the other: the two channels' rows, then a loop of
  * two tt_requant_s8 calls, channel c's row into out_c with bias[c] and scale[c] (the two
  * channels' values side by side). The sums are also written to the rows if `keep_acc`,
- * which tensorize.py clears when nothing else reads them. One copy for it and its staged form. */
+ * which tensorize.py clears when nothing else reads them; cleared, width may exceed acc_stride
+ * (a call for whole planes, tensorize.py's `_whole_plane_loop`), and the float fallback goes
+ * through them acc_stride pixels at a time. One copy for it and its staged forms. */
 static __attribute__((noinline)) int32_t pw_rows2_requant_call(void *acc_, void *a_, int32_t a_stride, void *w_,
                                                                int32_t w_fstride, int32_t w_stride, int32_t k,
                                                                int32_t width, int32_t acc_stride, int32_t zx,
@@ -2642,10 +2706,21 @@ static __attribute__((noinline)) int32_t pw_rows2_requant_call(void *acc_, void 
   int32_t fold[2];
   if (w_stride != 1 || !__builtin_isfinite(s[0]) || !__builtin_isfinite(s[1]) || !bias_exact(bias[0]) ||
       !bias_exact(bias[1]) || !pair_exact(w0, w_fstride, k, zx, folds, fold)) {
-    pw_rows2(acc_, a_, a_stride, w_, w_fstride, w_stride, k, width, acc_stride, zx, 1, st, folds);
-    tt_requant_s8(out0_, acc0, width, (void *)bias, (void *)s, zo);
-    return tt_requant_s8(out1_, acc1, width, (void *)(bias + 1), (void *)(s + 1), zo);
+    for (int32_t x0 = 0; x0 < width; x0 += acc_stride) { /* the float loop, a row of acc_stride pixels at a time */
+      int32_t n = width - x0 < acc_stride ? width - x0 : acc_stride;
+      pw_rows2(acc_, (void *)(a + x0), a_stride, w_, w_fstride, w_stride, k, n, acc_stride, zx, 1, 0, folds);
+      tt_requant_s8(out0 + x0, acc0, n, (void *)bias, (void *)s, zo);
+      tt_requant_s8(out1 + x0, acc1, n, (void *)(bias + 1), (void *)(s + 1), zo);
+    }
+    return 0;
   }
+#if defined(__ARM_FEATURE_DSP)
+  if (!st && (k == 8 || k == 16) && !keep_acc) { /* the weights split once for the whole call */
+    pw_rows2_requant_k8_k16(a, a_stride, w0, w_fstride, k, width, fold[0] - bias[0], fold[1] - bias[1], out0, out1,
+                            s[0], s[1], offset);
+    return 0;
+  }
+#endif
   if (keep_acc) {
     pw_rows2_requant(acc0, acc1, a, a_stride, w0, w_fstride, k, width, fold, out0, out1, bias, s, offset, st, 1);
   } else {
