@@ -306,7 +306,9 @@ def shrink_intermediates(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     cast to float32 for its input gradient), a staged pointwise input at the conv's row loop (the kernel then
     walks rows outside output channels), or whole before the conv where channels must stay
     outside (a depthwise pair). A pointwise conv's row accumulator holds two channels where
-    the kernel ends with it (`_pair_channel_rows`), an input gradient's two whole planes
+    the kernel ends with it (`_pair_channel_rows`) or where its int8 result is a depthwise
+    pair's kept tensor (`_pair_kept_planes`: two channels' planes kept, the depthwise conv
+    then run on each), an input gradient's two whole planes
     where they are small (`_small_gradient_planes`); a pointwise weight gradient's
     accumulator a 4 x 4 tile of weights (`_tile_weight_gradient`)."""
     if int(func.attrs.get("op_pattern", 0)) > REDUCTIONS[-1]:

@@ -1510,10 +1510,10 @@ def _whole_plane_loop(loop):
     is one row call of `_PLANE_CALLS` whose rows are whole rows of planes, besides blocks that
     do not move with it (a bias and a scale cached for the row): the call's width becomes the
     plane's pixels and the loop runs once, saving each row's call. That is a pointwise row
-    (or two channels' rows) with its requantization (tt_pw_row(s2)_requant_*_s8, the sums not kept: about 150
-    instructions a row, the weights' sum, the checks, the tail of the last step), or the
-    requantization of a plane's rows (tt_requant_s8 after a depthwise plane: about 35 a row
-    with the loop's own); else None."""
+    (or two channels' rows) with its requantization (tt_pw_row(s2)_requant_*_s8, the sums
+    not kept: about 150 instructions a row, the weights' sum, the checks, the tail of the
+    last step), or the requantization of a plane's rows (tt_requant_s8 after a depthwise
+    plane: about 35 a row with the loop's own); else None."""
     if not isinstance(loop.extent, tvm.tirx.IntImm) or int(loop.extent) < 2 or not (
             isinstance(loop.min, tvm.tirx.IntImm) and int(loop.min) == 0):
         return None
