@@ -555,21 +555,30 @@ def _pair_channel_rows(sch, blocks, rows_outside: bool) -> str | None:
     return conv.name_hint
 
 
+# A depthwise pair's kept planes are computed two channels at a time only where one plane takes
+# at most this many bytes (int8 64x64: MCUNet's and MobileNetV2's first expansions), so that
+# the second plane adds at most 4 KB to a kernel's workspace, wherever the arena peaks.
+PAIR_PLANE_MAX_BYTES = 4096
+
+
 def _pair_kept_planes(sch, blocks, kept: set[str]) -> tuple[str, str] | None:
     """A depthwise pair (pointwise expansion, depthwise conv) whose kept tensor is the int8
-    result of an int8 pointwise conv with an even number of channels: the last block's
-    channel loop is split by 2, so that the kept tensor holds two channels' planes, computed
-    row by row for both channels at once (the conv's row accumulator holds two rows, one
-    micro-kernel call computes both, loading each input value once for the two:
-    targets/tensorize.py), and the depthwise conv then runs on each plane of the pair. Costs
-    one more int8 plane of workspace. Returns (kept block, conv block) names, else None."""
+    result of an int8 pointwise conv with an even number of channels, its planes at most
+    PAIR_PLANE_MAX_BYTES: the last block's channel loop is split by 2, so that the kept
+    tensor holds two channels' planes, computed row by row for both channels at once (the
+    conv's row accumulator holds two rows, one micro-kernel call computes both, loading each
+    input value once for the two: targets/tensorize.py), and the depthwise conv then runs on
+    each plane of the pair. Costs one more int8 plane of workspace. Returns (kept block,
+    conv block) names, else None."""
     last = blocks[-1]
     loops = sch.get_loops(last)
     if len(kept) != 1 or len(loops) != 4 or int(sch.get(loops[1]).extent) % 2:
         return None
     block = next(b for b in blocks if sch.get(b).name_hint in kept)
     convs = [b for b in sch.get_producers(block) if _is_pointwise(sch, b)]
-    if len(convs) != 1 or str(sch.get(block).writes[0].source.ty.dtype) != "int8":
+    result = sch.get(block).writes[0].source
+    if len(convs) != 1 or str(result.ty.dtype) != "int8" or len(result.shape) != 4 \
+            or int(result.shape[2]) * int(result.shape[3]) > PAIR_PLANE_MAX_BYTES:
         return None
     conv = sch.get(convs[0])
     if {str(r.source.ty.dtype) for r in conv.reads if not r.source.same_as(conv.writes[0].source)} != {"int8"}:

@@ -14,7 +14,7 @@ from tvm import relax
 
 from tvm_tinytrain.frontend import int8_ops
 from tvm_tinytrain.passes import FuseKernels
-from tvm_tinytrain.passes.fuse_kernels import GRADIENT_PAIR_PLANES_BYTES
+from tvm_tinytrain.passes.fuse_kernels import GRADIENT_PAIR_PLANES_BYTES, PAIR_PLANE_MAX_BYTES
 from tvm_tinytrain.targets.boards import TARGETS_DIR, build, get_board, run, write_board_files
 from tvm_tinytrain.targets.invariant_loads import hoist_invariant_loads
 from tvm_tinytrain.targets.tensorize import (CONV_PLANE, CONV_ROW, CONV_ROW_WIDE, DEPTHWISE_PLANE, DW_TRANSPOSE, FLOAT_CONV_PLANE, FLOAT_ROW, FLOAT_ROWS2, INT8_ROW,
@@ -413,6 +413,18 @@ def test_tensorized_expansion_equals_the_tir_kernel(host_kernels, channels, expa
         plain = _run_llvm(func, [x, w1, b1, s1, w2, b2, s2, out])  # the scales: constants the kernel takes
         fast = _run_llvm(tensorized, [x, w1, b1, s1, w2, b2, s2, out.copy()])
         assert np.array_equal(plain, fast)
+
+
+def test_expansions_pair_only_small_planes():
+    """Two expanded channels' planes a call only where one int8 plane takes at most
+    PAIR_PLANE_MAX_BYTES (64x64), so the second plane adds at most 4 KB of workspace; a
+    larger expansion keeps one channel's plane at a time."""
+    assert 64 * 64 == PAIR_PLANE_MAX_BYTES < 64 * 68  # the two cases below lie either side of it
+    for h, w, paired in ((64, 64, True), (64, 68, False)):
+        func, _, _ = expansion_kernel(8, 4, h, w, 3, 2, -128, m_zero=-128)
+        calls = set(re.findall(r'"(tt_\w+)"', tensorize(func)[0].script()))
+        assert bool(calls & {INT8_ROWS2_REQUANT, ROWS2_REQUANT_PLANES_STAGED}) == paired, (h, w, calls)
+        assert bool(calls & {INT8_ROW_REQUANT, ROW_REQUANT_STAGED}) == (not paired), (h, w, calls)
 
 
 def depthwise_input_gradient_kernel(channels: int, h: int, w: int, kernel: int, stride: int):
