@@ -83,6 +83,7 @@ STAGED = {INT8_ROWS2: "tt_pw_rows2_staged_s8", INT8_ROWS2_REQUANT: "tt_pw_rows2_
 ROW_REQUANT_STAGED = "tt_pw_row_requant_staged_s8"  # INT8_ROW_REQUANT reading the staged input planes
 ROWS2_PLANES_STAGED = "tt_pw_rows2_planes_staged_s8"  # INT8_ROWS2 reading the staged input planes
 ROWS2_REQUANT_PLANES_STAGED = "tt_pw_rows2_requant_planes_staged_s8"  # the same for INT8_ROWS2_REQUANT
+DW_PLANE_REQUANT = "tt_dw_plane_requant_s8"  # DEPTHWISE_PLANE on a zeroed plane, then REQUANT of it, in one call
 _REQUANT_MIN_WIDTH = 4  # narrower rows keep TVM's loop: a call costs about what it saves per output
 _CLAMP = (127.49, -128.49)  # the bounds TVM's int8 requantization clamps to before its last rounding
 _REDUCE = 2  # IterVar.CommReduce
@@ -1546,6 +1547,66 @@ def _whole_plane_loop(loop):
                         loop.thread_binding, loop.annotations)
 
 
+def _plane_requant(stmt):
+    """(the requantization's block, the path of loops and sequences to it) if `stmt` is a
+    tt_requant_s8 block, or a loop run once (`_whole_plane_loop`'s) around it and blocks
+    caching its bias and scale; else None."""
+    if _extern(stmt, REQUANT) is not None:
+        return stmt, []
+    if not (isinstance(stmt, tvm.tirx.For) and isinstance(stmt.extent, tvm.tirx.IntImm) and int(stmt.extent) == 1):
+        return None
+    items = list(stmt.body.seq) if isinstance(stmt.body, tvm.tirx.SeqStmt) else [stmt.body]
+    if not all(isinstance(x, tvm.s_tir.SBlockRealize) and x.block.name_hint.endswith("_global") for x in items[:-1]):
+        return None
+    return (items[-1], [stmt]) if _extern(items[-1], REQUANT) is not None else None
+
+
+def _fused_plane_requants(seq: list, units: list, readers: dict) -> list:
+    """`seq` with each depthwise plane on a zeroed plane (tt_dw_plane_s8) and the
+    requantization of exactly that plane right after it (tt_requant_s8, made one call for the
+    plane by `_whole_plane_loop`) made one tt_dw_plane_requant_s8 block where the
+    requantization stood, if no other block reads the plane: the float32 sums are then never
+    stored. `units`: the kernel's loops of extent 1; `readers`: the blocks that read each
+    buffer, by name."""
+    out, i = list(seq), 0
+    while i + 1 < len(out):
+        dw, found = _extern(out[i], DEPTHWISE_PLANE), _plane_requant(out[i + 1])
+        if dw is None or found is None or int(dw.args[-1]) != 1:
+            i += 1
+            continue
+        (realize, loops), dw_realize = found, out[i]
+        rq = _extern(realize, REQUANT)
+        acc = _matched(dw_realize, _address_buffer(dw.args[1]))
+        read = _matched(realize, _address_buffer(rq.args[2]))
+        analyzer = _analyzer(units + loops, dw_realize, realize)
+        plane = int(dw.args[12]) * int(dw.args[13])  # out_h * out_w
+        same_plane = acc.source.same_as(read.source) and isinstance(rq.args[3], tvm.tirx.IntImm) and int(
+            rq.args[3]) == plane and all(analyzer.can_prove_equal(a.min, b.min) for a, b in zip(acc.region, read.region))
+        blocks = (dw_realize.block.name_hint, realize.block.name_hint)
+        if not same_plane or any(b not in blocks for b in readers[acc.source.name]):
+            i += 1
+            continue
+        dw_block, rq_block = dw_realize.block, realize.block
+        others = lambda regions: [r for r in regions if not r.source.same_as(acc.source)]
+        call = tvm.tirx.call_extern("int32", DW_PLANE_REQUANT, *dw.args[1:-1], rq.args[1], *rq.args[4:])
+        fused = tvm.s_tir.SBlock(
+            list(dw_block.iter_vars) + list(rq_block.iter_vars), others(dw_block.reads) + others(rq_block.reads),
+            list(dw_block.writes) + list(rq_block.writes), rq_block.name_hint, tvm.tirx.Evaluate(call), None, [],
+            list(dw_block.match_buffers) + [m for m in rq_block.match_buffers if not m.source.source.same_as(acc.source)],
+            rq_block.annotations)  # the plane stays written: the call's fallback uses it
+        fused = tvm.s_tir.SBlockRealize(list(dw_realize.iter_values) + list(realize.iter_values), True, fused)
+        if loops:
+            loop = loops[0]
+            items = list(loop.body.seq) if isinstance(loop.body, tvm.tirx.SeqStmt) else [loop.body]
+            body = items[:-1] + [fused]
+            fused = tvm.tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind,
+                                 body[0] if len(body) == 1 else tvm.tirx.SeqStmt(body), loop.thread_binding,
+                                 loop.annotations)
+        out[i:i + 2] = [fused]
+        i += 1
+    return out
+
+
 def _loops_above(stmt, above: tuple = (), found: list | None = None) -> list:
     """(loop, the loops around it, outermost first) for every loop under `stmt`."""
     found = [] if found is None else found
@@ -1785,4 +1846,5 @@ def tensorize(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, int]:
     func = func.with_body(_rebuild(func.body, on_seq=lambda seq: _fused_pairs(_fused_rows(seq, units, readers), units,
                                                                                readers)))
     func = _staged_rows(func)
-    return func.with_body(_rebuild(func.body, on_loop=_whole_plane_loop)), replaced
+    func = func.with_body(_rebuild(func.body, on_loop=_whole_plane_loop))
+    return func.with_body(_rebuild(func.body, on_seq=lambda seq: _fused_plane_requants(seq, units, readers))), replaced

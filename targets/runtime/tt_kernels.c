@@ -99,6 +99,57 @@ static inline int32_t float_bits(float f) {
   return bits;
 }
 
+/* min(p, hi) and max(p, lo) as C's `p < hi ? p : hi` and `p > lo ? p : lo` (a NaN p gives
+ * the bound): one FMIN.S / FMAX.S on RISC-V, where gcc calls libm for fminf. */
+static inline __attribute__((always_inline)) float float_min(float p, float hi) {
+#if defined(__riscv) && defined(__riscv_flen)
+  __asm__("fmin.s %0, %0, %1" : "+f"(p) : "f"(hi));
+  return p;
+#else
+  return p < hi ? p : hi;
+#endif
+}
+static inline __attribute__((always_inline)) float float_max(float p, float lo) {
+#if defined(__riscv) && defined(__riscv_flen)
+  __asm__("fmax.s %0, %0, %1" : "+f"(p) : "f"(lo));
+  return p;
+#else
+  return p > lo ? p : lo;
+#endif
+}
+
+/* One output from its scaled sum p: offset = the bits of 1.5 * 2^23 minus the zero point.
+ * Without QSUB/SSAT, p is clamped first to the integers that give the outputs' range,
+ * [-128 - zo, 127 - zo]: rounding keeps integers, so clamping then rounding is rounding then
+ * clamping, and no integer clamp is left (2 float instructions instead of 2 clamps each way). */
+static inline __attribute__((always_inline)) int8_t requant_scaled(float p, int32_t offset) {
+#if defined(__ARM_FEATURE_DSP)
+  return (int8_t)__ssat(__qsub(float_bits(p + 12582912.0f), offset), 8);
+#else
+  const int32_t zo = float_bits(12582912.0f) - offset; /* loop invariant: computed once */
+  p = float_max(float_min(p, (float)(127 - zo)), (float)(-128 - zo));
+  return (int8_t)(float_bits(p + 12582912.0f) - offset);
+#endif
+}
+
+/* One output from its float32 sum, bias b and scale s (finite). */
+static inline __attribute__((always_inline)) int8_t requant_one(float acc, float b, float s, int32_t offset) {
+  return requant_scaled((acc + b) * s, offset);
+}
+
+/* One output from its exact integer sum with the bias already added: (float)(sum + bias) is
+ * the float32 sum acc + b of the TIR when |sum| <= 2^24 and |bias| <= 2^24 (both exact in
+ * float32, so their float32 addition rounds the exact integer sum once, as the conversion
+ * does), which saves the addition per output. */
+static inline __attribute__((always_inline)) int8_t requant_biased(int32_t sum_and_bias, float s, int32_t offset) {
+  return requant_scaled((float)sum_and_bias * s, offset);
+}
+
+/* Whether a bias can be added in int32 (requant_biased). */
+static inline int bias_exact(int32_t bias) {
+  return bias >= -TT_EXACT_FLOAT_INTEGERS && bias <= TT_EXACT_FLOAT_INTEGERS;
+}
+
 /* The bits of the float at p, one integer load. The arrays arrive as void *, so gcc cannot
  * prove their alignment unless told: RV32 (no unaligned loads) then copied a memcpy from
  * them byte by byte, 9 instructions. float_bits(*p) is a float load and a move instead;
@@ -389,6 +440,67 @@ int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w
   } while (0)
 #endif
 
+#if defined(__riscv) && defined(__riscv_flen)
+/* The sums of n pixels for two channels, w_i * a_i without the zero point, as float32 with
+ * FMADD.S: RV32F has no integer multiply-accumulate but a float one, and on these exact
+ * integers (every partial sum is below 2^24 in magnitude whenever the int32 path runs: the
+ * check above bounds sum_i |w_i| * max|a - zx|, and max|a - zx| >= 128 >= |a|) it rounds
+ * nothing, so the float sums are the int32 sums: one instruction a multiply-accumulate
+ * instead of two, each input converted once for both channels. */
+static inline __attribute__((always_inline)) void pw_sums2_f(const int8_t *a, int32_t a_stride, const int8_t *w0,
+                                                             int32_t w_fstride, int32_t k, float *t0, float *t1,
+                                                             const int n, const float *fs, int32_t fs_stride,
+                                                             int32_t fs_k) {
+  for (int j = 0; j < n; ++j) {
+    t0[j] = t1[j] = 0.0f;
+  }
+  int32_t i = 0;
+  for (; fs && i < fs_k; ++i, fs += fs_stride) { /* the staged channels, already float (float_staged) */
+    float u = (float)w0[i], v = (float)w0[i + w_fstride];
+    for (int j = 0; j < n; ++j) {
+      t0[j] = __builtin_fmaf(u, fs[j], t0[j]), t1[j] = __builtin_fmaf(v, fs[j], t1[j]);
+    }
+  }
+  for (a += i * a_stride; i < k; ++i, a += a_stride) {
+    float u = (float)w0[i], v = (float)w0[i + w_fstride];
+    for (int j = 0; j < n; ++j) {
+      float x = (float)a[j];
+      t0[j] = __builtin_fmaf(u, x, t0[j]), t1[j] = __builtin_fmaf(v, x, t1[j]);
+    }
+  }
+}
+
+/* Whether an integer is a float32 exactly: then t + (float)v, for an exact float sum t, is
+ * the exact integer t + v rounded once, as (float)(int32)(t + v) is, with one FADD.S instead
+ * of two conversions and an integer add (pw_sums2_f's callers). */
+static inline int float_exact(int32_t v) { return v >= -TT_EXACT_FLOAT_INTEGERS && v <= TT_EXACT_FLOAT_INTEGERS; }
+
+/* RV32F's stage (tt_pw_stage_s8), in the buffer the DSP's staged words would take: 3 words
+ * saying what it holds (the input's address, of channel 0 and pixel 0; its pixel count P; kh,
+ * how many channels fit), then channels 0 .. kh - 1 as float32, P floats a channel: each
+ * input converted once for every channel pair, instead of once per pair (about half the
+ * channels fit, the buffer being sized for int16 pairs). Returns the floats of the n pixels
+ * from a on (a in channel 0), their channel stride and count, or none if they are not there. */
+#define TT_FLOAT_STAGE_HEADER 3
+_Static_assert(sizeof(void *) == sizeof(int32_t), "the stage keeps an address in a word");
+static inline const float *float_staged(const int32_t *st, const int8_t *a, const int n, int32_t *stride,
+                                        int32_t *kh) {
+  if (!st) {
+    return 0;
+  }
+  const int8_t *a0 = (const int8_t *)(uintptr_t)(uint32_t)st[0];
+  const int32_t p = (int32_t)(a - a0);
+  if (p < 0 || p + n > st[1]) {
+    return 0;
+  }
+  *stride = st[1], *kh = st[2];
+  return (const float *)(st + TT_FLOAT_STAGE_HEADER) + p;
+}
+#define TT_FLOAT_SUMS 1
+#else
+#define TT_FLOAT_SUMS 0
+#endif
+
 /* The int32 sums of n pixels (TT_PW_PIXELS, or 4) for two channels, plus init0 and init1: s[j]
  * channel 0's, s[n + j] channel 1's. (A sum that starts at what its caller would subtract
  * saves a subtraction per output.) */
@@ -410,23 +522,9 @@ static inline __attribute__((always_inline)) void pw_dot2_n(const int8_t *a, int
   s[0] = s00, s[1] = s01, s[2] = s02, s[3] = s03, s[4] = s10, s[5] = s11, s[6] = s12, s[7] = s13;
   pw_dot_from(a, a_stride, end, 0, k & 3, s, 4);
   pw_dot_from(a, a_stride, end + w_fstride, 0, k & 3, s + 4, 4);
-#elif defined(__riscv) && defined(__riscv_flen)
-  /* RV32F has no integer multiply-accumulate but a float one, FMADD.S: on these exact
-   * integers (every partial sum is below 2^24 in magnitude whenever the int32 path runs: the
-   * check above bounds sum_i |w_i| * max|a - zx|, and max|a - zx| >= 128 >= |a|) it rounds
-   * nothing, so the float sums are the int32 sums: one instruction a multiply-accumulate
-   * instead of two, each input converted once for both channels. */
+#elif TT_FLOAT_SUMS
   float t0[8], t1[8];
-  for (int j = 0; j < n; ++j) {
-    t0[j] = t1[j] = 0.0f;
-  }
-  for (int32_t i = 0; i < k; ++i, a += a_stride) {
-    float u = (float)w0[i], v = (float)w0[i + w_fstride];
-    for (int j = 0; j < n; ++j) {
-      float x = (float)a[j];
-      t0[j] = __builtin_fmaf(u, x, t0[j]), t1[j] = __builtin_fmaf(v, x, t1[j]);
-    }
-  }
+  pw_sums2_f(a, a_stride, w0, w_fstride, k, t0, t1, n, 0, 0, 0);
   for (int j = 0; j < n; ++j) { /* the inits added in int32: the float sums stay exact */
     s[j] = (int32_t)t0[j] + init0, s[n + j] = (int32_t)t1[j] + init1;
   }
@@ -478,21 +576,62 @@ static inline __attribute__((always_inline)) void pw_dot2_staged(const int32_t *
                                                                  int32_t init0, int32_t init1) {
   int32_t s00 = init0, s01 = init0, s02 = init0, s03 = init0; /* s<channel><pixel> */
   int32_t s10 = init1, s11 = init1, s12 = init1, s13 = init1;
-  const int32_t *end = st + TT_STAGED_WORDS(k);
-  const int8_t *w = w0;
-#pragma GCC unroll 1
-  for (; st < end; st += 8, w += 4) {
-    uint32_t v0 = load4(w), v1 = load4(w + w_fstride);
-    int32_t wa = __sxtb16(v0), wb = __sxtb16(v1);
-    s00 = __smlad(st[0], wa, s00), s10 = __smlad(st[0], wb, s10);
-    s01 = __smlad(st[1], wa, s01), s11 = __smlad(st[1], wb, s11);
-    s02 = __smlad(st[2], wa, s02), s12 = __smlad(st[2], wb, s12);
-    s03 = __smlad(st[3], wa, s03), s13 = __smlad(st[3], wb, s13);
-    wa = sxtb16_ror8(v0), wb = sxtb16_ror8(v1);
-    s00 = __smlad(st[4], wa, s00), s10 = __smlad(st[4], wb, s10);
-    s01 = __smlad(st[5], wa, s01), s11 = __smlad(st[5], wb, s11);
-    s02 = __smlad(st[6], wa, s02), s12 = __smlad(st[6], wb, s12);
-    s03 = __smlad(st[7], wa, s03), s13 = __smlad(st[7], wb, s13);
+  const int32_t groups = k >> 2;
+  if (groups > 0) {
+    /* By hand: the 8 sums, the 3 pointers and 3 scratch registers take all 14 that Thumb-2
+     * gives, where gcc spilled a sum, a scratch value, the stride and the loop's end (40
+     * instructions a step of 32 multiply-accumulates). A channel's weight word is loaded
+     * again for its odd halves rather than kept, the end compared from the stack, two steps
+     * a loop (33.5 a step); an odd count enters at the second. */
+    const int32_t *end = st + 8 * groups;
+    const int8_t *w = w0, *w1 = w0 + w_fstride;
+    int32_t c, d, e;
+#define TT_DOT2_STAGED_STEP                                                                          \
+  "ldr %[c], [%[w]]\n\t"                                                                            \
+  "ldr %[d], [%[w1]]\n\t"                                                                           \
+  "sxtb16 %[c], %[c]\n\t"                                                                           \
+  "sxtb16 %[d], %[d]\n\t"                                                                           \
+  "ldr %[e], [%[st]], #4\n\t"                                                                       \
+  "smlad %[s00], %[e], %[c], %[s00]\n\t"                                                            \
+  "smlad %[s10], %[e], %[d], %[s10]\n\t"                                                            \
+  "ldr %[e], [%[st]], #4\n\t"                                                                       \
+  "smlad %[s01], %[e], %[c], %[s01]\n\t"                                                            \
+  "smlad %[s11], %[e], %[d], %[s11]\n\t"                                                            \
+  "ldr %[e], [%[st]], #4\n\t"                                                                       \
+  "smlad %[s02], %[e], %[c], %[s02]\n\t"                                                            \
+  "smlad %[s12], %[e], %[d], %[s12]\n\t"                                                            \
+  "ldr %[e], [%[st]], #4\n\t"                                                                       \
+  "smlad %[s03], %[e], %[c], %[s03]\n\t"                                                            \
+  "smlad %[s13], %[e], %[d], %[s13]\n\t"                                                            \
+  "ldr %[c], [%[w]], #4\n\t"                                                                        \
+  "ldr %[d], [%[w1]], #4\n\t"                                                                       \
+  "sxtb16 %[c], %[c], ror #8\n\t"                                                                   \
+  "sxtb16 %[d], %[d], ror #8\n\t"                                                                   \
+  "ldr %[e], [%[st]], #4\n\t"                                                                       \
+  "smlad %[s00], %[e], %[c], %[s00]\n\t"                                                            \
+  "smlad %[s10], %[e], %[d], %[s10]\n\t"                                                            \
+  "ldr %[e], [%[st]], #4\n\t"                                                                       \
+  "smlad %[s01], %[e], %[c], %[s01]\n\t"                                                            \
+  "smlad %[s11], %[e], %[d], %[s11]\n\t"                                                            \
+  "ldr %[e], [%[st]], #4\n\t"                                                                       \
+  "smlad %[s02], %[e], %[c], %[s02]\n\t"                                                            \
+  "smlad %[s12], %[e], %[d], %[s12]\n\t"                                                            \
+  "ldr %[e], [%[st]], #4\n\t"                                                                       \
+  "smlad %[s03], %[e], %[c], %[s03]\n\t"                                                            \
+  "smlad %[s13], %[e], %[d], %[s13]\n\t"
+    __asm__("ldr %[e], %[n]\n\t"
+            "tst %[e], #1\n\t"
+            "bne 2f\n"
+            "1:\n\t" TT_DOT2_STAGED_STEP "2:\n\t" TT_DOT2_STAGED_STEP
+            "ldr %[e], %[end]\n\t"
+            "cmp %[st], %[e]\n\t"
+            "bne 1b\n\t"
+            : [s00] "+r"(s00), [s01] "+r"(s01), [s02] "+r"(s02), [s03] "+r"(s03), [s10] "+r"(s10),
+              [s11] "+r"(s11), [s12] "+r"(s12), [s13] "+r"(s13), [st] "+r"(st), [w] "+r"(w), [w1] "+r"(w1),
+              [c] "=&r"(c), [d] "=&r"(d), [e] "=&r"(e)
+            : [n] "m"(groups), [end] "m"(end)
+            : "cc", "memory");
+#undef TT_DOT2_STAGED_STEP
   }
   s[0] = s00, s[1] = s01, s[2] = s02, s[3] = s03, s[4] = s10, s[5] = s11, s[6] = s12, s[7] = s13;
   const int32_t done = k & ~3;
@@ -551,6 +690,18 @@ static inline const int32_t *staged_at(const int32_t *st, int32_t x, int32_t k) 
 static inline __attribute__((always_inline)) void rows2_step(float *acc0, float *acc1, const int8_t *a, int32_t a_stride,
                                                             const int8_t *w0, int32_t w_fstride, int32_t k,
                                                             int32_t fold0, int32_t fold1, const int32_t *st, const int n) {
+#if TT_FLOAT_SUMS
+  if (float_exact(fold0) && float_exact(fold1)) {
+    float t0[8], t1[8];
+    int32_t fs_stride = 0, fs_k = 0;
+    const float *fs = float_staged(st, a, n, &fs_stride, &fs_k);
+    pw_sums2_f(a, a_stride, w0, w_fstride, k, t0, t1, n, fs, fs_stride, fs_k);
+    for (int j = 0; j < n; ++j) {
+      acc0[j] = t0[j] - (float)fold0, acc1[j] = t1[j] - (float)fold1;
+    }
+    return;
+  }
+#endif
   int32_t s[2 * TT_PW_PIXELS];
   pw_dot2(st, a, a_stride, w0, w_fstride, k, s, n, -fold0, -fold1);
   for (int j = 0; j < n; ++j) {
@@ -628,12 +779,24 @@ int32_t tt_pw_rows2_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t
 /* tt_pw_stage_s8: stages `pixels` pixels of k input channels (rows a_stride apart, the pixels
  * one after the other: a row, or whole planes) for the staged kernels below: stage_rows' words,
  * (pixels / 4) * 8 * (k / 4) of them. tensorize.py calls it once, in a block of its own before
- * the loop whose calls read it (so TVM keeps the buffer alive across that loop). Without the
- * DSP extension it does nothing: the staged kernels read the rows (a multiply-accumulate
- * costs the same either way). */
+ * the loop whose calls read it (so TVM keeps the buffer alive across that loop). On RV32F the
+ * same words hold as many channels as fit as float32 (float_staged); elsewhere it does
+ * nothing, and the staged kernels read the rows. */
 int32_t tt_pw_stage_s8(void *stage, void *a, int32_t a_stride, int32_t k, int32_t pixels) {
 #if defined(__ARM_FEATURE_DSP)
   stage_rows((int32_t *)stage, (const int8_t *)a, a_stride, k, pixels);
+#elif TT_FLOAT_SUMS
+  int32_t *st = (int32_t *)stage, words = (pixels / 4) * 8 * (k / 4); /* what the buffer holds at least */
+  int32_t kh = pixels > 0 && words > TT_FLOAT_STAGE_HEADER ? (words - TT_FLOAT_STAGE_HEADER) / pixels : 0;
+  kh = kh < k ? kh : k;
+  st[0] = (int32_t)(uintptr_t)a, st[1] = pixels, st[2] = kh;
+  float *f = (float *)(st + TT_FLOAT_STAGE_HEADER);
+  const int8_t *row = (const int8_t *)a;
+  for (int32_t i = 0; i < kh; ++i, row += a_stride, f += pixels) {
+    for (int32_t x = 0; x < pixels; ++x) {
+      f[x] = (float)row[x];
+    }
+  }
 #else
   (void)stage, (void)a, (void)a_stride, (void)k, (void)pixels;
 #endif
@@ -642,7 +805,7 @@ int32_t tt_pw_stage_s8(void *stage, void *a, int32_t a_stride, int32_t k, int32_
 
 /* The staged words a staged kernel reads (none without the DSP extension). */
 static inline const int32_t *staged(const void *stage) {
-#if defined(__ARM_FEATURE_DSP)
+#if defined(__ARM_FEATURE_DSP) || TT_FLOAT_SUMS
   return (const int32_t *)stage;
 #else
   (void)stage;
@@ -655,7 +818,7 @@ static inline const int32_t *staged(const void *stage) {
 static inline const int32_t *staged_from(const void *stage, const void *a, const void *plane, int32_t k) {
   const int32_t *st = staged(stage);
   const int32_t offset = (int32_t)((const int8_t *)a - (const int8_t *)plane);
-  return st && offset % 4 == 0 ? staged_at(st, offset, k) : 0;
+  return st && (TT_FLOAT_SUMS || offset % 4 == 0) ? staged_at(st, offset, k) : 0; /* RV32F: any pixel */
 }
 
 /* tt_pw_rows2_s8 for one of a row's output channel pairs, reading the input from the row
@@ -818,6 +981,36 @@ static inline void set_partial(float *p, int32_t v) {
   *p = f;
 }
 
+/* Where a depthwise path puts each output's final value v, its window's sum minus `fold`:
+ * with `rq` 0 the float32 the TIR's loop leaves in the accumulator, (float)v; with `rq` 1
+ * (tt_dw_plane_requant_s8) the int8 that the requantization after that loop makes of it,
+ * straight away, the sums never stored. The caller then passes fold - bias as the fold, so
+ * that v has the bias added (requant_biased). `rq` is a constant in every copy; q is indexed
+ * as the accumulator is (dw_at moves both). */
+typedef struct {
+  int8_t *q;
+  float scale;
+  int32_t offset; /* requant_scaled's */
+} dw_requant;
+
+static inline __attribute__((always_inline)) void dw_put(float *out, dw_requant r, int32_t i, int32_t v,
+                                                       const int rq) {
+  if (rq) {
+    r.q[i] = requant_biased(v, r.scale, r.offset);
+  } else {
+    out[i] = (float)v;
+  }
+}
+
+#define TT_NO_REQUANT ((dw_requant){NULL, 0.0f, 0}) /* with rq 0 */
+
+static inline __attribute__((always_inline)) dw_requant dw_at(dw_requant r, int32_t i, const int rq) {
+  if (rq) {
+    r.q += i;
+  }
+  return r;
+}
+
 /* Output o of a pass over some input channels: its first pass sets the int32 partial sum,
  * later ones add to it, the last writes the float the loop would (the zero point folded). */
 static inline __attribute__((always_inline)) void k3_put(float *o, int32_t s, int first, int last, int32_t fold) {
@@ -829,6 +1022,33 @@ static inline __attribute__((always_inline)) void k3_put(float *o, int32_t s, in
   }
 }
 
+/* k3_put, or with `rq` the one pass's output requantized (dw_put). */
+static inline __attribute__((always_inline)) void k3_out(float *out, dw_requant r, int32_t i, int32_t s, int first,
+                                                       int last, int32_t fold, const int rq) {
+  if (rq) {
+    dw_put(out, r, i, s - fold, 1);
+  } else {
+    k3_put(out + i, s, first, last, fold);
+  }
+}
+
+/* k3_out (dw_put) for a window sum of the plain C paths, a tap_sum: on RV32F, requantized
+ * from the float sum, whose difference with the fold (here the zero point's fold minus the
+ * bias, a float32 exactly: tt_dw_plane_requant_s8 checks) rounds the exact integer once, as
+ * converting the int32 difference does, with one FSUB.S for two conversions. */
+#if !defined(__ARM_FEATURE_DSP)
+static inline __attribute__((always_inline)) void dw_out_sum(float *out, dw_requant r, int32_t i, tap_sum s,
+                                                           int first, int last, int32_t fold, const int rq) {
+#if TT_FLOAT_SUMS
+  if (rq) {
+    r.q[i] = requant_scaled((s - (float)fold) * r.scale, r.offset);
+    return;
+  }
+#endif
+  k3_out(out, r, i, (int32_t)s, first, last, fold, rq);
+}
+#endif
+
 /* Outputs [0, count) of one output row whose 3-wide windows lie inside the row, over the
  * `rows` x n window rows of table t (window row ky of input channel j at row + ky * a_row +
  * j * a_chan, ky-major); stride 1 or 2. Four outputs a step, then two: with the DSP extension
@@ -839,7 +1059,7 @@ static inline __attribute__((always_inline)) void k3_put(float *o, int32_t s, in
 static inline __attribute__((always_inline)) void k3_row(float *out, const int8_t *row, int32_t a_chan,
                                                        int32_t a_row, const k3_taps *t, int32_t n, int32_t rows,
                                                        const int32_t stride, int32_t count, int first, int last,
-                                                       int32_t fold) {
+                                                       int32_t fold, dw_requant qr, const int rq) {
   int32_t ox = 0;
 #if !defined(__ARM_FEATURE_DSP)
   for (; ox + 8 <= count; ox += 8) { /* plain C: eight outputs a step, each input converted once for them */
@@ -859,13 +1079,14 @@ static inline __attribute__((always_inline)) void k3_row(float *out, const int8_
       }
     }
     for (int o = 0; o < 8; ++o) {
-      k3_put(out + ox + o, (int32_t)f[o], first, last, fold);
+      dw_out_sum(out, qr, ox + o, f[o], first, last, fold, rq);
     }
   }
 #endif
   for (; ox + 4 <= count; ox += 4) {
+#if defined(__ARM_FEATURE_DSP)
     int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-#if !defined(__ARM_FEATURE_DSP)
+#else
     tap_sum f0 = 0, f1 = 0, f2 = 0, f3 = 0;
 #endif
     const k3_taps *tk = t;
@@ -903,14 +1124,17 @@ static inline __attribute__((always_inline)) void k3_row(float *out, const int8_
       }
     }
 #if !defined(__ARM_FEATURE_DSP)
-    s0 = (int32_t)f0, s1 = (int32_t)f1, s2 = (int32_t)f2, s3 = (int32_t)f3;
+    dw_out_sum(out, qr, ox, f0, first, last, fold, rq), dw_out_sum(out, qr, ox + 1, f1, first, last, fold, rq);
+    dw_out_sum(out, qr, ox + 2, f2, first, last, fold, rq), dw_out_sum(out, qr, ox + 3, f3, first, last, fold, rq);
+#else
+    k3_out(out, qr, ox, s0, first, last, fold, rq), k3_out(out, qr, ox + 1, s1, first, last, fold, rq);
+    k3_out(out, qr, ox + 2, s2, first, last, fold, rq), k3_out(out, qr, ox + 3, s3, first, last, fold, rq);
 #endif
-    k3_put(out + ox, s0, first, last, fold), k3_put(out + ox + 1, s1, first, last, fold);
-    k3_put(out + ox + 2, s2, first, last, fold), k3_put(out + ox + 3, s3, first, last, fold);
   }
   for (; ox + 2 <= count; ox += 2) {
+#if defined(__ARM_FEATURE_DSP)
     int32_t s0 = 0, s1 = 0;
-#if !defined(__ARM_FEATURE_DSP)
+#else
     tap_sum f0 = 0, f1 = 0;
 #endif
     const k3_taps *tk = t;
@@ -935,9 +1159,10 @@ static inline __attribute__((always_inline)) void k3_row(float *out, const int8_
       }
     }
 #if !defined(__ARM_FEATURE_DSP)
-    s0 = (int32_t)f0, s1 = (int32_t)f1;
+    dw_out_sum(out, qr, ox, f0, first, last, fold, rq), dw_out_sum(out, qr, ox + 1, f1, first, last, fold, rq);
+#else
+    k3_out(out, qr, ox, s0, first, last, fold, rq), k3_out(out, qr, ox + 1, s1, first, last, fold, rq);
 #endif
-    k3_put(out + ox, s0, first, last, fold), k3_put(out + ox + 1, s1, first, last, fold);
   }
   if (ox < count) { /* the last one alone */
     int32_t s = 0;
@@ -948,7 +1173,7 @@ static inline __attribute__((always_inline)) void k3_row(float *out, const int8_
         s += k3_w0(*tk) * r[0] + k3_w1(*tk) * r[1] + k3_w2(*tk) * r[2];
       }
     }
-    k3_put(out + ox, s, first, last, fold);
+    k3_out(out, qr, ox, s, first, last, fold, rq);
   }
 }
 
@@ -961,20 +1186,31 @@ static __attribute__((noinline)) void k3_row_sums(float *out, const int8_t *row,
                                                   int32_t count, int32_t fold) {
   if (n == 1 && rows == 3) {
     if (stride == 1) {
-      k3_row(out, row, a_chan, a_row, t, 1, 3, 1, count, 1, 1, fold);
+      k3_row(out, row, a_chan, a_row, t, 1, 3, 1, count, 1, 1, fold, TT_NO_REQUANT, 0);
     } else {
-      k3_row(out, row, a_chan, a_row, t, 1, 3, 2, count, 1, 1, fold);
+      k3_row(out, row, a_chan, a_row, t, 1, 3, 2, count, 1, 1, fold, TT_NO_REQUANT, 0);
     }
   } else if (n == 3 && rows == 3) {
     if (stride == 1) {
-      k3_row(out, row, a_chan, a_row, t, 3, 3, 1, count, 1, 1, fold);
+      k3_row(out, row, a_chan, a_row, t, 3, 3, 1, count, 1, 1, fold, TT_NO_REQUANT, 0);
     } else {
-      k3_row(out, row, a_chan, a_row, t, 3, 3, 2, count, 1, 1, fold);
+      k3_row(out, row, a_chan, a_row, t, 3, 3, 2, count, 1, 1, fold, TT_NO_REQUANT, 0);
     }
   } else if (stride == 1) {
-    k3_row(out, row, a_chan, a_row, t, n, rows, 1, count, 1, 1, fold);
+    k3_row(out, row, a_chan, a_row, t, n, rows, 1, count, 1, 1, fold, TT_NO_REQUANT, 0);
   } else {
-    k3_row(out, row, a_chan, a_row, t, n, rows, 2, count, 1, 1, fold);
+    k3_row(out, row, a_chan, a_row, t, n, rows, 2, count, 1, 1, fold, TT_NO_REQUANT, 0);
+  }
+}
+
+/* k3_row_sums for a depthwise 3x3 window (one channel) with its outputs requantized
+ * (dw_put): `fold` is the zero point's fold minus the bias. */
+static __attribute__((noinline)) void k3_row_requant(dw_requant qr, const int8_t *row, int32_t a_row,
+                                                     const k3_taps *t, int32_t stride, int32_t count, int32_t fold) {
+  if (stride == 1) {
+    k3_row(NULL, row, 0, a_row, t, 1, 3, 1, count, 1, 1, fold, qr, 1);
+  } else {
+    k3_row(NULL, row, 0, a_row, t, 1, 3, 2, count, 1, 1, fold, qr, 1);
   }
 }
 
@@ -996,9 +1232,10 @@ static inline __attribute__((always_inline)) int32_t dw_window(const int8_t *row
 /* Outputs [ox0, ox1) of one row whose windows lie inside the plane. */
 static inline __attribute__((always_inline)) void dw_inside(float *out, const int8_t *row, int32_t a_row,
                                                           const int32_t *w, int32_t kh, int32_t kw, int32_t stride,
-                                                          int32_t ox0, int32_t ox1, int32_t fold) {
+                                                          int32_t ox0, int32_t ox1, int32_t fold, dw_requant qr,
+                                                          const int rq) {
   for (int32_t ox = ox0; ox < ox1; ++ox) {
-    out[ox] = (float)(dw_window(row + ox * stride, a_row, w, kh, kw) - fold);
+    dw_put(out, qr, ox, dw_window(row + ox * stride, a_row, w, kh, kw) - fold, rq);
   }
 }
 
@@ -1066,7 +1303,7 @@ static inline __attribute__((always_inline)) void dw_row_taps4(const int8_t *p, 
 static inline __attribute__((always_inline)) void dw_inside_packed(float *out, const int8_t *row, int32_t a_row,
                                                                  const int32_t *wp, const int kh, const int kw,
                                                                  const int32_t stride, int32_t ox0, int32_t ox1,
-                                                                 int32_t fold) {
+                                                                 int32_t fold, dw_requant qr, const int rq) {
   int32_t ox = ox0;
   for (; (stride == 1 || stride == 2) && ox + 4 <= ox1; ox += 4) {
     const int8_t *p = row + ox * stride;
@@ -1074,8 +1311,8 @@ static inline __attribute__((always_inline)) void dw_inside_packed(float *out, c
     for (int ky = 0; ky < kh; ++ky, p += a_row) {
       dw_row_taps4(p, wp + ky * TT_DW_PACKED_ROW, kw, stride, s);
     }
-    out[ox] = (float)(s[0] - fold), out[ox + 1] = (float)(s[1] - fold);
-    out[ox + 2] = (float)(s[2] - fold), out[ox + 3] = (float)(s[3] - fold);
+    dw_put(out, qr, ox, s[0] - fold, rq), dw_put(out, qr, ox + 1, s[1] - fold, rq);
+    dw_put(out, qr, ox + 2, s[2] - fold, rq), dw_put(out, qr, ox + 3, s[3] - fold, rq);
   }
   for (; ox + 2 <= ox1; ox += 2) {
     const int8_t *p = row + ox * stride;
@@ -1084,7 +1321,7 @@ static inline __attribute__((always_inline)) void dw_inside_packed(float *out, c
       s0 = dw_row_taps(p, wp + ky * TT_DW_PACKED_ROW, kw, s0);
       s1 = dw_row_taps(p + stride, wp + ky * TT_DW_PACKED_ROW, kw, s1);
     }
-    out[ox] = (float)(s0 - fold), out[ox + 1] = (float)(s1 - fold);
+    dw_put(out, qr, ox, s0 - fold, rq), dw_put(out, qr, ox + 1, s1 - fold, rq);
   }
   if (ox < ox1) {
     const int8_t *p = row + ox * stride;
@@ -1092,7 +1329,7 @@ static inline __attribute__((always_inline)) void dw_inside_packed(float *out, c
     for (int ky = 0; ky < kh; ++ky, p += a_row) {
       s = dw_row_taps(p, wp + ky * TT_DW_PACKED_ROW, kw, s);
     }
-    out[ox] = (float)(s - fold);
+    dw_put(out, qr, ox, s - fold, rq);
   }
 }
 
@@ -1102,7 +1339,8 @@ static inline __attribute__((always_inline)) void dw_inside_packed(float *out, c
  * the weights wk already tap_sum. */
 static inline __attribute__((always_inline)) void dw_inside4(float *out, const int8_t *row, int32_t a_row,
                                                            const tap_sum *wk, const int k, const int32_t stride,
-                                                           int32_t ox0, int32_t ox1, int32_t fold) {
+                                                           int32_t ox0, int32_t ox1, int32_t fold, dw_requant qr,
+                                                           const int rq) {
   int32_t ox = ox0;
   for (; k == 5 && stride == 1 && ox + 8 <= ox1; ox += 8) { /* 8 a step: 7 wide or at stride 2, gcc spills */
     const int8_t *p = row + ox * stride;
@@ -1120,7 +1358,7 @@ static inline __attribute__((always_inline)) void dw_inside4(float *out, const i
       }
     }
     for (int o = 0; o < 8; ++o) {
-      out[ox + o] = (float)((int32_t)f[o] - fold);
+      dw_out_sum(out, qr, ox + o, f[o], 1, 1, fold, rq);
     }
   }
   for (; (stride == 1 || stride == 2) && ox + 4 <= ox1; ox += 4) {
@@ -1137,8 +1375,8 @@ static inline __attribute__((always_inline)) void dw_inside4(float *out, const i
         s2 = tap_mac(s2, w, x[kx + 2 * stride]), s3 = tap_mac(s3, w, x[kx + 3 * stride]);
       }
     }
-    out[ox] = (float)((int32_t)s0 - fold), out[ox + 1] = (float)((int32_t)s1 - fold);
-    out[ox + 2] = (float)((int32_t)s2 - fold), out[ox + 3] = (float)((int32_t)s3 - fold);
+    dw_out_sum(out, qr, ox, s0, 1, 1, fold, rq), dw_out_sum(out, qr, ox + 1, s1, 1, 1, fold, rq);
+    dw_out_sum(out, qr, ox + 2, s2, 1, 1, fold, rq), dw_out_sum(out, qr, ox + 3, s3, 1, 1, fold, rq);
   }
   for (; ox < ox1; ++ox) {
     const int8_t *p = row + ox * stride;
@@ -1148,7 +1386,7 @@ static inline __attribute__((always_inline)) void dw_inside4(float *out, const i
         s = tap_mac(s, wk[ky * k + kx], (tap_sum)p[kx]);
       }
     }
-    out[ox] = (float)((int32_t)s - fold);
+    dw_out_sum(out, qr, ox, s, 1, 1, fold, rq);
   }
 }
 #endif
@@ -1157,8 +1395,8 @@ static inline __attribute__((always_inline)) void dw_inside4(float *out, const i
  * dw_inside4, the commonest strides as constants; `wt` their weights as those take them. */
 #if defined(__ARM_FEATURE_DSP)
 typedef int32_t wide_weight;
-#define dw_inside_wide(out, row, a_row, wt, k, stride, ox0, ox1, fold) \
-  dw_inside_packed(out, row, a_row, wt, k, k, stride, ox0, ox1, fold)
+#define dw_inside_wide(out, row, a_row, wt, k, stride, ox0, ox1, fold, qr, rq) \
+  dw_inside_packed(out, row, a_row, wt, k, k, stride, ox0, ox1, fold, qr, rq)
 #else
 typedef tap_sum wide_weight;
 #define dw_inside_wide dw_inside4
@@ -1166,13 +1404,14 @@ typedef tap_sum wide_weight;
 
 static inline __attribute__((always_inline)) void dw_wide_rows(float *out, const int8_t *row, int32_t a_row,
                                                              const wide_weight *wt, const int k, int32_t stride,
-                                                             int32_t ox0, int32_t ox1, int32_t fold) {
+                                                             int32_t ox0, int32_t ox1, int32_t fold, dw_requant qr,
+                                                             const int rq) {
   if (stride == 1) {
-    dw_inside_wide(out, row, a_row, wt, k, 1, ox0, ox1, fold);
+    dw_inside_wide(out, row, a_row, wt, k, 1, ox0, ox1, fold, qr, rq);
   } else if (stride == 2) {
-    dw_inside_wide(out, row, a_row, wt, k, 2, ox0, ox1, fold);
+    dw_inside_wide(out, row, a_row, wt, k, 2, ox0, ox1, fold, qr, rq);
   } else {
-    dw_inside_wide(out, row, a_row, wt, k, stride, ox0, ox1, fold);
+    dw_inside_wide(out, row, a_row, wt, k, stride, ox0, ox1, fold, qr, rq);
   }
 }
 
@@ -1191,13 +1430,11 @@ static int32_t dw_border(const int8_t *a, int32_t a_row, const int32_t *w, int32
   return s;
 }
 
-/* The outputs of rows [oy0, oy1) whose windows lie inside the plane across, [ox0, ox1): `a`
- * is the plane (or its padded copy), `off` the offset of the top left tap of output (0, 0);
- * `wp` the weights packed by pack_window for a 5x5 or 7x7 window with the DSP extension,
- * else NULL. */
-static void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t off, const int32_t *w,
-                           const int32_t *wp, int32_t kh, int32_t kw, int32_t stride, int32_t oy0, int32_t oy1,
-                           int32_t ox0, int32_t ox1, int32_t out_w, int32_t fold) {
+static inline __attribute__((always_inline)) void dw_rows_inside_as(float *acc, const int8_t *a, int32_t a_row,
+                                                                  int32_t off, const int32_t *w, const int32_t *wp,
+                                                                  int32_t kh, int32_t kw, int32_t stride, int32_t oy0,
+                                                                  int32_t oy1, int32_t ox0, int32_t ox1, int32_t out_w,
+                                                                  int32_t fold, dw_requant qr, const int rq) {
   const int wide = kh == kw && (kh == 5 || kh == 7);
 #if defined(__ARM_FEATURE_DSP)
   const wide_weight *wt = wp; /* NULL from tt_conv_row_s8 */
@@ -1215,25 +1452,44 @@ static void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t o
     t3[ky] = k3_taps_of(w[3 * ky], w[3 * ky + 1], w[3 * ky + 2]);
   }
   for (int32_t oy = oy0; oy < oy1; ++oy) {
-    float *out = acc + oy * out_w;
+    float *out = rq ? NULL : acc + oy * out_w;
+    const dw_requant q = dw_at(qr, oy * out_w, rq);
     const int8_t *row = a + oy * stride * a_row + off;
+    if (k3 && rq) {
+      k3_row_requant(dw_at(q, ox0, rq), row + ox0 * stride, a_row, t3, stride, ox1 - ox0, fold);
+      continue;
+    }
     if (k3) {
       k3_row_sums(out + ox0, row + ox0 * stride, 0, a_row, t3, 1, 3, stride, ox1 - ox0, fold);
       continue;
     }
     if (wt && wide) {
       if (kh == 5) {
-        dw_wide_rows(out, row, a_row, wt, 5, stride, ox0, ox1, fold);
+        dw_wide_rows(out, row, a_row, wt, 5, stride, ox0, ox1, fold, q, rq);
       } else {
-        dw_wide_rows(out, row, a_row, wt, 7, stride, ox0, ox1, fold);
+        dw_wide_rows(out, row, a_row, wt, 7, stride, ox0, ox1, fold, q, rq);
       }
     } else if (kh == 5 && kw == 5) {
-      dw_inside(out, row, a_row, w, 5, 5, stride, ox0, ox1, fold);
+      dw_inside(out, row, a_row, w, 5, 5, stride, ox0, ox1, fold, q, rq);
     } else if (kh == 7 && kw == 7) {
-      dw_inside(out, row, a_row, w, 7, 7, stride, ox0, ox1, fold);
+      dw_inside(out, row, a_row, w, 7, 7, stride, ox0, ox1, fold, q, rq);
     } else {
-      dw_inside(out, row, a_row, w, kh, kw, stride, ox0, ox1, fold);
+      dw_inside(out, row, a_row, w, kh, kw, stride, ox0, ox1, fold, q, rq);
     }
+  }
+}
+
+/* The outputs of rows [oy0, oy1) whose windows lie inside the plane across, [ox0, ox1): `a`
+ * is the plane (or its padded copy), `off` the offset of the top left tap of output (0, 0);
+ * `wp` the weights packed by pack_window for a 5x5 or 7x7 window with the DSP extension,
+ * else NULL; written to acc, or requantized (dw_put) if qr is given. */
+static void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t off, const int32_t *w,
+                           const int32_t *wp, int32_t kh, int32_t kw, int32_t stride, int32_t oy0, int32_t oy1,
+                           int32_t ox0, int32_t ox1, int32_t out_w, int32_t fold, const dw_requant *qr) {
+  if (qr) {
+    dw_rows_inside_as(acc, a, a_row, off, w, wp, kh, kw, stride, oy0, oy1, ox0, ox1, out_w, fold, *qr, 1);
+  } else {
+    dw_rows_inside_as(acc, a, a_row, off, w, wp, kh, kw, stride, oy0, oy1, ox0, ox1, out_w, fold, TT_NO_REQUANT, 0);
   }
 }
 
@@ -1266,16 +1522,11 @@ static inline __attribute__((always_inline)) void fill_bytes(int8_t *dst, int32_
   }
 }
 
-int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_row, int32_t h, int32_t wd,
-                       int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w, int32_t zx,
-                       int32_t zeroed) {
-  float *acc = (float *)acc_;
-  const int8_t *a = (const int8_t *)a_, *w8 = (const int8_t *)w_;
-  if (kh * kw > TT_DW_MAX_TAPS || !starts_at_zero(acc, out_h * out_w, zeroed)) {
-    zero_unless_kept(acc, out_h * out_w, zeroed);
-    dw_plane_float(acc, a, a_row, w8, w_row, h, wd, kh, kw, stride, pad, out_h, out_w, (float)zx);
-    return 0;
-  }
+/* The exact path of tt_dw_plane_s8 (int32 sums; at most TT_DW_MAX_TAPS taps), into acc, or,
+ * if qr is given, requantized with `bias` (tt_dw_plane_requant_s8). */
+static void dw_plane(float *acc, const int8_t *a, int32_t a_row, const int8_t *w8, int32_t w_row, int32_t h,
+                     int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w,
+                     int32_t zx, int32_t bias, const dw_requant *qr) {
   int32_t w[TT_DW_MAX_TAPS], fold = 0;
   for (int32_t ky = 0; ky < kh; ++ky) {
     for (int32_t kx = 0; kx < kw; ++kx) {
@@ -1283,7 +1534,7 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
       fold += w[ky * kw + kx];
     }
   }
-  fold *= zx;
+  fold = fold * zx - bias; /* requantized, the sums come with the bias added */
   const int32_t *wp = NULL;
 #if defined(__ARM_FEATURE_DSP)
   int32_t packed[7 * TT_DW_PACKED_ROW];
@@ -1309,9 +1560,11 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
           copy_row(padded + r * padded_row + pad, a + iy * a_row, wd);
         }
       }
-      dw_rows_inside(acc + oy0 * out_w, padded, padded_row, 0, w, wp, kh, kw, stride, 0, n, 0, out_w, out_w, fold);
+      dw_requant band = qr ? dw_at(*qr, oy0 * out_w, 1) : TT_NO_REQUANT;
+      dw_rows_inside(acc + oy0 * out_w, padded, padded_row, 0, w, wp, kh, kw, stride, 0, n, 0, out_w, out_w, fold,
+                     qr ? &band : NULL);
     }
-    return 0;
+    return;
   }
   /* a plane too wide for a band of kh padded rows: the outputs whose windows lie inside it,
    * [ox_lo, ox_hi) across, have no bounds tests; those on the border add the taps inside the
@@ -1325,16 +1578,34 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
     int32_t iy0 = oy * stride - pad, lo = 0, hi = 0;
     if (iy0 >= 0 && iy0 + kh <= h && ox_lo < ox_hi) {
       lo = ox_lo, hi = ox_hi;
-      dw_rows_inside(acc, a, a_row, -pad * a_row - pad, w, wp, kh, kw, stride, oy, oy + 1, lo, hi, out_w, fold);
+      dw_rows_inside(acc, a, a_row, -pad * a_row - pad, w, wp, kh, kw, stride, oy, oy + 1, lo, hi, out_w, fold, qr);
     }
     for (int32_t ox = 0; ox < out_w; ++ox) {
       if (ox == lo && hi > lo) {
         ox = hi - 1;
         continue;
       }
-      acc[oy * out_w + ox] = (float)dw_border(a, a_row, w, h, wd, kh, kw, iy0, ox * stride - pad, zx);
+      int32_t v = dw_border(a, a_row, w, h, wd, kh, kw, iy0, ox * stride - pad, zx) + bias;
+      if (qr) {
+        dw_put(NULL, *qr, oy * out_w + ox, v, 1);
+      } else {
+        dw_put(acc, TT_NO_REQUANT, oy * out_w + ox, v, 0);
+      }
     }
   }
+}
+
+int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_row, int32_t h, int32_t wd,
+                       int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w, int32_t zx,
+                       int32_t zeroed) {
+  float *acc = (float *)acc_;
+  const int8_t *a = (const int8_t *)a_, *w8 = (const int8_t *)w_;
+  if (kh * kw > TT_DW_MAX_TAPS || !starts_at_zero(acc, out_h * out_w, zeroed)) {
+    zero_unless_kept(acc, out_h * out_w, zeroed);
+    dw_plane_float(acc, a, a_row, w8, w_row, h, wd, kh, kw, stride, pad, out_h, out_w, (float)zx);
+    return 0;
+  }
+  dw_plane(acc, a, a_row, w8, w_row, h, wd, kh, kw, stride, pad, out_h, out_w, zx, 0, NULL);
   return 0;
 }
 
@@ -1555,9 +1826,9 @@ static void conv_plane_int32(float *acc, const int8_t *a, int32_t a_chan, int32_
         if (ox == lo && hi > lo) {
           const int8_t *r = row + from * stride - pad_x;
           if (stride == 1) {
-            k3_row(out + from, r, a_chan, a_row, t, n, ky1 - ky0, 1, to - from, first, last, f);
+            k3_row(out + from, r, a_chan, a_row, t, n, ky1 - ky0, 1, to - from, first, last, f, TT_NO_REQUANT, 0);
           } else {
-            k3_row(out + from, r, a_chan, a_row, t, n, ky1 - ky0, 2, to - from, first, last, f);
+            k3_row(out + from, r, a_chan, a_row, t, n, ky1 - ky0, 2, to - from, first, last, f, TT_NO_REQUANT, 0);
           }
           ox = hi - 1;
           continue;
@@ -1694,7 +1965,7 @@ int32_t tt_conv_row_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void
   }
   fold *= zx;
   if (c == 1) {
-    dw_rows_inside(acc, row, a_row, 0, w, NULL, kh, kw, stride, 0, 1, lo, hi, out_w, fold);
+    dw_rows_inside(acc, row, a_row, 0, w, NULL, kh, kw, stride, 0, 1, lo, hi, out_w, fold, NULL);
   } else {
     conv_row_inside(acc, row, a_chan, a_row, w, c, kh, kw, stride, lo, hi, fold);
   }
@@ -2327,57 +2598,6 @@ static __attribute__((cold, noinline)) void requant_float(int8_t *out, const flo
   }
 }
 
-/* min(p, hi) and max(p, lo) as C's `p < hi ? p : hi` and `p > lo ? p : lo` (a NaN p gives
- * the bound): one FMIN.S / FMAX.S on RISC-V, where gcc calls libm for fminf. */
-static inline __attribute__((always_inline)) float float_min(float p, float hi) {
-#if defined(__riscv) && defined(__riscv_flen)
-  __asm__("fmin.s %0, %0, %1" : "+f"(p) : "f"(hi));
-  return p;
-#else
-  return p < hi ? p : hi;
-#endif
-}
-static inline __attribute__((always_inline)) float float_max(float p, float lo) {
-#if defined(__riscv) && defined(__riscv_flen)
-  __asm__("fmax.s %0, %0, %1" : "+f"(p) : "f"(lo));
-  return p;
-#else
-  return p > lo ? p : lo;
-#endif
-}
-
-/* One output from its scaled sum p: offset = the bits of 1.5 * 2^23 minus the zero point.
- * Without QSUB/SSAT, p is clamped first to the integers that give the outputs' range,
- * [-128 - zo, 127 - zo]: rounding keeps integers, so clamping then rounding is rounding then
- * clamping, and no integer clamp is left (2 float instructions instead of 2 clamps each way). */
-static inline __attribute__((always_inline)) int8_t requant_scaled(float p, int32_t offset) {
-#if defined(__ARM_FEATURE_DSP)
-  return (int8_t)__ssat(__qsub(float_bits(p + 12582912.0f), offset), 8);
-#else
-  const int32_t zo = float_bits(12582912.0f) - offset; /* loop invariant: computed once */
-  p = float_max(float_min(p, (float)(127 - zo)), (float)(-128 - zo));
-  return (int8_t)(float_bits(p + 12582912.0f) - offset);
-#endif
-}
-
-/* One output from its float32 sum, bias b and scale s (finite). */
-static inline __attribute__((always_inline)) int8_t requant_one(float acc, float b, float s, int32_t offset) {
-  return requant_scaled((acc + b) * s, offset);
-}
-
-/* One output from its exact integer sum with the bias already added: (float)(sum + bias) is
- * the float32 sum acc + b of the TIR when |sum| <= 2^24 and |bias| <= 2^24 (both exact in
- * float32, so their float32 addition rounds the exact integer sum once, as the conversion
- * does), which saves the addition per output. */
-static inline __attribute__((always_inline)) int8_t requant_biased(int32_t sum_and_bias, float s, int32_t offset) {
-  return requant_scaled((float)sum_and_bias * s, offset);
-}
-
-/* Whether a bias can be added in int32 (requant_biased). */
-static inline int bias_exact(int32_t bias) {
-  return bias >= -TT_EXACT_FLOAT_INTEGERS && bias <= TT_EXACT_FLOAT_INTEGERS;
-}
-
 int32_t tt_requant_s8(void *out_, void *acc_, int32_t n, void *bias_, void *scale_, int32_t zo) {
   int8_t *out = (int8_t *)out_;
   const float *acc = (const float *)acc_;
@@ -2390,6 +2610,30 @@ int32_t tt_requant_s8(void *out_, void *acc_, int32_t n, void *bias_, void *scal
   for (int32_t x = 0; x < n; ++x) {
     out[x] = requant_one(acc[x], b, s, offset);
   }
+  return 0;
+}
+
+/* tt_dw_plane_requant_s8: tt_dw_plane_s8 on a zeroed plane and the requantization of that
+ * plane into out (tt_requant_s8 with *bias, *scale and zo), for what TVM runs one after the
+ * other where nothing else reads the plane (tensorize.py): each output requantized from its
+ * int32 sum with the bias added in int32 (requant_biased), the float sums never stored
+ * (about 4 instructions an output fewer). Where the int32 path does not apply, the two calls
+ * themselves, with acc as their plane. */
+int32_t tt_dw_plane_requant_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_row, int32_t h, int32_t wd,
+                               int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w,
+                               int32_t zx, void *out_, void *bias_, void *scale_, int32_t zo) {
+  const int32_t bias = *(const int32_t *)bias_;
+  const float s = *(const float *)scale_;
+  /* the zero point's fold is at most 49 * 128 * 128 < 2^20 in magnitude: with such a bias,
+   * their difference is a float32 exactly (dw_out_sum) */
+  const int32_t bias_max = TT_FLOAT_SUMS ? TT_EXACT_FLOAT_INTEGERS - (1 << 20) : TT_EXACT_FLOAT_INTEGERS;
+  if (kh * kw > TT_DW_MAX_TAPS || !__builtin_isfinite(s) || bias < -bias_max || bias > bias_max) {
+    tt_dw_plane_s8(acc_, a_, a_row, w_, w_row, h, wd, kh, kw, stride, pad, out_h, out_w, zx, 1);
+    return tt_requant_s8(out_, acc_, out_h * out_w, bias_, scale_, zo);
+  }
+  const dw_requant qr = {(int8_t *)out_, s, float_bits(12582912.0f) - zo}; /* requant_scaled's offset */
+  dw_plane(NULL, (const int8_t *)a_, a_row, (const int8_t *)w_, w_row, h, wd, kh, kw, stride, pad, out_h, out_w, zx,
+           bias, &qr);
   return 0;
 }
 
@@ -2599,6 +2843,17 @@ static inline __attribute__((always_inline)) void rows2_requant_step(float *acc0
       out0[j] = requant_sum(sums[j], fold[0], unbiased0, s0, offset, acc0 + j, 1);
       out1[j] = requant_sum(sums[n + j], fold[1], unbiased1, s1, offset, acc1 + j, 1);
     }
+#if TT_FLOAT_SUMS
+  } else if (float_exact(unbiased0) && float_exact(unbiased1)) { /* the sum with its bias rounded once */
+    float t0[8], t1[8];
+    int32_t fs_stride = 0, fs_k = 0;
+    const float *fs = float_staged(st, a, n, &fs_stride, &fs_k);
+    pw_sums2_f(a, a_stride, w0, w_fstride, k, t0, t1, n, fs, fs_stride, fs_k);
+    for (int j = 0; j < n; ++j) {
+      out0[j] = requant_scaled((t0[j] - (float)unbiased0) * s0, offset);
+      out1[j] = requant_scaled((t1[j] - (float)unbiased1) * s1, offset);
+    }
+#endif
   } else { /* the sums start at -unbiased, which requant_biased needs subtracted */
     pw_dot2(st, a, a_stride, w0, w_fstride, k, sums, n, -unbiased0, -unbiased1);
     for (int j = 0; j < n; ++j) {
