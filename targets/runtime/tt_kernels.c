@@ -470,6 +470,28 @@ static inline __attribute__((always_inline)) void pw_sums2_f(const int8_t *a, in
   }
 }
 
+/* pw_sums2_f for one channel. */
+static inline __attribute__((always_inline)) void pw_sums1_f(const int8_t *a, int32_t a_stride, const int8_t *w,
+                                                             int32_t k, float *t, const int n, const float *fs,
+                                                             int32_t fs_stride, int32_t fs_k) {
+  for (int j = 0; j < n; ++j) {
+    t[j] = 0.0f;
+  }
+  int32_t i = 0;
+  for (; fs && i < fs_k; ++i, fs += fs_stride) {
+    float u = (float)w[i];
+    for (int j = 0; j < n; ++j) {
+      t[j] = __builtin_fmaf(u, fs[j], t[j]);
+    }
+  }
+  for (a += i * a_stride; i < k; ++i, a += a_stride) {
+    float u = (float)w[i];
+    for (int j = 0; j < n; ++j) {
+      t[j] = __builtin_fmaf(u, (float)a[j], t[j]);
+    }
+  }
+}
+
 /* Whether an integer is a float32 exactly: then t + (float)v, for an exact float sum t, is
  * the exact integer t + v rounded once, as (float)(int32)(t + v) is, with one FADD.S instead
  * of two conversions and an integer add (pw_sums2_f's callers). */
@@ -2662,7 +2684,22 @@ static inline __attribute__((always_inline)) void row_requant_step(float *acc, c
     pw_dot_n(a, a_stride, w, k, sums, n);
   }
 #else
-  (void)st; /* never staged */
+#if TT_FLOAT_SUMS
+  if (float_exact(unbiased) && (!keep || float_exact(fold))) { /* as rows2_requant_step */
+    float t[8];
+    int32_t fs_stride = 0, fs_k = 0;
+    const float *fs = float_staged(st, a, n, &fs_stride, &fs_k);
+    pw_sums1_f(a, a_stride, w, k, t, n, fs, fs_stride, fs_k);
+    for (int j = 0; j < n; ++j) {
+      if (keep) {
+        acc[j] = t[j] - (float)fold;
+      }
+      out[j] = requant_scaled((t[j] - (float)unbiased) * s, offset);
+    }
+    return;
+  }
+#endif
+  (void)st; /* staged on RV32F only, and read above */
   pw_dot_n(a, a_stride, w, k, sums, n);
 #endif
   for (int j = 0; j < n; ++j) {
@@ -2836,6 +2873,23 @@ static inline __attribute__((always_inline)) void rows2_requant_step(float *acc0
                                                                     int32_t unbiased0, int32_t unbiased1, int8_t *out0,
                                                                     int8_t *out1, float s0, float s1, int32_t offset,
                                                                     const int32_t *st, const int keep, const int n) {
+#if TT_FLOAT_SUMS
+  if (float_exact(unbiased0) && float_exact(unbiased1) &&
+      (!keep || (float_exact(fold[0]) && float_exact(fold[1])))) { /* each sum rounded once */
+    float t0[8], t1[8];
+    int32_t fs_stride = 0, fs_k = 0;
+    const float *fs = float_staged(st, a, n, &fs_stride, &fs_k);
+    pw_sums2_f(a, a_stride, w0, w_fstride, k, t0, t1, n, fs, fs_stride, fs_k);
+    for (int j = 0; j < n; ++j) {
+      if (keep) {
+        acc0[j] = t0[j] - (float)fold[0], acc1[j] = t1[j] - (float)fold[1];
+      }
+      out0[j] = requant_scaled((t0[j] - (float)unbiased0) * s0, offset);
+      out1[j] = requant_scaled((t1[j] - (float)unbiased1) * s1, offset);
+    }
+    return;
+  }
+#endif
   int32_t sums[2 * TT_PW_PIXELS];
   if (keep) {
     pw_dot2(st, a, a_stride, w0, w_fstride, k, sums, n, 0, 0);
@@ -2843,17 +2897,6 @@ static inline __attribute__((always_inline)) void rows2_requant_step(float *acc0
       out0[j] = requant_sum(sums[j], fold[0], unbiased0, s0, offset, acc0 + j, 1);
       out1[j] = requant_sum(sums[n + j], fold[1], unbiased1, s1, offset, acc1 + j, 1);
     }
-#if TT_FLOAT_SUMS
-  } else if (float_exact(unbiased0) && float_exact(unbiased1)) { /* the sum with its bias rounded once */
-    float t0[8], t1[8];
-    int32_t fs_stride = 0, fs_k = 0;
-    const float *fs = float_staged(st, a, n, &fs_stride, &fs_k);
-    pw_sums2_f(a, a_stride, w0, w_fstride, k, t0, t1, n, fs, fs_stride, fs_k);
-    for (int j = 0; j < n; ++j) {
-      out0[j] = requant_scaled((t0[j] - (float)unbiased0) * s0, offset);
-      out1[j] = requant_scaled((t1[j] - (float)unbiased1) * s1, offset);
-    }
-#endif
   } else { /* the sums start at -unbiased, which requant_biased needs subtracted */
     pw_dot2(st, a, a_stride, w0, w_fstride, k, sums, n, -unbiased0, -unbiased1);
     for (int j = 0; j < n; ++j) {
