@@ -608,39 +608,17 @@ static inline __attribute__((always_inline)) void pw_dot2_staged(const int32_t *
     const int32_t *end = st + 8 * groups;
     const int8_t *w = w0, *w1 = w0 + w_fstride;
     int32_t c, d, e;
-#define TT_DOT2_STAGED_STEP                                                                          \
-  "ldr %[c], [%[w]]\n\t"                                                                            \
-  "ldr %[d], [%[w1]]\n\t"                                                                           \
-  "sxtb16 %[c], %[c]\n\t"                                                                           \
-  "sxtb16 %[d], %[d]\n\t"                                                                           \
+#define TT_DOT2_STAGED_PIXEL(p) /* one staged word: pixel p's pair, both channels */                \
   "ldr %[e], [%[st]], #4\n\t"                                                                       \
-  "smlad %[s00], %[e], %[c], %[s00]\n\t"                                                            \
-  "smlad %[s10], %[e], %[d], %[s10]\n\t"                                                            \
-  "ldr %[e], [%[st]], #4\n\t"                                                                       \
-  "smlad %[s01], %[e], %[c], %[s01]\n\t"                                                            \
-  "smlad %[s11], %[e], %[d], %[s11]\n\t"                                                            \
-  "ldr %[e], [%[st]], #4\n\t"                                                                       \
-  "smlad %[s02], %[e], %[c], %[s02]\n\t"                                                            \
-  "smlad %[s12], %[e], %[d], %[s12]\n\t"                                                            \
-  "ldr %[e], [%[st]], #4\n\t"                                                                       \
-  "smlad %[s03], %[e], %[c], %[s03]\n\t"                                                            \
-  "smlad %[s13], %[e], %[d], %[s13]\n\t"                                                            \
-  "ldr %[c], [%[w]], #4\n\t"                                                                        \
-  "ldr %[d], [%[w1]], #4\n\t"                                                                       \
-  "sxtb16 %[c], %[c], ror #8\n\t"                                                                   \
-  "sxtb16 %[d], %[d], ror #8\n\t"                                                                   \
-  "ldr %[e], [%[st]], #4\n\t"                                                                       \
-  "smlad %[s00], %[e], %[c], %[s00]\n\t"                                                            \
-  "smlad %[s10], %[e], %[d], %[s10]\n\t"                                                            \
-  "ldr %[e], [%[st]], #4\n\t"                                                                       \
-  "smlad %[s01], %[e], %[c], %[s01]\n\t"                                                            \
-  "smlad %[s11], %[e], %[d], %[s11]\n\t"                                                            \
-  "ldr %[e], [%[st]], #4\n\t"                                                                       \
-  "smlad %[s02], %[e], %[c], %[s02]\n\t"                                                            \
-  "smlad %[s12], %[e], %[d], %[s12]\n\t"                                                            \
-  "ldr %[e], [%[st]], #4\n\t"                                                                       \
-  "smlad %[s03], %[e], %[c], %[s03]\n\t"                                                            \
-  "smlad %[s13], %[e], %[d], %[s13]\n\t"
+  "smlad %[s0" p "], %[e], %[c], %[s0" p "]\n\t"                                                     \
+  "smlad %[s1" p "], %[e], %[d], %[s1" p "]\n\t"
+#define TT_DOT2_STAGED_HALF(advance, split) /* the even (or odd) halves of both weight words */     \
+  "ldr %[c], [%[w]]" advance "\n\t"                                                                 \
+  "ldr %[d], [%[w1]]" advance "\n\t"                                                                \
+  "sxtb16 %[c], %[c]" split "\n\t"                                                                  \
+  "sxtb16 %[d], %[d]" split "\n\t" TT_DOT2_STAGED_PIXEL("0") TT_DOT2_STAGED_PIXEL("1")              \
+      TT_DOT2_STAGED_PIXEL("2") TT_DOT2_STAGED_PIXEL("3")
+#define TT_DOT2_STAGED_STEP TT_DOT2_STAGED_HALF("", "") TT_DOT2_STAGED_HALF(", #4", ", ror #8")
     __asm__("ldr %[e], %[n]\n\t"
             "tst %[e], #1\n\t"
             "bne 2f\n"
@@ -654,6 +632,8 @@ static inline __attribute__((always_inline)) void pw_dot2_staged(const int32_t *
             : [n] "m"(groups), [end] "m"(end)
             : "cc", "memory");
 #undef TT_DOT2_STAGED_STEP
+#undef TT_DOT2_STAGED_HALF
+#undef TT_DOT2_STAGED_PIXEL
   }
   s[0] = s00, s[1] = s01, s[2] = s02, s[3] = s03, s[4] = s10, s[5] = s11, s[6] = s12, s[7] = s13;
   const int32_t done = k & ~3;
