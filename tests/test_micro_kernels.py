@@ -1350,7 +1350,7 @@ int main(void) {
   }
   /* tt_dw_plane_requant_s8 against tt_dw_plane_s8 on a zeroed plane and tt_requant_s8 of it
    * (both checked above): the same int8 outputs, also where the fallback runs (a scale that
-   * is not finite, a bias beyond 2^24, more than 49 taps) and on the border path; timed: a
+   * is not finite, a bias beyond 2^24, more than 49 taps, stride 3) and on the border path; timed: a
    * 16x16 channel, 3x3, stride 1, padding 1 (2,304 MACs, as region 2 and its requantization) */
   for (int t = 0; t < 150; ++t) {
     static int8_t fused[20 * 20], unfused[20 * 20];
@@ -1368,6 +1368,7 @@ int main(void) {
       out_h = (h + 2 * pad - kh) / stride + 1, out_w = (wd + 2 * pad - kw) / stride + 1;
     }
     if (t % 10 == 7) kh = kw = 9, h = wd = a_row = 12, stride = 1, pad = 4, out_h = out_w = 12; /* 81 taps */
+    if (t % 19 == 11) kh = kw = 5, h = wd = a_row = 16, stride = 3, pad = 2, out_h = out_w = 6; /* the fallback too */
     if (t % 7 == 3) scale = t % 2 ? NAN : INFINITY;
     if (t % 11 == 6) bias = t % 2 ? 16777217 : -20000000;
     if (t % 17 == 9) bias = t % 2 ? 16000000 : -16777216; /* the int32 path on Cortex-M, the fallback on RV32 */

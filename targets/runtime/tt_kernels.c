@@ -1412,7 +1412,7 @@ static inline __attribute__((always_inline)) void dw_wide_rows(float *out, const
     dw_inside_wide(out, row, a_row, wt, k, 1, ox0, ox1, fold, qr, rq);
   } else if (stride == 2) {
     dw_inside_wide(out, row, a_row, wt, k, 2, ox0, ox1, fold, qr, rq);
-  } else {
+  } else if (!rq) { /* tt_dw_plane_requant_s8 takes strides 1 and 2 only: less code */
     dw_inside_wide(out, row, a_row, wt, k, stride, ox0, ox1, fold, qr, rq);
   }
 }
@@ -1471,9 +1471,9 @@ static inline __attribute__((always_inline)) void dw_rows_inside_as(float *acc, 
       } else {
         dw_wide_rows(out, row, a_row, wt, 7, stride, ox0, ox1, fold, q, rq);
       }
-    } else if (kh == 5 && kw == 5) {
+    } else if (!rq && kh == 5 && kw == 5) { /* unpacked: tt_conv_row_s8's, never requantized */
       dw_inside(out, row, a_row, w, 5, 5, stride, ox0, ox1, fold, q, rq);
-    } else if (kh == 7 && kw == 7) {
+    } else if (!rq && kh == 7 && kw == 7) {
       dw_inside(out, row, a_row, w, 7, 7, stride, ox0, ox1, fold, q, rq);
     } else {
       dw_inside(out, row, a_row, w, kh, kw, stride, ox0, ox1, fold, q, rq);
@@ -1485,7 +1485,7 @@ static inline __attribute__((always_inline)) void dw_rows_inside_as(float *acc, 
  * is the plane (or its padded copy), `off` the offset of the top left tap of output (0, 0);
  * `wp` the weights packed by pack_window for a 5x5 or 7x7 window with the DSP extension,
  * else NULL; written to acc, or requantized (dw_put) if qr is given. */
-static void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t off, const int32_t *w,
+static __attribute__((noclone)) void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t off, const int32_t *w,
                            const int32_t *wp, int32_t kh, int32_t kw, int32_t stride, int32_t oy0, int32_t oy1,
                            int32_t ox0, int32_t ox1, int32_t out_w, int32_t fold, const dw_requant *qr) {
   if (qr) {
@@ -1526,7 +1526,7 @@ static inline __attribute__((always_inline)) void fill_bytes(int8_t *dst, int32_
 
 /* The exact path of tt_dw_plane_s8 (int32 sums; at most TT_DW_MAX_TAPS taps), into acc, or,
  * if qr is given, requantized with `bias` (tt_dw_plane_requant_s8). */
-static void dw_plane(float *acc, const int8_t *a, int32_t a_row, const int8_t *w8, int32_t w_row, int32_t h,
+static __attribute__((noclone)) void dw_plane(float *acc, const int8_t *a, int32_t a_row, const int8_t *w8, int32_t w_row, int32_t h,
                      int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w,
                      int32_t zx, int32_t bias, const dw_requant *qr) {
   int32_t w[TT_DW_MAX_TAPS], fold = 0;
@@ -2619,8 +2619,9 @@ int32_t tt_requant_s8(void *out_, void *acc_, int32_t n, void *bias_, void *scal
  * plane into out (tt_requant_s8 with *bias, *scale and zo), for what TVM runs one after the
  * other where nothing else reads the plane (tensorize.py): each output requantized from its
  * int32 sum with the bias added in int32 (requant_biased), the float sums never stored
- * (about 4 instructions an output fewer). Where the int32 path does not apply, the two calls
- * themselves, with acc as their plane. */
+ * (about 4 instructions an output fewer). Where the int32 path does not apply, and at strides
+ * beyond 2 (no conv here has them; their copies of the loops would cost flash), the two
+ * calls themselves, with acc as their plane. */
 int32_t tt_dw_plane_requant_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_row, int32_t h, int32_t wd,
                                int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w,
                                int32_t zx, void *out_, void *bias_, void *scale_, int32_t zo) {
@@ -2629,7 +2630,7 @@ int32_t tt_dw_plane_requant_s8(void *acc_, void *a_, int32_t a_row, void *w_, in
   /* the zero point's fold is at most 49 * 128 * 128 < 2^20 in magnitude: with such a bias,
    * their difference is a float32 exactly (dw_out_sum) */
   const int32_t bias_max = TT_FLOAT_SUMS ? TT_EXACT_FLOAT_INTEGERS - (1 << 20) : TT_EXACT_FLOAT_INTEGERS;
-  if (kh * kw > TT_DW_MAX_TAPS || !__builtin_isfinite(s) || bias < -bias_max || bias > bias_max) {
+  if (kh * kw > TT_DW_MAX_TAPS || stride > 2 || !__builtin_isfinite(s) || bias < -bias_max || bias > bias_max) {
     tt_dw_plane_s8(acc_, a_, a_row, w_, w_row, h, wd, kh, kw, stride, pad, out_h, out_w, zx, 1);
     return tt_requant_s8(out_, acc_, out_h * out_w, bias_, scale_, zo);
   }
