@@ -1484,15 +1484,21 @@ static inline __attribute__((always_inline)) void dw_rows_inside_as(float *acc, 
 /* The outputs of rows [oy0, oy1) whose windows lie inside the plane across, [ox0, ox1): `a`
  * is the plane (or its padded copy), `off` the offset of the top left tap of output (0, 0);
  * `wp` the weights packed by pack_window for a 5x5 or 7x7 window with the DSP extension,
- * else NULL; written to acc, or requantized (dw_put) if qr is given. */
-static __attribute__((noclone)) void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t off, const int32_t *w,
-                           const int32_t *wp, int32_t kh, int32_t kw, int32_t stride, int32_t oy0, int32_t oy1,
-                           int32_t ox0, int32_t ox1, int32_t out_w, int32_t fold, const dw_requant *qr) {
-  if (qr) {
-    dw_rows_inside_as(acc, a, a_row, off, w, wp, kh, kw, stride, oy0, oy1, ox0, ox1, out_w, fold, *qr, 1);
-  } else {
-    dw_rows_inside_as(acc, a, a_row, off, w, wp, kh, kw, stride, oy0, oy1, ox0, ox1, out_w, fold, TT_NO_REQUANT, 0);
-  }
+ * else NULL; written to acc. Two functions, this and dw_rows_requant, so that a program
+ * without a requantizing depthwise plane does not link the other's copy of the loops. */
+static __attribute__((noclone)) void dw_rows_inside(float *acc, const int8_t *a, int32_t a_row, int32_t off,
+                                                    const int32_t *w, const int32_t *wp, int32_t kh, int32_t kw,
+                                                    int32_t stride, int32_t oy0, int32_t oy1, int32_t ox0,
+                                                    int32_t ox1, int32_t out_w, int32_t fold) {
+  dw_rows_inside_as(acc, a, a_row, off, w, wp, kh, kw, stride, oy0, oy1, ox0, ox1, out_w, fold, TT_NO_REQUANT, 0);
+}
+
+/* dw_rows_inside requantizing its outputs (dw_put) into qr. */
+static __attribute__((noclone)) void dw_rows_requant(const int8_t *a, int32_t a_row, int32_t off, const int32_t *w,
+                                                     const int32_t *wp, int32_t kh, int32_t kw, int32_t stride,
+                                                     int32_t oy0, int32_t oy1, int32_t ox0, int32_t ox1,
+                                                     int32_t out_w, int32_t fold, dw_requant qr) {
+  dw_rows_inside_as(NULL, a, a_row, off, w, wp, kh, kw, stride, oy0, oy1, ox0, ox1, out_w, fold, qr, 1);
 }
 
 /* n bytes from src to dst, and n bytes of value v at dst: a word at a time where the core
@@ -1525,10 +1531,12 @@ static inline __attribute__((always_inline)) void fill_bytes(int8_t *dst, int32_
 }
 
 /* The exact path of tt_dw_plane_s8 (int32 sums; at most TT_DW_MAX_TAPS taps), into acc, or,
- * if qr is given, requantized with `bias` (tt_dw_plane_requant_s8). */
-static __attribute__((noclone)) void dw_plane(float *acc, const int8_t *a, int32_t a_row, const int8_t *w8, int32_t w_row, int32_t h,
-                     int32_t wd, int32_t kh, int32_t kw, int32_t stride, int32_t pad, int32_t out_h, int32_t out_w,
-                     int32_t zx, int32_t bias, const dw_requant *qr) {
+ * with `rq`, requantized into qr with `bias` (tt_dw_plane_requant_s8): one copy for both, the
+ * loops in dw_rows_inside or dw_rows_requant. */
+static __attribute__((noinline, noclone)) void dw_plane(float *acc, const int8_t *a, int32_t a_row, const int8_t *w8,
+                                                        int32_t w_row, int32_t h, int32_t wd, int32_t kh, int32_t kw,
+                                                        int32_t stride, int32_t pad, int32_t out_h, int32_t out_w,
+                                                        int32_t zx, int32_t bias, dw_requant qr, int rq) {
   int32_t w[TT_DW_MAX_TAPS], fold = 0;
   for (int32_t ky = 0; ky < kh; ++ky) {
     for (int32_t kx = 0; kx < kw; ++kx) {
@@ -1562,9 +1570,12 @@ static __attribute__((noclone)) void dw_plane(float *acc, const int8_t *a, int32
           copy_row(padded + r * padded_row + pad, a + iy * a_row, wd);
         }
       }
-      dw_requant band = qr ? dw_at(*qr, oy0 * out_w, 1) : TT_NO_REQUANT;
-      dw_rows_inside(acc + oy0 * out_w, padded, padded_row, 0, w, wp, kh, kw, stride, 0, n, 0, out_w, out_w, fold,
-                     qr ? &band : NULL);
+      if (rq) {
+        dw_rows_requant(padded, padded_row, 0, w, wp, kh, kw, stride, 0, n, 0, out_w, out_w, fold,
+                        dw_at(qr, oy0 * out_w, 1));
+      } else {
+        dw_rows_inside(acc + oy0 * out_w, padded, padded_row, 0, w, wp, kh, kw, stride, 0, n, 0, out_w, out_w, fold);
+      }
     }
     return;
   }
@@ -1580,18 +1591,22 @@ static __attribute__((noclone)) void dw_plane(float *acc, const int8_t *a, int32
     int32_t iy0 = oy * stride - pad, lo = 0, hi = 0;
     if (iy0 >= 0 && iy0 + kh <= h && ox_lo < ox_hi) {
       lo = ox_lo, hi = ox_hi;
-      dw_rows_inside(acc, a, a_row, -pad * a_row - pad, w, wp, kh, kw, stride, oy, oy + 1, lo, hi, out_w, fold, qr);
+      if (rq) {
+        dw_rows_requant(a, a_row, -pad * a_row - pad, w, wp, kh, kw, stride, oy, oy + 1, lo, hi, out_w, fold, qr);
+      } else {
+        dw_rows_inside(acc, a, a_row, -pad * a_row - pad, w, wp, kh, kw, stride, oy, oy + 1, lo, hi, out_w, fold);
+      }
     }
     for (int32_t ox = 0; ox < out_w; ++ox) {
       if (ox == lo && hi > lo) {
         ox = hi - 1;
         continue;
       }
-      int32_t v = dw_border(a, a_row, w, h, wd, kh, kw, iy0, ox * stride - pad, zx) + bias;
-      if (qr) {
-        dw_put(NULL, *qr, oy * out_w + ox, v, 1);
+      const int32_t v = dw_border(a, a_row, w, h, wd, kh, kw, iy0, ox * stride - pad, zx) + bias;
+      if (rq) {
+        dw_put(acc, qr, oy * out_w + ox, v, 1);
       } else {
-        dw_put(acc, TT_NO_REQUANT, oy * out_w + ox, v, 0);
+        dw_put(acc, qr, oy * out_w + ox, v, 0);
       }
     }
   }
@@ -1607,7 +1622,7 @@ int32_t tt_dw_plane_s8(void *acc_, void *a_, int32_t a_row, void *w_, int32_t w_
     dw_plane_float(acc, a, a_row, w8, w_row, h, wd, kh, kw, stride, pad, out_h, out_w, (float)zx);
     return 0;
   }
-  dw_plane(acc, a, a_row, w8, w_row, h, wd, kh, kw, stride, pad, out_h, out_w, zx, 0, NULL);
+  dw_plane(acc, a, a_row, w8, w_row, h, wd, kh, kw, stride, pad, out_h, out_w, zx, 0, TT_NO_REQUANT, 0);
   return 0;
 }
 
@@ -1967,7 +1982,7 @@ int32_t tt_conv_row_s8(void *acc_, void *a_, int32_t a_chan, int32_t a_row, void
   }
   fold *= zx;
   if (c == 1) {
-    dw_rows_inside(acc, row, a_row, 0, w, NULL, kh, kw, stride, 0, 1, lo, hi, out_w, fold, NULL);
+    dw_rows_inside(acc, row, a_row, 0, w, NULL, kh, kw, stride, 0, 1, lo, hi, out_w, fold);
   } else {
     conv_row_inside(acc, row, a_chan, a_row, w, c, kh, kw, stride, lo, hi, fold);
   }
@@ -2636,7 +2651,7 @@ int32_t tt_dw_plane_requant_s8(void *acc_, void *a_, int32_t a_row, void *w_, in
   }
   const dw_requant qr = {(int8_t *)out_, s, float_bits(12582912.0f) - zo}; /* requant_scaled's offset */
   dw_plane(NULL, (const int8_t *)a_, a_row, (const int8_t *)w_, w_row, h, wd, kh, kw, stride, pad, out_h, out_w, zx,
-           bias, &qr);
+           bias, qr, 1);
   return 0;
 }
 
