@@ -145,10 +145,11 @@ static inline __attribute__((always_inline)) int8_t requant_biased(int32_t sum_a
   return requant_scaled((float)sum_and_bias * s, offset);
 }
 
-/* Whether a bias can be added in int32 (requant_biased). */
-static inline int bias_exact(int32_t bias) {
-  return bias >= -TT_EXACT_FLOAT_INTEGERS && bias <= TT_EXACT_FLOAT_INTEGERS;
-}
+/* Whether an integer is a float32 exactly: a bias that can be added in int32
+ * (requant_biased), or, on RV32F, a fold or bias that t + (float)v takes, for an exact float
+ * sum t: the exact integer t + v rounded once, as (float)(int32)(t + v) is, with one FADD.S
+ * instead of two conversions and an integer add (pw_sums_f's callers). */
+static inline int float_exact(int32_t v) { return v >= -TT_EXACT_FLOAT_INTEGERS && v <= TT_EXACT_FLOAT_INTEGERS; }
 
 /* The bits of the float at p, one integer load. The arrays arrive as void *, so gcc cannot
  * prove their alignment unless told: RV32 (no unaligned loads) then copied a memcpy from
@@ -441,61 +442,45 @@ int32_t tt_pw_row_s8(void *acc_, void *a_, int32_t a_stride, void *w_, int32_t w
 #endif
 
 #if defined(__riscv) && defined(__riscv_flen)
-/* The sums of n pixels for two channels, w_i * a_i without the zero point, as float32 with
- * FMADD.S: RV32F has no integer multiply-accumulate but a float one, and on these exact
- * integers (every partial sum is below 2^24 in magnitude whenever the int32 path runs: the
- * check above bounds sum_i |w_i| * max|a - zx|, and max|a - zx| >= 128 >= |a|) it rounds
- * nothing, so the float sums are the int32 sums: one instruction a multiply-accumulate
- * instead of two, each input converted once for both channels. */
-static inline __attribute__((always_inline)) void pw_sums2_f(const int8_t *a, int32_t a_stride, const int8_t *w0,
-                                                             int32_t w_fstride, int32_t k, float *t0, float *t1,
-                                                             const int n, const float *fs, int32_t fs_stride,
-                                                             int32_t fs_k) {
+/* The sums of n pixels for one channel (t0) or, with `two`, two (t1: the weights w0 + w_fstride),
+ * w_i * a_i without the zero point, as float32 with FMADD.S: RV32F has no integer
+ * multiply-accumulate but a float one, and on these exact integers (every partial sum is
+ * below 2^24 in magnitude whenever the int32 path runs: the check above bounds
+ * sum_i |w_i| * max|a - zx|, and max|a - zx| >= 128 >= |a|) it rounds nothing, so the float
+ * sums are the int32 sums: one instruction a multiply-accumulate instead of two, each input
+ * converted once for both channels. The first fs_k channels come from fs, already float
+ * (float_staged). */
+static inline __attribute__((always_inline)) void pw_sums_f(const int8_t *a, int32_t a_stride, const int8_t *w0,
+                                                            int32_t w_fstride, int32_t k, float *t0, float *t1,
+                                                            const int n, const float *fs, int32_t fs_stride,
+                                                            int32_t fs_k, const int two) {
   for (int j = 0; j < n; ++j) {
-    t0[j] = t1[j] = 0.0f;
-  }
-  int32_t i = 0;
-  for (; fs && i < fs_k; ++i, fs += fs_stride) { /* the staged channels, already float (float_staged) */
-    float u = (float)w0[i], v = (float)w0[i + w_fstride];
-    for (int j = 0; j < n; ++j) {
-      t0[j] = __builtin_fmaf(u, fs[j], t0[j]), t1[j] = __builtin_fmaf(v, fs[j], t1[j]);
+    t0[j] = 0.0f;
+    if (two) {
+      t1[j] = 0.0f;
     }
-  }
-  for (a += i * a_stride; i < k; ++i, a += a_stride) {
-    float u = (float)w0[i], v = (float)w0[i + w_fstride];
-    for (int j = 0; j < n; ++j) {
-      float x = (float)a[j];
-      t0[j] = __builtin_fmaf(u, x, t0[j]), t1[j] = __builtin_fmaf(v, x, t1[j]);
-    }
-  }
-}
-
-/* pw_sums2_f for one channel. */
-static inline __attribute__((always_inline)) void pw_sums1_f(const int8_t *a, int32_t a_stride, const int8_t *w,
-                                                             int32_t k, float *t, const int n, const float *fs,
-                                                             int32_t fs_stride, int32_t fs_k) {
-  for (int j = 0; j < n; ++j) {
-    t[j] = 0.0f;
   }
   int32_t i = 0;
   for (; fs && i < fs_k; ++i, fs += fs_stride) {
-    float u = (float)w[i];
+    float u = (float)w0[i], v = two ? (float)w0[i + w_fstride] : 0.0f;
     for (int j = 0; j < n; ++j) {
-      t[j] = __builtin_fmaf(u, fs[j], t[j]);
+      t0[j] = __builtin_fmaf(u, fs[j], t0[j]);
+      if (two) {
+        t1[j] = __builtin_fmaf(v, fs[j], t1[j]);
+      }
     }
   }
   for (a += i * a_stride; i < k; ++i, a += a_stride) {
-    float u = (float)w[i];
+    float u = (float)w0[i], v = two ? (float)w0[i + w_fstride] : 0.0f;
     for (int j = 0; j < n; ++j) {
-      t[j] = __builtin_fmaf(u, (float)a[j], t[j]);
+      float x = (float)a[j];
+      t0[j] = __builtin_fmaf(u, x, t0[j]);
+      if (two) {
+        t1[j] = __builtin_fmaf(v, x, t1[j]);
+      }
     }
   }
 }
-
-/* Whether an integer is a float32 exactly: then t + (float)v, for an exact float sum t, is
- * the exact integer t + v rounded once, as (float)(int32)(t + v) is, with one FADD.S instead
- * of two conversions and an integer add (pw_sums2_f's callers). */
-static inline int float_exact(int32_t v) { return v >= -TT_EXACT_FLOAT_INTEGERS && v <= TT_EXACT_FLOAT_INTEGERS; }
 
 /* RV32F's stage (tt_pw_stage_s8), in the buffer the DSP's staged words would take: 3 words
  * saying what it holds (the input's address, of channel 0 and pixel 0; its pixel count P; kh,
@@ -546,7 +531,7 @@ static inline __attribute__((always_inline)) void pw_dot2_n(const int8_t *a, int
   pw_dot_from(a, a_stride, end + w_fstride, 0, k & 3, s + 4, 4);
 #elif TT_FLOAT_SUMS
   float t0[8], t1[8];
-  pw_sums2_f(a, a_stride, w0, w_fstride, k, t0, t1, n, 0, 0, 0);
+  pw_sums_f(a, a_stride, w0, w_fstride, k, t0, t1, n, 0, 0, 0, 1);
   for (int j = 0; j < n; ++j) { /* the inits added in int32: the float sums stay exact */
     s[j] = (int32_t)t0[j] + init0, s[n + j] = (int32_t)t1[j] + init1;
   }
@@ -697,7 +682,7 @@ static inline __attribute__((always_inline)) void rows2_step(float *acc0, float 
     float t0[8], t1[8];
     int32_t fs_stride = 0, fs_k = 0;
     const float *fs = float_staged(st, a, n, &fs_stride, &fs_k);
-    pw_sums2_f(a, a_stride, w0, w_fstride, k, t0, t1, n, fs, fs_stride, fs_k);
+    pw_sums_f(a, a_stride, w0, w_fstride, k, t0, t1, n, fs, fs_stride, fs_k, 1);
     for (int j = 0; j < n; ++j) {
       acc0[j] = t0[j] - (float)fold0, acc1[j] = t1[j] - (float)fold1;
     }
@@ -1602,12 +1587,7 @@ static __attribute__((noinline, noclone)) void dw_plane(float *acc, const int8_t
         ox = hi - 1;
         continue;
       }
-      const int32_t v = dw_border(a, a_row, w, h, wd, kh, kw, iy0, ox * stride - pad, zx) + bias;
-      if (rq) {
-        dw_put(acc, qr, oy * out_w + ox, v, 1);
-      } else {
-        dw_put(acc, qr, oy * out_w + ox, v, 0);
-      }
+      dw_put(acc, qr, oy * out_w + ox, dw_border(a, a_row, w, h, wd, kh, kw, iy0, ox * stride - pad, zx) + bias, rq);
     }
   }
 }
@@ -2685,7 +2665,7 @@ static inline __attribute__((always_inline)) void row_requant_step(float *acc, c
     float t[8];
     int32_t fs_stride = 0, fs_k = 0;
     const float *fs = float_staged(st, a, n, &fs_stride, &fs_k);
-    pw_sums1_f(a, a_stride, w, k, t, n, fs, fs_stride, fs_k);
+    pw_sums_f(a, a_stride, w, 0, k, t, 0, n, fs, fs_stride, fs_k, 0);
     for (int j = 0; j < n; ++j) {
       if (keep) {
         acc[j] = t[j] - (float)fold;
@@ -2821,7 +2801,7 @@ static inline __attribute__((always_inline)) int32_t pw_row_requant_call(void *a
   float s = *(const float *)scale_;
   const int32_t offset = float_bits(12582912.0f) - zo;
   int32_t fold;
-  if (w_stride != 1 || !__builtin_isfinite(s) || !bias_exact(bias) || !weights_exact(w, 1, k, zx, &fold)) {
+  if (w_stride != 1 || !__builtin_isfinite(s) || !float_exact(bias) || !weights_exact(w, 1, k, zx, &fold)) {
     for (int32_t x0 = 0; x0 < width; x0 += acc_width) { /* the float loop, acc_width pixels at a time */
       int32_t n = width - x0 < acc_width ? width - x0 : acc_width;
       for (int32_t x = 0; x < n; ++x) {
@@ -2875,7 +2855,7 @@ static inline __attribute__((always_inline)) void rows2_requant_step(float *acc0
     float t0[8], t1[8];
     int32_t fs_stride = 0, fs_k = 0;
     const float *fs = float_staged(st, a, n, &fs_stride, &fs_k);
-    pw_sums2_f(a, a_stride, w0, w_fstride, k, t0, t1, n, fs, fs_stride, fs_k);
+    pw_sums_f(a, a_stride, w0, w_fstride, k, t0, t1, n, fs, fs_stride, fs_k, 1);
     for (int j = 0; j < n; ++j) {
       if (keep) {
         acc0[j] = t0[j] - (float)fold[0], acc1[j] = t1[j] - (float)fold[1];
@@ -3000,8 +2980,8 @@ static __attribute__((noinline)) int32_t pw_rows2_requant_call(void *acc_, void 
   const float *s = (const float *)scale_;
   const int32_t offset = float_bits(12582912.0f) - zo;
   int32_t fold[2];
-  if (w_stride != 1 || !__builtin_isfinite(s[0]) || !__builtin_isfinite(s[1]) || !bias_exact(bias[0]) ||
-      !bias_exact(bias[1]) || !pair_exact(w0, w_fstride, k, zx, folds, fold)) {
+  if (w_stride != 1 || !__builtin_isfinite(s[0]) || !__builtin_isfinite(s[1]) || !float_exact(bias[0]) ||
+      !float_exact(bias[1]) || !pair_exact(w0, w_fstride, k, zx, folds, fold)) {
     for (int32_t x0 = 0; x0 < width; x0 += acc_stride) { /* the float loop, a row of acc_stride pixels at a time */
       int32_t n = width - x0 < acc_stride ? width - x0 : acc_stride;
       pw_rows2(acc_, (void *)(a + x0), a_stride, w_, w_fstride, w_stride, k, n, acc_stride, zx, 1, 0, folds);
