@@ -13,7 +13,7 @@ a weight is ever materialised; so do values derived from either by a scalar or a
 kept for a weight gradient, is recomputed there from the int8 `x`). The values are exact integers in range: nothing changes.
 
 The input too: when the graph starts by quantizing its float32 input
-(`sat(round(x / scale) + zero)`, `int8_ops.quantize_input`, or just `sat(x)` for a model
+(`sat(round(x / scale) + zero)`, `int8_ops.quantize`, or just `sat(x)` for a model
 whose samples are int8 values, as the zoo models), the function takes the int8
 sample instead and records `tinytrain.input_quantization = (scale, zero)`; the caller
 quantizes with the same float32 operations (the generated header's `tt_input_from_float`).

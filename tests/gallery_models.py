@@ -321,7 +321,7 @@ SEQUENTIAL = {
     "autoencoder": fc_autoencoder_sequential,
 }
 CLASSIFIERS = [name for name in GALLERY if name != "autoencoder"]  # take num_classes
-PTQ = ["resnet8", "dscnn", "mbv1", "autoencoder"]  # MobileNetV3's hard-swish has no int8 path yet
+PTQ = ["resnet8", "dscnn", "mbv1", "mbv3", "autoencoder"]
 
 # name -> `tinytrain compile` flags: a sparse update in the spirit of the paper's schemes, the
 # biases of the last layers and part of the input channels of the last conv(s) (and the

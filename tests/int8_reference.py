@@ -45,6 +45,16 @@ Rules (source = tiny-training @ 7bf8e05, `algorithm/quantize/`):
    The output is **int8 logits** (N, num_classes); real logits are
    `(q - classifier.y_zero) * classifier.y_scale`.
 
+9. Elementwise functions of int8 tensors (post-training quantized models, not the zoo's:
+   MobileNetV3's hard-swish, the squeeze-excitation gate, sigmoid, SiLU, scalar arithmetic,
+   channel concatenation), in rule 5's style: every int8 operand dequantized in float32,
+   `(q - zero) * scale`, the function in float32 op by op as PyTorch defines it
+   (`hardswish(x) = x * min(max(x + 3, 0), 6) / 6`, `hardsigmoid(x) = min(max(x + 3, 0), 6) / 6`,
+   `sigmoid(x) = 1 / (1 + exp(-x))`, `silu(x) = x * sigmoid(x)`), then
+   `clamp(round_half_even(y / y_scale) + y_zero, -128, 127)`. `exp` is rounded correctly
+   here (float64, then float32); a C library's `expf` may be off by an ulp, which changes
+   an int8 result only where `y / y_scale` is within an ulp of a half.
+
 Not modelled: tiny-training feeds the first conv a float image `pixel - 127.5` and rounds it
 (half to even); here the input is already int8. TinyEngine's C kernels differ from the torch
 simulation: `*_fpreq` convs add the bias in int32 and truncate toward zero
@@ -182,3 +192,40 @@ def forward_int8(model: ZooModel, x_int8: np.ndarray, upto: str | None = None,
     x = conv_int8(x, model.classifier).reshape(x.shape[0], -1)
     emit("classifier", x)
     return outputs if return_all else x
+
+
+# Rule 9: elementwise functions of int8 tensors, in float32
+
+def dequantize_int8(q: np.ndarray, zero: int, scale: float) -> np.ndarray:
+    return (q.astype(np.float32) - np.float32(zero)) * np.float32(scale)
+
+
+def quantize_int8(y: np.ndarray, zero: int, scale: float) -> np.ndarray:
+    q = np.rint(y.astype(np.float32) / np.float32(scale)).astype(np.int64) + zero
+    return np.clip(q, INT8_MIN, INT8_MAX).astype(np.int8)
+
+
+def _relu6_shifted(x: np.ndarray) -> np.ndarray:
+    return np.minimum(np.maximum(x + np.float32(3), np.float32(0)), np.float32(6))
+
+
+def hardswish_f32(x: np.ndarray) -> np.ndarray:
+    return x * _relu6_shifted(x) / np.float32(6)
+
+
+def hardsigmoid_f32(x: np.ndarray) -> np.ndarray:
+    return _relu6_shifted(x) / np.float32(6)
+
+
+def sigmoid_f32(x: np.ndarray) -> np.ndarray:
+    e = np.exp(-x.astype(np.float64)).astype(np.float32)  # a correctly rounded expf
+    return np.float32(1) / (np.float32(1) + e)
+
+
+def silu_f32(x: np.ndarray) -> np.ndarray:
+    return x * sigmoid_f32(x)
+
+
+def elementwise_int8(fn, operands, zero_y: int, scale_y: float) -> np.ndarray:
+    """Rule 9: `fn` of int8 operands [(q, zero, scale), ...] -> int8."""
+    return quantize_int8(fn(*[dequantize_int8(q, z, s) for q, z, s in operands]), zero_y, scale_y)

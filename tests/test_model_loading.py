@@ -67,6 +67,21 @@ def nets(tmp_path_factory):
             torch.manual_seed(0)
             return HardNet().eval(), torch.zeros(INPUT_SHAPE)
 
+        class OddNet(nn.Module):  # float ops that PTQ cannot quantize, in three places
+            def __init__(self):
+                super().__init__()
+                self.stem, self.gate, self.head = nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 1), nn.Linear(4, 3)
+                self.pool = nn.AvgPool2d(3, stride=1, padding=1)
+                self.alpha = nn.Parameter(torch.full((3,), 0.5))
+
+            def forward(self, x):
+                x = self.pool(self.gate(nn.functional.pad(self.stem(x), (1, 1, 1, 1))))
+                return self.head(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)) * self.alpha
+
+        def odd():
+            torch.manual_seed(0)
+            return OddNet().eval(), torch.zeros(INPUT_SHAPE)
+
         def conv_head():
             return nn.Sequential(nn.Conv2d(2, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()), torch.zeros(INPUT_SHAPE)
     """ % os.path.dirname(__file__)))
@@ -185,16 +200,25 @@ def test_quantize_refuses_calibration_samples_of_another_shape(nets, tmp_path):
 
 
 def test_quantize_lists_every_place_it_cannot_quantize(nets, tmp_path):
-    """PTQ of a model with Hardswish, a sigmoid gate and a scalar add: one clean error naming
-    each place by the layer before it, in graph order, then what PTQ supports."""
-    proc = tinytrain("compile", f"{nets}/nets.py:hard", "--quantize", "int8", "--calibration",
+    """PTQ of a model with a pad, a padded average pool and a multiply by a parameter: one
+    clean error naming each place by the layer before it, in graph order, then what PTQ
+    supports."""
+    proc = tinytrain("compile", f"{nets}/nets.py:odd", "--quantize", "int8", "--calibration",
                      nets / "data.npz", "-o", tmp_path / "p")
     assert_clean_error(proc, "3 places hold ops that cannot be quantized (in graph order): "
-                             "after stem (conv): cannot quantize an add of a constant (x + 3 in Hardswish, "
-                             "Hardsigmoid), clip, multiply, divide; after gate (conv): cannot quantize "
-                             "sigmoid, multiply; after head (linear): cannot quantize an add of a constant")
+                             "after stem (conv): cannot quantize pad; after gate (conv): cannot quantize "
+                             "avg_pool2d with padding; after head (linear): cannot quantize multiply of a parameter")
     assert "Supported ops: conv2d and linear layers" in proc.stderr
     assert "BlockBuilder" not in proc.stderr and not (tmp_path / "p").exists()
+
+
+def test_quantize_takes_hardswish_a_sigmoid_gate_and_scalars(nets, tmp_path):
+    """The MobileNetV3-style ops PTQ once refused (Hardswish, a sigmoid gate, a scalar add)
+    quantize from the command line, and the project builds."""
+    proc = tinytrain("compile", f"{nets}/nets.py:hard", "--quantize", "int8", "--calibration",
+                     nets / "data.npz", "--target", "host", "-o", tmp_path / "p")
+    assert proc.returncode == 0, proc.stderr
+    assert "its C compiles" in proc.stdout and "int8" in proc.stdout
 
 
 def test_an_onnx_file_from_torch_default_exporter_compiles_from_the_command_line(tmp_path):

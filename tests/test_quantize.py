@@ -6,6 +6,8 @@ import torch
 import tvm
 from tvm import relax
 
+from int8_reference import (avg_pool_int8, dequantize_int8, elementwise_int8, hardsigmoid_f32, hardswish_f32,
+                            quantize_int8, sigmoid_f32, silu_f32)
 from tvm_tinytrain.config import SparseUpdateConfig
 from tvm_tinytrain.demo import DigitsNet, INPUT_SHAPE, load_digits_split
 from tvm_tinytrain.frontend.torch_frontend import import_torch
@@ -91,3 +93,77 @@ def test_a_fresh_head_gets_room_to_grow(digits_models):
     assert np.abs(int8_model.params["classifier.weight"]).max() < 127
     down = int8_model.quant_scales["down.0.weight"]
     assert np.abs(int8_model.params["down.0.weight"]).reshape(len(down), -1).max(axis=1).tolist() == [127] * len(down)
+
+
+# ------------------------------------------------ elementwise functions of int8 tensors (rule 9)
+
+def _hardswish_se(x):  # MobileNetV3's squeeze-excitation gate, without its two convs
+    return x * torch.nn.functional.hardsigmoid(x.mean((2, 3), keepdim=True))
+
+
+ELEMENTWISE = {  # name -> (the torch function, the NumPy integer model of its int8 graph)
+    "hardswish": (torch.nn.functional.hardswish, lambda q, zs, out: elementwise_int8(hardswish_f32, [(q, *zs)], *out)),
+    "hardsigmoid": (torch.nn.functional.hardsigmoid,
+                    lambda q, zs, out: elementwise_int8(hardsigmoid_f32, [(q, *zs)], *out)),
+    "sigmoid": (torch.sigmoid, lambda q, zs, out: elementwise_int8(sigmoid_f32, [(q, *zs)], *out)),
+    "silu": (torch.nn.functional.silu, lambda q, zs, out: elementwise_int8(silu_f32, [(q, *zs)], *out)),
+    "scalars": (lambda x: (x * 2.0 - 1.0) / 4.0 + 0.5,
+                lambda q, zs, out: elementwise_int8(lambda x: (x * np.float32(2) - np.float32(1)) / np.float32(4)
+                                                    + np.float32(0.5), [(q, *zs)], *out)),
+    "se_gate": (_hardswish_se,  # the pooled gate keeps the input's scale (rule 7)
+                lambda q, zs, out: elementwise_int8(lambda x, g: x * hardsigmoid_f32(g),
+                                                    [(q, *zs), (avg_pool_int8(q), *zs)], *out)),
+    "concat": (lambda x: torch.cat([x, torch.nn.functional.hardswish(x)], 1),
+               lambda q, zs, out: elementwise_int8(lambda x: np.concatenate([x, hardswish_f32(x)], 1),
+                                                   [(q, *zs)], *out)),
+}
+
+
+def _output_qparams(model) -> tuple[int, float]:
+    """(zero, scale) of the int8 output, as the graph dequantizes it: `(q - zero) * scale`.
+    Calibration chose them (the op's range); the arithmetic around them is what is checked."""
+    values = {b.var: b.value for block in model.mod["main"].body.blocks for b in block.bindings}
+    out = model.mod["main"].body.body
+    while isinstance(values[out], relax.Var):
+        out = values[out]
+    multiply = values[out]
+    subtract = values[multiply.args[0]]
+    return int(subtract.args[1].value.numpy()), float(multiply.args[1].value.numpy())
+
+
+class _Elementwise(torch.nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x).flatten(1)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_elementwise_int8_ops_match_the_integer_model(name):
+    """PTQ of MobileNetV3's elementwise ops (int8 in, int8 out) against the NumPy integer model
+    (tests/int8_reference.py, rule 9), on the Relax VM: every output identical, except, for
+    exp-based ops, where the float32 result is within an ulp of a rounding half (the C
+    library's expf may differ from the correctly rounded one there)."""
+    fn, integer_model = ELEMENTWISE[name]
+    rng = np.random.default_rng(1)
+    calibration = rng.uniform(-4, 4, (16, 1, 4, 4, 4)).astype(np.float32)
+    calibration[0, 0, 0, 0, :2] = [-4.0, 4.0]  # the input's range, exactly
+    zs = (int(np.rint(-128 + 4.0 / (8 / 255.0))), float(np.float32(8 / 255.0)))  # asymmetric: (zero, scale)
+    imported = import_torch(_Elementwise(fn), torch.zeros(1, 4, 4, 4))
+    quantized = post_training_quantize(imported, calibration)
+    xs = rng.uniform(-5, 5, (12, 1, 4, 4, 4)).astype(np.float32)  # beyond the range too: saturation
+    got = _logits(quantized, xs[:, 0])
+    q = quantize_int8(xs[:, 0], *zs)
+    out = _output_qparams(quantized)
+    expected = dequantize_int8(integer_model(q, zs, out).reshape(len(xs), -1), *out)
+    bad = got != expected
+    if name in ("sigmoid", "silu"):
+        y = np.asarray(dequantize_int8(q, *zs))
+        real = (sigmoid_f32(y) if name == "sigmoid" else silu_f32(y)).reshape(len(xs), -1) / np.float32(out[1])
+        assert np.all(np.abs(np.abs(real[bad] - np.floor(real[bad])) - 0.5) < 1e-5), real[bad]
+        assert bad.mean() < 0.01
+    else:
+        assert not bad.any(), f"{bad.sum()} of {bad.size} differ"
+    assert len(np.unique(got)) > 20  # not a saturated or constant output

@@ -9,7 +9,14 @@ frontends. The result computes with the int8 operations of `frontend/int8_ops.py
 trains with QAS exactly like the zoo models.
 
 Supported (the float frontends' normal form): conv2d + bias, linear, residual add, ReLU,
-ReLU6 / clip, max pool, average pooling as a global mean, reshape / flatten.
+ReLU6 / clip, max pool, average pooling as a global mean, reshape / flatten; and every
+elementwise function of int8 tensors, as MobileNetV3 and EfficientNet-lite use them
+(hard-swish, hard-sigmoid, sigmoid, SiLU, the squeeze-excitation multiply, scalar
+arithmetic, channel concatenation). Those run as tiny-training runs its residual add: each
+int8 input dequantized, `(q - zero) * scale`, the ops in float32 as the float graph has
+them, and the result quantized, `sat(rint(y / scale) + zero)`. A chain of such ops (the
+five ops of a hard-swish) is one region, computed in float32 and quantized at its end; a
+value that more than one op reads is quantized, and every reader reads the int8 value.
 """
 
 from __future__ import annotations
@@ -23,11 +30,16 @@ from tvm import relax
 from .errors import unsupported_ops_error
 from .frontend.imported import ImportedModel
 from .layers import bias_operand
-from .frontend.int8_ops import dequantize, f32, quantize_input, quantized_add, quantized_conv, quantized_linear
+from .frontend.int8_ops import dequantize, f32, quantize, quantized_add, quantized_conv, quantized_linear
 
 ACTIVATIONS = {"relax.nn.relu", "relax.clip"}
 QUANTIZABLE = ("conv2d and linear layers, residual add, ReLU/ReLU6/clip after them, max pool, "
-               "global average pool, reshape/flatten")
+               "global average pool, reshape/flatten, channel concat, elementwise functions of int8 "
+               "tensors and constants (hardswish, hardsigmoid, sigmoid, SiLU, squeeze-excitation gates, "
+               "add/subtract/multiply/divide, clip, ReLU)")
+# computed in float32 between int8 tensors (see the module docstring)
+ELEMENTWISE = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.clip", "relax.nn.relu",
+               "relax.sigmoid", "relax.minimum", "relax.maximum", "relax.concat"}
 
 
 @dataclass(frozen=True)
@@ -101,16 +113,40 @@ def post_training_quantize(model: ImportedModel, calibration: np.ndarray, logit_
     x = relax.Var("x", func.params[0].ty)
     q_in = QParams.from_range(*ranges[func.params[0]])
     bb = relax.BlockBuilder()
-    env: dict = {}  # float var -> (int8-valued expr, QParams)
+    env: dict = {}   # float var -> (int8-valued expr, QParams)
+    real: dict = {}  # float var -> float32 expr: an elementwise region's value, not yet quantized
+    dequantized: dict = {}  # float var -> its int8 value dequantized, for elementwise readers
+
+    def quantized(var):
+        """`var`'s int8 value; a region's value is quantized (once) when first read as int8."""
+        if var not in env:
+            qv = qparams(var)
+            env[var] = (quantize(bb, real[var], qv.scale, qv.zero), qv)
+        return env[var]
+
+    def as_real(arg):
+        """An elementwise op's operand in float32: a region's value that only this op
+        reads stays in float32 (fused); any other value is read as int8, dequantized."""
+        if isinstance(arg, relax.Tuple):
+            return relax.Tuple([as_real(f) for f in arg.fields])
+        if not isinstance(arg, relax.Var):
+            return arg  # a constant, a clip bound
+        if arg in real and len(users[arg]) == 1:
+            return real[arg]
+        if arg not in dequantized:
+            q, qv = quantized(arg)
+            dequantized[arg] = dequantize(bb, q, qv.scale, qv.zero)
+        return dequantized[arg]
+
     with bb.function("main", attrs={"num_input": 1}):
         with bb.dataflow():
-            env[func.params[0]] = (quantize_input(bb, x, q_in.scale, q_in.zero), q_in)
+            env[func.params[0]] = (quantize(bb, x, q_in.scale, q_in.zero), q_in)
             done, problems = set(), {}  # problems: place -> what cannot be quantized there
             for b in bindings:
                 var, value, op = b.var, b.value, op_name(b.value)
                 if var in done or (op in ("relax.permute_dims", "relax.reshape") and value.args[0] in params):
                     continue  # a linear's weight or a conv's bias: handled with their layer
-                problem = _problem(value, op, env)
+                problem = _problem(value, op, lambda v: v in env or v in real)
                 if problem:
                     place = problems.setdefault(f"after {_layer_before(var, producer, params)}", [])
                     place += [problem] * (problem not in place)
@@ -121,7 +157,7 @@ def post_training_quantize(model: ImportedModel, calibration: np.ndarray, logit_
                     weight = value.args[1] if op == "relax.nn.conv2d" else producer[value.args[1]].args[0]
                     end = chain_end(var)
                     bias = _find_bias(var, end, producer, params, users)
-                    xq, qx = env[value.args[0]]
+                    xq, qx = quantized(value.args[0])
                     qy = qparams(end)
                     w = params[weight]
                     s_w = np.maximum(np.abs(w.reshape(w.shape[0], -1)).max(axis=1), 1e-12) / 127.0
@@ -146,22 +182,24 @@ def post_training_quantize(model: ImportedModel, calibration: np.ndarray, logit_
                         out = quantized_linear(bb, xq, wv, bv, qx.zero, es, qy.zero)
                     env[end] = (out, qy)
                     done |= set(_chain_list(var, end, users))
-                elif op == "relax.add":
+                elif op == "relax.add" and all(a in env for a in value.args):  # a residual add
                     end = chain_end(var)
                     (a, qa), (c, qc) = env[value.args[0]], env[value.args[1]]
                     qy = qparams(end)
                     env[end] = (quantized_add(bb, a, qa.zero, qa.scale, c, qc.zero, qc.scale, qy.zero, qy.scale), qy)
                     done |= set(_chain_list(var, end, users))
+                elif op in ELEMENTWISE:
+                    real[var] = bb.emit(relax.Call(value.op, [as_real(a) for a in value.args], value.attrs))
                 elif op in ("relax.nn.max_pool2d", "relax.reshape", "relax.flatten"):
-                    src, qs = env[value.args[0]]
+                    src, qs = quantized(value.args[0])
                     new = relax.Call(value.op, [src, *value.args[1:]], value.attrs)
                     env[var] = (bb.emit(new), qs)
                 elif op in ("relax.mean", "relax.nn.adaptive_avg_pool2d", "relax.nn.avg_pool2d"):
-                    src, qs = env[value.args[0]]
+                    src, qs = quantized(value.args[0])
                     env[var] = (bb.emit(relax.op.round(relax.Call(value.op, [src, *value.args[1:]], value.attrs))), qs)
                 elif isinstance(value, relax.Var):
-                    env[var] = env[value]
-            out_q, q_out = env[func.body.body]
+                    env[var] = quantized(value)
+            out_q, q_out = quantized(func.body.body)
             logits = bb.emit_output(x if problems else dequantize(bb, out_q, q_out.scale, q_out.zero))
         bb.emit_func_output(logits, params=[x, *new_vars])  # closed cleanly even when refused
     if problems:
@@ -173,14 +211,19 @@ def post_training_quantize(model: ImportedModel, calibration: np.ndarray, logit_
                          quant_scales=scales)
 
 
-def _problem(value, op: str, env: dict) -> str | None:
+def _problem(value, op: str, is_activation) -> str | None:
     """Why this binding cannot be quantized (it is not a layer's chain, which the caller
-    takes whole), or None."""
-    if op == "relax.add" and not all(isinstance(a, relax.Var) and a in env for a in value.args):
-        return "an add of a constant (x + 3 in Hardswish, Hardsigmoid)"
+    takes whole), or None. `is_activation(var)`: var is a computed tensor (not a parameter)."""
     if op == "relax.nn.avg_pool2d" and any(int(p) for p in value.attrs.padding):
         return "avg_pool2d with padding"
-    if op in ("relax.nn.conv2d", "relax.matmul", "relax.add", "relax.nn.max_pool2d", "relax.reshape",
+    if op == "relax.concat" and int(value.attrs.axis) not in (1, -3):
+        return f"concat along axis {int(value.attrs.axis)} (channels only)"
+    if op in ELEMENTWISE:
+        operands = [f for a in value.args for f in (a.fields if isinstance(a, relax.Tuple) else [a])]
+        if any(isinstance(a, relax.Var) and not is_activation(a) for a in operands):
+            return f"{op.removeprefix('relax.')} of a parameter"
+        return None
+    if op in ("relax.nn.conv2d", "relax.matmul", "relax.nn.max_pool2d", "relax.reshape",
               "relax.flatten", "relax.mean", "relax.nn.adaptive_avg_pool2d", "relax.nn.avg_pool2d"):
         return None
     if isinstance(value, relax.Var):

@@ -60,8 +60,9 @@ def quantized_add(bb, x1, z1, s1, x2, z2, s2, zy, sy):
     return saturate(bb, bb.emit(relax.op.add(relax.op.round(s), f32(zy))))
 
 
-def quantize_input(bb, x, scale: float, zero: int):
-    """A real-valued input to int8 values: `sat(rint(x / scale) + zero)`."""
+def quantize(bb, x, scale: float, zero: int):
+    """A real-valued tensor (the input, an elementwise region's result) to int8 values:
+    `sat(rint(x / scale) + zero)`."""
     q = bb.emit(relax.op.add(relax.op.round(relax.op.divide(x, f32(scale))), f32(zero)))
     return saturate(bb, q)
 
