@@ -9,8 +9,9 @@ Each (model, form) is compiled once, for Cortex-M4 (its C checked by arm-none-ea
 the host and RV32 projects reuse the C the command line generated (the C is the same for
 every board: only the board files, the Makefile and the budget check differ). The nested
 forms, float32 and int8, run on the host and both boards; to keep the suite's time, the
-Sequential and ONNX forms run on one board each (both boards covered) and must train there
-like the host build of the nested form, the same network written another way.
+Sequential and ONNX forms run on one board each (both boards covered): float32, they must
+train there like the host build of the nested form, the same network written another way;
+int8, like their own host build (calibration ranges, and so scales, differ by float rounding).
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ CASES |= {("dscnn", "sequential"): ("riscv32",), ("mbv1", "sequential"): ("corte
           ("resnet8", "onnx"): ("riscv32",), ("dscnn", "onnx"): ("cortex-m4",),
           ("mbv1", "onnx"): ("riscv32",), ("mbv3", "onnx"): ("cortex-m4",), ("autoencoder", "onnx"): ("riscv32",)}
 CASES |= {(name, "int8"): ("cortex-m4", "riscv32") for name in PTQ}
+# PTQ of the other forms: each on one board, against its own host build (its ranges and so its
+# scales differ from the nested form's by float rounding: a different int8 model)
+CASES |= {(name, "sequential-int8"): (board,) for name, board in zip(SEQUENTIAL, ["cortex-m4", "riscv32"] * 3)}
+CASES |= {(name, "onnx-int8"): (board,) for name, board in zip(PTQ, ["riscv32", "cortex-m4"] * 3)}
 BOARD_CASES = [(name, form, board) for (name, form), boards in CASES.items() for board in boards
-               if form in ("nested", "int8")]
+               if form in ("nested", "int8") or form.endswith("-int8")]
 OTHER_FORMS = [(name, form, board) for (name, form), boards in CASES.items() for board in boards
                if form in ("sequential", "onnx")]
 
@@ -96,10 +101,11 @@ def gallery(tmp_path_factory):
         return str(path)
 
     def compile_case(name: str, form: str) -> Compiled:
+        """form: nested, sequential, onnx; int8 (the nested form, PTQ), sequential-int8, onnx-int8."""
         if (name, form) not in compiled:
             out = root / f"{name}-{form}" / "cortex-m4"
-            flags = [*SCHEMES[name], *(["--quantize", "int8", "--calibration", calibration(name)]
-                                       if form == "int8" else [])]
+            int8, base = form.endswith("int8"), "nested" if form == "int8" else form.removesuffix("-int8")
+            flags = [*SCHEMES[name], *(["--quantize", "int8", "--calibration", calibration(name)] if int8 else [])]
             seen = {}
             real = cli.compile_to_project
 
@@ -108,7 +114,7 @@ def gallery(tmp_path_factory):
                 return seen["result"]
 
             with mock.patch.object(cli, "compile_to_project", spy):
-                assert cli.main(["compile", source(name, form), *flags, "--target", "cortex-m4",
+                assert cli.main(["compile", source(name, base), *flags, "--target", "cortex-m4",
                                  "-o", str(out)]) == 0
             _, program, emitted, _ = seen["result"]
             report = json.loads((out / "memory_report.json").read_text())
@@ -178,9 +184,9 @@ def test_compiles_within_256kb(gallery, case, capfd):
     assert trainable == list(c.program.trainable.names)
     assert len(trainable) >= 4 and any(t.endswith(".weight") for t in trainable[:-2])  # a conv's weight trains
     assert c.program.num_classes == GALLERY[name]()[0](torch.zeros(c.program.input_shape)).shape[1]
-    if form == "sequential":  # torch's bare names, e.g. `78.weight`, made C identifiers
+    if form.startswith("sequential"):  # torch's bare names, e.g. `78.weight`, made C identifiers
         assert all(t.split(".")[0].isdigit() for t in trainable)
-    if form == "int8":
+    if form.endswith("int8"):
         assert c.program.params[trainable[0]].dtype != np.float32
 
 
