@@ -9,7 +9,8 @@ of the paper's sparse-update schemes and a full update, with operator reordering
 the other memory passes on. Per row:
 
   * `planner_peak_bytes`: the RAM the compiler plans for the step: the arena (its packed
-    size; `arena_live_peak_bytes` is the most bytes live at one call), trainable weights,
+    size; `arena_live_peak_bytes` is the most bytes live at one call, the lower bound of
+    any placement; `arena_placement` says which placement won), trainable weights,
     momentum, the harness's buffers and the reserved stack;
   * `measured_peak_bytes`: the real program built for `cortex-m7` (mps2-an500) and run for
     one training step under QEMU with the run-time RAM guard: static RAM from the ELF
@@ -90,6 +91,7 @@ def measure_mcu(model: str, scheme: str, reorder: bool, work: Path) -> dict:
         "arena_bytes": est.arena_bytes,
         "arena_in_elf_bytes": symbol_size(run.build.elf, "tt_arena"),
         "arena_live_peak_bytes": step.live_peak_bytes,
+        "arena_placement": step.strategy,
         "arena_at_peak": step.live_at_peak,
         "peak_call": est.peak_call,
         "trainable_weights_bytes": est.trainable_bytes,

@@ -10,6 +10,12 @@ keep the smallest arena: busiest step first (the buffers of the most crowded ste
 long-lived ones first among them: "greedy by breadth", Pisarchyk and Lee 2020), largest
 first (as TVM's and TFLite Micro's planners do), longest-lived first, earliest first. Pinned buffers (the input, which the caller writes before a
 step) keep their given offset.
+
+When the best greedy arena is above the live peak, OR-Tools' CP-SAT solver searches for a
+smaller one from it (offsets as variables, one rectangle per buffer in time x bytes, no two
+overlapping: `AddNoOverlap2D`), and stops at the live peak or when its effort is spent.
+The effort is CP-SAT's deterministic time on one worker, a count of work, not seconds: the
+generated C must not depend on the machine's speed or load.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ALIGN = 16
+SOLVER_EFFORT = 2.0  # CP-SAT deterministic time: about 7 s for MCUNet's full update (230 buffers)
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,11 @@ def plan(buffers: list[Buffer], pinned: dict[str, int] | None = None) -> Plan:
         if best is None or arena < best[1]:
             best = (offsets, arena, name)
     offsets, arena, strategy = best
+    if arena > max(live.values(), default=0):
+        solved = _solve(buffers, pinned, arena, max(live.values()))
+        if solved is not None:
+            offsets, arena, how = solved
+            strategy = f"CP-SAT from {strategy}, {how}"
     result = Plan(offsets, arena, list(buffers), strategy=strategy)
     if buffers:
         result.peak_step = max(steps, key=lambda s: (live[s], -s))
@@ -93,3 +105,35 @@ def _place(order: list[Buffer], fixed: list[Buffer], pinned: dict[str, int]) -> 
         offsets[buf.name] = offset
         placed.append((offset, buf))
     return offsets
+
+
+def _solve(buffers: list[Buffer], pinned: dict[str, int], arena: int,
+           lower_bound: int) -> tuple[dict[str, int], int, str] | None:
+    """A placement in a smaller arena than `arena` (the greedy one), or None. (Given the
+    greedy placement as a hint, CP-SAT stayed near it and found less.)"""
+    from ortools.sat.python import cp_model
+
+    model = cp_model.CpModel()
+    top = model.NewIntVar(lower_bound // ALIGN, arena // ALIGN, "arena")
+    offsets, times, spaces = {}, [], []
+    for b in buffers:
+        size = _align(b.size) // ALIGN
+        if b.name in pinned:
+            offset = model.NewConstant(pinned[b.name] // ALIGN)
+        else:
+            offset = model.NewIntVar(0, arena // ALIGN - size, b.name)
+        offsets[b.name] = offset
+        times.append(model.NewFixedSizeIntervalVar(b.start, b.end - b.start + 1, ""))
+        spaces.append(model.NewFixedSizeIntervalVar(offset, size, ""))
+        model.Add(offset + size <= top)
+    model.AddNoOverlap2D(times, spaces)
+    model.Minimize(top)
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = 0
+    solver.parameters.max_deterministic_time = SOLVER_EFFORT
+    status = solver.Solve(model)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE) or solver.Value(top) * ALIGN >= arena:
+        return None
+    how = "optimal" if status == cp_model.OPTIMAL else "effort spent"
+    return {name: solver.Value(v) * ALIGN for name, v in offsets.items()}, solver.Value(top) * ALIGN, how
