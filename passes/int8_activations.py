@@ -50,13 +50,31 @@ class Int8Activations:
 
 
 
-def _scalar(expr) -> float | None:
+def int8_valued(bindings) -> set:
+    """The float32 values that are int8 numbers: each `round(clip(q, lo, hi))` with bounds
+    inside INT8_RANGE, and the rounded mean of such a value (global pooling)."""
+    values = {b.var: b.value for b in bindings}
+    found = set()
+    for b in bindings:
+        v = b.value
+        if op_name(v) == "relax.round" and str(getattr(b.var.ty, "dtype", None)) == "float32":
+            inner = values.get(v.args[0])
+            if op_name(inner) == "relax.clip":
+                lo, hi = scalar(inner.args[1]), scalar(inner.args[2])
+                if lo is not None and hi is not None and INT8_RANGE[0] <= lo and hi <= INT8_RANGE[1]:
+                    found.add(b.var)
+            elif op_name(inner) == "relax.mean" and inner.args[0] in found:
+                found.add(b.var)
+    return found
+
+
+def scalar(expr) -> float | None:
     """A clip bound: a PrimValue/FloatImm (relax.op.clip's form) or a scalar constant."""
     value = getattr(expr, "value", None)
     if isinstance(value, (int, float)):  # FloatImm / IntImm
         return float(value)
     if value is not None and not isinstance(expr, tvm.ir.expr.Constant):  # PrimValue(FloatImm)
-        return _scalar(value)
+        return scalar(value)
     if isinstance(expr, tvm.ir.expr.Constant) and value.numpy().size == 1:
         return float(value.numpy().reshape(()))
     return None
@@ -74,21 +92,15 @@ def _rewrite(func: relax.Function) -> relax.Function:
         chain, y, scale, zero = quantized_input
         x8 = relax.Var(params[0].name, relax.TensorType(params[0].ty.shape, "int8"))
         params[0], skip, stored[y], input_attr = x8, set(chain), x8, [scale, zero]
-    saturated, casts, derived = set(), {}, {}
+    saturated, casts, derived = int8_valued(bindings), {}, {}
     for b in bindings:
         v = b.value
-        if op_name(v) == "relax.round" and str(getattr(b.var.ty, "dtype", None)) == "float32":
-            inner = values.get(v.args[0])
-            if op_name(inner) == "relax.clip":
-                lo, hi = _scalar(inner.args[1]), _scalar(inner.args[2])
-                if lo is not None and hi is not None and INT8_RANGE[0] <= lo and hi <= INT8_RANGE[1]:
-                    saturated.add(b.var)
-            elif op_name(inner) == "relax.mean" and inner.args[0] in saturated:
-                saturated.add(b.var)  # the rounded mean of int8 values (global pooling)
-        elif op_name(v) == "relax.astype" and str(v.attrs.dtype) == "float32" \
+        if b.var in saturated:
+            continue
+        if op_name(v) == "relax.astype" and str(v.attrs.dtype) == "float32" \
                 and str(v.args[0].ty.dtype) in ("int8", "int32"):
             casts[b.var] = v.args[0]
-        elif (op_name(v) == "relax.reshape" or (op_name(v) in SCALAR_OPS and _scalar(v.args[1]) is not None)) and \
+        elif (op_name(v) == "relax.reshape" or (op_name(v) in SCALAR_OPS and scalar(v.args[1]) is not None)) and \
                 (v.args[0] in saturated or v.args[0] in casts or v.args[0] in derived or v.args[0] in stored):
             derived[b.var] = v  # e.g. x - x_zero: recomputed by each reader from the int8 x
     escaping = set(relax.analysis.free_vars(func.body.body))
@@ -146,11 +158,11 @@ def input_quantization_chain(func, bindings):
         steps = steps[steps.index(op) + 1:]  # divide, round and add are optional
         args = use[0].value.args
         if op == "relax.divide":
-            scale = _scalar(args[1])
+            scale = scalar(args[1])
         elif op == "relax.add":
-            zero = _scalar(args[1])
+            zero = scalar(args[1])
         elif op == "relax.clip":
-            lo, hi = _scalar(args[1]), _scalar(args[2])
+            lo, hi = scalar(args[1]), scalar(args[2])
             if lo is None or hi is None or lo < INT8_RANGE[0] or hi > INT8_RANGE[1]:
                 return None
         chain.append(use[0].var)
