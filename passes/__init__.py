@@ -17,7 +17,8 @@ from .normalize_onnx import NormalizeONNX
 from .pack_backward_masks import PackBackwardMasks
 from .reorder_for_memory import ReorderForMemory
 from .split_trained_channels import SplitTrainedChannels
+from .tabulate_int8_functions import TabulateInt8Functions
 
 __all__ = ["LOSSES", "AppendCrossEntropyLoss", "AppendReconstructionLoss", "check_reconstruction", "BuildGradient", "FloatTrainableParams", "ForwardTupleItems", "FuseKernels", "FuseSGDUpdate",
            "InplaceDepthwise", "InsertQASRescale", "Int8Activations", "NarrowWeightGradient", "NormalizeONNX",
-           "PackBackwardMasks", "ReorderForMemory", "SplitTrainedChannels"]
+           "PackBackwardMasks", "ReorderForMemory", "SplitTrainedChannels", "TabulateInt8Functions"]

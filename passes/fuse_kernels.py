@@ -20,6 +20,9 @@ This pass groups kernels (on the legalized module, before `FuseTIR`):
   that conv, which then computes its input one channel at a time (the expansion of
   an inverted-residual block, the widest tensor of the forward pass, becomes one plane);
 
+- a table lookup (`take`, TabulateInt8Functions) is injective, but its int8 result is
+  stored, not fused into its reader: a conv would look each element up at every read;
+
 at most one reduction per group (two for a depthwise pair), at most `MAX_GROUP_OPS` ops,
 never across an in-place
 update of an input, never from the forward into the backward pass (what the backward
@@ -50,6 +53,7 @@ from tvm_tinytrain.relax_utils import backward_start, op_name, readers
 MAX_GROUP_OPS = 64
 INJECTIVE = 2       # op_pattern kinds (AnnotateTIROpPattern): elemwise 0, broadcast 1, injective 2,
 REDUCTIONS = (3, 4)  # comm-reduce 3, out-elemwise-fusable 4 (conv, matmul), opaque 8
+GATHER = "tinytrain.gather"
 
 
 @tvm.transform.module_pass(opt_level=0, name="FuseKernels")
@@ -62,7 +66,7 @@ class FuseKernels:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod = relax.transform.CanonicalizeBindings()(mod)  # no `a = b` aliases between kernels
-        mod = relax.transform.AnnotateTIROpPattern()(mod)
+        mod = _gathers_as_injective(relax.transform.AnnotateTIROpPattern()(mod))
         bb = relax.BlockBuilder(mod)
         for name in self.func_names:
             if name in [gv.name_hint for gv in mod.get_global_vars()]:
@@ -72,6 +76,33 @@ class FuseKernels:
         for gv, func in prims.items():  # fused or not: padding inside a kernel is a copy too
             mod[gv] = shrink_intermediates(func)
         return relax.transform.DeadCodeElimination(list(self.func_names))(mod)
+
+
+def _gathers_as_injective(mod: tvm.IRModule) -> tvm.IRModule:
+    """A gather (`take`: each output element one input element, at an index read from a
+    tensor) is injective, as Relay had it; TVM's analysis calls any data-dependent load
+    opaque, which would leave a table lookup (TabulateInt8Functions), its int32 index and
+    its requantization three kernels, with whole tensors between them."""
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, tvm.tirx.PrimFunc) and int(func.attrs["op_pattern"]) > REDUCTIONS[-1] and _is_gather(func):
+            mod[gv] = func.with_attr("op_pattern", INJECTIVE).with_attr(GATHER, True)
+    return mod
+
+
+def _is_gather(func: tvm.tirx.PrimFunc) -> bool:
+    """One spatial block storing one load, at indices read from another buffer."""
+    try:
+        sch = Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except ScheduleError:
+        return False  # not a block-based kernel
+    if len(blocks) != 1:
+        return False
+    block = sch.get(blocks[0])
+    store = block.body
+    return isinstance(store, tvm.tirx.BufferStore) and isinstance(store.value, tvm.ir.TensorLoad) \
+        and len({r.source.name for r in block.reads}) > 1 \
+        and all(int(iv.iter_type) == tvm.tirx.IterVar.DataPar for iv in block.iter_vars)
 
 
 def _replace_originals(mod: tvm.IRModule, names) -> tvm.IRModule:
@@ -135,12 +166,14 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str, update
 
     reductions = {}
     patterns = {}
+    gathers = {}  # by root: the group looks up a table
     size = {i: 1 for i in range(len(bindings))}  # ops per group, by root
     for i, b in enumerate(bindings):
         prim = _prim(mod, b)
         if prim is not None:
             patterns[i] = int(prim.attrs["op_pattern"])
             reductions[i] = int(patterns[i] in REDUCTIONS)
+            gathers[i] = bool(prim.attrs.get(GATHER, False))
     for i, b in enumerate(bindings):
         if i not in patterns or patterns[i] > REDUCTIONS[-1]:
             continue
@@ -156,6 +189,8 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str, update
             if gi == gj or reductions[gi] + reductions[gj] > 1 or (j < start <= i) \
                     or size[gi] + size[gj] > MAX_GROUP_OPS:
                 continue
+            if gathers[gj] and str(getattr(arg.ty, "dtype", "")) == "int8":
+                continue  # a table lookup's int8 result is stored: looked up once, not at each read
             prologue = pj <= INJECTIVE and not reductions[gj]
             epilogue = patterns[i] <= INJECTIVE and not reductions[gi] and (
                 update or (not _widens(bindings[j], b) and _elements(b) <= _elements(bindings[j])))
@@ -167,6 +202,7 @@ def _group_function(bb: relax.BlockBuilder, mod: tvm.IRModule, name: str, update
             parent[gj] = gi
             reductions[gi] += reductions[gj]
             size[gi] += size[gj]
+            gathers[gi] = gathers[gi] or gathers[gj]
 
     groups: dict[int, list[int]] = {}
     for i in patterns:

@@ -20,7 +20,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm_tinytrain.c_names import CNamer, c_identifier
 from tvm_tinytrain.errors import TinyTrainError
 from tvm_tinytrain.passes import (ForwardTupleItems, FuseKernels, InplaceDepthwise, Int8Activations, PackBackwardMasks,
-                                  ReorderForMemory, SplitTrainedChannels)
+                                  ReorderForMemory, SplitTrainedChannels, TabulateInt8Functions)
 from tvm_tinytrain.passes.split_trained_channels import FROZEN_SUFFIX, split_values, trained_channels
 from tvm_tinytrain.pipeline import TrainingProgram
 from .invariant_loads import hoist_invariant_loads
@@ -141,6 +141,8 @@ def memory_passes(program: TrainingProgram, c_names: CNamer | None = None):
     (`5.c1.weight`). The Relax VM reference keeps the source names (`c_names=None`)."""
     opts = program.memory
     mod, values, split = program.mod, dict(program.params), {}
+    if opts.tabulate:
+        mod = TabulateInt8Functions()(mod)
     if opts.bit_masks:
         mod = PackBackwardMasks()(mod)
     if opts.int8_activations:

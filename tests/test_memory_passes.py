@@ -393,3 +393,123 @@ def test_a_long_elementwise_chain_is_cut_into_bounded_kernels():
                                      TrainOptions())
     calls = lower(program).schedules["predict"].calls
     assert len(calls) >= chain // MAX_GROUP_OPS
+
+
+class HardActivationsNet(torch.nn.Module):
+    """MobileNetV3's activations between int8 convs: a hard-swish after the stem, a
+    hard-sigmoid after a pointwise conv, then pooling and the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardswish())
+        self.pointwise = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.Hardsigmoid())
+        self.classifier = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(self.pointwise(self.stem(x)), 1), 1))
+
+
+@pytest.fixture(scope="module")
+def hard_activations_program():
+    """int8 (PTQ); the pointwise conv trains, so its hard-sigmoid is on the gradient path
+    (its backward reads the chain's values) and only the stem's hard-swish is tabulated."""
+    torch.manual_seed(2)
+    net = HardActivationsNet()
+    for bn in (net.stem[1], net.pointwise[1]):  # BN statistics of a trained network, not the identity
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+    imported = post_training_quantize(import_torch(net.eval(), torch.zeros(INPUT_SHAPE)), samples(64, seed=5)[0])
+    config = SparseUpdateConfig(n_bias_update=1, manual_weight_idx=(1,), weight_update_ratio=(1.0,))
+    return build_training_program(imported, config, TrainOptions(lr=0.05, momentum=0.9))
+
+
+def test_int8_functions_become_tables_and_change_no_number(hard_activations_program):
+    """Before: a hard-swish between int8 tensors is a dozen float32 ops per element. After:
+    one lookup in a 256-entry int8 table, where no backward pass reads the chain; the Relax
+    VM gives the untabulated chain's losses, parameters and logits, exactly."""
+    from tvm_tinytrain.passes import TabulateInt8Functions
+    from tvm_tinytrain.relax_utils import op_name
+
+    program = hard_activations_program
+    tabulated = TabulateInt8Functions()(program.mod)
+
+    def tables(func):
+        return [b.value.args[0] for b in func.body.blocks[0].bindings if op_name(b.value) == "relax.take"]
+
+    assert len(tables(tabulated["main"])) == 2      # predict: the hard-swish and the hard-sigmoid
+    (table,) = tables(tabulated["train_step"])      # training: the hard-sigmoid's backward reads it
+    assert table.value.numpy().dtype == np.int8 and table.value.numpy().shape == (256,)
+    on, off = train_on_vm(program), train_on_vm(with_memory(program, tabulate=False))
+    assert on[0] == off[0]
+    for name in program.params:
+        np.testing.assert_array_equal(on[1][name], off[1][name], err_msg=name)
+    np.testing.assert_array_equal(on[2], off[2])
+
+
+def test_a_table_lookup_is_its_own_int8_kernel_in_c(hard_activations_program, tmp_path):
+    """The lookup writes its int8 result once, in place (a conv reading through it would
+    look up each input element at every read); the host build trains with the table exactly
+    as without it."""
+    from tvm_tinytrain.session import run_stream
+    from tvm_tinytrain.targets.boards import get_board
+    from tvm_tinytrain.targets.harness import DUMP, TRAIN, Record
+    from tvm_tinytrain.targets.project import write_project
+
+    program, board = hard_activations_program, get_board("host")
+    kernels = [c.kernel for c in lower(program).schedules["train_step"].calls]
+    lookups = [k for k in kernels if "take" in k]
+    assert lookups and not any("conv2d" in k for k in lookups), lookups
+    xs, ys = samples(4, seed=9)
+    records = [Record(TRAIN, x, int(y)) for x, y in zip(xs, ys)] + [Record(DUMP)]
+    runs = []
+    for memory in (program.memory, dataclasses.replace(program.memory, tabulate=False)):
+        write_project(dataclasses.replace(program, memory=memory), tmp_path / str(len(runs)), board)
+        runs.append(run_stream(board, tmp_path / str(len(runs)), records).output)
+    assert runs[0].losses == runs[1].losses
+    for name in program.trainable.names:
+        np.testing.assert_array_equal(runs[0].params[0][name], runs[1].params[0][name], err_msg=name)
+
+
+def _forward_until(func, var):
+    """`func`'s forward from the sample to `var`, returning it."""
+    from tvm import relax
+
+    bindings = list(func.body.blocks[0].bindings)
+    cut = bindings[:[b.var for b in bindings].index(var) + 1]
+    bb = relax.BlockBuilder()
+    with bb.function("main", [func.params[0]]):
+        with bb.dataflow():
+            for b in cut[:-1]:
+                bb.emit_normalized(b)
+            out = bb.emit_output(cut[-1].value)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("activation", [torch.nn.Hardswish, torch.nn.Hardsigmoid])
+def test_a_table_holds_the_chain_for_every_int8_value(activation):
+    """The activation reads the quantized sample, whose 1,024 values cover every int8 code
+    (and saturate at both ends): compiled by TVM, the table gives the untabulated float32
+    chain's int8 result for each of the 256 codes, bit for bit."""
+    import tvm
+    from tvm_tinytrain.passes import TabulateInt8Functions
+    from tvm_tinytrain.passes.int8_activations import int8_valued
+
+    torch.manual_seed(3)
+    shape = (1, 1, 32, 32)
+    net = torch.nn.Sequential(activation(), torch.nn.Flatten(), torch.nn.Linear(32 * 32, 4)).eval()
+    calibration = np.random.default_rng(0).uniform(-4, 4, (16, *shape[1:])).astype(np.float32)
+    imported = post_training_quantize(import_torch(net, torch.zeros(shape)), calibration)
+    main = build_training_program(imported, SparseUpdateConfig(), TrainOptions()).mod["main"]
+    bindings = list(main.body.blocks[0].bindings)
+    source, result = [b.var for b in bindings if b.var in int8_valued(bindings)][:2]  # the sample's, the activation's
+    x = tvm.runtime.tensor(np.linspace(-5, 5, 32 * 32, dtype=np.float32).reshape(shape))
+
+    def run(mod):
+        return tvm.runtime.vm.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())["main"](x).numpy()
+
+    assert len(np.unique(run(_forward_until(main, source)))) == 256
+    plain = _forward_until(main, result)
+    tabulated = TabulateInt8Functions()(plain)
+    assert tabulated["main"].script().count("R.take(") == 1
+    np.testing.assert_array_equal(run(tabulated), run(plain))

@@ -56,8 +56,10 @@ class TrainOptions:
 @dataclass(frozen=True)
 class MemoryOptions:
     """The memory passes of lowering (`targets/lower.py`), all on by default. Each changes
-    where and when tensors live, never a computed number; turn one off to measure it."""
+    where and when tensors live (`tabulate`: how a function is computed), never a computed
+    number; turn one off to measure it."""
 
+    tabulate: bool = True          # TabulateInt8Functions: a float function of one int8 tensor, a table (speed)
     int8_activations: bool = True  # Int8Activations: quantized activations stored as int8
     fuse_kernels: bool = True      # FuseKernels: casts, padding, requantization inside each kernel
     fuse_updates: bool = True      # FuseKernels: each SGD update inside the kernel computing its gradient
