@@ -1,6 +1,6 @@
 """Benchmark: why bench/qas.py's int8 SGD-M row without QAS scored the same on all three seeds.
 
-    python bench/qas_seeds.py [--seeds 0 1 ... 9]   ->  bench/results/qas_seeds.json (~6 min)
+    python bench/qas_seeds.py [--seeds 0 1 ... 9]   ->  bench/results/qas_seeds.json (~10 min)
 
 What is measured. The row exactly as `bench/qas.py` runs it (MCUNet-5FPS int8, the 49 KB
 scheme, momentum 0.9, no QAS, the learning rate its validation grid chose, 2 passes over the

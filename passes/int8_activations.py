@@ -34,7 +34,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from tvm_tinytrain.relax_utils import map_functions, op_name, substitute_vars
+from tvm_tinytrain.relax_utils import function_attrs, map_functions, op_name, substitute_vars
 
 INT8_RANGE = (-128.5, 127.5)
 SCALAR_OPS = {"relax.subtract", "relax.add", "relax.multiply", "relax.divide"}
@@ -115,7 +115,7 @@ def _rewrite(func: relax.Function) -> relax.Function:
         return bb.emit(relax.Call(value.op, [reload(value.args[0]), *value.args[1:]], value.attrs), u.name)
 
     bb = relax.BlockBuilder()
-    attrs = _attrs(func)
+    attrs = function_attrs(func)
     if input_attr is not None:
         attrs["tinytrain.input_quantization"] = input_attr
     with bb.function(func.attrs["global_symbol"], params, attrs=attrs, private=False):
@@ -171,6 +171,3 @@ def input_quantization_chain(func, bindings):
         return None
     return chain, var, float(scale), float(zero)
 
-
-def _attrs(func) -> dict:
-    return {str(k): v for k, v in func.attrs.items() if str(k) != "global_symbol"} if func.attrs else {}

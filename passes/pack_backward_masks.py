@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from tvm_tinytrain.relax_utils import backward_start, map_functions, op_name
+from tvm_tinytrain.relax_utils import backward_start, function_attrs, map_functions, op_name
 
 COMPARISONS = {"relax.greater", "relax.less", "relax.greater_equal", "relax.less_equal", "relax.logical_and"}
 BIT_WEIGHTS = np.array([1 << k for k in range(8)], np.uint8)
@@ -88,8 +88,7 @@ def _rewrite(func: relax.Function, label: str) -> relax.Function:
 
     bb = relax.BlockBuilder()
     packed = {}  # condition var -> callable emitting its unpacked value
-    attrs = {str(k): v for k, v in func.attrs.items() if str(k) != "global_symbol"}
-    with bb.function(func.attrs["global_symbol"], list(func.params), attrs=attrs, private=False):
+    with bb.function(func.attrs["global_symbol"], list(func.params), attrs=function_attrs(func), private=False):
         with bb.dataflow():
             for b in bindings:
                 if b.var in readers:

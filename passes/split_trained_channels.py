@@ -26,7 +26,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from tvm_tinytrain.relax_utils import op_name, substitute_vars
+from tvm_tinytrain.relax_utils import function_attrs, op_name, substitute_vars
 
 from .sgd_kernels import sgd_update_kernel
 
@@ -77,8 +77,7 @@ class SplitTrainedChannels:
             pieces[p] = (t, f, axis)
             params += [t, f]
         inner = relax.BlockBuilder()  # the function, built apart; kernels go to the module
-        attrs = {str(key): v for key, v in func.attrs.items() if str(key) != "global_symbol"}
-        with inner.function(func.attrs["global_symbol"], params, attrs=attrs, private=False):
+        with inner.function(func.attrs["global_symbol"], params, attrs=function_attrs(func), private=False):
             with inner.dataflow():
                 for b in func.body.blocks[0].bindings:
                     value = b.value

@@ -8,10 +8,11 @@ results (256 bytes of flash), indexed by the input. The table is computed here, 
 in NumPy float32 (IEEE arithmetic, as the C kernels compute without contraction), so the
 lookup returns the very numbers the chain would: no computed number changes. `FuseKernels`
 stores the lookup's int8 result instead of fusing it into the conv that reads it (which
-would look each element up at every read), and `InplaceDepthwise` writes it over its source. A chain is tabulated only
-when nothing but the chain reads its intermediate values (the backward pass of a chain on
-the gradient path reads them, so that chain stays as it is) and it uses only exactly
-rounded ops (no `exp`: a C library's `expf` may differ from NumPy's in the last bit).
+would look each element up at every read), and `InplaceDepthwise` writes it over its
+source. A chain is tabulated only when nothing but the chain reads its intermediate values
+(the backward pass of a chain on the gradient path reads them, so that chain stays as it
+is) and it uses only exactly rounded ops (no `exp`: a C library's `expf` may differ from
+NumPy's in the last bit).
 
 Before::
 
@@ -31,7 +32,7 @@ import tvm
 from tvm import relax
 
 from tvm_tinytrain.passes.int8_activations import int8_valued, scalar
-from tvm_tinytrain.relax_utils import map_functions, op_name, readers
+from tvm_tinytrain.relax_utils import function_attrs, map_functions, op_name, readers
 
 # ops whose float32 results NumPy reproduces exactly, elementwise over a tensor and scalars
 _F32 = np.float32
@@ -73,8 +74,7 @@ def _rewrite(func: relax.Function) -> relax.Function:
     if not tables:
         return func
     bb = relax.BlockBuilder()
-    attrs = {str(k): v for k, v in func.attrs.items() if str(k) != "global_symbol"} if func.attrs else {}
-    with bb.function(func.attrs["global_symbol"], list(func.params), attrs=attrs, private=False):
+    with bb.function(func.attrs["global_symbol"], list(func.params), attrs=function_attrs(func), private=False):
         with bb.dataflow():
             for b in bindings:
                 if b.var not in tables:

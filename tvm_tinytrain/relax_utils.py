@@ -20,6 +20,11 @@ def backward_start(func: relax.Function, bindings, label: str = "label") -> int:
                 len(bindings))
 
 
+def function_attrs(func: relax.Function) -> dict:
+    """A function's attributes but its name, for rebuilding it with `BlockBuilder.function`."""
+    return {str(k): v for k, v in func.attrs.items() if str(k) != "global_symbol"} if func.attrs else {}
+
+
 def readers(bindings) -> dict:
     """Each variable -> the indices of the bindings that read it, in order."""
     found: dict = {}
