@@ -22,6 +22,7 @@ import heapq
 import tvm
 from tvm import relax
 
+from tvm_tinytrain.passes.patch_frozen_prefix import TILE_WRITE
 from tvm_tinytrain.relax_utils import map_functions, op_name
 
 
@@ -35,7 +36,9 @@ class ReorderForMemory:
 
 
 def _is_update(binding) -> bool:
-    return op_name(binding.value) == "relax.call_tir_inplace"
+    """An in-place kernel call, but a tile written into its tensor (PatchFrozenPrefix)."""
+    return (op_name(binding.value) == "relax.call_tir_inplace"
+            and not binding.value.args[0].name_hint.startswith(TILE_WRITE))
 
 
 def _reorder(func: relax.Function) -> relax.Function:

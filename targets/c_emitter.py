@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +44,7 @@ class EmittedProgram:
     frozen_bytes: int               # flash: frozen parameters and constants
     peak_call: str = ""             # the train_step kernel call at the arena's peak
     persist: "PersistLayout | None" = None  # emitted with persist=True: the state's flash layout
+    patched_prefix: dict = field(default_factory=dict)  # LoweredProgram.patched_prefix
 
 
 # --persist: the flash layout of the learned state (see runtime/tt_persist.h).
@@ -131,7 +132,7 @@ def emit(program: TrainingProgram, lowered: LoweredProgram, *, persist: bool = F
     phase = "backward" if step.loss_index is not None and peak >= step.loss_index else "forward"
     peak_call = f"call {peak} of {len(step.calls)} ({phase}): {step.calls[peak].kernel}" if step.calls else ""
     return EmittedProgram(files, plans, arena, sum(t.nbytes for t in trainable),
-                          sum(t.nbytes for t in momenta), frozen_bytes, peak_call, layout)
+                          sum(t.nbytes for t in momenta), frozen_bytes, peak_call, layout, lowered.patched_prefix)
 
 
 def persist_layout(program: TrainingProgram, lowered: LoweredProgram) -> PersistLayout:
@@ -392,7 +393,7 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts, 
                f"{len(trainable)} trainable parameter tensors.\n"
                f" * No dynamic allocation: tensors live in tt_arena at planned offsets, parameters in\n"
                f" * tinytrain_params.c. Kernel workspaces are slices of the arena too (tt_runtime.c).\n *\n"
-               + _layout_comment(plans, arena))
+               + _patches_comment(lowered.patched_prefix) + _layout_comment(plans, arena))
     out = [_banner(program, "Training-step driver: calls TVM's kernels in order over one static arena.",
                    details).rstrip("\n")]
     out += ['#include <math.h>', '#include <stddef.h>', '#include <stdint.h>', '',
@@ -473,6 +474,18 @@ def _logical(params: list[Tensor]) -> list[Tensor]:
     """The model's parameters as the user knows them (a split weight's frozen part is not one)."""
     names = {t.param for t in params}
     return [t for t in params if not (t.param.endswith(FROZEN_SUFFIX) and t.param[:-len(FROZEN_SUFFIX)] in names)]
+
+
+def _patches_comment(patched: dict) -> str:
+    """PatchFrozenPrefix, in words: which function computes its frozen start tile by tile."""
+    lines = [f" * Patched prefix: {'tt_train_step' if name == 'train_step' else 'tt_predict'} computes its frozen start,"
+             f" up to a {'x'.join(map(str, shape))} tensor, in {rows}x{cols} tiles."
+             for name, (_, shape, rows, cols) in patched.items()]
+    if not lines:
+        return ""
+    return "\n".join(lines + [" * Each tile runs the prefix's kernels on its region (with the halo its convs need),",
+                              " * then write_tile copies it into that tensor: one tile's intermediates live at a time.",
+                              " *"]) + "\n"
 
 
 def _layout_comment(plans, arena) -> str:

@@ -20,7 +20,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm_tinytrain.c_names import CNamer, c_identifier
 from tvm_tinytrain.errors import TinyTrainError
 from tvm_tinytrain.passes import (ForwardTupleItems, FuseKernels, InplaceDepthwise, Int8Activations, PackBackwardMasks,
-                                  ReorderForMemory, SplitTrainedChannels, TabulateInt8Functions)
+                                  PatchFrozenPrefix, ReorderForMemory, SplitTrainedChannels, TabulateInt8Functions)
+from tvm_tinytrain.passes.patch_frozen_prefix import ATTR as PATCH_ATTR
 from tvm_tinytrain.passes.split_trained_channels import FROZEN_SUFFIX, split_values, trained_channels
 from tvm_tinytrain.pipeline import TrainingProgram
 from .invariant_loads import hoist_invariant_loads
@@ -88,6 +89,8 @@ class LoweredProgram:
     input_quantization: tuple[float, float] | None = None
     params: dict[str, np.ndarray] = field(default_factory=dict)  # initial values, as lowered
     split: dict[str, tuple[int, int]] = field(default_factory=dict)  # SplitTrainedChannels: (axis, k)
+    # PatchFrozenPrefix: schedule name -> (cut, its NCHW shape, tile rows, tile columns)
+    patched_prefix: dict[str, tuple[str, tuple[int, ...], int, int]] = field(default_factory=dict)
 
 
 def input_quantization(mod: tvm.IRModule) -> tuple[float, float] | None:
@@ -121,7 +124,18 @@ def lower(program: TrainingProgram) -> LoweredProgram:
         for t in s.inputs + [t for c in s.calls for t in c.args]:
             if t not in tensors:
                 tensors.append(t)
-    return LoweredProgram(lib.inspect_source(), schedules, tensors, input_quantization(mod), values, split)
+    return LoweredProgram(lib.inspect_source(), schedules, tensors, input_quantization(mod), values, split,
+                          _patched_prefix(mod))
+
+
+def _patched_prefix(mod: tvm.IRModule) -> dict:
+    found = {}
+    for func, schedule in (("train_step", "train_step"), ("main", "predict")):
+        attrs = mod[func].attrs
+        if attrs is not None and PATCH_ATTR in attrs:
+            cut, rows, cols, *shape = attrs[PATCH_ATTR]
+            found[schedule] = (str(cut), tuple(int(d) for d in shape), int(rows), int(cols))
+    return found
 
 
 def _for_c(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
@@ -140,6 +154,22 @@ def memory_passes(program: TrainingProgram, c_names: CNamer | None = None):
     through `c_identifier`, so the kernels' C is valid whatever the model's names
     (`5.c1.weight`). The Relax VM reference keeps the source names (`c_names=None`)."""
     opts = program.memory
+    mod, values, split = _graph_passes(program)
+    if c_names is not None:
+        mod = _with_c_names(mod, {n: c_names[n] for n in [*values, *program.momentum_shapes]})
+    lowered = _kernel_passes(mod, opts)
+    if opts.patch_prefix:  # the grid is chosen on the unpatched program's schedule
+        from .tiling import choose_tiling  # (it plans with c_emitter's buffers, which imports this module)
+
+        tiling = choose_tiling(mod, _plain_schedules(lowered, values, program, c_names))
+        if tiling:
+            lowered = _kernel_passes(PatchFrozenPrefix(tiling)(mod), opts)
+    return lowered, values, split
+
+
+def _graph_passes(program: TrainingProgram):
+    """The memory passes on Relax ops (before `LegalizeOps`): (module, values, split)."""
+    opts = program.memory
     mod, values, split = program.mod, dict(program.params), {}
     if opts.tabulate:
         mod = TabulateInt8Functions()(mod)
@@ -156,8 +186,11 @@ def memory_passes(program: TrainingProgram, c_names: CNamer | None = None):
                 values[name], values[name + FROZEN_SUFFIX] = split_values(value, *split[name])
             else:
                 values[name] = value
-    if c_names is not None:
-        mod = _with_c_names(mod, {n: c_names[n] for n in [*values, *program.momentum_shapes]})
+    return mod, values, split
+
+
+def _kernel_passes(mod: tvm.IRModule, opts) -> tvm.IRModule:
+    """`LegalizeOps` and the memory passes on kernels."""
     mod = ForwardTupleItems()(relax.transform.LegalizeOps()(mod))
     if opts.fuse_kernels:
         mod = FuseKernels(updates=opts.fuse_updates, depthwise=opts.fuse_depthwise)(mod)
@@ -165,7 +198,21 @@ def memory_passes(program: TrainingProgram, c_names: CNamer | None = None):
         mod = ReorderForMemory()(mod)
     if opts.inplace_depthwise:  # after reordering: it needs every other reader of the input to come first
         mod = InplaceDepthwise()(mod)
-    return mod, values, split
+    return mod
+
+
+def _plain_schedules(mod: tvm.IRModule, values: dict, program: TrainingProgram,
+                     c_names: CNamer | None) -> dict[str, Schedule]:
+    """A legalized module's schedules with its variables' names and the kernels'
+    workspaces as legalized (not as built to C): enough to see which call sets the peak."""
+    mod = relax.transform.DeadCodeElimination(["main", "train_step"])(mod)
+    prims = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    name = (lambda n: c_names[n]) if c_names is not None else (lambda n: n)
+    params = {n: Tensor(name(n), tuple(v.shape), str(v.dtype), "param", param=n) for n, v in values.items()}
+    momenta = {n: Tensor(name(n), shape, "float32", "momentum", param=n) for n, shape in program.momentum_shapes.items()}
+    workspaces = {n: _workspace_bytes(f) for n, f in prims.items()}
+    return {schedule: _schedule(mod[func], schedule, prims, workspaces, params, momenta, CNamer())
+            for func, schedule in (("train_step", "train_step"), ("main", "predict"))}
 
 
 def partial_weights(program: TrainingProgram) -> dict[str, tuple[int, int]]:

@@ -168,6 +168,9 @@ def memory_report(emitted: EmittedProgram, est: MemoryEstimate, board: Board, ra
             "stack (reserved)": est.stack_bytes,
         },
         "predict": {"arena_bytes": emitted.plans["predict"].arena_bytes},
+        "patched_prefix": {  # PatchFrozenPrefix: the frozen start computed tile by tile, per function
+            name: {"cut": cut, "cut_shape": list(shape), "tiles": [rows, cols]}
+            for name, (cut, shape, rows, cols) in emitted.patched_prefix.items()},
         "persist": None if emitted.persist is None else {
             "flash_area_bytes": emitted.persist.area_bytes,
             "slot_bytes": emitted.persist.slot_bytes,

@@ -55,9 +55,11 @@ class TrainOptions:
 
 @dataclass(frozen=True)
 class MemoryOptions:
-    """The memory passes of lowering (`targets/lower.py`), all on by default. Each changes
-    where and when tensors live (`tabulate`: how a function is computed), never a computed
-    number; turn one off to measure it."""
+    """The memory passes of lowering (`targets/lower.py`), all but `patch_prefix` on by
+    default. Each changes where and when tensors live (`tabulate`: how a function is
+    computed), never a computed number; turn one off to measure it. `patch_prefix` is opt-in
+    (`tinytrain compile --patch-prefix`): its tiles' convs have per-tile padding, which the
+    micro-kernels do not match yet, so it costs instructions (README, memory section)."""
 
     tabulate: bool = True          # TabulateInt8Functions: a float function of one int8 tensor, a table (speed)
     int8_activations: bool = True  # Int8Activations: quantized activations stored as int8
@@ -66,6 +68,7 @@ class MemoryOptions:
     fuse_depthwise: bool = True    # FuseKernels: a depthwise conv computes its input a channel at a time
     bit_masks: bool = True         # PackBackwardMasks: 1-bit masks kept for backward, not activations
     split_channels: bool = True    # SplitTrainedChannels: only the trained channels of a weight in RAM
+    patch_prefix: bool = False     # PatchFrozenPrefix: the frozen early stage computed tile by tile
     reorder: bool = True           # ReorderForMemory: the paper's operator reordering
     inplace_depthwise: bool = True  # InplaceDepthwise: a depthwise kernel writes its result over its input
 
