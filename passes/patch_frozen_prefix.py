@@ -10,10 +10,15 @@ region of every tensor that the tile depends on (its receptive field, with the h
 convs need), then the tile is written into the cut's buffer. Only one tile's
 intermediates are alive at a time; the halo rows and columns are computed more than once.
 
-Bit-identical: every output element is computed by the same ops on the same values. A
-conv on a region reads real neighbours where the whole tensor has them and the conv's own
-zero padding where it reaches past the tensor's border (each tile gets its own padding,
-[top, left, bottom, right]); the sum runs in the same order.
+Bit-identical: every element written into the cut is computed by the same ops on the same
+values, in the same order. A tile's conv is the whole conv (same attributes, its own
+padding) on the region it is given: the sample's region starts on the grid of the
+prefix's strides, so every output lands on the whole conv's grid. Outputs next to a tile's
+inner edge read that padding instead of the real neighbours; they are computed but never
+used (each region extends past what the cut needs by the halo, as the receptive field
+asks). Keeping each conv's own, symmetric padding keeps TOPI's form, which the
+micro-kernels match (`targets/tensorize.py`): a per-tile padding (zero on inner edges)
+does not, and cost MCUNet's tiled stem 11 instead of 4 instructions per MAC.
 
 The prefix: the bindings from the input up to a cut `T` that are convs (dilation 1, NCHW)
 or elementwise ops (a spatial tensor of `T`'s batch with per-channel or scalar operands,
@@ -172,8 +177,9 @@ def _patch(mod: tvm.IRModule, gv, cut_name: str, rows: int, cols: int) -> tvm.IR
             whole = None
             for ti, (r0, r1) in enumerate(_split(height, rows)):
                 for tj, (c0, c1) in enumerate(_split(width, cols)):
-                    tile = _emit_tile(bb, bindings, members, local, x, out_var, Region(r0, r1, c0, c1), f"t{ti}{tj}")
-                    whole = _write(bb, whole, tile, out_var, r0, c0)
+                    region = Region(r0, r1, c0, c1)
+                    tile, held = _emit_tile(bb, bindings, members, local, x, out_var, region, f"t{ti}{tj}")
+                    whole = _write(bb, whole, tile, held, out_var, region)
             bb.emit_normalized(relax.VarBinding(out_var, whole))
             for b in bindings[cut.index + 1:]:
                 bb.emit_normalized(b)
@@ -244,40 +250,65 @@ def _regions(steps, out, region: Region) -> dict:
     return need
 
 
+def _held(steps, x, first: Region) -> dict:
+    """Each prefix value -> the region a tile computes of it, from the sample's region
+    `first`: a conv computes, with its own padding, every output its input region gives
+    (the ones next to an inner edge of the tile read that padding instead of the real
+    neighbours: computed but not used); elementwise ops, their operands' common region."""
+    held = {x: first}
+    for result, args in reversed(steps):
+        regions = [held[a] for a, _, _ in args]
+        geometry = args[0][1]
+        if geometry is not None:
+            kh, kw, sh, sw, pt, pl, pb, pr = geometry
+            have = regions[0]
+            r0, c0 = have.r0 // sh, have.c0 // sw
+            held[result] = Region(r0, r0 + (have.rows + pt + pb - kh) // sh + 1,
+                                  c0, c0 + (have.cols + pl + pr - kw) // sw + 1)
+        else:
+            held[result] = Region(max(r.r0 for r in regions), min(r.r1 for r in regions),
+                                  max(r.c0 for r in regions), min(r.c1 for r in regions))
+    return held
+
+
+def _first(need: Region, align: int) -> Region:
+    """The sample's region a tile reads: what it needs, from the grid line before it."""
+    return Region(need.r0 // align * align, need.r1, need.c0 // align * align, need.c1)
+
+
 def tile_regions(func: relax.Function, cut: Cut, grids) -> dict[tuple[int, int], list[dict[str, Region]]]:
     """For each (rows, cols) in `grids`, for each tile of that grid over `cut`: value name ->
-    the region computed (the input's included): what a tile costs in memory and in
-    recomputed halo. (On names and integers: the grid search calls it often.)"""
+    the region the tile computes of it (the sample's included): what a tile costs in memory
+    and in recomputed halo. (On names and integers: the grid search calls it often.)"""
     bindings = list(func.body.blocks[0].bindings)
     x = func.params[0]
     members = _members(bindings[:cut.index + 1], x)
-    steps = _steps([b for b in bindings[:cut.index + 1] if b.var in members], members | {x}, key=lambda v: v.name)
-    return {(rows, cols): [_regions(steps, cut.name, Region(r0, r1, c0, c1))
+    prefix = [b for b in bindings[:cut.index + 1] if b.var in members]
+    steps, align = _steps(prefix, members | {x}, key=lambda v: v.name), _stride_product(prefix)
+    return {(rows, cols): [_held(steps, x.name, _first(_regions(steps, cut.name, Region(r0, r1, c0, c1))[x.name], align))
                            for r0, r1 in _split(cut.shape[2], rows) for c0, c1 in _split(cut.shape[3], cols)]
             for rows, cols in grids}
 
 
 def _emit_tile(bb, bindings, members, local, x, out_var, region: Region, suffix: str):
-    """Emit the prefix for one tile of `out_var`; return the tile's variable."""
+    """Emit the prefix for one tile of `out_var`; return (the tile's variable, the region of
+    `out_var` it holds, which contains `region`)."""
     prefix = [b for b in bindings if b.var in members]
     steps = _steps(prefix, members | {x})
     need = _regions(steps, out_var, region)
-    tiles = {}  # var -> (tile var, its region)
-    h, w = _hw(x)
-    tiles[x] = (x, Region(0, h, 0, w))
+    first = _first(need[x], _stride_product(prefix))
+    held = _held(steps, x, first)
+    kernel = bb.add_func(_read_kernel(tuple(int(d) for d in x.ty.shape), first, str(x.ty.dtype)), TILE_READ)
+    shape = [int(x.ty.shape[0]), int(x.ty.shape[1]), first.rows, first.cols]
+    tiles = {x: (bb.emit(relax.call_tir(kernel, [x], relax.TensorType(shape, str(x.ty.dtype))),
+                         name_hint=f"{x.name}_{suffix}"), first)}
 
-    def read(arg, want: Region):
+    def narrowed(arg, to: Region):
         var, have = tiles[arg]
-        if have == want:
+        if have == to:
             return var
-        if arg.same_as(x):  # a copy of its own: a slice fused into the stem would cost its micro-kernel
-            kernel = bb.add_func(_read_kernel(tuple(int(d) for d in x.ty.shape), want, str(x.ty.dtype)), TILE_READ)
-            shape = [int(x.ty.shape[0]), int(x.ty.shape[1]), want.rows, want.cols]
-            return bb.emit(relax.call_tir(kernel, [x], relax.TensorType(shape, str(x.ty.dtype))),
-                           name_hint=f"{arg.name}_{suffix}")
-        return bb.emit(relax.op.strided_slice(var, axes=[2, 3], begin=[want.r0 - have.r0, want.c0 - have.c0],
-                                              end=[want.r1 - have.r0, want.c1 - have.c0]),
-                       name_hint=f"{arg.name}_{suffix}")
+        return bb.emit(relax.op.strided_slice(var, axes=[2, 3], begin=[to.r0 - have.r0, to.c0 - have.c0],
+                                              end=[to.r1 - have.r0, to.c1 - have.c0]), name_hint=f"{arg.name}_{suffix}")
 
     copies = {}
 
@@ -288,59 +319,62 @@ def _emit_tile(bb, bindings, members, local, x, out_var, region: Region, suffix:
             copies[var] = bb.emit(substitute_vars(value, inner) if inner else value, name_hint=f"{var.name}_{suffix}")
         return copies[var]
 
-    for b, (_, reads) in zip(prefix, reversed(steps)):
+    for b in prefix:
         value = b.value
-        wanted = dict(_arg_regions(reads, need[b.var]))
-        args = [read(a, wanted[a]) if isinstance(a, relax.Var) and a in wanted
+        spatial = [a for a in value.args if isinstance(a, relax.Var) and a in tiles]
+        if op_name(value) == "relax.nn.conv2d":  # the whole region held: it starts on the stride's grid
+            inputs = {spatial[0]: tiles[spatial[0]][0]}
+        else:  # the operands' common region (a residual add's two branches may end apart)
+            inputs = {a: narrowed(a, held[b.var]) for a in spatial}
+        args = [inputs[a] if isinstance(a, relax.Var) and a in inputs
                 else copy(a) if isinstance(a, relax.Var) and a in local else a for a in value.args]
-        attrs = value.attrs
-        if op_name(value) == "relax.nn.conv2d":
-            attrs = _conv_attrs(attrs, _tile_padding(value, need[b.var], _hw(value.args[0])))
-        call = relax.Call(value.op, args, attrs, value.ty_args)
-        tiles[b.var] = (bb.emit(call, name_hint=f"{b.var.name}_{suffix}"), need[b.var])
-    return tiles[out_var][0]
+        var = bb.emit(relax.Call(value.op, args, value.attrs, value.ty_args), name_hint=f"{b.var.name}_{suffix}")
+        tiles[b.var] = (var, held[b.var])
+        have, needed = held[b.var], need[b.var]
+        assert [int(d) for d in list(var.ty.shape)[2:]] == [have.rows, have.cols], f"internal: tile of {b.var.name}"
+        assert have.r0 <= needed.r0 and needed.r1 <= have.r1 and have.c0 <= needed.c0 and needed.c1 <= have.c1, \
+            f"internal: tile {suffix} of {b.var.name} holds {have}, needs {needed}"
+    return tiles[out_var]
+
+
+def _stride_product(prefix) -> int:
+    """Tiles of the sample start at multiples of this: then every conv's input tile starts
+    on its stride's grid, and a tile's conv is the whole conv's, with its own padding."""
+    product = 1
+    for b in prefix:
+        if op_name(b.value) == "relax.nn.conv2d":
+            sh, sw = _conv_geometry(b.value)[2:4]
+            product *= max(sh, sw)
+    return product
 
 
 def _clipped(r: Region, hw: tuple[int, int]) -> Region:
     return Region(max(r.r0, 0), min(r.r1, hw[0]), max(r.c0, 0), min(r.c1, hw[1]))
 
 
-def _conv_geometry(value) -> tuple[int, int, int, int, int, int]:
-    """(kernel rows, kernel columns, row stride, column stride, top padding, left padding)."""
+def _conv_geometry(value) -> tuple[int, ...]:
+    """(kernel rows, kernel columns, row stride, column stride, top, left, bottom, right padding)."""
     kh, kw = (int(d) for d in list(value.args[1].ty.shape)[2:])
     sh, sw = (int(s) for s in value.attrs.strides)
-    pad = [int(p) for p in value.attrs.padding]
-    return kh, kw, sh, sw, pad[0], pad[1]
+    pt, pl, pb, pr = (int(p) for p in value.attrs.padding)
+    return kh, kw, sh, sw, pt, pl, pb, pr
 
 
-def _conv_input(region: Region, kh, kw, sh, sw, pt, pl) -> Region:
+def _conv_input(region: Region, kh, kw, sh, sw, pt, pl, _pb=0, _pr=0) -> Region:
     """The input rows and columns (in unpadded coordinates, possibly past the border) that
     the conv reads for `region` of its output."""
     return Region(region.r0 * sh - pt, (region.r1 - 1) * sh - pt + kh, region.c0 * sw - pl, (region.c1 - 1) * sw - pl + kw)
 
 
-def _tile_padding(value, region: Region, hw: tuple[int, int]) -> list[int]:
-    """The conv's padding for one tile: only where the tile's window reaches past the
-    whole input's border ([top, left, bottom, right])."""
-    ideal = _conv_input(region, *_conv_geometry(value))
-    return [max(0, -ideal.r0), max(0, -ideal.c0), max(0, ideal.r1 - hw[0]), max(0, ideal.c1 - hw[1])]
-
-
-def _conv_attrs(attrs, padding: list[int]):
-    return tvm.ir.make_node("relax.attrs.Conv2DAttrs", strides=attrs.strides, padding=padding,
-                            dilation=attrs.dilation, groups=attrs.groups, data_layout=attrs.data_layout,
-                            kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
-                            out_dtype=attrs.out_dtype)
-
-
-def _write(bb, whole, tile, out_var, r0: int, c0: int):
-    """The cut with `tile` written at (r0, c0): a new buffer for the first tile, then in place."""
-    sinfo = out_var.ty
-    kernel = bb.add_func(_write_kernel(tuple(int(d) for d in sinfo.shape), tuple(int(d) for d in tile.ty.shape),
-                                       str(sinfo.dtype), r0, c0, first=whole is None), TILE_WRITE)
+def _write(bb, whole, tile, held: Region, out_var, region: Region):
+    """The cut with `region` written from `tile` (which holds `held`): a new buffer for the
+    first tile, then in place."""
+    ty = out_var.ty
+    kernel = bb.add_func(_write_kernel(tuple(int(d) for d in ty.shape), tuple(int(d) for d in tile.ty.shape),
+                                       str(ty.dtype), held, region, first=whole is None), TILE_WRITE)
     if whole is None:
-        return bb.emit(relax.call_tir(kernel, [tile], sinfo), name_hint=f"{out_var.name}_tiles")
-    return bb.emit(relax.op.call_tir_inplace(kernel, [whole, tile], [0], sinfo), name_hint=f"{out_var.name}_tiles")
+        return bb.emit(relax.call_tir(kernel, [tile], ty), name_hint=f"{out_var.name}_tiles")
+    return bb.emit(relax.op.call_tir_inplace(kernel, [whole, tile], [0], ty), name_hint=f"{out_var.name}_tiles")
 
 
 def _read_kernel(shape, region: Region, dtype: str) -> tvm.tirx.PrimFunc:
@@ -358,22 +392,23 @@ def _read_kernel(shape, region: Region, dtype: str) -> tvm.tirx.PrimFunc:
     return read_tile.with_attr("op_pattern", 8)  # opaque: FuseKernels leaves it alone
 
 
-def _write_kernel(shape, tile_shape, dtype: str, r0: int, c0: int, first: bool) -> tvm.tirx.PrimFunc:
-    n, c, h, w = tile_shape
+def _write_kernel(shape, tile_shape, dtype: str, held: Region, region: Region, first: bool) -> tvm.tirx.PrimFunc:
+    n, c, h, w = shape[0], shape[1], region.rows, region.cols
+    r0, c0, dr, dc = region.r0, region.c0, region.r0 - held.r0, region.c0 - held.c0
 
     @T.prim_func(private=True, s_tir=True)
     def write_tile(tile: T.Buffer(tile_shape, dtype), whole: T.Buffer(shape, dtype)):
         for i0, i1, i2, i3 in T.grid(n, c, h, w):
             with T.sblock("write"):
                 v0, v1, v2, v3 = T.axis.remap("SSSS", [i0, i1, i2, i3])
-                whole[v0, v1, v2 + r0, v3 + c0] = tile[v0, v1, v2, v3]
+                whole[v0, v1, v2 + r0, v3 + c0] = tile[v0, v1, v2 + dr, v3 + dc]
 
     @T.prim_func(private=True, s_tir=True)
     def write_tile_inplace(whole: T.Buffer(shape, dtype), tile: T.Buffer(tile_shape, dtype)):
         for i0, i1, i2, i3 in T.grid(n, c, h, w):
             with T.sblock("write"):
                 v0, v1, v2, v3 = T.axis.remap("SSSS", [i0, i1, i2, i3])
-                whole[v0, v1, v2 + r0, v3 + c0] = tile[v0, v1, v2, v3]
+                whole[v0, v1, v2 + r0, v3 + c0] = tile[v0, v1, v2 + dr, v3 + dc]
 
     func = write_tile if first else write_tile_inplace
     return func.with_attr("op_pattern", 8)  # opaque: FuseKernels leaves it alone

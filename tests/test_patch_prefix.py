@@ -21,7 +21,7 @@ from tvm_tinytrain.quantize import post_training_quantize
 from tvm_tinytrain.reference import RelaxVMTrainer
 from tvm_tinytrain.targets.lower import join_split, lower, memory_passes
 
-INPUT_SHAPE = (1, 2, 39, 41)  # odd sizes: the tiles are uneven and the strided convs end early
+INPUT_SHAPE = (1, 2, 127, 129)  # odd sizes: the tiles are uneven and the strided convs end early
 
 
 class PatchNet(torch.nn.Module):
@@ -88,8 +88,8 @@ def test_the_frozen_prefix_has_cuts_up_to_the_trained_layers(program):
     assert names, "no cut"
     # the last cut is the strided conv's output: the 1x1 conv after it trains
     cuts = prefix_cuts(program.mod["train_step"])
-    assert cuts[-1].shape[2:] == (10, 11)
-    assert {c.shape[2:] for c in cuts} <= {(39, 41), (20, 21), (10, 11)}  # (39, 41): quantizing the sample
+    assert cuts[-1].shape[2:] == (32, 33)
+    assert {c.shape[2:] for c in cuts} <= {(127, 129), (64, 65), (32, 33)}  # (127, 129): quantizing the sample
 
 
 def test_cuts_and_grids_change_no_number(program):
@@ -97,7 +97,7 @@ def test_cuts_and_grids_change_no_number(program):
     row of tiles): losses, weights and logits as unpatched."""
     reference = _run(program)
     cuts = prefix_cuts(program.mod["train_step"])
-    stem = [c for c in cuts if c.shape[2:] == (20, 21)]
+    stem = [c for c in cuts if c.shape[2:] == (64, 65)]
     for cut, (rows, cols) in [(cuts[0], (2, 3)), (stem[0], (4, 3)), (stem[-1], (3, 2)), (cuts[-1], (1, 4))]:
         tiling = {"train_step": (cut.name, rows, cols), "main": (cut.name, rows, cols)}
         mod = PatchFrozenPrefix(tiling)(program.mod)
@@ -105,14 +105,16 @@ def test_cuts_and_grids_change_no_number(program):
 
 
 def test_a_tile_computes_its_receptive_field_only(program):
-    """3x3 tiles over the 20x21 stem output (after the residual add): the corner tile is
-    rows and columns 0-6; with the 5x5 depthwise conv's halo of 2 the stem computes rows
-    0-8, which read sample rows 0-17 (stride 2, kernel 3, padding 1)."""
-    cut = [c for c in prefix_cuts(program.mod["train_step"]) if c.shape[2:] == (20, 21)][-1]  # after the add
+    """3x3 tiles over the 64x65 stem output (after the residual add): the corner tile is
+    rows and columns 0-21; with the 5x5 depthwise conv's halo of 2 the stem computes rows
+    0-23, which read sample rows 0-47 (stride 2, kernel 3, padding 1). Every conv keeps its
+    own padding, so the depthwise conv also computes rows 22-23 from the zeros past the
+    tile's inner edge: computed, never written into the cut."""
+    cut = [c for c in prefix_cuts(program.mod["train_step"]) if c.shape[2:] == (64, 65)][-1]  # after the add
     corner = tile_regions(program.mod["train_step"], cut, [(3, 3)])[(3, 3)][0]
-    assert (corner[cut.name].r0, corner[cut.name].r1, corner[cut.name].c0, corner[cut.name].c1) == (0, 7, 0, 7)
+    assert (corner[cut.name].r0, corner[cut.name].r1, corner[cut.name].c0, corner[cut.name].c1) == (0, 24, 0, 24)
     x = program.mod["train_step"].params[0].name
-    assert (corner[x].r0, corner[x].r1) == (0, 18) and (corner[x].c0, corner[x].c1) == (0, 18)
+    assert (corner[x].r0, corner[x].r1) == (0, 48) and (corner[x].c0, corner[x].c1) == (0, 48)
 
 
 def test_the_chosen_grid_lowers_the_peak_and_changes_no_number(program):

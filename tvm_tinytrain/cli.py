@@ -169,7 +169,7 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                         + ", ".join(f.name for f in dataclasses.fields(MemoryOptions)))
     g.add_argument("--patch-prefix", action="store_true",
                    help="compute the frozen early stage tile by tile (PatchFrozenPrefix): less RAM, more "
-                        "instructions (MCUNet-5FPS, 49 KB scheme: 150 -> 128 KB, +29 %% instructions)")
+                        "instructions (MCUNet-5FPS, 49 KB scheme: 150 -> 128 KB for 7 %% more instructions)")
 
 
 def config_from_args(args) -> SparseUpdateConfig:

@@ -58,8 +58,8 @@ class MemoryOptions:
     """The memory passes of lowering (`targets/lower.py`), all but `patch_prefix` on by
     default. Each changes where and when tensors live (`tabulate`: how a function is
     computed), never a computed number; turn one off to measure it. `patch_prefix` is opt-in
-    (`tinytrain compile --patch-prefix`): its tiles' convs have per-tile padding, which the
-    micro-kernels do not match yet, so it costs instructions (README, memory section)."""
+    (`tinytrain compile --patch-prefix`): it trades instructions (each tile's halo is
+    computed again) for RAM (README, memory section)."""
 
     tabulate: bool = True          # TabulateInt8Functions: a float function of one int8 tensor, a table (speed)
     int8_activations: bool = True  # Int8Activations: quantized activations stored as int8
