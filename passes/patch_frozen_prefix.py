@@ -368,13 +368,13 @@ def _conv_input(region: Region, kh, kw, sh, sw, pt, pl, _pb=0, _pr=0) -> Region:
 
 def _write(bb, whole, tile, held: Region, out_var, region: Region):
     """The cut with `region` written from `tile` (which holds `held`): a new buffer for the
-    first tile, then in place."""
+    first tile, then in place (the same kernel: its second parameter is the cut)."""
     ty = out_var.ty
     kernel = bb.add_func(_write_kernel(tuple(int(d) for d in ty.shape), tuple(int(d) for d in tile.ty.shape),
-                                       str(ty.dtype), held, region, first=whole is None), TILE_WRITE)
+                                       str(ty.dtype), held, region), TILE_WRITE)
     if whole is None:
         return bb.emit(relax.call_tir(kernel, [tile], ty), name_hint=f"{out_var.name}_tiles")
-    return bb.emit(relax.op.call_tir_inplace(kernel, [whole, tile], [0], ty), name_hint=f"{out_var.name}_tiles")
+    return bb.emit(relax.op.call_tir_inplace(kernel, [tile, whole], [1], ty), name_hint=f"{out_var.name}_tiles")
 
 
 def _read_kernel(shape, region: Region, dtype: str) -> tvm.tirx.PrimFunc:
@@ -392,7 +392,7 @@ def _read_kernel(shape, region: Region, dtype: str) -> tvm.tirx.PrimFunc:
     return read_tile.with_attr("op_pattern", 8)  # opaque: FuseKernels leaves it alone
 
 
-def _write_kernel(shape, tile_shape, dtype: str, held: Region, region: Region, first: bool) -> tvm.tirx.PrimFunc:
+def _write_kernel(shape, tile_shape, dtype: str, held: Region, region: Region) -> tvm.tirx.PrimFunc:
     n, c, h, w = shape[0], shape[1], region.rows, region.cols
     r0, c0, dr, dc = region.r0, region.c0, region.r0 - held.r0, region.c0 - held.c0
 
@@ -403,12 +403,4 @@ def _write_kernel(shape, tile_shape, dtype: str, held: Region, region: Region, f
                 v0, v1, v2, v3 = T.axis.remap("SSSS", [i0, i1, i2, i3])
                 whole[v0, v1, v2 + r0, v3 + c0] = tile[v0, v1, v2 + dr, v3 + dc]
 
-    @T.prim_func(private=True, s_tir=True)
-    def write_tile_inplace(whole: T.Buffer(shape, dtype), tile: T.Buffer(tile_shape, dtype)):
-        for i0, i1, i2, i3 in T.grid(n, c, h, w):
-            with T.sblock("write"):
-                v0, v1, v2, v3 = T.axis.remap("SSSS", [i0, i1, i2, i3])
-                whole[v0, v1, v2 + r0, v3 + c0] = tile[v0, v1, v2 + dr, v3 + dc]
-
-    func = write_tile if first else write_tile_inplace
-    return func.with_attr("op_pattern", 8)  # opaque: FuseKernels leaves it alone
+    return write_tile.with_attr("op_pattern", 8)  # opaque: FuseKernels leaves it alone
