@@ -4,9 +4,11 @@
         ->  bench/results/memory.json and bench/results/memory.png
 
 For MCUNet-5FPS and MobileNetV2-w0.35 (tiny-training's int8 zoo, new 10-class head), each
-of the paper's sparse-update schemes and a full update, with operator reordering
-(`MemoryOptions.reorder`: ReorderForMemory, each update as soon as it may run) off and on,
-the other memory passes on. Per row:
+of the paper's sparse-update schemes and a full update, in three configurations: operator
+reordering (`MemoryOptions.reorder`: ReorderForMemory, each update as soon as it may run)
+off, on, and on with the frozen prefix computed tile by tile (`MemoryOptions.patch_prefix`:
+PatchFrozenPrefix, the grid chosen by the planner; `patched_prefix` says where it cuts and
+how many tiles); the other memory passes on in all three. Per row:
 
   * `planner_peak_bytes`: the RAM the compiler plans for the step: the arena (its packed
     size; `arena_live_peak_bytes` is the most bytes live at one call, the lower bound of
@@ -18,7 +20,9 @@ the other memory passes on. Per row:
     measured by stack painting; `fits_256kb` says whether that is inside 256 KB. The
     budget given to the build is 256 KB when the plan fits it, else the next power of two;
   * `flash_bytes` (ELF load image), `instructions_per_step` (QEMU TCG plugin,
-    -icount shift=0: a deterministic count, not time);
+    -icount shift=0: a deterministic count, not time); on patched rows,
+    `halo_instructions_ratio`: their instructions over the reordered row's (the halos'
+    recomputation, and the tiles' slices and writes);
   * `pytorch_peak_bytes` and `pytorch_tensor_peak_bytes` from `bench/pytorch_memory.py`
     (same network in fp32, same trainable tensors, batch 1, a fresh process each): the
     process's peak resident memory while training, and the peak of live tensor memory
@@ -50,19 +54,23 @@ PAPER_KB = {"mcunet-5fps": 173, "mbv2-w0.35": 141}  # sparse update + reordering
 BUDGET = 256 * 1024
 
 
-def program_for(model: str, scheme: str, reorder: bool):
+CONFIGS = {"plain": dict(reorder=False, patch_prefix=False), "reordered": dict(reorder=True, patch_prefix=False),
+           "patched": dict(reorder=True, patch_prefix=True)}
+
+
+def program_for(model: str, scheme: str, config: str):
     from tvm_tinytrain.config import SparseUpdateConfig
     from tvm_tinytrain.frontend.zoo_frontend import import_zoo
     from tvm_tinytrain.pipeline import MemoryOptions, TrainOptions, build_training_program
 
     imported = import_zoo(ZOO / f"{model}.pkl", num_classes=10)
     names = [p.name for p in imported.mod["main"].params[1:]]
-    config = SparseUpdateConfig(params=names) if scheme == "full" else SparseUpdateConfig.scheme(scheme)
-    program = build_training_program(imported, config, TrainOptions(lr=0.002, momentum=0.0))
-    return dataclasses.replace(program, memory=MemoryOptions(reorder=reorder))
+    sparse = SparseUpdateConfig(params=names) if scheme == "full" else SparseUpdateConfig.scheme(scheme)
+    program = build_training_program(imported, sparse, TrainOptions(lr=0.002, momentum=0.0))
+    return dataclasses.replace(program, memory=MemoryOptions(**CONFIGS[config]))
 
 
-def measure_mcu(model: str, scheme: str, reorder: bool, work: Path) -> dict:
+def measure_mcu(model: str, scheme: str, config: str, work: Path) -> dict:
     from tvm_tinytrain.session import run_stream
     from tvm_tinytrain.targets.boards import get_board, symbol_size
     from tvm_tinytrain.targets.c_emitter import emit
@@ -70,19 +78,21 @@ def measure_mcu(model: str, scheme: str, reorder: bool, work: Path) -> dict:
     from tvm_tinytrain.targets.lower import lower
     from tvm_tinytrain.targets.project import write_project
 
-    program = program_for(model, scheme, reorder)
+    program = program_for(model, scheme, config)
     board = get_board("cortex-m7")
     emitted = emit(program, lower(program))
     planned = emitted.arena_bytes + emitted.trainable_bytes + emitted.momentum_bytes + 8 * 1024 + 1024
     budget = BUDGET if planned <= BUDGET else min(1 << int(np.ceil(np.log2(planned))), board.max_ram_bytes)
-    out = work / f"{model}-{scheme}-{'reorder' if reorder else 'plain'}"
+    out = work / f"{model}-{scheme}-{config}"
     _, est = write_project(program, out, board, ram_bytes=budget, flash_bytes=4 << 20, emitted=emitted)
     x = np.random.default_rng(0).integers(-128, 128, program.input_shape).astype(np.float32)
     run = run_stream(board, out, [Record(TRAIN, x, 3)], timeout_s=3600)
     step = emitted.plans["train_step"]
     measured = run.build.static_ram_bytes + run.output.stack_bytes
     return {
-        "model": model, "scheme": scheme, "reorder": reorder,
+        "model": model, "scheme": scheme, "config": config, **CONFIGS[config],
+        "patched_prefix": {name: {"cut_shape": list(shape), "tiles": [rows, cols]}
+                           for name, (_, shape, rows, cols) in emitted.patched_prefix.items()},
         "planner_peak_bytes": est.ram_bytes,
         "measured_peak_bytes": measured,
         "fits_256kb": measured <= BUDGET,
@@ -121,10 +131,11 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, model in zip(axes[0], models):
         schemes = list(dict.fromkeys(r["scheme"] for r in rows if r["model"] == model))
         xs = np.arange(len(schemes))
-        for k, (reorder, label) in enumerate([(False, "sparse update"), (True, "+ operator reordering")]):
+        labels = {"plain": "sparse update", "reordered": "+ operator reordering", "patched": "+ patched prefix"}
+        for k, (config, label) in enumerate(labels.items()):
             kb = [next(((r["measured_peak_bytes"] or 0) / 1024 for r in rows if r["model"] == model
-                        and r["scheme"] == s and r["reorder"] == reorder), 0) for s in schemes]
-            ax.bar(xs + (k - 0.5) * 0.38, kb, 0.38, label=label)
+                        and r["scheme"] == s and r["config"] == config), 0) for s in schemes]
+            ax.bar(xs + (k - 1) * 0.28, kb, 0.28, label=label)
         ax.axhline(256, color="k", lw=1, ls="--", label="256 KB")
         ax.axhline(PAPER_KB[model], color="r", lw=1, ls=":", label=f"paper: {PAPER_KB[model]} KB")
         ax.set_xticks(xs, [s.split("-")[-1] for s in schemes])
@@ -149,12 +160,12 @@ def main() -> None:
                 if args.schemes and scheme not in args.schemes:
                     continue
                 torch_row = measure_pytorch(model, scheme)
-                for reorder in (False, True):
+                for config in CONFIGS:
                     try:
-                        row = measure_mcu(model, scheme, reorder, Path(work))
+                        row = measure_mcu(model, scheme, config, Path(work))
                     except TinyTrainError as err:  # e.g. more RAM than the emulated board has
-                        row = {"model": model, "scheme": scheme, "reorder": reorder, "error": str(err),
-                               "measured_peak_bytes": None}
+                        row = {"model": model, "scheme": scheme, "config": config, **CONFIGS[config],
+                               "error": str(err), "measured_peak_bytes": None}
                         rows.append(row)
                         print(json.dumps(row), flush=True)
                         continue
@@ -162,6 +173,12 @@ def main() -> None:
                     row["pytorch_tensor_peak_bytes"] = torch_row["pytorch_tensor_peak_bytes"]
                     row["pytorch_ratio"] = round(row["pytorch_peak_bytes"] / row["measured_peak_bytes"], 1)
                     row["pytorch_tensor_ratio"] = round(row["pytorch_tensor_peak_bytes"] / row["measured_peak_bytes"], 2)
+                    if config == "patched":
+                        reordered = next(r for r in rows if r["model"] == model and r["scheme"] == scheme
+                                         and r["config"] == "reordered")
+                        if reordered.get("instructions_per_step"):
+                            row["halo_instructions_ratio"] = round(
+                                row["instructions_per_step"] / reordered["instructions_per_step"], 4)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     out = Path(args.out)
