@@ -176,3 +176,23 @@ def test_the_patched_c_program_trains_as_the_unpatched_one(tmp_path, cheap_halos
     np.testing.assert_array_equal(runs[0].logits, runs[1].logits)
     for name in program.trainable.names:
         np.testing.assert_array_equal(runs[0].params[0][name], runs[1].params[0][name], err_msg=name)
+
+
+def make_patch_net():
+    """PatchNet for the CLI (`tests/test_patch_prefix.py:make_patch_net`)."""
+    torch.manual_seed(3)
+    return PatchNet().eval(), torch.zeros(INPUT_SHAPE)
+
+
+def test_the_cli_says_where_the_prefix_is_patched(tmp_path, capsys, cheap_halos):
+    """`tinytrain compile --patch-prefix` through the real CLI: the project builds, and the
+    summary and the memory report name the same grid."""
+    from pathlib import Path
+
+    from tvm_tinytrain import cli
+
+    spec = f"{Path(__file__).resolve()}:make_patch_net"
+    assert cli.main(["compile", spec, "--target", "host", "--patch-prefix", "-o", str(tmp_path / "p")]) == 0
+    report = json.loads((tmp_path / "p" / "memory_report.json").read_text())
+    rows, cols = report["patched_prefix"]["train_step"]["tiles"]
+    assert f"runs in {rows}x{cols} tiles" in capsys.readouterr().out

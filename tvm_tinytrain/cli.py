@@ -351,6 +351,13 @@ def _cmd_compile(args) -> int:
           f"momentum {est.momentum_bytes}, stack {est.stack_bytes}); frozen weights in flash "
           f"{est.frozen_flash_bytes} bytes")
     print(f"  arena peak at {est.peak_call}; memory_report.json has the breakdown")
+    patched = emitted.patched_prefix.get("train_step")
+    if patched:
+        _, shape, rows, cols = patched
+        print(f"  patched prefix: the frozen start (up to its {'x'.join(map(str, shape[1:]))} tensor) runs in "
+              f"{rows}x{cols} tiles")
+    elif args.patch_prefix:
+        print("  patched prefix: no grid lowers this step's peak (it is not in the frozen start)")
     if emitted.persist:
         print(f"  persistence: {est.persist_flash_bytes} bytes of flash at the end of the budget (2 slots of "
               f"{emitted.persist.slot_bytes}, state {emitted.persist.payload_bytes} bytes); tt_save()/tt_restore()")
