@@ -22,7 +22,6 @@ import heapq
 import tvm
 from tvm import relax
 
-from tvm_tinytrain.passes.patch_frozen_prefix import TILE_WRITE
 from tvm_tinytrain.relax_utils import map_functions, op_name
 
 
@@ -35,16 +34,20 @@ class ReorderForMemory:
         return map_functions(mod, [self.func_name], _reorder)
 
 
-def _is_update(binding) -> bool:
-    """An in-place kernel call, but a tile written into its tensor (PatchFrozenPrefix)."""
-    return (op_name(binding.value) == "relax.call_tir_inplace"
-            and not binding.value.args[0].name_hint.startswith(TILE_WRITE))
+def _is_update(binding, params) -> bool:
+    """An in-place kernel call on a parameter (an SGD or momentum update); an in-place
+    write into a value the step computes (a tile, PatchFrozenPrefix) is not one."""
+    if op_name(binding.value) != "relax.call_tir_inplace":
+        return False
+    args = binding.value.args[1].fields
+    return any(args[k] in params for k in binding.value.attrs.inplace_indices)
 
 
 def _reorder(func: relax.Function) -> relax.Function:
     if len(func.body.blocks) != 1:
         return func
     bindings = list(func.body.blocks[0].bindings)
+    params = set(func.params)
     n = len(bindings)
     index = {b.var: i for i, b in enumerate(bindings)}
     reads = [set(relax.analysis.free_vars(b.value)) for b in bindings]
@@ -59,7 +62,7 @@ def _reorder(func: relax.Function) -> relax.Function:
     # (its weight or bias gradient, the QAS rescale); input gradients reach many updates.
     reach = [0] * n  # bit set of the updates each binding's result flows into
     for i in reversed(range(n)):
-        if _is_update(bindings[i]):
+        if _is_update(bindings[i], params):
             reach[i] = 1 << i
         else:
             for u in data_users[i]:
@@ -68,7 +71,7 @@ def _reorder(func: relax.Function) -> relax.Function:
 
     loss = _loss_binding(func, index)
     for i, b in enumerate(bindings):
-        if not _is_update(b):
+        if not _is_update(b, params):
             continue
         mutated = {b.value.args[1].fields[k] for k in b.value.attrs.inplace_indices}
         for j in range(n):  # every other reader of the old value runs first
@@ -83,7 +86,7 @@ def _reorder(func: relax.Function) -> relax.Function:
 
     def priority(i):  # update paths first, and among them the updates themselves: an
         # update allocates nothing and may free its inputs (a fused gradient's operands)
-        return (0 if on_path[i] else 1), (0 if _is_update(bindings[i]) else 1), i
+        return (0 if on_path[i] else 1), (0 if _is_update(bindings[i], params) else 1), i
 
     remaining = [len(d) for d in deps]
     ready = [priority(i) for i in range(n) if remaining[i] == 0]

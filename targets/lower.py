@@ -27,6 +27,7 @@ from tvm_tinytrain.pipeline import TrainingProgram
 from .invariant_loads import hoist_invariant_loads
 from .tensorize import sblocks, tensorize
 
+SCHEDULE_OF = {"train_step": "train_step", "main": "predict"}  # Relax function -> its schedule's name
 DTYPE_BYTES = {"float32": 4, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
 
 
@@ -130,7 +131,7 @@ def lower(program: TrainingProgram) -> LoweredProgram:
 
 def _patched_prefix(mod: tvm.IRModule) -> dict:
     found = {}
-    for func, schedule in (("train_step", "train_step"), ("main", "predict")):
+    for func, schedule in SCHEDULE_OF.items():
         attrs = mod[func].attrs
         if attrs is not None and PATCH_ATTR in attrs:
             cut, rows, cols, *shape = attrs[PATCH_ATTR]
@@ -212,7 +213,7 @@ def _plain_schedules(mod: tvm.IRModule, values: dict, program: TrainingProgram,
     momenta = {n: Tensor(name(n), shape, "float32", "momentum", param=n) for n, shape in program.momentum_shapes.items()}
     workspaces = {n: _workspace_bytes(f) for n, f in prims.items()}
     return {schedule: _schedule(mod[func], schedule, prims, workspaces, params, momenta, CNamer())
-            for func, schedule in (("train_step", "train_step"), ("main", "predict"))}
+            for func, schedule in SCHEDULE_OF.items()}
 
 
 def partial_weights(program: TrainingProgram) -> dict[str, tuple[int, int]]:

@@ -5,8 +5,8 @@ calls after the cut are the same with or without patches, so their live bytes st
 of the prefix runs once per tile, each time on a region of every prefix tensor (its
 receptive field, `tile_regions`), so a prefix buffer live at that call counts with the
 region's share of its bytes, while the input, the cut's whole buffer and everything else
-count whole. The grid with the smallest such peak wins; among equal peaks, the one that
-recomputes the fewest multiply-accumulates in its halos. Grids whose halos would add
+count whole. The grid with the smallest such peak wins; among equal peaks, the one with the
+fewest tiles, then the one that recomputes the fewest multiply-accumulates in its halos. Grids whose halos would add
 more than `MAX_HALO_MACS` of the step's MACs are not considered. The estimate is only the
 choice: the compiled program is planned for real, and `bench/memory.py` reports both.
 """
@@ -18,11 +18,11 @@ import tvm
 from tvm_tinytrain.passes.patch_frozen_prefix import Cut, prefix_cuts, tile_regions
 from tvm_tinytrain.planner import _align
 from .c_emitter import schedule_buffers
+from .lower import SCHEDULE_OF
 
 GRIDS = [(r, c) for r in range(1, 5) for c in range(1, 5) if (r, c) != (1, 1)]
 MAX_HALO_MACS = 0.05  # of the whole function's MACs: a tile's smaller kernels also cost more per MAC
 MAX_CUTS = 12          # the first cuts at or after the peak: later ones only add halo
-SCHEDULE_OF = {"train_step": "train_step", "main": "predict"}
 
 
 def choose_tiling(mod: tvm.IRModule, schedules: dict) -> dict[str, tuple[str, int, int]]:
