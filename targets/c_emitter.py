@@ -104,15 +104,20 @@ def _ws_name(schedule: Schedule, i: int) -> str:
     return f"{schedule.name}#workspace{i}"
 
 
-def emit(program: TrainingProgram, lowered: LoweredProgram, *, persist: bool = False) -> EmittedProgram:
-    """`persist`: also emit tt_save/tt_restore, keeping the learned state in flash (--persist)."""
-    # the caller writes the sample into the arena (tt_input): one offset for both functions
-    step, predict = lowered.schedules["train_step"], lowered.schedules["predict"]
+def plan_arena(schedules: dict[str, Schedule]) -> tuple[dict[str, Plan], int, int]:
+    """The arena shared by train_step and predict: (plans, arena bytes, the sample's offset).
+    The caller writes the sample into the arena (tt_input): one offset for both functions."""
+    step, predict = schedules["train_step"], schedules["predict"]
     plans = {"train_step": plan(schedule_buffers(step))}
     input_offset = plans["train_step"].offsets[step.inputs[0].name]
     plans["predict"] = plan(schedule_buffers(predict), pinned={predict.inputs[0].name: input_offset})
-    arena = max(p.arena_bytes for p in plans.values())
-    arena = max(arena, 16)
+    return plans, max(16, *(p.arena_bytes for p in plans.values())), input_offset
+
+
+def emit(program: TrainingProgram, lowered: LoweredProgram, *, persist: bool = False) -> EmittedProgram:
+    """`persist`: also emit tt_save/tt_restore, keeping the learned state in flash (--persist)."""
+    step = lowered.schedules["train_step"]
+    plans, arena, input_offset = plan_arena(lowered.schedules)
     params = [t for t in lowered.tensors if t.storage == "param"]
     trainable = [t for t in params if t.param in program.trainable]
     momenta = [t for t in lowered.tensors if t.storage == "momentum"]
@@ -128,11 +133,16 @@ def emit(program: TrainingProgram, lowered: LoweredProgram, *, persist: bool = F
         "tinytrain_kernels.c": _kernels(program, lowered.kernels_c),
         "kernel_calls.json": _call_table(lowered),
     }
-    peak = plans["train_step"].peak_step
-    phase = "backward" if step.loss_index is not None and peak >= step.loss_index else "forward"
-    peak_call = f"call {peak} of {len(step.calls)} ({phase}): {step.calls[peak].kernel}" if step.calls else ""
     return EmittedProgram(files, plans, arena, sum(t.nbytes for t in trainable),
-                          sum(t.nbytes for t in momenta), frozen_bytes, peak_call, layout, lowered.patched_prefix)
+                          sum(t.nbytes for t in momenta), frozen_bytes, peak_call(step, plans["train_step"]),
+                          layout, lowered.patched_prefix)
+
+
+def peak_call(step: Schedule, step_plan: Plan) -> str:
+    """Where the training step's arena peaks, for reports: "call 165 of 230 (backward): kernel"."""
+    peak = step_plan.peak_step
+    phase = "backward" if step.loss_index is not None and peak >= step.loss_index else "forward"
+    return f"call {peak} of {len(step.calls)} ({phase}): {step.calls[peak].kernel}" if step.calls else ""
 
 
 def persist_layout(program: TrainingProgram, lowered: LoweredProgram) -> PersistLayout:

@@ -202,6 +202,14 @@ def _kernel_passes(mod: tvm.IRModule, opts) -> tvm.IRModule:
     return mod
 
 
+def plain_schedules(program: TrainingProgram) -> tuple[dict[str, Schedule], dict[str, np.ndarray]]:
+    """The program's schedules as `lower` makes them, without building the kernels to C
+    (their workspaces as legalized): seconds instead of tens of seconds, for estimates.
+    Returns (schedules, parameter values as lowered)."""
+    mod, values, _ = memory_passes(program)
+    return _plain_schedules(mod, values, program, None), values
+
+
 def _plain_schedules(mod: tvm.IRModule, values: dict, program: TrainingProgram,
                      c_names: CNamer | None) -> dict[str, Schedule]:
     """A legalized module's schedules with its variables' names and the kernels'

@@ -24,8 +24,8 @@ from tvm_tinytrain.errors import BudgetError, BuildError, TinyTrainError
 from tvm_tinytrain.pipeline import TrainingProgram
 
 from .boards import FLASH_SECTOR_BYTES, Board, check_sources, write_board_files
-from .c_emitter import EmittedProgram, emit
-from .lower import lower
+from .c_emitter import EmittedProgram, emit, peak_call, plan_arena
+from .lower import lower, plain_schedules
 
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
 # The TVM headers the kernels and the driver include (Apache-2.0, shipped with TVM).
@@ -57,6 +57,26 @@ class MemoryEstimate:
         return self.arena_bytes + self.trainable_bytes + self.momentum_bytes + self.io_bytes + self.stack_bytes
 
 
+def estimate_memory(program: TrainingProgram, stack_bytes: int = 8 * 1024) -> MemoryEstimate:
+    """What `write_project` plans for `program`, without building its kernels to C: the
+    same schedules and planner, the kernels' workspaces as legalized (a few hundred bytes
+    from the built ones; tests/test_search.py bounds it). `tinytrain search` prices schemes
+    with it; the scheme it returns is compiled for real."""
+    schedules, values = plain_schedules(program)
+    plans, arena, _ = plan_arena(schedules)
+    trainable = sum(v.nbytes for n, v in values.items() if n in program.trainable)
+    frozen = sum(v.nbytes for n, v in values.items() if n not in program.trainable)
+    consts = {t.name: t.nbytes for s in schedules.values() for c in s.calls for t in c.args if t.storage == "const"}
+    momentum = sum(4 * math.prod(shape) for shape in program.momentum_shapes.values())
+    return MemoryEstimate(arena, plans["train_step"].live_at_peak, peak_call(schedules["train_step"],
+                          plans["train_step"]), trainable, momentum,
+                          _io_bytes(program), stack_bytes, frozen + sum(consts.values()))
+
+
+def _io_bytes(program: TrainingProgram) -> int:
+    return 4 * program.num_classes + HARNESS_RAM_ESTIMATE  # logits; the sample lives in the arena (tt_input)
+
+
 def write_project(program: TrainingProgram, out_dir: Path, board: Board, *, ram_bytes: int = 256 * 1024,
                   flash_bytes: int = 1024 * 1024, stack_bytes: int = 8 * 1024,
                   emitted: EmittedProgram | None = None,
@@ -68,10 +88,9 @@ def write_project(program: TrainingProgram, out_dir: Path, board: Board, *, ram_
     if (emitted.persist is not None) != persist:
         raise TinyTrainError(f"the given emitted program was emitted with persist={not persist}")
     persist_bytes = emitted.persist.area_bytes if emitted.persist else 0
-    io = 4 * program.num_classes  # logits; the sample itself lives in the arena (tt_input)
     estimate = MemoryEstimate(emitted.arena_bytes, emitted.plans["train_step"].live_at_peak, emitted.peak_call,
                               emitted.trainable_bytes, emitted.momentum_bytes,
-                              io + HARNESS_RAM_ESTIMATE, stack_bytes, emitted.frozen_bytes, persist_bytes)
+                              _io_bytes(program), stack_bytes, emitted.frozen_bytes, persist_bytes)
     if board.is_emulated:  # the host has no budget to keep: it builds the reference
         _check_budget(estimate, ram_bytes, flash_bytes, board)
     out_dir = Path(out_dir)

@@ -1,4 +1,4 @@
-"""The `tinytrain` command: compile, run, profile, demo, targets.
+"""The `tinytrain` command: compile, run, profile, demo, search, targets.
 
 Every user error ends as one line `tinytrain: error: ...` and exit status 1; a traceback
 means a bug in tvm-tinytrain.
@@ -14,7 +14,10 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from .config import PAPER_SCHEMES, SparseUpdateConfig
 from .errors import ConfigError, TinyTrainError
@@ -113,6 +116,46 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help="project folder (default out/demo-TARGET)")
     d.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
     d.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("search", help="which weights to train: contribution analysis + evolutionary search under "
+                                      "a RAM budget -> a sparse-update config")
+    s.add_argument("model", help="as for compile")
+    s.add_argument("--data", required=True,
+                   help=".npz with x_train, y_train (x_test, y_test unused): the analysis fine-tunes on x_train "
+                        "less a validation quarter, and scores on that quarter")
+    s.add_argument("--num-classes", type=int, help="as for compile")
+    s.add_argument("--input-shape", help="as for compile")
+    s.add_argument("--factory-args", nargs="+", default=[], metavar="NAME=VALUE", help="as for compile")
+    s.add_argument("--weights", help="as for compile")
+    s.add_argument("--quantize", choices=["int8"], help="as for compile")
+    s.add_argument("--calibration", metavar="DATA.npz", help="as for compile")
+    s.add_argument("--calibration-samples", type=int, default=CALIBRATION_SAMPLES, help="as for compile")
+    g = s.add_argument_group("training (as compile)")
+    g.add_argument("--lr", type=float, help=f"default {DEFAULT_STEP} x (1 - momentum)")
+    g.add_argument("--momentum", type=float, default=TrainOptions.momentum)
+    g.add_argument("--no-qas", action="store_true")
+    g.add_argument("--float-master", action="store_true")
+    _add_build_args(s)
+    g = s.add_argument_group("search")
+    g.add_argument("--steps", type=int, default=300, help="fine-tuning steps of each analysis run")
+    g.add_argument("--seeds", type=int, default=1, help="analysis runs per point, averaged (sample orders)")
+    g.add_argument("--last-layers", type=int,
+                   help="analyse the weights of the last N layers only (default: every layer whose weight can "
+                        "fit the budget; each costs 4 runs)")
+    g.add_argument("--population", type=int, default=16)
+    g.add_argument("--generations", type=int, default=10)
+    g.add_argument("--seed", type=int, default=0, help="the search's random generator")
+    g.add_argument("--workers", type=int, help="processes for the analysis and the pricing (default: every core)")
+    g.add_argument("--ray", metavar="ADDRESS",
+                   help="run the analysis on a Ray cluster ('auto', 'ray://host:10001', or 'local' for a new "
+                        "local instance); needs pip install 'tvm-tinytrain[ray]'")
+    g.add_argument("--work-dir", help="caches of runs, prices and the search state: a re-run resumes "
+                                      "(default: OUTPUT's name + '.work' beside it)")
+    g.add_argument("--project", help="where to compile the chosen scheme (default: WORK_DIR/project)")
+    g.add_argument("--plot", help="also draw gain against planned RAM of every candidate to this PNG")
+    s.add_argument("-o", "--output", required=True, help="the config to write (YAML, for compile --config); its "
+                                                       "report goes beside it as .json")
+    s.set_defaults(func=_cmd_search)
 
     t = sub.add_parser("targets", help="list the targets")
     t.set_defaults(func=_cmd_targets)
@@ -467,6 +510,127 @@ def _report(result: dict, as_json: bool) -> None:
     print(f"  peak SRAM {result['peak_sram_bytes']} bytes (static {result['static_ram_bytes']}, "
           f"stack high-water {result['stack_high_water_bytes']}), flash {result['flash_bytes']} bytes")
     print(f"  instructions per training step: {'n/a on host' if ins is None else f'{ins:,.0f}'}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as the command line names it: what a worker process needs to load it again."""
+
+    model: str
+    input_shape: str | None = None
+    weights: str | None = None
+    num_classes: int | None = None
+    factory_args: tuple[str, ...] = ()
+    quantize: str | None = None
+    calibration: str | None = None
+    calibration_samples: int = CALIBRATION_SAMPLES
+
+    @classmethod
+    def from_args(cls, args) -> "ModelSpec":
+        return cls(args.model, args.input_shape, args.weights, args.num_classes, tuple(args.factory_args),
+                   args.quantize, args.calibration, args.calibration_samples)
+
+    def load(self):
+        return quantize_from_args(load_model(self.model, self.input_shape, self.weights, self.num_classes,
+                                             self.factory_args), self)
+
+    def files(self) -> list[Path]:
+        """The files whose bytes make the model (for cache keys)."""
+        named = [self.model.partition(":")[0], self.weights, self.calibration]
+        return [Path(f) for f in named if f and Path(f).is_file()]
+
+
+def _cmd_search(args) -> int:
+    from . import contribution, search
+    from .contribution import Contributions, RunCache, Scheme, Setup
+    from .data import check_against_model, load_npz
+    from .layers import find_layers
+
+    if args.plot:
+        from .profile import pyplot
+        pyplot()  # fail before the work if matplotlib is missing
+    for name in ("steps", "seeds", "population", "generations", "last_layers"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise TinyTrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    out = Path(args.output)
+    work = Path(args.work_dir) if args.work_dir else out.with_name(out.stem + ".work")
+    spec = ModelSpec.from_args(args)
+    model = spec.load()
+    n_layers = len(find_layers(model.mod["main"])) - 1
+    if n_layers < 1:
+        raise TinyTrainError(f"{model.source} has no layer besides its classifier: there is nothing to search")
+    d = load_npz(args.data)
+    check_against_model(args.data, d, {"input_shape": list(model.input_shape), "num_classes": model.num_classes})
+    train, val = contribution.split_train(d["x_train"], d["y_train"])
+    lr = args.lr if args.lr is not None else default_lr(args.momentum)
+    options = TrainOptions(lr, args.momentum, qas=False if args.no_qas else None, float_master=args.float_master)
+    setup = Setup(args.steps, tuple(range(args.seeds)), options)
+    memory = dataclasses.replace(MemoryOptions(), **{name: False for name in args.no_memory_pass})
+    budget = search.Budget(args.ram_kb * 1024, args.flash_kb * 1024)
+    key = contribution.fingerprint(spec, setup, train, val)
+    price_key = f"{key}|{memory}|{args.stack_kb}"
+
+    pool = contribution.process_pool(args.workers)
+
+    def price_many(schemes):
+        prices = {}
+        contribution.map_in_pool(pool, search.price_in_worker, [(spec, s, options, memory, args.stack_kb * 1024)
+                                                                for s in schemes], lambda r: prices.__setitem__(*r))
+        return [prices[s.key] for s in schemes]
+    pricer = search.Pricer(price_many, work / "prices.json", price_key)
+
+    def affordable(base_k: int) -> list[int]:
+        """Layers whose weight, at the smallest ratio, fits on top of the bias baseline."""
+        smallest = min(contribution.RATIOS)
+        layers = range(max(0, n_layers - args.last_layers) if args.last_layers else 0, n_layers)
+        singles = [Scheme(base_k, ((i, smallest),)) for i in layers]
+        return [i for i, p in zip(layers, pricer(singles)) if budget.fits(p)]
+
+    print(f"tinytrain search: {model.source}, {n_layers} layers + classifier; {len(train[1])} training and "
+          f"{len(val[1])} validation samples; work dir {work}")
+    cache = RunCache(work / "runs.json", key)
+    with pool:
+        contrib: Contributions = contribution.analyse(spec, n_layers, setup, train, val, cache,
+                                                      layers_for=affordable, pool=pool, ray_address=args.ray,
+                                                      progress=True)
+        result = search.evolve(contrib, pricer, budget, population=args.population,
+                               generations=args.generations, seed=args.seed,
+                               state_path=work / "search_state.json", fingerprint=f"{price_key}|{budget}",
+                               progress=True)
+    project = Path(args.project) if args.project else work / "project"
+    board, program, _, est = compile_to_project(model, result.best.config, options, args.target, project,
+                                                ram_kb=args.ram_kb, flash_kb=args.flash_kb,
+                                                stack_kb=args.stack_kb, memory=memory)
+    report = {
+        "model": model.source, "target": board.name, "budget": {"ram_bytes": budget.ram_bytes,
+                                                                  "flash_bytes": budget.flash_bytes},
+        "setup": {"steps": args.steps, "seeds": list(setup.seeds), "lr": lr, "momentum": args.momentum,
+                  "train_samples": len(train[1]), "validation_samples": len(val[1]),
+                  "population": args.population, "generations": args.generations, "seed": args.seed},
+        "contributions": contrib.to_json(),
+        "chosen": {"scheme": result.best.key, "config": result.best.config_dict(), "gain": result.gain,
+                   "estimated": result.price,
+                   "compiled": {"ram_bytes": est.ram_bytes, "arena_bytes": est.arena_bytes,
+                                "trainable_bytes": est.trainable_bytes, "momentum_bytes": est.momentum_bytes,
+                                "flash_bytes": est.frozen_flash_bytes + est.trainable_bytes,
+                                "peak_call": est.peak_call, "project": str(project)}},
+        "pareto_front": search.pareto_front(result.candidates),
+        "candidates": result.candidates,
+    }
+    comment = (f"# tinytrain search: {model.source} on {args.data}, RAM budget {args.ram_kb} KB on {board.name}\n"
+               f"# summed validation gain +{100 * result.gain:.1f} points; compiled: {est.ram_bytes} bytes of RAM "
+               f"planned ({project})\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(comment + yaml.safe_dump(result.best.config_dict(), sort_keys=False))
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    if args.plot:
+        search.plot(result, budget, Path(args.plot), f"{model.source}: {len(result.candidates)} schemes priced")
+    print(f"wrote {out}: {result.best.key} (classifier, biases of the last {result.best.n_bias} layers, "
+          f"{len(result.best.weights)} weights), summed validation gain +{100 * result.gain:.1f} points")
+    print(f"  compiled for {board.name} in {project}: planned RAM {est.ram_bytes} bytes of {budget.ram_bytes} "
+          f"(search estimate {result.price['ram_bytes']}); report {out.with_suffix('.json')}")
+    print(f"  use it: tinytrain compile {args.model} --config {out} ...")
+    return 0
 
 
 def _cmd_targets(_args) -> int:

@@ -1,0 +1,212 @@
+"""`tinytrain search`: contribution analysis on the compiled step, the planner's price of a
+scheme, and an evolutionary search that keeps the budget and resumes where it stopped."""
+
+import dataclasses
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import SPARSE, OPTIONS
+from tvm_tinytrain import cli, contribution, demo, search
+from tvm_tinytrain.contribution import Contributions, Run, RunCache, Scheme, Setup
+from tvm_tinytrain.pipeline import TrainOptions, build_training_program
+from tvm_tinytrain.reference import RelaxVMTrainer
+from tvm_tinytrain.targets.boards import get_board
+from tvm_tinytrain.targets.project import estimate_memory, write_project
+
+SETUP = Setup(steps=60, seeds=(0, 1), options=TrainOptions(lr=0.05))
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    """As a user gives them: a PyTorch factory file with pretrained weights (the demo's CNN on
+    digits 0-4, a fresh 5-class head) and the new task's data (digits 5-9)."""
+    import torch
+
+    d = tmp_path_factory.mktemp("search")
+    (d / "nets.py").write_text(textwrap.dedent("""
+        import torch
+        from tvm_tinytrain.demo import DigitsNet
+
+        def digits():
+            return DigitsNet(), torch.zeros(1, 1, 8, 8)
+    """))
+    old, new, test = demo.load_digits_split()
+    torch.save(demo.pretrain(*old, epochs=5).state_dict(), d / "weights.pt")
+    np.savez(d / "digits.npz", x_train=new[0][:240], y_train=new[1][:240], x_test=test[0][:60],
+             y_test=test[1][:60])
+    return d
+
+
+@pytest.fixture(scope="module")
+def spec(nets):
+    return cli.ModelSpec(f"{nets}/nets.py:digits", weights=str(nets / "weights.pt"))
+
+
+@pytest.fixture(scope="module")
+def split(nets):
+    d = np.load(nets / "digits.npz")
+    return contribution.split_train(d["x_train"], d["y_train"])
+
+
+def by_hand(model, run: Run, setup: Setup, train, val) -> float:
+    """A fine-tuning run written out with the Relax VM trainer: the numbers the analysis must give."""
+    trainer = RelaxVMTrainer(build_training_program(model, run.scheme.config, setup.options))
+    rng = np.random.default_rng(run.seed)
+    order = np.concatenate([rng.permutation(len(train[1])) for _ in range(-(-setup.steps // len(train[1])))])
+    for i in order[:setup.steps]:
+        trainer.step(train[0][i], int(train[1][i]))
+    return float(np.mean([int(np.argmax(trainer.predict(x))) == y for x, y in zip(*val)]))
+
+
+def test_estimate_is_what_the_compiled_project_plans(small_imported, tmp_path):
+    """The search's price of a scheme (no kernels built to C) against `write_project`'s."""
+    for config in (SPARSE, Scheme(3, ((0, 1.0), (1, 0.5))).config, Scheme(0).config):
+        program = build_training_program(small_imported, config, OPTIONS)
+        est = estimate_memory(program, 8192)
+        _, built = write_project(program, tmp_path / "p", get_board("host"), stack_bytes=8192)
+        for f in ("arena_bytes", "trainable_bytes", "momentum_bytes", "io_bytes", "stack_bytes", "ram_bytes",
+                  "peak_call", "arena_at_peak"):
+            assert getattr(est, f) == getattr(built, f), f
+        assert est.frozen_flash_bytes == pytest.approx(built.frozen_flash_bytes, rel=0.05)
+
+
+def test_analysis_runs_the_compiled_step(spec, split, tmp_path):
+    """Runs in worker processes give exactly the accuracies of the Relax VM trainer run by
+    hand; a second analysis reads them from the cache and trains nothing."""
+    train, val = split
+    runs = [Run(Scheme(0), 0), Run(Scheme(2, ((2, 0.5),)), 1)]
+    cache = RunCache(tmp_path / "runs.json", "fp")
+    with contribution.process_pool(2) as pool:
+        got = contribution.run_all(spec, runs, SETUP, train, val, cache, pool=pool)
+    model = spec.load()
+    assert got == {r.key: by_hand(model, r, SETUP, train, val) for r in runs}
+    assert len(set(got.values())) > 1  # the runs differ: the test would see a shared state
+
+    class NoModel(cli.ModelSpec):
+        def load(self):
+            raise AssertionError("a cached run was computed again")
+    again = contribution.run_all(NoModel(spec.model, spec.input_shape), runs, SETUP, train, val,
+                                 RunCache(tmp_path / "runs.json", "fp"))
+    assert again == got
+    assert RunCache(tmp_path / "runs.json", "other setup").results == {}  # another fingerprint: nothing reused
+
+
+def test_analysis_on_ray_gives_the_same_numbers(spec, split, tmp_path):
+    pytest.importorskip("ray")
+    train, val = split
+    runs = [Run(Scheme(1), 0), Run(Scheme(0, ((1, 1.0),)), 0)]
+    on_ray = contribution.run_all(spec, runs, SETUP, train, val, RunCache(tmp_path / "a.json", "fp"),
+                                  ray_address="local")
+    here = contribution.run_all(spec, runs, SETUP, train, val, RunCache(tmp_path / "b.json", "fp"))
+    assert on_ray == here
+
+
+def test_analysis_gains(spec, split, tmp_path):
+    """The bias curve, its best point as the weights' baseline, and the gains as differences."""
+    train, val = split
+    setup = dataclasses.replace(SETUP, seeds=(0,))
+    c = contribution.analyse(spec, 3, setup, train, val, RunCache(tmp_path / "r.json", "fp"),
+                             layers_for=lambda k: [2], ratios=(0.5, 1.0))
+    assert sorted(c.bias) == [0, 1, 2, 3] and c.baseline == c.bias[0]
+    assert c.bias[c.base_k] == max(c.bias.values())
+    assert sorted(c.weight) == [(2, 0.5), (2, 1.0)]
+    assert c.gain(Scheme(1, ((2, 1.0),))) == pytest.approx(c.bias[1] - c.bias[0] + c.weight[(2, 1.0)]
+                                                           - c.bias[c.base_k])
+
+
+# ---------------------------------------------------------------------------------------
+# The search itself, on made-up gains and prices: the mechanics, fast
+# ---------------------------------------------------------------------------------------
+
+def made_up(n_layers: int = 8):
+    rng = np.random.default_rng(5)
+    ratios = contribution.RATIOS
+    bias = {k: 0.5 + 0.02 * k - 0.001 * k * k for k in range(n_layers + 1)}
+    weight = {(i, r): bias[3] + rng.uniform(0, 0.05) * r ** 0.5 * (i + 1) / n_layers
+              for i in range(n_layers) for r in ratios}
+    contrib = Contributions(n_layers, 3, bias[0], bias, weight)
+
+    def price_many(schemes):
+        return [{"ram_bytes": 2000 + 1000 * s.n_bias + sum(int(4000 * r * (i + 1)) for i, r in s.weights),
+                 "flash_bytes": 0} for s in schemes]
+    return contrib, price_many
+
+
+def test_search_keeps_the_budget_and_beats_bias_only():
+    contrib, price_many = made_up()
+    budget = search.Budget(30_000)
+    result = search.evolve(contrib, search.Pricer(price_many), budget, population=12, generations=15, seed=1)
+    assert result.price["ram_bytes"] <= budget.ram_bytes
+    best_bias_only = max(contrib.gain(Scheme(k)) for k in contrib.bias if 2000 + 1000 * k <= budget.ram_bytes)
+    assert result.gain > best_bias_only
+    front = search.pareto_front(result.candidates)
+    assert [c["ram_bytes"] for c in front] == sorted(c["ram_bytes"] for c in front)
+    assert all(a["gain"] < b["gain"] for a, b in zip(front, front[1:]))
+    with pytest.raises(Exception, match="no scheme the search priced fits"):
+        search.evolve(contrib, search.Pricer(price_many), search.Budget(500), population=4, generations=2)
+
+
+def test_interrupted_search_resumes_to_the_same_result(tmp_path):
+    contrib, price_many = made_up()
+    budget = search.Budget(30_000)
+    kw = dict(population=10, generations=8, seed=3, fingerprint="fp")
+    whole = search.evolve(contrib, search.Pricer(price_many), budget, state_path=tmp_path / "a.json", **kw)
+
+    calls = []
+
+    def dies_in_generation_5(schemes):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return price_many(schemes)
+    with pytest.raises(KeyboardInterrupt):
+        search.evolve(contrib, search.Pricer(dies_in_generation_5, tmp_path / "p.json", "fp"), budget,
+                      state_path=tmp_path / "b.json", **kw)
+    assert json.loads((tmp_path / "b.json").read_text())["generation"] == 4
+    resumed = search.evolve(contrib, search.Pricer(price_many, tmp_path / "p.json", "fp"), budget,
+                            state_path=tmp_path / "b.json", **kw)
+    assert (resumed.best, resumed.gain, resumed.price) == (whole.best, whole.gain, whole.price)
+    other_seed = search.evolve(contrib, search.Pricer(price_many), budget, state_path=tmp_path / "b.json",
+                               **{**kw, "seed": 4})  # the state of seed 3 is not used for seed 4
+    assert other_seed.generations == 8
+
+
+# ---------------------------------------------------------------------------------------
+# The command, end to end on a float PyTorch model
+# ---------------------------------------------------------------------------------------
+
+def test_search_command_writes_a_config_that_fits(nets, spec, tmp_path):
+    out = tmp_path / "scheme.yaml"
+    model_args = [spec.model, "--weights", spec.weights]
+    args = ["search", *model_args, "--data", str(nets / "digits.npz"), "--target", "host", "--lr", "0.05",
+            "--steps", "60", "--population", "6", "--generations", "3", "--workers", "2", "-o", str(out),
+            "--plot", str(tmp_path / "scheme.png")]
+    # a budget between the cheapest scheme (the classifier alone) and the dearest
+    cheapest = estimate_memory(build_training_program(spec.load(), Scheme(0).config, TrainOptions(lr=0.05)))
+    ram_kb = cheapest.ram_bytes // 1024 + 3
+    assert cli.main([*args, "--ram-kb", str(ram_kb)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    chosen = report["chosen"]
+    assert chosen["compiled"]["ram_bytes"] == chosen["estimated"]["ram_bytes"] <= ram_kb * 1024
+    assert all(c["ram_bytes"] <= ram_kb * 1024 for c in report["candidates"] if c["fits"])
+    assert any(not c["fits"] for c in report["candidates"])  # the budget binds
+    assert (tmp_path / "scheme.png").stat().st_size > 0
+    config = yaml.safe_load(out.read_text())
+    assert config == chosen["config"]
+    # the config compiles within the budget through `compile --config`: the project the search checked
+    assert cli.main(["compile", *model_args, "--config", str(out), "--lr", "0.05", "--target", "host",
+                     "--ram-kb", str(ram_kb), "-o", str(tmp_path / "p")]) == 0
+    work = tmp_path / "scheme.work"
+    compiled = json.loads((tmp_path / "p" / "memory_report.json").read_text())
+    assert compiled == json.loads((work / "project" / "memory_report.json").read_text())
+    # a re-run resumes from the work dir: nothing is trained or priced again, same answer
+    first = out.read_text()
+    mtimes = {p: p.stat().st_mtime_ns for p in work.glob("*.json")}
+    assert cli.main([*args, "--ram-kb", str(ram_kb)]) == 0
+    assert out.read_text() == first
+    assert {p: p.stat().st_mtime_ns for p in work.glob("*.json") if p.name != "search_state.json"} == \
+        {p: t for p, t in mtimes.items() if p.name != "search_state.json"}

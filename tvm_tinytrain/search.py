@@ -1,0 +1,247 @@
+"""Which weights should train: an evolutionary search under a memory budget (Lin et al. 2022,
+section 2.2), on the gains of the contribution analysis (`contribution.py`).
+
+A scheme is the biases of the last k layers (k a point of the analysed bias curve), and per
+analysed layer a ratio of its weight's input channels (0: frozen). Its value is the sum of
+the measured gains (the paper's additive model); its cost is what the compiler plans for it
+(`targets.project.estimate_memory`: the planner's arena, trainable weights, momenta, I/O and
+stack), one compile per scheme, cached. The search keeps a population of the best feasible
+schemes, breeds children by uniform crossover and mutation, and after every generation
+saves its state (population, random generator, prices), so an interrupted search resumes
+and ends where an uninterrupted one with the same seed would.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .contribution import Contributions, Scheme
+from .errors import TinyTrainError
+
+POPULATION = 16
+GENERATIONS = 10
+MUTATION = 0.15   # per gene
+
+
+@dataclass(frozen=True)
+class Budget:
+    ram_bytes: int
+    flash_bytes: int | None = None
+
+    def fits(self, price: dict) -> bool:
+        return price["ram_bytes"] <= self.ram_bytes and (self.flash_bytes is None
+                                                         or price["flash_bytes"] <= self.flash_bytes)
+
+
+@dataclass
+class SearchResult:
+    best: Scheme
+    gain: float
+    price: dict
+    candidates: list[dict] = field(default_factory=list)  # every priced scheme: key, gain, ram, fits
+    generations: int = 0
+
+
+class Pricer:
+    """Prices of schemes ({"ram_bytes", "flash_bytes", ...}) by key, from `price_many`
+    (which compiles; run in parallel by the caller), cached in a JSON file."""
+
+    def __init__(self, price_many, path: Path | None = None, fingerprint: str = ""):
+        self.price_many, self.path, self.fingerprint = price_many, path, fingerprint
+        self.prices: dict[str, dict] = {}
+        if path is not None and Path(path).exists():
+            data = json.loads(Path(path).read_text())
+            if data.get("fingerprint") == fingerprint:
+                self.prices = data["prices"]
+
+    def __call__(self, schemes: list[Scheme]) -> list[dict]:
+        todo = [s for s in dict.fromkeys(schemes) if s.key not in self.prices]
+        if todo:
+            for s, price in zip(todo, self.price_many(todo)):
+                self.prices[s.key] = price
+            self._save()
+        return [self.prices[s.key] for s in schemes]
+
+    def _save(self) -> None:
+        if self.path is not None:
+            _write_json(self.path, {"fingerprint": self.fingerprint, "prices": self.prices})
+
+
+def _write_json(path: Path, data) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def evolve(contrib: Contributions, pricer: Pricer, budget: Budget, *, population: int = POPULATION,
+           generations: int = GENERATIONS, seed: int = 0, state_path: Path | None = None,
+           fingerprint: str = "", progress: bool = False) -> SearchResult:
+    """The feasible scheme with the largest summed gain found in `generations` generations."""
+    ks = sorted(contrib.bias)
+    layers = sorted({i for i, _ in contrib.weight})
+    ratios = {i: sorted(r for j, r in contrib.weight if j == i) for i in layers}
+    rng = np.random.default_rng(seed)
+    start, pop = 0, None
+    state = _load_state(state_path, fingerprint, seed, population)
+    if state is not None:
+        start, pop = state["generation"], [Scheme.from_key(k) for k in state["population"]]
+        rng.bit_generator.state = state["rng"]
+    if pop is None:  # the bias-only schemes, then random ones
+        pop = [Scheme(k) for k in ks]
+        while len(pop) < population:
+            pop.append(_random(rng, ks, layers, ratios))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=generations, initial=min(start, generations), desc="search", unit="generation",
+                   disable=None)
+    try:
+        for gen in range(start, generations):
+            ranked = _rank(pop, contrib, pricer, budget)
+            parents = ranked[:max(2, population // 4)]
+            children, seen = list(parents), {s.key for s in parents}
+            tries = 0
+            while len(children) < population and tries < 50 * population:
+                tries += 1
+                a, b = (parents[j] for j in rng.integers(len(parents), size=2))
+                child = _mutate(rng, _crossover(rng, a, b, layers), ks, layers, ratios)
+                if child.key not in seen:
+                    seen.add(child.key)
+                    children.append(child)
+            pop = children
+            if state_path is not None:
+                _write_json(state_path, {"fingerprint": fingerprint, "seed": seed, "population_size": population,
+                                         "generation": gen + 1, "population": [s.key for s in pop],
+                                         "rng": rng.bit_generator.state})
+            if bar is not None:
+                bar.update(1)
+                best = ranked[0]
+                bar.set_postfix_str(f"best +{100 * contrib.gain(best):.1f} pts, "
+                                    f"{pricer.prices[best.key]['ram_bytes'] / 1024:.0f} KB")
+    finally:
+        if bar is not None:
+            bar.close()
+    ranked = _rank(pop, contrib, pricer, budget)
+    best = ranked[0]
+    if not budget.fits(pricer.prices[best.key]):
+        cheapest = min(pricer.prices.values(), key=lambda p: p["ram_bytes"])
+        raise TinyTrainError(f"no scheme the search priced fits the budget: the cheapest needs "
+                             f"{cheapest['ram_bytes']} bytes of RAM, the budget is {budget.ram_bytes}")
+    candidates = [{"scheme": key, "gain": contrib.gain(Scheme.from_key(key)), "ram_bytes": p["ram_bytes"],
+                   "flash_bytes": p["flash_bytes"], "fits": budget.fits(p)}
+                  for key, p in sorted(pricer.prices.items()) if _valid(key, contrib)]
+    return SearchResult(best, contrib.gain(best), pricer.prices[best.key], candidates, generations)
+
+
+def _rank(pop: list[Scheme], contrib: Contributions, pricer: Pricer, budget: Budget) -> list[Scheme]:
+    """Feasible schemes by gain (ties: less RAM, then key), then the infeasible by RAM."""
+    prices = dict(zip((s.key for s in pop), pricer(pop)))
+
+    def order(s: Scheme):
+        p = prices[s.key]
+        if budget.fits(p):
+            return (0, -contrib.gain(s), p["ram_bytes"], s.key)
+        return (1, 0.0, p["ram_bytes"], s.key)
+    return sorted(dict((s.key, s) for s in pop).values(), key=order)
+
+
+def _random(rng, ks, layers, ratios) -> Scheme:
+    p = min(1.0, 2.0 / max(1, len(layers)))
+    weights = tuple((i, float(ratios[i][rng.integers(len(ratios[i]))])) for i in layers if rng.random() < p)
+    return Scheme(int(ks[rng.integers(len(ks))]), weights)
+
+
+def _crossover(rng, a: Scheme, b: Scheme, layers) -> Scheme:
+    wa, wb = dict(a.weights), dict(b.weights)
+    weights = {}
+    for i in layers:
+        pick = wa if rng.random() < 0.5 else wb
+        if i in pick:
+            weights[i] = pick[i]
+    return Scheme(a.n_bias if rng.random() < 0.5 else b.n_bias, tuple(sorted(weights.items())))
+
+
+def _mutate(rng, s: Scheme, ks, layers, ratios) -> Scheme:
+    k = s.n_bias
+    if rng.random() < MUTATION:
+        j = ks.index(k) + (1 if rng.random() < 0.5 else -1)
+        k = ks[min(max(j, 0), len(ks) - 1)]
+    weights = dict(s.weights)
+    for i in layers:
+        if rng.random() < MUTATION / 2:
+            options = [0.0, *ratios[i]]
+            r = float(options[rng.integers(len(options))])
+            if r > 0:
+                weights[i] = r
+            else:
+                weights.pop(i, None)
+    return Scheme(k, tuple(sorted(weights.items())))
+
+
+def _valid(key: str, contrib: Contributions) -> bool:
+    s = Scheme.from_key(key)
+    return s.n_bias in contrib.bias and all((i, r) in contrib.weight for i, r in s.weights)
+
+
+def _load_state(path: Path | None, fingerprint: str, seed: int, population: int) -> dict | None:
+    if path is None or not Path(path).exists():
+        return None
+    state = json.loads(Path(path).read_text())
+    if (state.get("fingerprint"), state.get("seed"), state.get("population_size")) != (fingerprint, seed, population):
+        return None
+    return state
+
+
+def pareto_front(candidates: list[dict]) -> list[dict]:
+    """The candidates no other beats on both gain and RAM, by RAM."""
+    front, best = [], -np.inf
+    for c in sorted(candidates, key=lambda c: (c["ram_bytes"], -c["gain"])):
+        if c["gain"] > best:
+            front.append(c)
+            best = c["gain"]
+    return front
+
+
+def plot(result: SearchResult, budget: Budget, path: Path, title: str) -> None:
+    """Accuracy gain against planned RAM: every priced candidate, the Pareto front, the pick."""
+    from .profile import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    c = result.candidates
+    ax.scatter([x["ram_bytes"] / 1024 for x in c], [100 * x["gain"] for x in c], s=10, alpha=0.5,
+               c=["#4c72b0" if x["fits"] else "#999999" for x in c], label="candidates (grey: over budget)")
+    front = pareto_front(c)
+    ax.step([x["ram_bytes"] / 1024 for x in front], [100 * x["gain"] for x in front], where="post",
+            color="#c44e52", label="Pareto front")
+    ax.scatter([result.price["ram_bytes"] / 1024], [100 * result.gain], marker="*", s=200, color="#dd8452",
+               zorder=3, label="chosen")
+    ax.axvline(budget.ram_bytes / 1024, color="black", linestyle="--", linewidth=1, label="RAM budget")
+    ax.set_xlabel("planned RAM (KB)")
+    ax.set_ylabel("summed validation accuracy gain (points)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def price_in_worker(spec, scheme: Scheme, options, memory, stack_bytes: int) -> tuple[str, dict]:
+    """What the compiler plans for `scheme` (`estimate_memory`), in a worker process."""
+    import dataclasses
+
+    from .contribution import model_of
+    from .pipeline import build_training_program
+    from .targets.project import estimate_memory
+
+    program = dataclasses.replace(build_training_program(model_of(spec), scheme.config, options), memory=memory)
+    est = estimate_memory(program, stack_bytes)
+    return scheme.key, {"ram_bytes": est.ram_bytes, "flash_bytes": est.frozen_flash_bytes + est.trainable_bytes,
+            "arena_bytes": est.arena_bytes, "trainable_bytes": est.trainable_bytes,
+            "momentum_bytes": est.momentum_bytes, "peak_call": est.peak_call}
