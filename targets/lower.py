@@ -207,20 +207,24 @@ def plain_schedules(program: TrainingProgram) -> tuple[dict[str, Schedule], dict
     (their workspaces as legalized): seconds instead of tens of seconds, for estimates.
     Returns (schedules, parameter values as lowered)."""
     mod, values, _ = memory_passes(program)
-    return _plain_schedules(mod, values, program, None), values
+    return _plain_schedules(mod, values, program, None, one_namer=True), values
 
 
 def _plain_schedules(mod: tvm.IRModule, values: dict, program: TrainingProgram,
-                     c_names: CNamer | None) -> dict[str, Schedule]:
+                     c_names: CNamer | None, one_namer: bool = False) -> dict[str, Schedule]:
     """A legalized module's schedules with its variables' names and the kernels'
-    workspaces as legalized (not as built to C): enough to see which call sets the peak."""
+    workspaces as legalized (not as built to C): enough to see which call sets the peak.
+    `one_namer`: name both schedules' tensors as `lower` does (a constant they share has
+    one name); else each keeps its variables' own names (what `choose_tiling` looks up)."""
     mod = relax.transform.DeadCodeElimination(["main", "train_step"])(mod)
     prims = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
     name = (lambda n: c_names[n]) if c_names is not None else (lambda n: n)
     params = {n: Tensor(name(n), tuple(v.shape), str(v.dtype), "param", param=n) for n, v in values.items()}
     momenta = {n: Tensor(name(n), shape, "float32", "momentum", param=n) for n, shape in program.momentum_shapes.items()}
     workspaces = {n: _workspace_bytes(f) for n, f in prims.items()}
-    return {schedule: _schedule(mod[func], schedule, prims, workspaces, params, momenta, CNamer())
+    shared = CNamer()
+    return {schedule: _schedule(mod[func], schedule, prims, workspaces, params, momenta,
+                                shared if one_namer else CNamer())
             for func, schedule in SCHEDULE_OF.items()}
 
 

@@ -59,9 +59,10 @@ class MemoryEstimate:
 
 def estimate_memory(program: TrainingProgram, stack_bytes: int = 8 * 1024) -> MemoryEstimate:
     """What `write_project` plans for `program`, without building its kernels to C: the
-    same schedules and planner, the kernels' workspaces as legalized (a few hundred bytes
-    from the built ones; tests/test_search.py bounds it). `tinytrain search` prices schemes
-    with it; the scheme it returns is compiled for real."""
+    same schedules and planner, the kernels' workspaces as legalized (the micro-kernels'
+    could differ; on the tested models and MCUNet's schemes every figure is the same,
+    tests/test_search.py). `tinytrain search` prices schemes with it; the scheme it returns
+    is compiled for real."""
     schedules, values = plain_schedules(program)
     plans, arena, _ = plan_arena(schedules)
     trainable = sum(v.nbytes for n, v in values.items() if n in program.trainable)

@@ -137,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--float-master", action="store_true")
     _add_build_args(s)
     g = s.add_argument_group("search")
-    g.add_argument("--steps", type=int, default=300, help="fine-tuning steps of each analysis run")
+    g.add_argument("--steps", type=int, help="fine-tuning steps of each analysis run (default: one pass over "
+                                             "the training part)")
     g.add_argument("--seeds", type=int, default=1, help="analysis runs per point, averaged (sample orders)")
     g.add_argument("--last-layers", type=int,
                    help="analyse the weights of the last N layers only (default: every layer whose weight can "
@@ -564,7 +565,7 @@ def _cmd_search(args) -> int:
     train, val = contribution.split_train(d["x_train"], d["y_train"])
     lr = args.lr if args.lr is not None else default_lr(args.momentum)
     options = TrainOptions(lr, args.momentum, qas=False if args.no_qas else None, float_master=args.float_master)
-    setup = Setup(args.steps, tuple(range(args.seeds)), options)
+    setup = Setup(args.steps or len(train[1]), tuple(range(args.seeds)), options)
     memory = dataclasses.replace(MemoryOptions(), **{name: False for name in args.no_memory_pass})
     budget = search.Budget(args.ram_kb * 1024, args.flash_kb * 1024)
     key = contribution.fingerprint(spec, setup, train, val)
@@ -602,9 +603,9 @@ def _cmd_search(args) -> int:
                                                 ram_kb=args.ram_kb, flash_kb=args.flash_kb,
                                                 stack_kb=args.stack_kb, memory=memory)
     report = {
-        "model": model.source, "target": board.name, "budget": {"ram_bytes": budget.ram_bytes,
+        "model": model.source, "data": args.data, "target": board.name, "budget": {"ram_bytes": budget.ram_bytes,
                                                                   "flash_bytes": budget.flash_bytes},
-        "setup": {"steps": args.steps, "seeds": list(setup.seeds), "lr": lr, "momentum": args.momentum,
+        "setup": {"steps": setup.steps, "seeds": list(setup.seeds), "lr": lr, "momentum": args.momentum,
                   "train_samples": len(train[1]), "validation_samples": len(val[1]),
                   "population": args.population, "generations": args.generations, "seed": args.seed},
         "contributions": contrib.to_json(),
