@@ -178,34 +178,85 @@ def test_interrupted_search_resumes_to_the_same_result(tmp_path):
 # The command, end to end on a float PyTorch model
 # ---------------------------------------------------------------------------------------
 
-def test_search_command_writes_a_config_that_fits(nets, spec, tmp_path):
-    out = tmp_path / "scheme.yaml"
-    model_args = [spec.model, "--weights", spec.weights]
-    args = ["search", *model_args, "--data", str(nets / "digits.npz"), "--target", "host", "--lr", "0.05",
-            "--steps", "60", "--population", "6", "--generations", "3", "--workers", "2", "-o", str(out),
-            "--plot", str(tmp_path / "scheme.png")]
-    # a budget between the cheapest scheme (the classifier alone) and the dearest
+@pytest.fixture(scope="module")
+def searched(nets, spec, tmp_path_factory):
+    """`tinytrain search` on the float model, with a budget between the cheapest scheme (the
+    classifier alone) and the dearest: (its arguments, RAM budget in KB, the config written)."""
+    out = tmp_path_factory.mktemp("searched") / "scheme.yaml"
+    args = ["search", spec.model, "--weights", spec.weights, "--data", str(nets / "digits.npz"), "--target", "host",
+            "--lr", "0.05", "--steps", "60", "--population", "6", "--generations", "3", "--workers", "2",
+            "-o", str(out), "--plot", str(out.with_suffix(".png"))]
     cheapest = estimate_memory(build_training_program(spec.load(), Scheme(0).config, TrainOptions(lr=0.05)))
     ram_kb = cheapest.ram_bytes // 1024 + 3
     assert cli.main([*args, "--ram-kb", str(ram_kb)]) == 0
+    return [*args, "--ram-kb", str(ram_kb)], ram_kb, out
+
+
+def test_search_command_writes_a_config_that_fits(searched, spec, tmp_path):
+    _, ram_kb, out = searched
     report = json.loads(out.with_suffix(".json").read_text())
     chosen = report["chosen"]
     assert chosen["compiled"]["ram_bytes"] == chosen["estimated"]["ram_bytes"] <= ram_kb * 1024
+    assert chosen["compiled"]["flash_bytes"] == chosen["estimated"]["flash_bytes"]
     assert all(c["ram_bytes"] <= ram_kb * 1024 for c in report["candidates"] if c["fits"])
     assert any(not c["fits"] for c in report["candidates"])  # the budget binds
-    assert (tmp_path / "scheme.png").stat().st_size > 0
+    assert out.with_suffix(".png").stat().st_size > 0
     config = yaml.safe_load(out.read_text())
     assert config == chosen["config"]
     # the config compiles within the budget through `compile --config`: the project the search checked
-    assert cli.main(["compile", *model_args, "--config", str(out), "--lr", "0.05", "--target", "host",
-                     "--ram-kb", str(ram_kb), "-o", str(tmp_path / "p")]) == 0
-    work = tmp_path / "scheme.work"
+    assert cli.main(["compile", spec.model, "--weights", spec.weights, "--config", str(out), "--lr", "0.05",
+                     "--target", "host", "--ram-kb", str(ram_kb), "-o", str(tmp_path / "p")]) == 0
     compiled = json.loads((tmp_path / "p" / "memory_report.json").read_text())
-    assert compiled == json.loads((work / "project" / "memory_report.json").read_text())
-    # a re-run resumes from the work dir: nothing is trained or priced again, same answer
+    assert compiled == json.loads((out.with_name("scheme.work") / "project" / "memory_report.json").read_text())
+
+
+def test_search_command_resumes_from_its_work_dir(searched):
+    """A re-run trains and prices nothing again and writes the same config."""
+    args, _, out = searched
+    work = out.with_name("scheme.work")
     first = out.read_text()
-    mtimes = {p: p.stat().st_mtime_ns for p in work.glob("*.json")}
-    assert cli.main([*args, "--ram-kb", str(ram_kb)]) == 0
+    caches = [work / "runs.json", work / "prices.json"]
+    mtimes = [p.stat().st_mtime_ns for p in caches]
+    assert cli.main(args) == 0
     assert out.read_text() == first
-    assert {p: p.stat().st_mtime_ns for p in work.glob("*.json") if p.name != "search_state.json"} == \
-        {p: t for p, t in mtimes.items() if p.name != "search_state.json"}
+    assert [p.stat().st_mtime_ns for p in caches] == mtimes
+
+
+@pytest.mark.slow
+def test_searched_scheme_trains_on_the_board(searched, spec, nets, tmp_path, capsys):
+    _, ram_kb, out = searched
+    assert cli.main(["compile", spec.model, "--weights", spec.weights, "--config", str(out), "--lr", "0.05",
+                     "--target", "cortex-m4", "--ram-kb", str(ram_kb), "-o", str(tmp_path / "p")]) == 0
+    d = np.load(nets / "digits.npz")
+    np.savez(tmp_path / "few.npz", x_train=d["x_train"][:30], y_train=d["y_train"][:30], x_test=d["x_test"][:10],
+             y_test=d["y_test"][:10])
+    capsys.readouterr()
+    assert cli.main(["run", str(tmp_path / "p"), "--data", str(tmp_path / "few.npz"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["steps"] == 30 and np.isfinite(result["loss_last"])
+    assert result["peak_sram_bytes"] <= ram_kb * 1024
+
+
+@pytest.mark.slow
+def test_search_on_a_zoo_model(zoo_dir, tmp_path):
+    """The same command on MCUNet-5FPS (int8, QAS), cut short: a few steps per run, the bias
+    curve at 3 points, the last two layers' weights; its scheme compiles within the budget."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    up = F.interpolate(torch.from_numpy(digits.images[:48, None].astype(np.float32)), size=(128, 128),
+                       mode="bilinear", align_corners=False)[:, 0].numpy()
+    x = np.repeat((np.clip(np.rint(up / 16 * 255) - 128, -128, 127))[:, None], 3, axis=1).astype(np.float32)
+    y = digits.target[:48]
+    np.savez(tmp_path / "d.npz", x_train=x[:40], y_train=y[:40], x_test=x[40:], y_test=y[40:])
+    out = tmp_path / "scheme.yaml"
+    assert cli.main(["search", str(zoo_dir / "mcunet-5fps.pkl"), "--num-classes", "10", "--data",
+                     str(tmp_path / "d.npz"), "--target", "cortex-m7", "--ram-kb", "160", "--steps", "10",
+                     "--bias-points", "2", "--last-layers", "2", "--population", "4", "--generations", "2",
+                     "--workers", "2", "-o", str(out)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert sorted(report["contributions"]["bias"]) == ["0", "10", "42"]
+    assert report["chosen"]["compiled"]["ram_bytes"] == report["chosen"]["estimated"]["ram_bytes"] <= 160 * 1024
+    assert yaml.safe_load(out.read_text()) == report["chosen"]["config"]

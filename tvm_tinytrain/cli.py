@@ -140,6 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, help="fine-tuning steps of each analysis run (default: one pass over "
                                              "the training part)")
     g.add_argument("--seeds", type=int, default=1, help="analysis runs per point, averaged (sample orders)")
+    g.add_argument("--bias-points", type=int, default=8,
+                   help="points of the bias curve besides 0 and all layers (denser near the output)")
     g.add_argument("--last-layers", type=int,
                    help="analyse the weights of the last N layers only (default: every layer whose weight can "
                         "fit the budget; each costs 4 runs)")
@@ -550,7 +552,7 @@ def _cmd_search(args) -> int:
     if args.plot:
         from .profile import pyplot
         pyplot()  # fail before the work if matplotlib is missing
-    for name in ("steps", "seeds", "population", "generations", "last_layers"):
+    for name in ("steps", "seeds", "population", "generations", "last_layers", "bias_points"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise TinyTrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     out = Path(args.output)
@@ -593,6 +595,7 @@ def _cmd_search(args) -> int:
     with pool:
         contrib: Contributions = contribution.analyse(spec, n_layers, setup, train, val, cache,
                                                       layers_for=affordable, pool=pool, ray_address=args.ray,
+                                                      ks=contribution.bias_ks(n_layers, args.bias_points),
                                                       progress=True)
         result = search.evolve(contrib, pricer, budget, population=args.population,
                                generations=args.generations, seed=args.seed,
