@@ -12,11 +12,13 @@ left out). For each of the paper's five schemes of the model, the budget is that
 planned RAM (`estimate_memory`: arena, trainable weights, momenta, I/O, 8 KB stack), and the
 evolutionary search (`tvm_tinytrain.search`, population 16, 10 generations, seed 0) picks a
 scheme within it. Then both schemes, searched and manual, are trained exactly as `bench/qas.py`
-trains its int8 SGD-M + QAS row (lr 1e-3, momentum 0.9, 2 passes over the training split,
+trains its int8 SGD + QAS row (lr 1e-2, no momentum, 2 passes over the training split,
 batch 1, the Relax VM step) on 3 seeds (head initialisation and sample order) and scored on
 the test split, and each is compiled for Cortex-M7 and run for one step under QEMU: the peak
 SRAM measured there (static RAM from the ELF + the stack's high-water mark) and the
-instructions of the step. Runs are cached in bench/results/search.work/, so a re-run resumes.
+instructions of the step. The paper's reference points get the same treatment at each
+budget: bias-only (the best point of the analysed bias curve that fits) and the full update
+of the last k layers (weights and biases, the largest k that fits). Runs are cached in bench/results/search.work/, so a re-run resumes.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ TASK = "digits"
 ANALYSIS_STEPS = 600
 LAST_LAYERS = 12
 SEEDS = (0, 1, 2)
-LR, MOMENTUM = 1e-3, 0.9   # bench/qas.py's int8 SGD-M + QAS row
+LR, MOMENTUM = 1e-2, 0.0   # bench/qas.py's int8 SGD + QAS row (the paper's schemes' memory: no momenta)
 
 
 def log(msg: str) -> None:
@@ -115,7 +117,7 @@ def _in_pool(pool, folder: Path, fn, calls: dict[str, tuple]) -> dict:
     return {t: json.loads((folder / f"{t}.json").read_text()) for t in calls}
 
 
-def run_model(model: str, pool) -> list[dict]:
+def run_model(model: str, pool, references: bool) -> tuple[list[dict], dict]:
     from tvm_tinytrain import contribution, search
     from tvm_tinytrain.config import PAPER_SCHEMES, SparseUpdateConfig
     from tvm_tinytrain.contribution import RunCache, Scheme, Setup
@@ -157,9 +159,11 @@ def run_model(model: str, pool) -> list[dict]:
         result = search.evolve(contrib, pricer, budget, population=16, generations=10, seed=0,
                                state_path=work / f"state-{name}.json", fingerprint=f"{key}|{budget}")
         chosen[name] = (result, budget, {"searched": result.best.config_dict(),
-                                 "manual": {"n_bias_update": cfg.n_bias_update,
-                                            "manual_weight_idx": list(cfg.manual_weight_idx),
-                                            "weight_update_ratio": list(cfg.weight_update_ratio)}})
+                                         "manual": {"n_bias_update": cfg.n_bias_update,
+                                                    "manual_weight_idx": list(cfg.manual_weight_idx),
+                                                    "weight_update_ratio": list(cfg.weight_update_ratio)},
+                                         **(reference_points(contrib, pricer, budget, n_layers) if references
+                                            else {})})
     configs = {_tag(c): c for _, _, pair in chosen.values() for c in pair.values()}
     log(f"{model}: training {len(configs)} schemes x {len(SEEDS)} seeds, and one step of each on Cortex-M7")
     accuracy = _in_pool(pool, work / "eval", evaluate, {t: (model, c) for t, c in configs.items()})
@@ -170,9 +174,9 @@ def run_model(model: str, pool) -> list[dict]:
         acc = {w: accuracy[_tag(c)] for w, c in pair.items()}
         mcu = {w: board[_tag(c)] for w, c in pair.items()}
         row = {"model": model, "task": TASK, "budget_scheme": name, "budget_planned_bytes": budget.ram_bytes,
-               "searched_scheme": pair["searched"], "manual_scheme": pair["manual"],
                "searched_gain_estimate": result.gain, "manual_gain_estimate": _gain_or_none(contrib, pair["manual"])}
-        for w in ("searched", "manual"):
+        for w in pair:
+            row[f"{w}_scheme"] = pair[w]
             row |= {f"{w}_accuracy_mean": float(np.mean(acc[w])), f"{w}_accuracy_std": float(np.std(acc[w], ddof=1)),
                     f"{w}_accuracies": acc[w], f"{w}_planned_bytes": mcu[w]["planned_ram_bytes"],
                     f"{w}_peak_bytes": mcu[w]["measured_peak_bytes"],
@@ -182,6 +186,20 @@ def run_model(model: str, pool) -> list[dict]:
             f"{row['manual_accuracy_std']:.1f} % at {row['manual_peak_bytes']} B")
         rows.append(row)
     return rows, contrib.to_json()
+
+
+def reference_points(contrib, pricer, budget, n_layers: int) -> dict:
+    """The paper's baselines within a budget: the best point of the analysed bias curve that
+    fits (bias-only), and the full update (weights and biases) of the last k layers, k the
+    largest that fits."""
+    from tvm_tinytrain.contribution import Scheme
+
+    bias = [Scheme(k) for k in sorted(contrib.bias)]
+    best = max((s for s, p in zip(bias, pricer(bias)) if budget.fits(p)),
+               key=lambda s: (contrib.bias[s.n_bias], -s.n_bias))
+    last = [Scheme(k, tuple((i, 1.0) for i in range(n_layers - k, n_layers))) for k in range(1, LAST_LAYERS + 1)]
+    fitting = [s for s, p in zip(last, pricer(last)) if budget.fits(p)]
+    return {"bias_only": best.config_dict(), **({"last_k_full": fitting[-1].config_dict()} if fitting else {})}
 
 
 def _memory():
@@ -207,10 +225,13 @@ def plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
     for ax, model in zip(axes[0], models):
         rows = [r for r in report["rows"] if r["model"] == model]
-        for which, color in (("manual", "#4c72b0"), ("searched", "#dd8452")):
-            ax.errorbar([r[f"{which}_peak_bytes"] / 1024 for r in rows], [r[f"{which}_accuracy_mean"] for r in rows],
-                        yerr=[r[f"{which}_accuracy_std"] for r in rows], fmt="o-", color=color, capsize=4,
-                        label=f"{which} (3 seeds)")
+        for which, color, fmt in (("manual", "#4c72b0", "o-"), ("searched", "#dd8452", "o-"),
+                                  ("bias_only", "#55a868", "s:"), ("last_k_full", "#8172b2", "^:")):
+            have = [r for r in rows if f"{which}_peak_bytes" in r]
+            if have:
+                ax.errorbar([r[f"{which}_peak_bytes"] / 1024 for r in have],
+                            [r[f"{which}_accuracy_mean"] for r in have], yerr=[r[f"{which}_accuracy_std"] for r in have],
+                            fmt=fmt, color=color, capsize=4, label=f"{which.replace('_', ' ')} (3 seeds)")
         ax.set_xlabel("peak SRAM measured on Cortex-M7 (KB)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{model}, digits: searched vs the paper's schemes", fontsize=10)
@@ -224,6 +245,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--no-reference-points", action="store_true",
+                        help="only the searched and the manual scheme (bias-only and last-k full left out)")
     parser.add_argument("--out", type=Path, default=RESULTS / "search.json")
     args = parser.parse_args()
     from tvm_tinytrain import contribution
@@ -232,12 +255,12 @@ def main() -> None:
     rows, analyses = [], {}
     with contribution.process_pool(args.workers) as pool:
         for model in args.models:
-            model_rows, analyses[model] = run_model(model, pool)
+            model_rows, analyses[model] = run_model(model, pool, not args.no_reference_points)
             rows += model_rows
     report = {"what": __doc__.split("What is measured. ")[1].strip(),
               "setup": {"analysis_steps": ANALYSIS_STEPS, "last_layers": LAST_LAYERS, "seeds": list(SEEDS),
                         "lr": LR, "momentum": MOMENTUM, "epochs": qas.EPOCHS, "population": 16,
-                        "generations": 10},
+                        "generations": 10, "reference_points": not args.no_reference_points},
               "rows": rows, "contributions": analyses, "seconds": round(time.time() - t0)}
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     plot(report, args.out.with_suffix(".png"))
