@@ -260,3 +260,10 @@ def test_search_on_a_zoo_model(zoo_dir, tmp_path):
     assert sorted(report["contributions"]["bias"]) == ["0", "10", "42"]
     assert report["chosen"]["compiled"]["ram_bytes"] == report["chosen"]["estimated"]["ram_bytes"] <= 160 * 1024
     assert yaml.safe_load(out.read_text()) == report["chosen"]["config"]
+
+
+def test_search_refuses_a_budget_nothing_fits_before_any_analysis(nets, spec, tmp_path, capsys):
+    assert cli.main(["search", spec.model, "--weights", spec.weights, "--data", str(nets / "digits.npz"),
+                     "--target", "host", "--ram-kb", "4", "--workers", "1", "-o", str(tmp_path / "s.yaml")]) == 1
+    assert "even the classifier alone needs" in capsys.readouterr().err
+    assert not (tmp_path / "s.work" / "runs.json").exists() and not (tmp_path / "s.yaml").exists()

@@ -593,6 +593,11 @@ def _cmd_search(args) -> int:
           f"{len(val[1])} validation samples; work dir {work}")
     cache = RunCache(work / "runs.json", key)
     with pool:
+        cheapest = pricer([Scheme(0)])[0]
+        if not budget.fits(cheapest):  # before hours of analysis
+            raise TinyTrainError(f"even the classifier alone needs {cheapest['ram_bytes']} bytes of RAM and "
+                                 f"{cheapest['flash_bytes']} of flash; the budget is {budget.ram_bytes} and "
+                                 f"{budget.flash_bytes}: raise --ram-kb or --flash-kb")
         contrib: Contributions = contribution.analyse(spec, n_layers, setup, train, val, cache,
                                                       layers_for=affordable, pool=pool, ray_address=args.ray,
                                                       ks=contribution.bias_ks(n_layers, args.bias_points),
