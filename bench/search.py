@@ -120,7 +120,7 @@ def _in_pool(pool, folder: Path, fn, calls: dict[str, tuple]) -> dict:
 def run_model(model: str, pool, references: bool) -> tuple[list[dict], dict]:
     from tvm_tinytrain import contribution, search
     from tvm_tinytrain.config import PAPER_SCHEMES, SparseUpdateConfig
-    from tvm_tinytrain.contribution import RunCache, Scheme, Setup
+    from tvm_tinytrain.contribution import Scheme, Setup, run_cache
     from tvm_tinytrain.layers import find_layers
 
     spec = spec_of(model)
@@ -150,7 +150,7 @@ def run_model(model: str, pool, references: bool) -> tuple[list[dict], dict]:
         singles = [Scheme(base_k, ((i, min(contribution.RATIOS)),)) for i in layers]
         return [i for i, p in zip(layers, pricer(singles)) if largest.fits(p)]
     log(f"{model}: contribution analysis ({n_layers} layers, the last {LAST_LAYERS} analysed)")
-    contrib = contribution.analyse(spec, n_layers, setup, train, val, RunCache(work / "runs.json", key),
+    contrib = contribution.analyse(spec, n_layers, setup, train, val, run_cache(work / "runs.json", key),
                                    layers_for=affordable, pool=pool)
     chosen = {}
     for name, cfg in manual.items():

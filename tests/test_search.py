@@ -11,7 +11,7 @@ import yaml
 
 from conftest import SPARSE, OPTIONS
 from tvm_tinytrain import cli, contribution, demo, search
-from tvm_tinytrain.contribution import Contributions, Run, RunCache, Scheme, Setup
+from tvm_tinytrain.contribution import Contributions, Run, Scheme, Setup, run_cache
 from tvm_tinytrain.pipeline import TrainOptions, build_training_program
 from tvm_tinytrain.reference import RelaxVMTrainer
 from tvm_tinytrain.targets.boards import get_board
@@ -78,7 +78,7 @@ def test_analysis_runs_the_compiled_step(spec, split, tmp_path):
     hand; a second analysis reads them from the cache and trains nothing."""
     train, val = split
     runs = [Run(Scheme(0), 0), Run(Scheme(2, ((2, 0.5),)), 1)]
-    cache = RunCache(tmp_path / "runs.json", "fp")
+    cache = run_cache(tmp_path / "runs.json", "fp")
     with contribution.process_pool(2) as pool:
         got = contribution.run_all(spec, runs, SETUP, train, val, cache, pool=pool)
     model = spec.load()
@@ -89,18 +89,18 @@ def test_analysis_runs_the_compiled_step(spec, split, tmp_path):
         def load(self):
             raise AssertionError("a cached run was computed again")
     again = contribution.run_all(NoModel(spec.model, spec.input_shape), runs, SETUP, train, val,
-                                 RunCache(tmp_path / "runs.json", "fp"))
+                                 run_cache(tmp_path / "runs.json", "fp"))
     assert again == got
-    assert RunCache(tmp_path / "runs.json", "other setup").results == {}  # another fingerprint: nothing reused
+    assert run_cache(tmp_path / "runs.json", "other setup").results == {}  # another fingerprint: nothing reused
 
 
 def test_analysis_on_ray_gives_the_same_numbers(spec, split, tmp_path):
     pytest.importorskip("ray")
     train, val = split
     runs = [Run(Scheme(1), 0), Run(Scheme(0, ((1, 1.0),)), 0)]
-    on_ray = contribution.run_all(spec, runs, SETUP, train, val, RunCache(tmp_path / "a.json", "fp"),
+    on_ray = contribution.run_all(spec, runs, SETUP, train, val, run_cache(tmp_path / "a.json", "fp"),
                                   ray_address="local")
-    here = contribution.run_all(spec, runs, SETUP, train, val, RunCache(tmp_path / "b.json", "fp"))
+    here = contribution.run_all(spec, runs, SETUP, train, val, run_cache(tmp_path / "b.json", "fp"))
     assert on_ray == here
 
 
@@ -108,7 +108,7 @@ def test_analysis_gains(spec, split, tmp_path):
     """The bias curve, its best point as the weights' baseline, and the gains as differences."""
     train, val = split
     setup = dataclasses.replace(SETUP, seeds=(0,))
-    c = contribution.analyse(spec, 3, setup, train, val, RunCache(tmp_path / "r.json", "fp"),
+    c = contribution.analyse(spec, 3, setup, train, val, run_cache(tmp_path / "r.json", "fp"),
                              layers_for=lambda k: [2], ratios=(0.5, 1.0))
     assert sorted(c.bias) == [0, 1, 2, 3] and c.baseline == c.bias[0]
     assert c.bias[c.base_k] == max(c.bias.values())
@@ -165,7 +165,7 @@ def test_interrupted_search_resumes_to_the_same_result(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         search.evolve(contrib, search.Pricer(dies_in_generation_5, tmp_path / "p.json", "fp"), budget,
                       state_path=tmp_path / "b.json", **kw)
-    assert json.loads((tmp_path / "b.json").read_text())["generation"] == 4
+    assert json.loads((tmp_path / "b.json").read_text())["state"]["generation"] == 4
     resumed = search.evolve(contrib, search.Pricer(price_many, tmp_path / "p.json", "fp"), budget,
                             state_path=tmp_path / "b.json", **kw)
     assert (resumed.best, resumed.gain, resumed.price) == (whole.best, whole.gain, whole.price)

@@ -545,7 +545,7 @@ class ModelSpec:
 
 def _cmd_search(args) -> int:
     from . import contribution, search
-    from .contribution import Contributions, RunCache, Scheme, Setup
+    from .contribution import Contributions, Scheme, Setup, run_cache
     from .data import check_against_model, load_npz
     from .layers import find_layers
 
@@ -591,7 +591,7 @@ def _cmd_search(args) -> int:
 
     print(f"tinytrain search: {model.source}, {n_layers} layers + classifier; {len(train[1])} training and "
           f"{len(val[1])} validation samples; work dir {work}")
-    cache = RunCache(work / "runs.json", key)
+    cache = run_cache(work / "runs.json", key)
     with pool:
         cheapest = pricer([Scheme(0)])[0]
         if not budget.fits(cheapest):  # before hours of analysis

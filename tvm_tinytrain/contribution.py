@@ -160,27 +160,44 @@ def _run_in_worker(spec, run: Run, setup: Setup, train, val) -> tuple[str, float
     return run.key, fine_tune(model_of(spec), run, setup, train, val)
 
 
-class RunCache:
-    """Accuracy per run key, in a JSON file rewritten (atomically) after each result."""
+class JsonCache:
+    """Results by key in a JSON file, under a fingerprint of what makes them: a file of
+    another fingerprint, or one that cannot be read, is an empty cache. Each `update`
+    rewrites the file atomically, so an interrupted run keeps every result it had."""
 
-    def __init__(self, path: Path, fingerprint: str):
-        self.path = Path(path)
-        self.fingerprint = fingerprint
-        self.results: dict[str, float] = {}
-        if self.path.exists():
-            data = json.loads(self.path.read_text())
-            if data.get("fingerprint") == fingerprint:
-                self.results = {k: float(v) for k, v in data["runs"].items()}
+    def __init__(self, path: Path | None, fingerprint: str, field: str = "results"):
+        self.path, self.fingerprint, self.field = (Path(path) if path else None), fingerprint, field
+        self.results: dict = {}
+        if self.path is not None and self.path.exists():
+            try:
+                data = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                data = None
+            if isinstance(data, dict) and data.get("fingerprint") == fingerprint \
+                    and isinstance(data.get(field), dict):
+                self.results = data[field]
 
-    def add(self, key: str, accuracy: float) -> None:
-        self.results[key] = accuracy
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "runs": self.results}, indent=1))
-        tmp.replace(self.path)
+    def update(self, results: dict) -> None:
+        self.results.update(results)
+        if self.path is not None:
+            write_json(self.path, {"fingerprint": self.fingerprint, self.field: self.results})
 
 
-def run_all(spec, runs: list[Run], setup: Setup, train, val, cache: RunCache, *, pool=None,
+def write_json(path: Path, data) -> None:
+    """`data` to `path` by a rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def run_cache(path: Path | None, fingerprint: str) -> JsonCache:
+    """Validation accuracy by run key."""
+    return JsonCache(path, fingerprint, "runs")
+
+
+def run_all(spec, runs: list[Run], setup: Setup, train, val, cache: JsonCache, *, pool=None,
             ray_address: str | None = None, progress: bool = False) -> dict[str, float]:
     """Accuracy of every run, the cached ones read, the others computed on Ray, in `pool`
     (a `process_pool`), or one after the other in this process."""
@@ -191,7 +208,7 @@ def run_all(spec, runs: list[Run], setup: Setup, train, val, cache: RunCache, *,
         bar = tqdm(total=len(todo), desc="contribution analysis", unit="run", disable=None)
 
     def done(result):
-        cache.add(*result)
+        cache.update(dict([result]))
         if bar is not None:
             bar.update(1)
     try:
@@ -273,7 +290,7 @@ def fingerprint(spec, setup: Setup, train, val) -> str:
     return h.hexdigest()[:16]
 
 
-def analyse(spec, n_layers: int, setup: Setup, train, val, cache: RunCache, *, layers_for=None,
+def analyse(spec, n_layers: int, setup: Setup, train, val, cache: JsonCache, *, layers_for=None,
             ks: list[int] | None = None, ratios=RATIOS, pool=None,
             ray_address: str | None = None, progress: bool = False) -> Contributions:
     """The bias curve over `ks` (with 0), then the weight gain of each layer at each ratio on

@@ -30,7 +30,7 @@ from tvm import relax
 from .errors import unsupported_ops_error
 from .frontend.imported import ImportedModel
 from .layers import bias_operand
-from .frontend.int8_ops import dequantize, f32, quantize, quantized_add, quantized_conv, quantized_linear
+from .frontend.int8_ops import dequantize, quantize, quantized_add, quantized_conv, quantized_linear
 
 ACTIVATIONS = {"relax.nn.relu", "relax.clip"}
 QUANTIZABLE = ("conv2d and linear layers, residual add, ReLU/ReLU6/clip after them, max pool, "

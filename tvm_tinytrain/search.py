@@ -13,13 +13,12 @@ and ends where an uninterrupted one with the same seed would.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .contribution import Contributions, Scheme
+from .contribution import Contributions, JsonCache, Scheme
 from .errors import TinyTrainError
 
 POPULATION = 16
@@ -48,35 +47,19 @@ class SearchResult:
 
 class Pricer:
     """Prices of schemes ({"ram_bytes", "flash_bytes", ...}) by key, from `price_many`
-    (which compiles; run in parallel by the caller), cached in a JSON file."""
+    (which compiles; run in parallel by the caller), cached (`JsonCache`, in memory only
+    without a path)."""
 
     def __init__(self, price_many, path: Path | None = None, fingerprint: str = ""):
-        self.price_many, self.path, self.fingerprint = price_many, path, fingerprint
-        self.prices: dict[str, dict] = {}
-        if path is not None and Path(path).exists():
-            data = json.loads(Path(path).read_text())
-            if data.get("fingerprint") == fingerprint:
-                self.prices = data["prices"]
+        self.price_many = price_many
+        self.cache = JsonCache(path, fingerprint, "prices")
+        self.prices = self.cache.results
 
     def __call__(self, schemes: list[Scheme]) -> list[dict]:
         todo = [s for s in dict.fromkeys(schemes) if s.key not in self.prices]
         if todo:
-            for s, price in zip(todo, self.price_many(todo)):
-                self.prices[s.key] = price
-            self._save()
+            self.cache.update({s.key: price for s, price in zip(todo, self.price_many(todo))})
         return [self.prices[s.key] for s in schemes]
-
-    def _save(self) -> None:
-        if self.path is not None:
-            _write_json(self.path, {"fingerprint": self.fingerprint, "prices": self.prices})
-
-
-def _write_json(path: Path, data) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
 
 
 def evolve(contrib: Contributions, pricer: Pricer, budget: Budget, *, population: int = POPULATION,
@@ -88,10 +71,10 @@ def evolve(contrib: Contributions, pricer: Pricer, budget: Budget, *, population
     ratios = {i: sorted(r for j, r in contrib.weight if j == i) for i in layers}
     rng = np.random.default_rng(seed)
     start, pop = 0, None
-    state = _load_state(state_path, fingerprint, seed, population)
-    if state is not None:
-        start, pop = state["generation"], [Scheme.from_key(k) for k in state["population"]]
-        rng.bit_generator.state = state["rng"]
+    state = JsonCache(state_path, f"{fingerprint}|seed {seed}|population {population}", "state")
+    if state.results:
+        start, pop = state.results["generation"], [Scheme.from_key(k) for k in state.results["population"]]
+        rng.bit_generator.state = state.results["rng"]
     if pop is None:  # the bias-only schemes, then random ones
         pop = [Scheme(k) for k in ks]
         while len(pop) < population:
@@ -115,10 +98,7 @@ def evolve(contrib: Contributions, pricer: Pricer, budget: Budget, *, population
                     seen.add(child.key)
                     children.append(child)
             pop = children
-            if state_path is not None:
-                _write_json(state_path, {"fingerprint": fingerprint, "seed": seed, "population_size": population,
-                                         "generation": gen + 1, "population": [s.key for s in pop],
-                                         "rng": rng.bit_generator.state})
+            state.update({"generation": gen + 1, "population": [s.key for s in pop], "rng": rng.bit_generator.state})
             if bar is not None:
                 bar.update(1)
                 best = ranked[0]
@@ -187,15 +167,6 @@ def _mutate(rng, s: Scheme, ks, layers, ratios) -> Scheme:
 def _valid(key: str, contrib: Contributions) -> bool:
     s = Scheme.from_key(key)
     return s.n_bias in contrib.bias and all((i, r) in contrib.weight for i, r in s.weights)
-
-
-def _load_state(path: Path | None, fingerprint: str, seed: int, population: int) -> dict | None:
-    if path is None or not Path(path).exists():
-        return None
-    state = json.loads(Path(path).read_text())
-    if (state.get("fingerprint"), state.get("seed"), state.get("population_size")) != (fingerprint, seed, population):
-        return None
-    return state
 
 
 def pareto_front(candidates: list[dict]) -> list[dict]:
