@@ -145,6 +145,11 @@ def test_search_keeps_the_budget_and_beats_bias_only():
     front = search.pareto_front(result.candidates)
     assert [c["ram_bytes"] for c in front] == sorted(c["ram_bytes"] for c in front)
     assert all(a["gain"] < b["gain"] for a, b in zip(front, front[1:]))
+    # a larger budget, sharing the prices (as the CLI's cache does), never ends worse
+    shared = search.Pricer(price_many)
+    small = search.evolve(contrib, shared, search.Budget(20_000), population=6, generations=3, seed=1)
+    large = search.evolve(contrib, shared, search.Budget(40_000), population=6, generations=3, seed=2)
+    assert small.price["ram_bytes"] <= 20_000 and large.gain >= small.gain
     with pytest.raises(Exception, match="no scheme the search priced fits"):
         search.evolve(contrib, search.Pricer(price_many), search.Budget(500), population=4, generations=2)
 

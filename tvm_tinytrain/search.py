@@ -65,7 +65,9 @@ class Pricer:
 def evolve(contrib: Contributions, pricer: Pricer, budget: Budget, *, population: int = POPULATION,
            generations: int = GENERATIONS, seed: int = 0, state_path: Path | None = None,
            fingerprint: str = "", progress: bool = False) -> SearchResult:
-    """The feasible scheme with the largest summed gain found in `generations` generations."""
+    """The feasible scheme with the largest summed gain among every one priced: those of
+    `generations` generations, started from the bias-only schemes and the best that fit
+    among those already priced (the cache: a search at another budget), and the cache's."""
     ks = sorted(contrib.bias)
     layers = sorted({i for i, _ in contrib.weight})
     ratios = {i: sorted(r for j, r in contrib.weight if j == i) for i in layers}
@@ -75,8 +77,10 @@ def evolve(contrib: Contributions, pricer: Pricer, budget: Budget, *, population
     if state.results:
         start, pop = state.results["generation"], [Scheme.from_key(k) for k in state.results["population"]]
         rng.bit_generator.state = state.results["rng"]
-    if pop is None:  # the bias-only schemes, then random ones
-        pop = [Scheme(k) for k in ks]
+    if pop is None:  # the bias-only schemes, the best already priced that fit (another budget's search), random
+        priced = [Scheme.from_key(k) for k in sorted(pricer.prices) if _valid(k, contrib)]
+        pop = list(dict.fromkeys([Scheme(k) for k in ks] + _rank(priced, contrib, pricer, budget, fitting=True)
+                                 [:population // 2]))
         while len(pop) < population:
             pop.append(_random(rng, ks, layers, ratios))
     bar = None
@@ -107,20 +111,26 @@ def evolve(contrib: Contributions, pricer: Pricer, budget: Budget, *, population
     finally:
         if bar is not None:
             bar.close()
-    ranked = _rank(pop, contrib, pricer, budget)
-    best = ranked[0]
-    if not budget.fits(pricer.prices[best.key]):
+    _rank(pop, contrib, pricer, budget)  # the last generation priced
+    # every scheme priced is a real candidate with its real price, whichever generation (or
+    # search at another budget) made it: the best that fits
+    ranked = _rank([Scheme.from_key(k) for k in sorted(pricer.prices) if _valid(k, contrib)], contrib, pricer,
+                   budget, fitting=True)
+    if not ranked:
         cheapest = min(pricer.prices.values(), key=lambda p: p["ram_bytes"])
         raise TinyTrainError(f"no scheme the search priced fits the budget: the cheapest needs "
                              f"{cheapest['ram_bytes']} bytes of RAM, the budget is {budget.ram_bytes}")
+    best = ranked[0]
     candidates = [{"scheme": key, "gain": contrib.gain(Scheme.from_key(key)), "ram_bytes": p["ram_bytes"],
                    "flash_bytes": p["flash_bytes"], "fits": budget.fits(p)}
                   for key, p in sorted(pricer.prices.items()) if _valid(key, contrib)]
     return SearchResult(best, contrib.gain(best), pricer.prices[best.key], candidates, generations)
 
 
-def _rank(pop: list[Scheme], contrib: Contributions, pricer: Pricer, budget: Budget) -> list[Scheme]:
-    """Feasible schemes by gain (ties: less RAM, then key), then the infeasible by RAM."""
+def _rank(pop: list[Scheme], contrib: Contributions, pricer: Pricer, budget: Budget,
+          fitting: bool = False) -> list[Scheme]:
+    """Feasible schemes by gain (ties: less RAM, then key), then (unless `fitting`) the
+    infeasible by RAM."""
     prices = dict(zip((s.key for s in pop), pricer(pop)))
 
     def order(s: Scheme):
@@ -128,7 +138,8 @@ def _rank(pop: list[Scheme], contrib: Contributions, pricer: Pricer, budget: Bud
         if budget.fits(p):
             return (0, -contrib.gain(s), p["ram_bytes"], s.key)
         return (1, 0.0, p["ram_bytes"], s.key)
-    return sorted(dict((s.key, s) for s in pop).values(), key=order)
+    ranked = sorted(dict((s.key, s) for s in pop).values(), key=order)
+    return [s for s in ranked if budget.fits(prices[s.key])] if fitting else ranked
 
 
 def _random(rng, ks, layers, ratios) -> Scheme:
