@@ -86,7 +86,9 @@ def measure_board(model: str, config: dict, out: Path) -> dict:
     from tvm_tinytrain.session import run_stream
     from tvm_tinytrain.targets.harness import TRAIN, Record
 
-    imported = spec_of(model).load()
+    from tvm_tinytrain.contribution import model_of
+
+    imported = model_of(spec_of(model))
     board, _, _, est = compile_to_project(imported, SparseUpdateConfig.from_dict(config), options(), "cortex-m7",
                                           out, flash_kb=2048)
     x = np.random.default_rng(0).integers(-128, 128, imported.input_shape).astype(np.float32)
@@ -122,6 +124,7 @@ def run_model(model: str, pool, references: bool) -> tuple[list[dict], dict]:
     from tvm_tinytrain.config import PAPER_SCHEMES, SparseUpdateConfig
     from tvm_tinytrain.contribution import Scheme, Setup, run_cache
     from tvm_tinytrain.layers import find_layers
+    from tvm_tinytrain.pipeline import MemoryOptions
 
     spec = spec_of(model)
     work = WORK / model
@@ -131,37 +134,27 @@ def run_model(model: str, pool, references: bool) -> tuple[list[dict], dict]:
     n_layers = len(find_layers(spec.load().mod["main"])) - 1
     setup = Setup(ANALYSIS_STEPS, (0,), options())
 
-    def price_many(schemes):
-        prices = {}
-        contribution.map_in_pool(pool, search.price_in_worker, [(spec, s, options(), _memory(), 8192)
-                                                                for s in schemes], lambda r: prices.__setitem__(*r))
-        return [prices[s.key] for s in schemes]
     key = contribution.fingerprint(spec, setup, train, val)
-    pricer = search.Pricer(price_many, work / "prices.json", key)
-    manual = {name: SparseUpdateConfig.scheme(name) for name in PAPER_SCHEMES if name.startswith(MODELS[model])}
-    manual_price = {}
-    for name, cfg in manual.items():
-        s = Scheme(cfg.n_bias_update, tuple(zip(cfg.manual_weight_idx, cfg.weight_update_ratio)))
-        manual_price[name] = pricer([s])[0]
+    pricer = search.pool_pricer(pool, spec, options(), MemoryOptions(), 8192, work / "prices.json", key)
+    manual = {name: Scheme.from_config(SparseUpdateConfig.scheme(name))
+              for name in PAPER_SCHEMES if name.startswith(MODELS[model])}
+    manual_price = dict(zip(manual, pricer(list(manual.values()))))
     largest = search.Budget(max(p["ram_bytes"] for p in manual_price.values()))
 
     def affordable(base_k):
-        layers = range(n_layers - LAST_LAYERS, n_layers)
-        singles = [Scheme(base_k, ((i, min(contribution.RATIOS)),)) for i in layers]
-        return [i for i, p in zip(layers, pricer(singles)) if largest.fits(p)]
+        return search.affordable_layers(pricer, base_k, range(n_layers - LAST_LAYERS, n_layers), largest)
     log(f"{model}: contribution analysis ({n_layers} layers, the last {LAST_LAYERS} analysed)")
     contrib = contribution.analyse(spec, n_layers, setup, train, val, run_cache(work / "runs.json", key),
                                    layers_for=affordable, pool=pool)
     chosen = {}
-    for name, cfg in manual.items():
+    for name, scheme in manual.items():
         budget = search.Budget(manual_price[name]["ram_bytes"])
         log(f"{model} {name}: search within {budget.ram_bytes} bytes")
-        result = search.evolve(contrib, pricer, budget, population=16, generations=10, seed=0,
+        result = search.evolve(contrib, pricer, budget, population=search.POPULATION,
+                               generations=search.GENERATIONS, seed=0,
                                state_path=work / f"state-{name}.json", fingerprint=f"{key}|{budget}")
         chosen[name] = (result, budget, {"searched": result.best.config_dict(),
-                                         "manual": {"n_bias_update": cfg.n_bias_update,
-                                                    "manual_weight_idx": list(cfg.manual_weight_idx),
-                                                    "weight_update_ratio": list(cfg.weight_update_ratio)},
+                                         "manual": scheme.config_dict(),
                                          **(reference_points(contrib, pricer, budget, n_layers) if references
                                             else {})})
     configs = {_tag(c): c for _, _, pair in chosen.values() for c in pair.values()}
@@ -174,7 +167,7 @@ def run_model(model: str, pool, references: bool) -> tuple[list[dict], dict]:
         acc = {w: accuracy[_tag(c)] for w, c in pair.items()}
         mcu = {w: board[_tag(c)] for w, c in pair.items()}
         row = {"model": model, "task": TASK, "budget_scheme": name, "budget_planned_bytes": budget.ram_bytes,
-               "searched_gain_estimate": result.gain, "manual_gain_estimate": _gain_or_none(contrib, pair["manual"])}
+               "searched_gain_estimate": result.gain, "manual_gain_estimate": contrib.gain(manual[name]) if contrib.covers(manual[name]) else None}
         for w in pair:
             row[f"{w}_scheme"] = pair[w]
             row |= {f"{w}_accuracy_mean": float(np.mean(acc[w])), f"{w}_accuracy_std": float(np.std(acc[w], ddof=1)),
@@ -200,19 +193,6 @@ def reference_points(contrib, pricer, budget, n_layers: int) -> dict:
     last = [Scheme(k, tuple((i, 1.0) for i in range(n_layers - k, n_layers))) for k in range(1, LAST_LAYERS + 1)]
     fitting = [s for s, p in zip(last, pricer(last)) if budget.fits(p)]
     return {"bias_only": best.config_dict(), **({"last_k_full": fitting[-1].config_dict()} if fitting else {})}
-
-
-def _memory():
-    from tvm_tinytrain.pipeline import MemoryOptions
-    return MemoryOptions()
-
-
-def _gain_or_none(contrib, cfg: dict):
-    """The analysis' estimate for the manual scheme, where it only uses analysed points."""
-    from tvm_tinytrain.contribution import Scheme
-    s = Scheme(cfg["n_bias_update"], tuple(zip(cfg["manual_weight_idx"], cfg["weight_update_ratio"])))
-    known = s.n_bias in contrib.bias and all(w in contrib.weight for w in s.weights)
-    return contrib.gain(s) if known else None
 
 
 def plot(report: dict, path: Path) -> None:
@@ -249,7 +229,7 @@ def main() -> None:
                         help="only the searched and the manual scheme (bias-only and last-k full left out)")
     parser.add_argument("--out", type=Path, default=RESULTS / "search.json")
     args = parser.parse_args()
-    from tvm_tinytrain import contribution
+    from tvm_tinytrain import contribution, search
 
     t0 = time.time()
     rows, analyses = [], {}
@@ -259,8 +239,9 @@ def main() -> None:
             rows += model_rows
     report = {"what": __doc__.split("What is measured. ")[1].strip(),
               "setup": {"analysis_steps": ANALYSIS_STEPS, "last_layers": LAST_LAYERS, "seeds": list(SEEDS),
-                        "lr": LR, "momentum": MOMENTUM, "epochs": qas.EPOCHS, "population": 16,
-                        "generations": 10, "reference_points": not args.no_reference_points},
+                        "lr": LR, "momentum": MOMENTUM, "epochs": qas.EPOCHS,
+                        "population": search.POPULATION, "generations": search.GENERATIONS,
+                        "reference_points": not args.no_reference_points},
               "rows": rows, "contributions": analyses, "seconds": round(time.time() - t0)}
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     plot(report, args.out.with_suffix(".png"))

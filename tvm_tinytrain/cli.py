@@ -23,6 +23,7 @@ from .config import PAPER_SCHEMES, SparseUpdateConfig
 from .errors import ConfigError, TinyTrainError
 from .errors import brief as errors_brief
 from .pipeline import MemoryOptions, TrainOptions
+from .search import GENERATIONS, POPULATION
 
 DEFAULT_TARGET = "cortex-m7"
 CALIBRATION_SAMPLES = 200  # --quantize: as the int8 demo calibrates (demo.CALIBRATION_SAMPLES)
@@ -145,8 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--last-layers", type=int,
                    help="analyse the weights of the last N layers only (default: every layer whose weight can "
                         "fit the budget; each costs 4 runs)")
-    g.add_argument("--population", type=int, default=16)
-    g.add_argument("--generations", type=int, default=10)
+    g.add_argument("--population", type=int, default=POPULATION)
+    g.add_argument("--generations", type=int, default=GENERATIONS)
     g.add_argument("--seed", type=int, default=0, help="the search's random generator")
     g.add_argument("--workers", type=int, help="processes for the analysis and the pricing (default: every core)")
     g.add_argument("--ray", metavar="ADDRESS",
@@ -575,19 +576,11 @@ def _cmd_search(args) -> int:
 
     pool = contribution.process_pool(args.workers)
 
-    def price_many(schemes):
-        prices = {}
-        contribution.map_in_pool(pool, search.price_in_worker, [(spec, s, options, memory, args.stack_kb * 1024)
-                                                                for s in schemes], lambda r: prices.__setitem__(*r))
-        return [prices[s.key] for s in schemes]
-    pricer = search.Pricer(price_many, work / "prices.json", price_key)
+    pricer = search.pool_pricer(pool, spec, options, memory, args.stack_kb * 1024, work / "prices.json", price_key)
+    first = max(0, n_layers - args.last_layers) if args.last_layers else 0
 
     def affordable(base_k: int) -> list[int]:
-        """Layers whose weight, at the smallest ratio, fits on top of the bias baseline."""
-        smallest = min(contribution.RATIOS)
-        layers = range(max(0, n_layers - args.last_layers) if args.last_layers else 0, n_layers)
-        singles = [Scheme(base_k, ((i, smallest),)) for i in layers]
-        return [i for i, p in zip(layers, pricer(singles)) if budget.fits(p)]
+        return search.affordable_layers(pricer, base_k, range(first, n_layers), budget)
 
     print(f"tinytrain search: {model.source}, {n_layers} layers + classifier; {len(train[1])} training and "
           f"{len(val[1])} validation samples; work dir {work}")

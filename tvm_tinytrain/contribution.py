@@ -51,6 +51,10 @@ class Scheme:
         pairs = [w.split("@") for w in weights.split(",") if w]
         return cls(int(bias[4:]), tuple((int(i), float(r)) for i, r in pairs))
 
+    @classmethod
+    def from_config(cls, config: SparseUpdateConfig) -> "Scheme":
+        return cls(config.n_bias_update, tuple(zip(config.manual_weight_idx, config.weight_update_ratio)))
+
     def config_dict(self) -> dict:
         """As `tinytrain compile --config` reads it."""
         return {"n_bias_update": self.n_bias, "manual_weight_idx": [i for i, _ in self.weights],
@@ -80,7 +84,6 @@ class Setup:
     steps: int = 300
     seeds: tuple[int, ...] = (0,)
     options: TrainOptions = TrainOptions()
-    split_seed: int = 0
 
 
 @dataclass
@@ -102,6 +105,10 @@ class Contributions:
     def gain(self, scheme: Scheme) -> float:
         """The paper's additive model: the bias curve's gain plus each weight's."""
         return self.bias_gain(scheme.n_bias) + sum(self.weight_gain(i, r) for i, r in scheme.weights)
+
+    def covers(self, scheme: Scheme) -> bool:
+        """Whether every part of `scheme` was analysed (its gain is known)."""
+        return scheme.n_bias in self.bias and all(w in self.weight for w in scheme.weights)
 
     def to_json(self) -> dict:
         return {"n_layers": self.n_layers, "base_k": self.base_k, "baseline": self.baseline,

@@ -62,6 +62,27 @@ class Pricer:
         return [self.prices[s.key] for s in schemes]
 
 
+def pool_pricer(pool, spec, options, memory, stack_bytes: int, path: Path | None, fingerprint: str) -> Pricer:
+    """A `Pricer` that prices in `pool` (`contribution.process_pool`) with `price_in_worker`."""
+    from .contribution import map_in_pool
+
+    def price_many(schemes):
+        prices = {}
+        map_in_pool(pool, price_in_worker, [(spec, s, options, memory, stack_bytes) for s in schemes],
+                    lambda r: prices.__setitem__(*r))
+        return [prices[s.key] for s in schemes]
+    return Pricer(price_many, path, fingerprint)
+
+
+def affordable_layers(pricer: Pricer, base_k: int, layers, budget: Budget) -> list[int]:
+    """The layers whose weight, at the smallest analysed ratio, fits on top of the bias baseline."""
+    from .contribution import RATIOS
+
+    layers = list(layers)
+    singles = [Scheme(base_k, ((i, min(RATIOS)),)) for i in layers]
+    return [i for i, p in zip(layers, pricer(singles)) if budget.fits(p)]
+
+
 def evolve(contrib: Contributions, pricer: Pricer, budget: Budget, *, population: int = POPULATION,
            generations: int = GENERATIONS, seed: int = 0, state_path: Path | None = None,
            fingerprint: str = "", progress: bool = False) -> SearchResult:
@@ -78,7 +99,7 @@ def evolve(contrib: Contributions, pricer: Pricer, budget: Budget, *, population
         start, pop = state.results["generation"], [Scheme.from_key(k) for k in state.results["population"]]
         rng.bit_generator.state = state.results["rng"]
     if pop is None:  # the bias-only schemes, the best already priced that fit (another budget's search), random
-        priced = [Scheme.from_key(k) for k in sorted(pricer.prices) if _valid(k, contrib)]
+        priced = [Scheme.from_key(k) for k in sorted(pricer.prices) if contrib.covers(Scheme.from_key(k))]
         pop = list(dict.fromkeys([Scheme(k) for k in ks] + _rank(priced, contrib, pricer, budget, fitting=True)
                                  [:population // 2]))
         while len(pop) < population:
@@ -114,7 +135,7 @@ def evolve(contrib: Contributions, pricer: Pricer, budget: Budget, *, population
     _rank(pop, contrib, pricer, budget)  # the last generation priced
     # every scheme priced is a real candidate with its real price, whichever generation (or
     # search at another budget) made it: the best that fits
-    ranked = _rank([Scheme.from_key(k) for k in sorted(pricer.prices) if _valid(k, contrib)], contrib, pricer,
+    ranked = _rank([Scheme.from_key(k) for k in sorted(pricer.prices) if contrib.covers(Scheme.from_key(k))], contrib, pricer,
                    budget, fitting=True)
     if not ranked:
         cheapest = min(pricer.prices.values(), key=lambda p: p["ram_bytes"])
@@ -123,7 +144,7 @@ def evolve(contrib: Contributions, pricer: Pricer, budget: Budget, *, population
     best = ranked[0]
     candidates = [{"scheme": key, "gain": contrib.gain(Scheme.from_key(key)), "ram_bytes": p["ram_bytes"],
                    "flash_bytes": p["flash_bytes"], "fits": budget.fits(p)}
-                  for key, p in sorted(pricer.prices.items()) if _valid(key, contrib)]
+                  for key, p in sorted(pricer.prices.items()) if contrib.covers(Scheme.from_key(key))]
     return SearchResult(best, contrib.gain(best), pricer.prices[best.key], candidates, generations)
 
 
@@ -173,11 +194,6 @@ def _mutate(rng, s: Scheme, ks, layers, ratios) -> Scheme:
             else:
                 weights.pop(i, None)
     return Scheme(k, tuple(sorted(weights.items())))
-
-
-def _valid(key: str, contrib: Contributions) -> bool:
-    s = Scheme.from_key(key)
-    return s.n_bias in contrib.bias and all((i, r) in contrib.weight for i, r in s.weights)
 
 
 def pareto_front(candidates: list[dict]) -> list[dict]:
