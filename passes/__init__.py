@@ -15,6 +15,7 @@ from .int8_activations import Int8Activations
 from .narrow_weight_gradient import NarrowWeightGradient
 from .normalize_onnx import NormalizeONNX
 from .pack_backward_masks import PackBackwardMasks
+from .recompute_param_views import RecomputeParamViews
 from .patch_frozen_prefix import PatchFrozenPrefix
 from .reorder_for_memory import ReorderForMemory
 from .split_trained_channels import SplitTrainedChannels
@@ -22,4 +23,4 @@ from .tabulate_int8_functions import TabulateInt8Functions
 
 __all__ = ["LOSSES", "AppendCrossEntropyLoss", "AppendReconstructionLoss", "check_reconstruction", "BuildGradient", "FloatTrainableParams", "ForwardTupleItems", "FuseKernels", "FuseSGDUpdate",
            "InplaceDepthwise", "InsertQASRescale", "Int8Activations", "NarrowWeightGradient", "NormalizeONNX",
-           "PackBackwardMasks", "PatchFrozenPrefix", "ReorderForMemory", "SplitTrainedChannels", "TabulateInt8Functions"]
+           "PackBackwardMasks", "PatchFrozenPrefix", "RecomputeParamViews", "ReorderForMemory", "SplitTrainedChannels", "TabulateInt8Functions"]

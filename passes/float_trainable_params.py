@@ -6,7 +6,6 @@ import tvm
 from tvm import relax
 
 from tvm_tinytrain.errors import ConfigError
-from tvm_tinytrain.frontend.int8_ops import SAT_MAX, SAT_MIN
 from tvm_tinytrain.relax_utils import substitute_vars
 
 
@@ -31,18 +30,20 @@ class FloatTrainableParams:
         def main_loss(x, label, w: R.Tensor((8, 4, 1, 1), "float32")):
             y = R.nn.conv2d(x, w)
 
-    With `master=True` the float parameter is a *master copy* that accumulates updates
-    smaller than one integer step, and the forward pass uses its rounded value (saturated
-    to int8 for int8 weights), as tiny-training trains (`weight.round()` in its quantized
-    conv, a float parameter in the optimizer); gradients pass straight through::
+    For the names in `masters` the float parameter is a *master copy* that accumulates updates
+    smaller than one integer step, and the forward pass uses its rounded value, as
+    tiny-training trains (`weight.round()` in its quantized conv, a float parameter in the
+    optimizer); gradients pass straight through. The update keeps a master within its
+    integer type's range (FuseSGDUpdate), so the forward needs no clip, whose mask would
+    keep the weight's gradient from fusing into its update::
 
-            w_q = R.round(R.clip(w, -128.49, 127.49))
+            w_q = R.round(w)
             y = R.nn.conv2d(x, w_q)
     """
 
-    def __init__(self, trainable: list[str], master: bool = False, func_name: str = "main_loss"):
+    def __init__(self, trainable: list[str], masters: set[str] = frozenset(), func_name: str = "main_loss"):
         self.trainable = set(trainable)
-        self.master = master
+        self.masters = set(masters)
         self.func_name = func_name
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -84,7 +85,6 @@ class FloatTrainableParams:
 
     def _forward_value(self, bb, param, dtype, name):
         """What the forward pass reads: the parameter itself, or its rounded master copy."""
-        if not self.master:
+        if param.name not in self.masters:
             return param
-        value = relax.op.clip(param, SAT_MIN, SAT_MAX) if dtype == "int8" else param
-        return bb.emit(relax.op.round(value), name_hint=name)
+        return bb.emit(relax.op.round(param), name_hint=name)

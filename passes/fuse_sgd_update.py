@@ -8,7 +8,7 @@ from tvm.relax.utils import copy_with_new_vars
 
 from tvm_tinytrain.c_names import c_identifier
 
-from .sgd_kernels import momentum_kernel, sgd_update_kernel
+from .sgd_kernels import MASTER_SCALE, STEP_COUNTER, momentum_kernel, sgd_update_kernel
 from .split_trained_channels import trained_channels
 
 
@@ -42,15 +42,22 @@ class FuseSGDUpdate:
     `storage` names the parameters kept as integers (int8 weights, int32 biases of a
     quantized graph, made float for `Gradient` by FloatTrainableParams): `train_step` takes
     them as stored, casts them to float32 for the step, and rounds the update back,
-    saturating.
+    saturating. An int16 master of an int8 weight (`MASTER_SCALE`) is read as `p / 256`;
+    `masters` (name -> integer type) are master copies, kept within their type's range.
+    `rounding="stochastic"` rounds those updates stochastically: `train_step` then takes a
+    last parameter, `rounding_step` (uint32[1], the count of steps taken before), which the
+    caller advances after each step.
     """
 
     def __init__(self, trainable: list[str], lr: float, momentum: float = 0.0,
                  ratios: dict[str, float] | None = None, channel_axis: dict[str, int] | None = None,
-                 storage: dict[str, str] | None = None,
+                 storage: dict[str, str] | None = None, rounding: str = "nearest",
+                 masters: dict[str, str] | None = None,
                  func_name: str = "main_loss_adjoint", new_name: str = "train_step"):
         self.trainable = list(trainable)
         self.storage = storage or {}
+        self.masters = masters or {}  # master copy -> the integer type it stands for
+        self.rounding = rounding
         self.lr, self.momentum = float(lr), float(momentum)
         self.ratios = ratios or {}
         self.channel_axis = channel_axis or {}
@@ -66,11 +73,13 @@ class FuseSGDUpdate:
         stored = {p.name: relax.Var(p.name, relax.TensorType(p.ty.shape, self.storage[p.name]))
                   for p in adjoint.params if self.storage.get(p.name, p.ty.dtype) != p.ty.dtype}
         params = [stored.get(p.name, p) for p in adjoint.params]
+        stochastic = self.rounding == "stochastic" and bool(stored)
+        counter = relax.Var(STEP_COUNTER, relax.TensorType((1,), "uint32")) if stochastic else None
         bb = relax.BlockBuilder(mod)
-        with bb.function(self.new_name, [*params, *velocities]):
+        with bb.function(self.new_name, [*params, *velocities, *([counter] if stochastic else [])]):
             with bb.dataflow():
                 for name, var in stored.items():  # the adjoint's float view of the stored integers
-                    bb.emit_normalized(relax.VarBinding(by_name[name], bb.normalize(relax.op.astype(var, "float32"))))
+                    bb.emit_normalized(relax.VarBinding(by_name[name], bb.normalize(float_view(var))))
                 for binding in block.bindings:
                     bb.emit_normalized(binding)
                 out = adjoint.body.body
@@ -80,7 +89,7 @@ class FuseSGDUpdate:
                 for i, name in enumerate(self.trainable):
                     p = stored.get(name, by_name[name])
                     g = bb.emit(relax.TupleGetItem(grads, i))
-                    new_p, new_v = self._update(bb, name, p, g, velocities[i] if velocities else None)
+                    new_p, new_v = self._update(bb, i, name, p, g, velocities[i] if velocities else None, counter)
                     new_params.append(new_p)
                     if new_v is not None:
                         new_velocities.append(new_v)
@@ -88,7 +97,7 @@ class FuseSGDUpdate:
             bb.emit_func_output(result)
         return bb.get()
 
-    def _update(self, bb, name, p, g, v):
+    def _update(self, bb, index, name, p, g, v, counter):
         shape = tuple(int(d) for d in p.ty.shape)
         grad_shape = tuple(int(d) for d in g.ty.shape)
         axis = self.channel_axis.get(name, 1)
@@ -96,11 +105,39 @@ class FuseSGDUpdate:
         k = None
         if len(shape) > 1 and ratio < 1.0:
             k = trained_channels(shape[axis], ratio)
-        update = bb.add_func(sgd_update_kernel(shape, grad_shape, self.lr, axis, k, p.ty.dtype),
+        stochastic = counter is not None and str(p.ty.dtype) != "float32"
+        update = bb.add_func(sgd_update_kernel(shape, grad_shape, self.lr, axis, k, p.ty.dtype,
+                                               "stochastic" if stochastic else "nearest", salt=index,
+                                               master_of=self.masters.get(name, "")),
                              "sgd_" + c_identifier(name))
+        counter = [counter] if stochastic else []
         if v is None:
-            return bb.emit(relax.op.call_tir_inplace(update, [p, g], [0], p.ty)), None
+            return bb.emit(relax.op.call_tir_inplace(update, [p, g, *counter], [0], p.ty)), None
         accumulate = bb.add_func(momentum_kernel(grad_shape, self.momentum, axis, k),
                                  "momentum_" + c_identifier(name))
         new_v = bb.emit(relax.op.call_tir_inplace(accumulate, [v, g], [0], v.ty))
-        return bb.emit(relax.op.call_tir_inplace(update, [p, new_v], [0], p.ty)), new_v
+        return bb.emit(relax.op.call_tir_inplace(update, [p, new_v, *counter], [0], p.ty)), new_v
+
+
+def stored_params(func: relax.Function, storage: dict[str, str]) -> relax.Function:
+    """`func` taking the parameters named in `storage` as stored (name -> dtype), reading
+    their `float_view` where it read the float parameter (`main` with int16 masters)."""
+    func = copy_with_new_vars(func)
+    stored = {p: relax.Var(p.name, relax.TensorType(p.ty.shape, storage[p.name]))
+              for p in func.params if p.name in storage}
+    views = [relax.VarBinding(p, float_view(var)) for p, var in stored.items()]
+    first, *rest = func.body.blocks
+    body = relax.SeqExpr([relax.DataflowBlock(views + list(first.bindings)), *rest], func.body.body)
+    new = relax.Function([stored.get(p, p) for p in func.params], body, func.ret_ty, func.is_pure,
+                         func.attrs)
+    return relax.transform.Normalize()(tvm.IRModule({"f": new}))["f"]
+
+
+def float_view(stored: relax.Expr) -> relax.Expr:
+    """The float32 value a stored integer parameter stands for: its value, or for an int16
+    master copy of an int8 weight, its value / 256 (exact in float32)."""
+    dtype = str(stored.ty.dtype)
+    value = relax.op.astype(stored, "float32")
+    if dtype in MASTER_SCALE:
+        value = relax.op.multiply(value, relax.const(1.0 / MASTER_SCALE[dtype], "float32"))
+    return value

@@ -28,7 +28,7 @@ from tvm import relax
 
 from tvm_tinytrain.relax_utils import function_attrs, op_name, substitute_vars
 
-from .sgd_kernels import sgd_update_kernel
+from .sgd_kernels import UPDATE_ATTR, sgd_update_kernel
 
 FROZEN_SUFFIX = ".frozen"
 
@@ -97,10 +97,12 @@ class SplitTrainedChannels:
     def _update(self, bb, trained, axis, args, old):
         """The update of all of `trained`, from the first channels of the gradient (which
         may be whole: float master copies are masked before it is narrowed)."""
-        g = args[1]
+        g, counter = args[1], args[2:]  # (stochastic rounding: the step counter)
         shape = tuple(int(d) for d in trained.ty.shape)
+        kind = bb.get()[old.args[0]].attrs[UPDATE_ATTR]
         kernel = sgd_update_kernel(shape, tuple(int(d) for d in g.ty.shape), self.lr, axis, shape[axis],
-                                   trained.ty.dtype)
+                                   trained.ty.dtype, "stochastic" if counter else "nearest", int(kind["salt"]),
+                                   str(kind["master_of"]))
         gv = bb.add_func(kernel, old.args[0].name_hint + "_trained")
-        return relax.op.call_tir_inplace(gv, [trained, g], [0], trained.ty)
+        return relax.op.call_tir_inplace(gv, [trained, g, *counter], [0], trained.ty)
 

@@ -28,10 +28,10 @@ from .boards import FLASH_SECTOR_BYTES
 from .lower import LoweredProgram, Schedule, Tensor
 
 DL_CODES = {"float": "kDLFloat", "int": "kDLInt", "uint": "kDLUInt", "bool": "kDLBool"}
-C_TYPES = {"float32": "float", "int64": "int64_t", "int32": "int32_t", "int8": "int8_t",
-           "uint8": "uint8_t", "bool": "int8_t"}
+C_TYPES = {"float32": "float", "int64": "int64_t", "int32": "int32_t", "uint32": "uint32_t", "int16": "int16_t",
+           "int8": "int8_t", "uint8": "uint8_t", "bool": "int8_t"}
 VALUES_PER_LINE = 8
-TT_DTYPES = {"float32": "TT_FLOAT32", "int8": "TT_INT8", "int32": "TT_INT32"}  # tinytrain_model.h
+TT_DTYPES = {"float32": "TT_FLOAT32", "int8": "TT_INT8", "int32": "TT_INT32", "int16": "TT_INT16"}  # tinytrain_model.h
 
 
 @dataclass
@@ -207,10 +207,10 @@ def _persist_source(layout: PersistLayout | None) -> list[str]:
     if layout is None:
         return []
     out = ["/* ---- Persistence (--persist, runtime in tt_persist.c) ---- */",
-           "uint32_t tt_step_count(void) {", "  return tt_steps;", "}", "",
+           "uint32_t tt_step_count(void) {", "  return tt_steps[0];", "}", "",
            "/* The state, in the order of a slot's payload. */",
            "const tt_state_region_t tt_state_regions[TT_PERSIST_REGIONS] = {"]
-    out += [f"    {{(void *){'&' if name == 'tt_steps' else ''}{name}, {n}u}}," for name, n in layout.regions]
+    out += [f"    {{(void *){name}, {n}u}}," for name, n in layout.regions]
     out += ["};", "",
             "/* The two slots. On an MCU this is flash: board.ld places section .tt_persist (NOLOAD) at",
             " * the end of the flash budget, and the program changes it only through the board's flash",
@@ -280,7 +280,7 @@ def _header(program: TrainingProgram, arena: int, n_params: int, quant, persist:
 #define TT_NUM_PARAMS {n_params}u
 #define TT_ARENA_BYTES {arena}u
 
-typedef enum {{ TT_FLOAT32 = 0, TT_INT8 = 1, TT_INT32 = 2 }} tt_dtype_t;
+typedef enum {{ TT_FLOAT32 = 0, TT_INT8 = 1, TT_INT32 = 2, TT_INT16 = 3 }} tt_dtype_t; /* int16: a master copy */
 
 typedef struct {{
   const char *name;   /* parameter name in the source model */
@@ -299,7 +299,7 @@ typedef struct {{
 /* Every parameter of the model, in model order. */
 extern const tt_param_t tt_params[TT_NUM_PARAMS];
 
-/* Reset the optimizer state (momentum). Weights start from their compiled values. */
+/* Reset the optimizer state (momentum, the step count). Weights start from their compiled values. */
 void tt_init(void);
 
 {_input_api(quant)}
@@ -406,12 +406,17 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts, 
                + _patches_comment(lowered.patched_prefix) + _layout_comment(plans, arena))
     out = [_banner(program, "Training-step driver: calls TVM's kernels in order over one static arena.",
                    details).rstrip("\n")]
+    counter = any(t.storage == "counter" for t in lowered.tensors)  # stochastic rounding reads it
+    counts = persist is not None or counter
+    why = ", ".join(w for w, on in (("--persist", persist is not None), ("stochastic rounding", counter)) if on)
     out += ['#include <math.h>', '#include <stddef.h>', '#include <stdint.h>', '',
             '#include "tinytrain_model.h"', '#include "tinytrain_params.h"', '#include "tt_runtime.h"',
             *(['#include "tt_persist.h"'] if persist else []),
             '#include "tvm/ffi/c_api.h"', '',
-            f"static uint8_t tt_arena[TT_ARENA_BYTES] __attribute__((aligned(16)));",
-            *(["static int64_t tt_label[1];"] if _classifies(program) else []), "",
+            "static uint8_t tt_arena[TT_ARENA_BYTES] __attribute__((aligned(16)));",
+            *(["static int64_t tt_label[1];"] if _classifies(program) else []),
+            *([f"static uint32_t tt_steps[1]; /* successful training steps since tt_init ({why}) */"]
+              if counts else []), "",
             "#define TT_TENSOR(ptr, shp, nd, code, bits) \\",
             "  {.data = (void *)(ptr), .device = {kDLCPU, 0}, .ndim = (nd), .dtype = {(code), (bits), 1}, \\",
             "   .shape = (int64_t *)(shp), .strides = NULL, .byte_offset = 0}",
@@ -436,6 +441,8 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts, 
             ptr = f"tt_arena + {offsets[t.name]}"
         elif t.storage == "label":
             ptr = "tt_label"
+        elif t.storage == "counter":
+            ptr = "tt_steps"
         elif t.storage == "input":
             ptr = f"tt_arena + {input_offset}"
         else:
@@ -450,16 +457,14 @@ def _driver(program, lowered, plans, arena, params, trainable, momenta, consts, 
             out.append(f"static const TVMFFIAny args_{name}_{i}[] = {{{args}}};")
     out += ["", "tt_input_t *tt_input(void) {", f"  return (tt_input_t *)(tt_arena + {input_offset});", "}",
             ""]
-    if persist:
-        out += ["static uint32_t tt_steps; /* successful training steps since tt_init (--persist) */", ""]
     out.append("void tt_init(void) {")
-    if persist:
-        out.append("  tt_steps = 0;")
+    if counts:
+        out.append("  tt_steps[0] = 0;")
     for t in momenta:
         out.append(f"  for (uint32_t i = 0; i < {int(np.prod(t.shape))}u; ++i) {{\n    {t.name}[i] = 0.0f;\n  }}")
     out += ["}", ""]
     out += _function_body(lowered.schedules["train_step"], plans["train_step"], offsets,
-                          count_steps=persist is not None, label=_classifies(program))
+                          count_steps=counts, label=_classifies(program))
     out += _function_body(lowered.schedules["predict"], plans["predict"], offsets)
     out += ["const tt_param_t tt_params[TT_NUM_PARAMS] = {"]
     by_param = {t.param: t for t in params}
@@ -546,7 +551,7 @@ def _function_body(schedule: Schedule, p: Plan, offsets: dict[str, int], count_s
     if schedule.name == "train_step":
         out.append(f"  *loss = *(const float *)(tt_arena + {offsets[result.name]});")
         if count_steps:
-            out.append("  ++tt_steps;")
+            out.append("  ++tt_steps[0];")
     else:
         out.append(f"  const float *out = (const float *)(tt_arena + {offsets[result.name]});")
         out.append("  for (uint32_t c = 0; c < TT_NUM_CLASSES; ++c) {\n    logits[c] = out[c];\n  }")

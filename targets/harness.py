@@ -11,7 +11,7 @@ import numpy as np
 from tvm_tinytrain.errors import RunError, TinyTrainError
 
 TRAIN, PREDICT, DUMP, SAVE = ord("T"), ord("P"), ord("D"), ord("S")
-_INT_TYPES = {"i8": np.int8, "i32": np.int32}
+_INT_TYPES = {"i8": np.int8, "i16": np.int16, "i32": np.int32}
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,17 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm_tinytrain.c_names import CNamer, c_identifier
 from tvm_tinytrain.errors import TinyTrainError
 from tvm_tinytrain.passes import (ForwardTupleItems, FuseKernels, InplaceDepthwise, Int8Activations, PackBackwardMasks,
+                                  RecomputeParamViews,
                                   PatchFrozenPrefix, ReorderForMemory, SplitTrainedChannels, TabulateInt8Functions)
 from tvm_tinytrain.passes.patch_frozen_prefix import ATTR as PATCH_ATTR
+from tvm_tinytrain.passes.sgd_kernels import STEP_COUNTER
 from tvm_tinytrain.passes.split_trained_channels import FROZEN_SUFFIX, split_values, trained_channels
 from tvm_tinytrain.pipeline import TrainingProgram
 from .invariant_loads import hoist_invariant_loads
 from .tensorize import sblocks, tensorize
 
 SCHEDULE_OF = {"train_step": "train_step", "main": "predict"}  # Relax function -> its schedule's name
-DTYPE_BYTES = {"float32": 4, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}
+DTYPE_BYTES = {"float32": 4, "int64": 8, "int32": 4, "uint32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
 
 
 @dataclass(eq=False)
@@ -38,7 +40,7 @@ class Tensor:
     name: str                   # C identifier, unique in the program (`c_names.CNamer`)
     shape: tuple[int, ...]
     dtype: str
-    storage: str                # "input" | "label" | "param" | "momentum" | "const" | "arena"
+    storage: str                # "input" | "label" | "counter" | "param" | "momentum" | "const" | "arena"
     param: str | None = None    # parameter name in the source model (storage "param"/"momentum")
     value: np.ndarray | None = None  # storage "const"
     trainable: bool = False     # a parameter that train_step updates in place
@@ -187,6 +189,8 @@ def _graph_passes(program: TrainingProgram):
                 values[name], values[name + FROZEN_SUFFIX] = split_values(value, *split[name])
             else:
                 values[name] = value
+    if opts.recompute_views:
+        mod = RecomputeParamViews()(mod)
     return mod, values, split
 
 
@@ -364,6 +368,9 @@ def _schedule(func, name, prims, workspaces, params, momenta, namer) -> Schedule
     for p in func.params[1:]:
         if p.name == "label":
             env[p] = Tensor(namer.fresh("label"), *_tensor_type(p.ty), "label")
+            inputs.append(env[p])
+        elif p.name == STEP_COUNTER:  # stochastic rounding's step count: the driver's tt_steps
+            env[p] = Tensor(namer.fresh(STEP_COUNTER), *_tensor_type(p.ty), "counter")
             inputs.append(env[p])
         elif p.name in by_c_name:
             env[p] = by_c_name[p.name]

@@ -128,7 +128,7 @@ def test_fusions_change_no_number_on_an_inverted_residual_block(mobile_program, 
 def test_memory_passes_with_float_master_weights(int8_program):
     """float32 master copies of the trainable int8 tensors (the demo's setting): the
     forward rounds and saturates a parameter, whose mask is not a forward activation."""
-    program = build_training_program(*_quantized_digits_net(), TrainOptions(lr=0.05, float_master=True))
+    program = build_training_program(*_quantized_digits_net(), TrainOptions(lr=0.05, int8_update="float32"))
     on, off = train_on_vm(program), train_on_vm(dataclasses.replace(program, memory=MemoryOptions.none()))
     assert on[0] == off[0]
     for name in program.params:

@@ -67,7 +67,7 @@ def test_parameters_are_int8_per_channel_with_scales(digits_models):
 def test_quantized_model_trains_with_qas_and_float_masters(digits_models):
     _, int8_model, x_test = digits_models
     config = SparseUpdateConfig(n_bias_update=2, manual_weight_idx=(3,))
-    program = build_training_program(int8_model, config, TrainOptions(0.1, float_master=True))
+    program = build_training_program(int8_model, config, TrainOptions(0.1, int8_update="float32"))
     assert program.params["down.0.weight"].dtype == np.float32  # the master copy
     assert program.params["stem.0.weight"].dtype == np.int8      # frozen: stays int8
     assert "_grad_qas" in program.mod["train_step"].script()

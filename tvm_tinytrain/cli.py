@@ -22,7 +22,7 @@ import yaml
 from .config import PAPER_SCHEMES, SparseUpdateConfig
 from .errors import ConfigError, TinyTrainError
 from .errors import brief as errors_brief
-from .pipeline import MemoryOptions, TrainOptions
+from .pipeline import INT8_UPDATES, MemoryOptions, TrainOptions
 from .search import GENERATIONS, POPULATION
 
 DEFAULT_TARGET = "cortex-m7"
@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, help=f"default {DEFAULT_STEP} x (1 - momentum)")
     g.add_argument("--momentum", type=float, default=TrainOptions.momentum)
     g.add_argument("--no-qas", action="store_true")
-    g.add_argument("--float-master", action="store_true")
+    _add_int8_update_args(g)
     _add_build_args(s)
     g = s.add_argument_group("search")
     g.add_argument("--steps", type=int, help="fine-tuning steps of each analysis run (default: one pass over "
@@ -198,8 +198,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                         "mean squared error between the outputs and the input (autoencoders; labels unused)")
     g.add_argument("--no-qas", action="store_true",
                    help="int8 models: train without Quantization-Aware Scaling (on by default)")
-    g.add_argument("--float-master", action="store_true",
-                   help="int8 models: keep trainable tensors as float32 master copies (as tiny-training)")
+    _add_int8_update_args(g)
+
+
+def _add_int8_update_args(g) -> None:
+    g.add_argument("--int8-update", choices=INT8_UPDATES, default=TrainOptions.int8_update,
+                   help="int8 models: how an update smaller than one integer step is kept: nearest (rounded "
+                        "away), stochastic (rounded up or down at random, unbiased), int16 (int16 master copies "
+                        "of the trained weights, 2x their RAM), float32 (float32 masters, 4x; as tiny-training). "
+                        "README, 'int8 updates', has the measurements (default: %(default)s)")
+    g.add_argument("--float-master", dest="int8_update", action="store_const", const="float32",
+                   help="the same as --int8-update float32")
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
@@ -380,7 +389,7 @@ def _cmd_compile(args) -> int:
                                           args.factory_args), args)
     config = config_from_args(args)
     lr = args.lr if args.lr is not None else default_lr(args.momentum)
-    options = TrainOptions(lr, args.momentum, qas=False if args.no_qas else None, float_master=args.float_master,
+    options = TrainOptions(lr, args.momentum, qas=False if args.no_qas else None, int8_update=args.int8_update,
                            loss=args.loss)
     board, program, emitted, est = compile_to_project(
         model, config, options, args.target, Path(args.output),
@@ -567,7 +576,7 @@ def _cmd_search(args) -> int:
     check_against_model(args.data, d, {"input_shape": list(model.input_shape), "num_classes": model.num_classes})
     train, val = contribution.split_train(d["x_train"], d["y_train"])
     lr = args.lr if args.lr is not None else default_lr(args.momentum)
-    options = TrainOptions(lr, args.momentum, qas=False if args.no_qas else None, float_master=args.float_master)
+    options = TrainOptions(lr, args.momentum, qas=False if args.no_qas else None, int8_update=args.int8_update)
     setup = Setup(args.steps or len(train[1]), tuple(range(args.seeds)), options)
     memory = dataclasses.replace(MemoryOptions(), **{name: False for name in args.no_memory_pass})
     budget = search.Budget(args.ram_kb * 1024, args.flash_kb * 1024)

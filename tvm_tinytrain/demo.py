@@ -28,7 +28,7 @@ CALIBRATION_SAMPLES = 200
 # int8: trainable weights as float32 master copies (as tiny-training trains); rounding each
 # SGD step into int8 loses the updates smaller than one step and learns 5-9 to only ~60 %.
 DEMO_OPTIONS = {"float32": TrainOptions(DEMO_LR, DEMO_MOMENTUM),
-                "int8": TrainOptions(DEMO_LR, DEMO_MOMENTUM, float_master=True)}
+                "int8": TrainOptions(DEMO_LR, DEMO_MOMENTUM, int8_update="float32")}
 
 
 class DigitsNet(nn.Module):

@@ -7,6 +7,7 @@ import tvm
 from tvm import relax
 
 from .errors import TinyTrainError
+from tvm_tinytrain.passes.sgd_kernels import STEP_COUNTER
 from .pipeline import TrainingProgram
 
 
@@ -20,6 +21,9 @@ class RelaxVMTrainer:
         self.params = [tvm.runtime.tensor(np.ascontiguousarray(v)) for v in program.params.values()]
         self.momenta = [tvm.runtime.tensor(np.zeros(shape, np.float32))
                         for shape in program.momentum_shapes.values()]
+        # stochastic rounding: the count of successful steps, as the device's tt_steps
+        self.steps = 0
+        self.counted = program.mod["train_step"].params[-1].name == STEP_COUNTER
 
     def _input(self, x: np.ndarray):
         """The sample as the program takes it: float32, or int8 quantized like the device
@@ -36,10 +40,12 @@ class RelaxVMTrainer:
     def step(self, x: np.ndarray, label: int) -> float:
         x = self._input(x)
         y = tvm.runtime.tensor(np.array([label], np.int64))
-        out = self.vm["train_step"](x, y, *self.params, *self.momenta)
+        counter = [tvm.runtime.tensor(np.array([self.steps], np.uint32))] if self.counted else []
+        out = self.vm["train_step"](x, y, *self.params, *self.momenta, *counter)
         loss = float(out[0].numpy())
         if not np.isfinite(loss):  # the device stops before updating; the VM has updated already
             raise TinyTrainError(f"the loss became {loss}: training diverged (lower the learning rate)")
+        self.steps += 1
         return loss
 
     def predict(self, x: np.ndarray) -> np.ndarray:

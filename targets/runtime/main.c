@@ -53,7 +53,7 @@ static int read_exact(void *buf, size_t n) {
   return board_read_input(buf, n) == n ? 0 : -1;
 }
 
-/* The bits of element i of a parameter, as an unsigned word (int8 sign-extended). */
+/* The bits of element i of a parameter, as an unsigned word (int8, int16 sign-extended). */
 static uint32_t param_bits(const tt_param_t *param, uint32_t i) {
   const void *data = param->data;
   if (param->frozen != NULL) { /* a weight whose trained channels are apart from the rest */
@@ -70,6 +70,8 @@ static uint32_t param_bits(const tt_param_t *param, uint32_t i) {
       return (uint32_t)(int32_t)((const int8_t *)data)[i];
     case TT_INT32:
       return (uint32_t)((const int32_t *)data)[i];
+    case TT_INT16:
+      return (uint32_t)(int32_t)((const int16_t *)data)[i];
     default:
       return bits_of(((const float *)data)[i]);
   }
@@ -92,7 +94,7 @@ static int read_sample(void) {
 }
 
 static void dump_params(void) {
-  static const char *const dtype_names[] = {"f32", "i8", "i32"};
+  static const char *const dtype_names[] = {"f32", "i8", "i32", "i16"};
   for (uint32_t p = 0; p < TT_NUM_PARAMS; ++p) {
     const tt_param_t *param = &tt_params[p];
     for (uint32_t i = 0; i < param->size; i += DUMP_PER_LINE) {
