@@ -40,7 +40,7 @@ def main() -> None:
     model = qas.models_dir() / qas.MODEL_FILE
     program = build_training_program(qas.import_graph(model, "int8", args.seeds[0]),
                                      SparseUpdateConfig.scheme(qas.SCHEME),
-                                     TrainOptions(lr=LR, momentum=0.9, qas=False))
+                                     TrainOptions(lr=LR, momentum=0.9, qas=False, int8_update=qas.INT8_UPDATE))
     trainer = qas.make_trainer_class()(program)
     runs, preds = [], {}
     for seed in args.seeds:

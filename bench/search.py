@@ -49,7 +49,7 @@ def log(msg: str) -> None:
 
 def options():
     from tvm_tinytrain.pipeline import TrainOptions
-    return TrainOptions(LR, MOMENTUM)
+    return TrainOptions(LR, MOMENTUM, int8_update=qas.INT8_UPDATE)
 
 
 def spec_of(model: str):

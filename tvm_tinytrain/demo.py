@@ -25,10 +25,9 @@ DEMO_LR = 0.1
 DEMO_MOMENTUM = 0.0
 DEMO_EPOCHS = {"float32": 2, "int8": 3}  # passes over the training stream
 CALIBRATION_SAMPLES = 200
-# int8: trainable weights as float32 master copies (as tiny-training trains); rounding each
-# SGD step into int8 loses the updates smaller than one step and learns 5-9 to only ~60 %.
-DEMO_OPTIONS = {"float32": TrainOptions(DEMO_LR, DEMO_MOMENTUM),
-                "int8": TrainOptions(DEMO_LR, DEMO_MOMENTUM, int8_update="float32")}
+# int8: the default update, stochastic rounding (bench/int8_update.py: on this task as good
+# as float32 master copies, with 5.5 KB less RAM).
+DEMO_OPTIONS = {"float32": TrainOptions(DEMO_LR, DEMO_MOMENTUM), "int8": TrainOptions(DEMO_LR, DEMO_MOMENTUM)}
 
 
 class DigitsNet(nn.Module):
