@@ -146,9 +146,9 @@ def main() -> None:
     done = {(r["task"], r["lr"], r["int8_update"], r["seed"]) for r in runs}
     calls = []
     for scale in args.lr_scales:
-        if "mcunet-qas" in args.tasks and any(("mcunet-qas", scaled(MCUNET_LR, scale), u, s) not in done
-                                              for u in OPTIONS for s in SEEDS):
-            calls += [(mcunet_runs, (u, scale)) for u in OPTIONS]
+        if "mcunet-qas" in args.tasks:
+            calls += [(mcunet_runs, (u, scale)) for u in OPTIONS
+                      if any(("mcunet-qas", scaled(MCUNET_LR, scale), u, s) not in done for s in SEEDS)]
         if "demo" in args.tasks:
             from tvm_tinytrain import demo
 

@@ -5,8 +5,8 @@ dampening 0), restricted to the first `k` channels of `axis` for a sub-tensor up
 gradient `g` and momentum `v` may hold just those channels (NarrowWeightGradient) or the
 whole tensor. A quantized parameter (int8 weight, int32 bias) is updated in float and
 rounded back to its integer type, saturating: `p = sat(rint(float(p) - lr * step))`, or
-with stochastic rounding `p = sat(floor(float(p) - lr * step + u))`, `u` uniform in [0, 1)
-from a hash of the element's index, the parameter and the step count (`rounding_noise`):
+with stochastic rounding `p = sat(floor(float(p) - lr * step + u))`, `u` in [0, 1) from a
+hash of the element's index and the parameter, advanced with the step count (`rounding_noise`):
 unbiased, so updates smaller than one integer step still move the weight on average, and
 deterministic, so the Relax VM and the generated C round alike. An int16 *master* holds
 an int8 weight in `MASTER_SCALE` finer steps: its float view is `p / 256` (FuseSGDUpdate),
@@ -37,6 +37,7 @@ ROUNDINGS = ("nearest", "stochastic")
 STEP_COUNTER = "rounding_step"
 UPDATE_ATTR = "tinytrain.sgd_update"  # an update kernel's salt and master_of, for passes that rebuild it
 _MASK32 = 0xFFFFFFFF
+WEYL = 0x9E3779B9  # 2**32 / golden ratio: consecutive steps' noise as far apart as can be
 
 
 def c_exact(value: float) -> float:
@@ -97,23 +98,28 @@ def sgd_update_kernel(shape: tuple[int, ...], step_shape: tuple[int, ...], lr: f
 
 
 def rounding_noise(index, step, salt: int):
-    """A float32 in [0, 1) with 24 random bits: the murmur3 finalizer of the element index,
-    the step count and the parameter's salt. Computed in uint64 and masked to 32 bits,
-    because TVM's LLVM codegen assumes unsigned arithmetic does not wrap (a wrapping uint32
-    multiply comes out wrong on the Relax VM while the C is right)."""
+    """A float32 in [0, 1) with 24 random bits for element `index` at step `step`: the
+    element's random phase (the murmur3 finalizer of its index and the parameter's salt)
+    advanced by the golden ratio each step (a Weyl sequence, `WEYL`). Over the steps, each
+    element's noise is spread evenly over [0, 1), so its rounding is unbiased; between
+    elements the phases are independent. The phase reads no buffer, so TVM's C codegen
+    names its shared subexpressions (`cse_v*`) instead of repeating them, and only one
+    multiply involves the step. Computed in uint64 and masked to 32 bits, because TVM's
+    LLVM codegen assumes unsigned arithmetic does not wrap (a wrapping uint32 multiply
+    comes out wrong on the Relax VM while the C is right)."""
     def u64(v):
         return tirx.const(v, "uint64")
 
     def wrap(v):
         return tirx.bitwise_and(v, u64(_MASK32))
 
-    h = wrap(tirx.Cast("uint64", index) * u64(0x9E3779B1) + tirx.Cast("uint64", step) * u64(0x85EBCA77)
-             + u64((salt * 0xC2B2AE3D + 0x27D4EB2F) & _MASK32))
+    h = wrap(tirx.Cast("uint64", index) * u64(0x9E3779B1) + u64((salt * 0xC2B2AE3D + 0x27D4EB2F) & _MASK32))
     h = tirx.bitwise_xor(h, tirx.shift_right(h, u64(16)))
     h = wrap(h * u64(0x85EBCA6B))
     h = tirx.bitwise_xor(h, tirx.shift_right(h, u64(13)))
     h = wrap(h * u64(0xC2B2AE35))
     h = tirx.bitwise_xor(h, tirx.shift_right(h, u64(16)))
+    h = wrap(h + tirx.Cast("uint64", step) * u64(WEYL))
     bits = tirx.Cast("int32", tirx.shift_right(h, u64(8)))  # 24 bits: exact in float32
     return tirx.Cast("float32", bits) * tirx.const(2.0 ** -24, "float32")
 

@@ -193,6 +193,25 @@ def torch_sgd_reference(net: nn.Module, program, xs, ys):
     return losses, {n: p.detach().numpy().copy() for n, p in named.items()}
 
 
+def assert_c_matches_vm(program, board_name: str, project_dir: Path, xs, ys):
+    """Write `program` for the board, train it on (xs, ys) there and on the Relax VM: the
+    same losses and every trained tensor, bit for bit. Returns the board's run."""
+    from tvm_tinytrain.reference import RelaxVMTrainer
+    from tvm_tinytrain.session import run_stream
+    from tvm_tinytrain.targets.boards import get_board
+    from tvm_tinytrain.targets.harness import DUMP, TRAIN, Record
+    from tvm_tinytrain.targets.project import write_project
+
+    board = get_board(board_name)
+    write_project(program, project_dir, board)
+    run = run_stream(board, project_dir, [Record(TRAIN, x, int(y)) for x, y in zip(xs, ys)] + [Record(DUMP)])
+    vm = RelaxVMTrainer(program)
+    np.testing.assert_allclose(run.output.losses, [vm.step(x, int(y)) for x, y in zip(xs, ys)], rtol=1e-6)
+    for name in program.trainable.names:
+        np.testing.assert_array_equal(run.output.params[0][name], vm.param(name).ravel(), err_msg=name)
+    return run
+
+
 # The tiny-training int8 zoo models: read from shared/ beside the repository, never copied.
 MODEL_FILES = ("mcunet-5fps.pkl", "mbv2-w0.35.pkl")
 

@@ -12,6 +12,7 @@ import pytest
 
 import torch
 
+from conftest import assert_c_matches_vm
 from tvm_tinytrain.config import SparseUpdateConfig
 from tvm_tinytrain.demo import INPUT_SHAPE, DigitsNet
 from tvm_tinytrain.frontend.torch_frontend import import_torch
@@ -292,21 +293,9 @@ def test_fused_kernels_in_c_match_the_vm(mobile_program, depthwise_backward_prog
     the in-place depthwise backward) on the host: the unfused Relax VM's losses and integers,
     exactly."""
     mobile_program = mobile_program if which == "frozen depthwise" else depthwise_backward_program
-    from tvm_tinytrain.session import run_stream
-    from tvm_tinytrain.targets.boards import get_board
-    from tvm_tinytrain.targets.harness import DUMP, TRAIN, Record
-    from tvm_tinytrain.targets.project import write_project
-
-    board = get_board("host")
     if which == "frozen depthwise":  # the projection trains 8 x 8 weights: two tiles
         assert lower(mobile_program).kernels_c.count("tt_pw_wgrad_f32s8((") == 1
-    write_project(mobile_program, tmp_path, board)
-    xs, ys = samples(4, seed=9)
-    run = run_stream(board, tmp_path, [Record(TRAIN, x, int(y)) for x, y in zip(xs, ys)] + [Record(DUMP)])
-    vm = RelaxVMTrainer(mobile_program)
-    np.testing.assert_allclose(run.output.losses, [vm.step(x, int(y)) for x, y in zip(xs, ys)], rtol=1e-6)
-    for name in mobile_program.trainable.names:
-        np.testing.assert_array_equal(run.output.params[0][name], vm.param(name).ravel(), err_msg=name)
+    run = assert_c_matches_vm(mobile_program, "host", tmp_path, *samples(4, seed=9))
     planned = max(c.workspace_bytes for c in lower(mobile_program).schedules["train_step"].calls)
     assert run.output.workspace_bytes <= planned  # TVM puts buffers under 1 KB on the stack
 

@@ -36,8 +36,8 @@ from tvm_tinytrain.passes import (LOSSES, AppendCrossEntropyLoss, AppendReconstr
 # How an int8 graph's trainable integers take an update smaller than one integer step
 # (README, "int8 updates", measured by bench/int8_update.py). The default, stochastic: at
 # each task's best learning rate all four are equal within the seeds' spread; at a tenth
-# of it nearest loses 14-17 points, and stochastic rounding keeps what the masters keep
-# with no extra RAM.
+# of it nearest ends 14-19 points below the others, and stochastic rounding keeps what
+# the masters keep with no extra RAM.
 #   nearest     rounded to the nearest integer: lost when under half a step (no extra RAM)
 #   stochastic  rounded down or up at random in proportion, unbiased (no extra RAM; a
 #               counter-based hash per element, deterministic)
